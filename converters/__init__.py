@@ -1,0 +1,38 @@
+"""One converter module per HF family; the registry is keyed by HF ``architectures[0]``."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Converter, UnsupportedConfigError
+
+#: family modules; each defines CONVERTER. Adding a family = one module + one line here.
+FAMILY_MODULES = [
+    "converters.llava",
+]
+
+_REGISTRY: dict[str, Converter] | None = None
+
+
+def registry() -> dict[str, Converter]:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = {}
+        for name in FAMILY_MODULES:
+            conv = importlib.import_module(name).CONVERTER
+            for arch in conv.architectures:
+                _REGISTRY[arch] = conv
+    return _REGISTRY
+
+
+def supported_architectures() -> list[str]:
+    return sorted(registry())
+
+
+def get_converter(architecture: str) -> Converter:
+    reg = registry()
+    if architecture not in reg:
+        raise UnsupportedConfigError(
+            f"architecture {architecture!r} is not supported. Supported architectures: {', '.join(sorted(reg))}"
+        )
+    return reg[architecture]

@@ -1,0 +1,64 @@
+"""LlavaForConditionalGeneration (LLaVA-1.5: CLIP tower + MLP projector + Llama/Vicuna/Mistral/Qwen2 LM)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles
+
+from ._clip import clip_aliases, clip_ignored, clip_rules, clip_vision_config
+from ._decoder import decoder_config, decoder_rules
+from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
+
+LLAVA_FIELDS = {"image_token_index", "image_token_id", "projector_hidden_act", "vision_feature_layer",
+                "vision_feature_select_strategy", "image_seq_length", "multimodal_projector_bias",
+                "tie_word_embeddings", "ignore_index"}
+
+# save_pretrained writes the legacy layout; the in-memory (and newer hub) layout is under "model."
+LLAVA_ALIASES = [
+    (r"^language_model\.model\.", "model.language_model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+    (r"^vision_tower\.", "model.vision_tower."),
+    (r"^multi_modal_projector\.", "model.multi_modal_projector."),
+]
+
+
+def feature_layers(hf: Any) -> tuple[int, ...]:
+    layer = hf.vision_feature_layer
+    return (layer,) if isinstance(layer, int) else tuple(layer)
+
+
+def llava_config(hf: Any) -> HookedVLMConfig:
+    check_fields(hf, LLAVA_FIELDS, "LlavaConfig")
+    if hf.vision_config.model_type != "clip_vision_model":
+        raise UnsupportedConfigError(
+            f"LLaVA with a {hf.vision_config.model_type!r} vision tower is not supported yet; supported: clip_vision_model"
+        )
+    text = decoder_config(hf.text_config)
+    vision = clip_vision_config(hf.vision_config, feature_layers(hf), hf.vision_feature_select_strategy)
+    tc = hf.text_config
+    return HookedVLMConfig(
+        architecture="LlavaForConditionalGeneration",
+        text=text,
+        d_vocab=tc.vocab_size,
+        vision=vision,
+        projector=ProjectorConfig(d_in=vision.tower.d_model * len(vision.feature_layers), d_out=text.d_model,
+                                  act_fn=hf.projector_hidden_act, bias=hf.multimodal_projector_bias),
+        roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=tc.pad_token_id,
+                         bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id),
+        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False) or getattr(tc, "tie_word_embeddings", False)),
+        extra={"image_pipeline": "vit_mlp"},
+    )
+
+
+def llava_keymap(cfg: HookedVLMConfig) -> KeyMap:
+    return KeyMap(
+        aliases=LLAVA_ALIASES + clip_aliases("model.vision_tower"),
+        rules=decoder_rules("model.language_model") + clip_rules("model.vision_tower") + [
+            (r"model\.multi_modal_projector\.(linear_1|linear_2)\.(weight|bias)", r"projector.\1.\2"),
+        ],
+        ignored=clip_ignored("model.vision_tower"),
+    )
+
+
+CONVERTER = Converter(architectures=("LlavaForConditionalGeneration",), make_config=llava_config, make_keymap=llava_keymap)

@@ -1,0 +1,10 @@
+"""hooked_vlm: TransformerLens-style hooks, token spans and analyses for vision-language models."""
+
+from .config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
+from .hook_points import HookPoint
+from .model import HookedVLM, KVCache
+from .spans import ImageLayout, TokenSpans
+
+__all__ = ["HookedVLM", "HookedVLMConfig", "TowerConfig", "VisionConfig", "ProjectorConfig", "TokenRoles",
+           "HookPoint", "KVCache", "TokenSpans", "ImageLayout"]
+__version__ = "0.1.0"

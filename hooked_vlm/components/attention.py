@@ -1,0 +1,144 @@
+"""Multi-head attention with GQA, optional RoPE and q/k norm, and two numerically equal paths.
+
+Fast path: ``F.scaled_dot_product_attention`` (no [q, k] matrix) -- used unless something hooks
+``hook_attn_scores`` or ``hook_pattern``. Explicit path: scores -> softmax -> pattern, each hooked.
+``hook_mask`` (bool [batch, 1 or head, q, k], True = may attend) is materialised only when a hook
+is on it; hooks on it (e.g. attention knockout) therefore work on the fast path too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TowerConfig
+from ..hook_points import HookPoint
+from .masks import AttentionMask
+from .rope import apply_rotary
+
+
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def _mask_shape_ok(new: torch.Tensor, old: torch.Tensor) -> bool:
+    return new.dtype == torch.bool and new.ndim == 4 and new.shape[0] == old.shape[0] and new.shape[2:] == old.shape[2:]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, kvh, dh, d = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
+        self.q_proj = nn.Linear(d, h * dh, bias=cfg.attn_bias)  # weight [(head d_head), d_model]
+        self.k_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
+        self.o_proj = nn.Linear(h * dh, d, bias=cfg.attn_out_bias)  # weight [d_model, (head d_head)]
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else dh**-0.5
+
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_mask = HookPoint(_mask_shape_ok, "a bool mask [batch, 1 or head, q, k] like")  # [batch, 1, q_pos, k_pos]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+
+    # --- TransformerLens weight views (views of the stored weights, not copies) ---
+    @property
+    def W_Q(self) -> torch.Tensor:  # [head, d_model, d_head]
+        return self.q_proj.weight.view(self.cfg.n_heads, self.cfg.d_head, -1).transpose(1, 2)
+
+    @property
+    def W_K(self) -> torch.Tensor:  # [kv_head, d_model, d_head]
+        return self.k_proj.weight.view(self.cfg.n_key_value_heads, self.cfg.d_head, -1).transpose(1, 2)
+
+    @property
+    def W_V(self) -> torch.Tensor:  # [kv_head, d_model, d_head]
+        return self.v_proj.weight.view(self.cfg.n_key_value_heads, self.cfg.d_head, -1).transpose(1, 2)
+
+    @property
+    def W_O(self) -> torch.Tensor:  # [head, d_head, d_model]
+        return self.o_proj.weight.view(-1, self.cfg.n_heads, self.cfg.d_head).permute(1, 2, 0)
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        return self.o_proj.bias if self.o_proj.bias is not None else torch.zeros(self.cfg.d_model, device=self.o_proj.weight.device)
+
+    def _explicit(self) -> bool:
+        return bool(self.hook_attn_scores.fwd_hooks or self.hook_pattern.fwd_hooks)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [batch, pos, d_model]
+        mask: AttentionMask,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,  # cos, sin [batch, pos, 1, d_head]
+        kv_cache: "LayerKVCache | None" = None,
+    ) -> torch.Tensor:
+        b, q_len, _ = x.shape
+        cfg = self.cfg
+        q = self.hook_q(self.q_proj(x).view(b, q_len, cfg.n_heads, cfg.d_head))
+        k = self.hook_k(self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
+        v = self.hook_v(self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
+        if rotary is not None:
+            cos, sin = rotary
+            q = self.hook_rot_q(apply_rotary(q, cos, sin))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]
+        allowed = None
+        if self.hook_mask.fwd_hooks or not mask.is_plain_causal or self._explicit():
+            allowed = self.hook_mask(mask.dense(b))
+
+        if self._explicit():
+            z = self._explicit_attention(qh, kh, vh, allowed)
+        else:
+            z = self._fast_attention(qh, kh, vh, mask, allowed)
+        z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
+        return self.o_proj(z.reshape(b, q_len, cfg.n_heads * cfg.d_head))
+
+    def _fast_attention(self, q, k, v, mask: AttentionMask, allowed: torch.Tensor | None) -> torch.Tensor:
+        kwargs = {}
+        if self.cfg.n_heads != self.cfg.n_key_value_heads:
+            if _SDPA_HAS_GQA:
+                kwargs["enable_gqa"] = True
+            else:
+                n_rep = self.cfg.n_heads // self.cfg.n_key_value_heads
+                k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+        if allowed is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=mask.sdpa_is_causal(), scale=self.scale, **kwargs)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale, **kwargs)
+        # queries that may attend to nothing (left padding, knockouts) output zeros on every torch version
+        return out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+
+    def _explicit_attention(self, q, k, v, allowed: torch.Tensor) -> torch.Tensor:
+        n_rep = self.cfg.n_heads // self.cfg.n_key_value_heads
+        if n_rep > 1:
+            k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores = self.hook_attn_scores(scores)
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).nan_to_num(0.0).to(q.dtype)
+        pattern = self.hook_pattern(pattern)
+        return torch.matmul(pattern, v)
+
+
+class LayerKVCache:
+    """Keys and values of the positions seen so far, for one layer. [batch, pos, kv_head, d_head]."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=1)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=1)
+        return self.k, self.v
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else int(self.k.shape[1])

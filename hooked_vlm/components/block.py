@@ -1,0 +1,41 @@
+"""A pre-norm transformer block, readable top to bottom (used by the LM and the vision tower)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import TowerConfig
+from ..hook_points import HookPoint
+from .attention import Attention, LayerKVCache
+from .masks import AttentionMask
+from .mlp import MLP
+from .norms import make_norm
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.ln1 = make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ln2 = make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)
+
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(
+        self,
+        resid: torch.Tensor,  # [batch, pos, d_model]
+        mask: AttentionMask,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_cache: LayerKVCache | None = None,
+    ) -> torch.Tensor:
+        resid = self.hook_resid_pre(resid)
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), mask, rotary, kv_cache))
+        resid = self.hook_resid_mid(resid + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        return self.hook_resid_post(resid + mlp_out)

@@ -1,0 +1,51 @@
+"""Which keys each query may attend to, without materialising [q, k] unless needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMask:
+    """Causal / padding structure of one forward.
+
+    ``key_padding`` [batch, k_len] is True at real tokens (None = no padding);
+    ``query_positions`` [q_len] are the absolute positions of the queries (keys are 0..k_len-1).
+    """
+
+    causal: bool
+    key_padding: torch.Tensor | None
+    query_positions: torch.Tensor
+    k_len: int
+    sliding_window: int | None = None
+
+    @property
+    def q_len(self) -> int:
+        return int(self.query_positions.shape[0])
+
+    @property
+    def is_plain_causal(self) -> bool:
+        """True when SDPA's ``is_causal`` (or no mask at all) gives exactly this mask."""
+        if self.sliding_window is not None and self.k_len > self.sliding_window:
+            return False
+        return self.key_padding is None and (self.q_len == self.k_len or self.q_len == 1 or not self.causal)
+
+    def sdpa_is_causal(self) -> bool:
+        return self.causal and self.q_len == self.k_len and self.q_len > 1
+
+    def dense(self, batch: int) -> torch.Tensor:
+        """Bool [batch, 1, q_pos, k_pos]; True = the query may attend to the key."""
+        device = self.query_positions.device
+        keys = torch.arange(self.k_len, device=device)
+        if self.causal:
+            allowed = keys[None, :] <= self.query_positions[:, None]
+        else:
+            allowed = torch.ones(self.q_len, self.k_len, dtype=torch.bool, device=device)
+        if self.sliding_window is not None:
+            allowed = allowed & (self.query_positions[:, None] - keys[None, :] < self.sliding_window)
+        allowed = allowed[None, None].expand(batch, 1, self.q_len, self.k_len)
+        if self.key_padding is not None:
+            allowed = allowed & self.key_padding[:, None, None, :].to(device)
+        return allowed

@@ -1,0 +1,59 @@
+"""RMSNorm and LayerNorm with TransformerLens hook semantics.
+
+``hook_scale`` is the norm's divisor [batch, pos, 1], exactly as TL defines it, so
+``ActivationCache.apply_ln_to_stack`` can reuse it. ``hook_normalized`` is the norm's OUTPUT,
+weight (and bias) included: what the next matrix reads, and what HF reports as the final
+hidden state. (TL's unfolded RMS puts the weight after the hook; to get the true logit lens
+from a TL stack, use ``apply_ln_to_stack(..., recompute_ln=True)`` or multiply by ``ln_final.w``.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..hook_points import HookPoint
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float, weight_offset: float = 0.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+        self.eps = eps
+        self.weight_offset = weight_offset  # Gemma-style (1 + w) when 1.0
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
+        return self.hook_normalized((self.w + self.weight_offset) * (x32 / scale).to(dtype))
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, d: int, eps: float, bias: bool = True):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+        self.b = nn.Parameter(torch.zeros(d)) if bias else None
+        self.eps = eps
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 - x32.mean(-1, keepdim=True)
+        scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
+        out = (x32 / scale) * self.w.float()
+        if self.b is not None:
+            out = out + self.b.float()
+        return self.hook_normalized(out.to(dtype))
+
+
+def make_norm(kind: str, d: int, eps: float) -> nn.Module:
+    if kind == "RMS":
+        return RMSNorm(d, eps)
+    if kind == "LN":
+        return LayerNorm(d, eps)
+    raise ValueError(f"unknown normalization_type {kind!r}; expected 'RMS' or 'LN'")

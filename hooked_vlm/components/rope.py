@@ -1,0 +1,77 @@
+"""Rotary position embeddings (rotate-half convention, as HF Llama/Mistral/Qwen2 use).
+
+Scaled variants (``linear``, ``llama3``, ``yarn``) reuse transformers' own inverse-frequency
+functions so the numbers cannot drift from HF's. Variants that change with sequence length at
+run time (``dynamic``, ``longrope``) are refused by the converters.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def rope_inv_freq(rope_parameters: dict[str, Any], d_head: int, max_position_embeddings: int) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [d_head // 2] and the cos/sin scaling factor."""
+    rope_type = rope_parameters.get("rope_type", "default")
+    theta = float(rope_parameters.get("rope_theta", 10000.0))
+    if rope_type == "default":
+        return 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head)), 1.0
+    if rope_type not in STATIC_ROPE_TYPES:
+        raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {', '.join(STATIC_ROPE_TYPES)}")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf_like = SimpleNamespace(
+        rope_parameters=dict(rope_parameters),
+        head_dim=d_head,
+        hidden_size=d_head,
+        num_attention_heads=1,
+        max_position_embeddings=max_position_embeddings,
+        partial_rotary_factor=1.0,
+        default_theta=theta,
+    )
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_like, device=None)
+    return inv_freq.float(), float(scaling)
+
+
+class Rotary(nn.Module):
+    """Computes cos/sin tables for given absolute positions."""
+
+    def __init__(self, d_head: int, rope_parameters: dict[str, Any], max_position_embeddings: int):
+        super().__init__()
+        self._args = (rope_parameters, d_head, max_position_embeddings)
+        self.register_buffer("inv_freq", torch.empty(d_head // 2), persistent=False)
+        self.scaling = 1.0
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the frequency table; called again after a model built on 'meta' is materialised."""
+        rope_parameters, d_head, max_pos = self._args
+        with torch.device("cpu"):
+            inv_freq, self.scaling = rope_inv_freq(rope_parameters, d_head, max_pos)
+        if self.inv_freq.device.type != "meta":
+            self.inv_freq = inv_freq.to(self.inv_freq.device)
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids [batch, pos] -> cos, sin [batch, pos, 1, d_head] (broadcast over heads)."""
+        freqs = position_ids[..., None].float() * self.inv_freq.float().to(position_ids.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.scaling).to(dtype)
+        sin = (emb.sin() * self.scaling).to(dtype)
+        return cos[:, :, None, :], sin[:, :, None, :]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [batch, pos, head, d_head]."""
+    return x * cos + rotate_half(x) * sin

@@ -1,0 +1,118 @@
+"""Autoregressive generation with a KV cache, matching HF's ``generate`` token for token.
+
+Hooks added before the call (``model.hooks(...)``, ``add_hook``) or passed as ``fwd_hooks``
+stay active on every step; on each step hook functions see ``hook.spans`` (the prompt's spans
+extended by the generated tokens, which are ``text`` and ``generated``) and
+``hook.query_positions`` (the absolute positions computed in this step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .model import HookedVLM
+
+
+@torch.no_grad()
+def generate(
+    model: "HookedVLM",
+    input_ids: Tensor | dict | None = None,
+    pixel_values: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    *,
+    max_new_tokens: int = 20,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    stop_at_eos: bool = True,
+    use_kv_cache: bool = True,
+    return_type: str = "auto",
+    fwd_hooks: list | None = None,
+    seed: int | None = None,
+    verbose: bool = False,
+    **extras: Any,
+) -> Any:
+    """Generate ``max_new_tokens`` tokens.
+
+    return_type: "tokens" (HF-style [batch, prompt + new] ids), "str" (decoded new text per item)
+    or "auto" (str when the model has a tokenizer). Position ids follow HF's generate
+    (cumulative sum of the attention mask), so left-padded batches give HF's tokens.
+    """
+    from .model import KVCache
+
+    if isinstance(input_ids, dict):
+        inputs = dict(input_ids)
+        return generate(model, **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                        top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                        stop_at_eos=stop_at_eos, use_kv_cache=use_kv_cache, return_type=return_type,
+                        fwd_hooks=fwd_hooks, seed=seed, verbose=verbose, **extras)
+    tokens = input_ids.to(model.device)
+    b = tokens.shape[0]
+    mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.to(model.device).long()
+    roles = model.cfg.roles
+    if eos_token_id is None and roles is not None:
+        eos_token_id = roles.eos_token_id
+    eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, device=model.device).flatten()
+    if pad_token_id is None:
+        pad_token_id = (roles.pad_token_id if roles is not None else None)
+        if pad_token_id is None:
+            pad_token_id = int(eos[0]) if len(eos) else 0
+    generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None
+
+    hooks_ctx = model.hooks(fwd_hooks=fwd_hooks) if fwd_hooks else contextlib.nullcontext()
+    with hooks_ctx:
+        cache = KVCache(model.cfg.n_layers) if use_kv_cache else None
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        spans = None
+        logits = model(tokens, pixel_values=pixel_values, attention_mask=mask, position_ids=positions,
+                       kv_cache=cache, **extras)
+        spans = model.run_state.spans
+        prompt_spans = spans
+        unfinished = torch.ones(b, dtype=torch.bool, device=model.device)
+        new_tokens = []
+        for step in tqdm(range(max_new_tokens), disable=not verbose, desc="generating"):
+            next_tok = _pick(logits[:, -1].float(), do_sample, temperature, top_k, top_p, generator)
+            next_tok = torch.where(unfinished, next_tok, torch.full_like(next_tok, pad_token_id))
+            new_tokens.append(next_tok)
+            if stop_at_eos and len(eos):
+                unfinished &= ~torch.isin(next_tok, eos)
+            if step == max_new_tokens - 1 or not unfinished.any():
+                break
+            mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=mask.device)], 1)
+            positions = positions[:, -1:] + 1 if use_kv_cache else (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            spans = prompt_spans.extend(len(new_tokens))
+            if use_kv_cache:
+                logits = model(next_tok[:, None], attention_mask=mask, position_ids=positions, kv_cache=cache, spans=spans)
+            else:
+                seq = torch.cat([tokens, torch.stack(new_tokens, 1)], 1)
+                logits = model(seq, pixel_values=pixel_values, attention_mask=mask, position_ids=positions, spans=spans, **extras)
+    out = torch.cat([tokens, torch.stack(new_tokens, 1)], 1)
+    if return_type == "tokens" or (return_type == "auto" and model.tokenizer is None):
+        return out
+    if return_type not in ("str", "auto"):
+        raise ValueError(f"return_type must be 'tokens', 'str' or 'auto', got {return_type!r}")
+    return [model.tokenizer.decode(row[tokens.shape[1]:], skip_special_tokens=True) for row in out]
+
+
+def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / max(temperature, 1e-8)
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, idx = logits.sort(-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, idx, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]

@@ -1,0 +1,84 @@
+"""HookPoint with the checks a VLM needs.
+
+TransformerLens's :class:`HookPoint` is an identity module whose forward hooks may replace the
+activation. Ours adds two things:
+
+* the returned tensor is checked: a hook that returns a tensor of another shape gets an error
+  naming the hook point and both shapes (instead of a cryptic failure three modules later);
+* ``hook.run`` gives hook functions the state of the forward in progress: the
+  :class:`~hooked_vlm.spans.TokenSpans` of the batch and the absolute positions of the queries
+  being computed (they differ from ``range(pos)`` while generating with a KV cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from transformer_lens.hook_points import HookPoint as _TLHookPoint
+
+ShapeCheck = Callable[[torch.Tensor, torch.Tensor], bool]
+
+
+def _same_shape(new: torch.Tensor, old: torch.Tensor) -> bool:
+    return tuple(new.shape) == tuple(old.shape)
+
+
+@dataclass
+class RunState:
+    """What the forward in progress knows; shared by every hook point of one model."""
+
+    spans: Any = None  # TokenSpans of the whole sequence (prompt + generated so far)
+    query_positions: torch.Tensor | None = None  # [q_pos] absolute positions computed now
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class HookPoint(_TLHookPoint):
+    """An identity module to hook. ``shape_check(new, old)`` validates a hook's return value."""
+
+    def __init__(self, shape_check: ShapeCheck = _same_shape, expected: str = "the same shape as its input"):
+        super().__init__()
+        self._shape_check = shape_check
+        self._expected = expected
+        self.run: RunState = RunState()
+
+    @property
+    def spans(self) -> Any:
+        """Token spans of the forward in progress (see :class:`~hooked_vlm.spans.TokenSpans`)."""
+        return self.run.spans
+
+    @property
+    def query_positions(self) -> torch.Tensor | None:
+        """Absolute positions of the query rows computed in this forward."""
+        return self.run.query_positions
+
+    def add_hook(self, hook: Callable, dir: str = "fwd", **kwargs: Any):  # type: ignore[override]
+        if dir == "fwd":
+            hook = self._checked(hook)
+        return super().add_hook(hook, dir=dir, **kwargs)
+
+    def _checked(self, hook: Callable) -> Callable:
+        def checked_hook(tensor: torch.Tensor, hook: "HookPoint") -> Any:
+            result = user_hook(tensor, hook=hook)
+            if result is not None:
+                if not isinstance(result, torch.Tensor):
+                    raise TypeError(
+                        f"hook {_fn_name(user_hook)} on '{self.name}' returned {type(result).__name__}; "
+                        "a forward hook must return a torch.Tensor or None"
+                    )
+                if not self._shape_check(result, tensor):
+                    raise ValueError(
+                        f"hook {_fn_name(user_hook)} on '{self.name}' returned shape {tuple(result.shape)}; "
+                        f"expected {self._expected} {tuple(tensor.shape)}. Return the edited activation, "
+                        "or None to leave it unchanged."
+                    )
+            return result
+
+        user_hook = hook
+        checked_hook.__name__ = _fn_name(hook)
+        return checked_hook
+
+
+def _fn_name(fn: Callable) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__

@@ -1,0 +1,46 @@
+"""From pixel_values to image embeddings + the patch layout of every image.
+
+The pipeline is chosen by the config (``cfg.extra["image_pipeline"]``), not by family name;
+each pipeline is a small function over the model's ``vision`` and ``projector`` modules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from .spans import ImageLayout
+
+if TYPE_CHECKING:
+    from .model import HookedVLM
+
+ImagePipeline = Callable[["HookedVLM", torch.Tensor, dict], tuple[torch.Tensor, list[ImageLayout]]]
+PIPELINES: dict[str, ImagePipeline] = {}
+
+
+def register_pipeline(name: str) -> Callable[[ImagePipeline], ImagePipeline]:
+    def deco(fn: ImagePipeline) -> ImagePipeline:
+        PIPELINES[name] = fn
+        return fn
+
+    return deco
+
+
+@register_pipeline("vit_mlp")
+def vit_mlp(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    """LLaVA-1.5: one fixed-size square image -> ViT -> selected layers -> MLP projector."""
+    vcfg = model.cfg.vision
+    assert vcfg is not None
+    expected = (vcfg.n_channels, vcfg.image_size, vcfg.image_size)
+    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+        raise ValueError(
+            f"pixel_values has shape {tuple(pixel_values.shape)}; this model's vision tower expects "
+            f"[n_images, {', '.join(map(str, expected))}]. Use model.prepare_inputs(images=..., text=...) "
+            "or the checkpoint's own processor to make pixel_values."
+        )
+    embeds = model.projector(model.vision(pixel_values))  # [image, tokens, d_model]
+    g = vcfg.grid_size
+    keep_cls = int(vcfg.class_token and vcfg.feature_select == "full")
+    layouts = [ImageLayout(rows=g, cols=g, n_prefix=keep_cls) for _ in range(pixel_values.shape[0])]
+    return embeds.reshape(-1, embeds.shape[-1]), layouts

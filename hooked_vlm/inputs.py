@@ -1,0 +1,42 @@
+"""Turning images + prompts into model inputs through the checkpoint's own HF processor."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+if TYPE_CHECKING:
+    from .model import HookedVLM
+
+
+def prepare_inputs(model: "HookedVLM", images: Any = None, text: str | Sequence[str] | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """images: a PIL image, a list of them (one per placeholder, in order), or None; text: prompt(s).
+
+    The prompts must contain the family's image placeholder (e.g. ``<image>`` for LLaVA) once per
+    image. Extra keyword arguments go to the processor (e.g. ``padding_side="left"``).
+    """
+    if model.processor is None:
+        raise ValueError(
+            "this model has no HF processor (the checkpoint folder had no processor files); build inputs "
+            "with the family's processor and call model(**inputs), or load with processor=..."
+        )
+    if text is None:
+        raise ValueError("text is required: the prompt(s), with one image placeholder per image")
+    prompts = [text] if isinstance(text, str) else list(text)
+    kwargs.setdefault("padding", True)
+    if images is not None and not isinstance(images, (list, tuple)):
+        images = [images]
+    hook = model.cfg.extra.get("prepare_inputs_fn")
+    if hook is not None:
+        out = hook(model, images=images, text=prompts, **kwargs)
+    else:
+        out = model.processor(images=images, text=prompts, return_tensors="pt", **kwargs)
+    result: dict[str, torch.Tensor] = {}
+    for k, v in dict(out).items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(model.device)
+            if v.is_floating_point():
+                v = v.to(model.dtype)
+        result[k] = v
+    return result

@@ -1,0 +1,373 @@
+"""HookedVLM: embed -> splice image embeddings -> blocks -> unembed, every step hooked.
+
+TransformerLens's ``HookedRootModule`` gives ``run_with_hooks``, ``hooks()``, ``add_hook`` and
+``reset_hooks``; we add image inputs, token spans, a KV cache for generation and checks with
+clear errors. Family differences live in the config and in ``converters/``, never here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.HookedRootModule import HookedRootModule
+
+from .components.attention import LayerKVCache
+from .components.block import TransformerBlock
+from .components.embed import Embed, Unembed
+from .components.masks import AttentionMask
+from .components.norms import make_norm
+from .components.projector import MLPProjector
+from .components.rope import Rotary
+from .components.vision import VisionTower
+from .config import HookedVLMConfig
+from .hook_points import HookPoint, RunState
+from .images import PIPELINES
+from .spans import TokenSpans, build_spans
+
+#: forward() keyword inputs every model takes; families add theirs in cfg.extra["input_keys"]
+BASE_INPUTS = ("input_ids", "pixel_values", "attention_mask", "position_ids")
+
+
+class KVCache:
+    """Per-layer keys/values plus the padding mask of all positions seen so far."""
+
+    def __init__(self, n_layers: int):
+        self.layers = [LayerKVCache() for _ in range(n_layers)]
+        self.key_padding: Tensor | None = None  # [batch, pos] True at real tokens
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
+class HookedVLM(HookedRootModule):
+    def __init__(self, cfg: HookedVLMConfig, processor: Any = None):
+        super().__init__()
+        self.cfg = cfg
+        self.processor = processor
+        t = cfg.text
+        self.embed = Embed(cfg.d_vocab, t.d_model)
+        self.vision = VisionTower(cfg.vision) if cfg.vision is not None else None
+        self.projector = MLPProjector(cfg.projector) if cfg.projector is not None else None
+        self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model] (projector output, before splicing)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
+        self.rotary = Rotary(t.d_head, t.rope_parameters, t.max_position_embeddings) if t.positional == "rope" else None
+        self.blocks = nn.ModuleList([TransformerBlock(t) for _ in range(t.n_layers)])
+        self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps)
+        self.unembed = Unembed(t.d_model, cfg.d_vocab)
+        if cfg.tie_word_embeddings:
+            self.unembed.weight = self.embed.weight
+        self.setup()
+        self.run_state = RunState()
+        for hp in self.hook_points():
+            hp.run = self.run_state
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> "HookedVLM":
+        """Load an HF checkpoint (hub id or local folder: the same code path) into a HookedVLM."""
+        from .loading import load_pretrained
+
+        return load_pretrained(cls, name_or_path, dtype=dtype, device=device, **kwargs)
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    # ------------------------------------------------------------------ TL views
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.weight
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.unembed.weight.T
+
+    @property
+    def W_Q(self) -> Tensor:
+        return torch.stack([b.attn.W_Q for b in self.blocks])
+
+    @property
+    def W_K(self) -> Tensor:
+        return torch.stack([b.attn.W_K for b in self.blocks])
+
+    @property
+    def W_V(self) -> Tensor:
+        return torch.stack([b.attn.W_V for b in self.blocks])
+
+    @property
+    def W_O(self) -> Tensor:
+        return torch.stack([b.attn.W_O for b in self.blocks])
+
+    @property
+    def W_in(self) -> Tensor:
+        return torch.stack([b.mlp.W_in for b in self.blocks])
+
+    @property
+    def W_out(self) -> Tensor:
+        return torch.stack([b.mlp.W_out for b in self.blocks])
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Int[Tensor, "batch pos"] | Mapping | None = None,
+        pixel_values: Tensor | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        position_ids: Int[Tensor, "batch pos"] | None = None,
+        *,
+        return_type: str | None = "logits",
+        stop_at_layer: int | None = None,
+        kv_cache: KVCache | None = None,
+        spans: TokenSpans | None = None,
+        **extras: Any,
+    ) -> Any:
+        """Run the model. Takes ``model.prepare_inputs(...)`` or an HF processor's output (``model(**inputs)``).
+
+        return_type: "logits" [batch, pos, d_vocab], "loss" (next-token loss on text targets),
+        "both", or None. ``stop_at_layer=l`` returns the residual stream entering block l.
+        """
+        if isinstance(input_ids, Mapping):
+            merged = dict(input_ids)
+            merged.update({k: v for k, v in dict(pixel_values=pixel_values, attention_mask=attention_mask,
+                                                 position_ids=position_ids).items() if v is not None})
+            merged.update(extras)
+            return self.forward(**merged, return_type=return_type, stop_at_layer=stop_at_layer, kv_cache=kv_cache, spans=spans)
+        self._check_inputs(input_ids, extras)
+        tokens = input_ids.to(self.device)
+        b, q_len = tokens.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+
+        resid = self.embed(tokens)
+        layouts = []
+        if pixel_values is not None:
+            image_embeds, layouts = self.encode_images(pixel_values, extras)
+            resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+        elif self.cfg.roles is not None and past == 0 and (tokens == self.cfg.roles.image_token_id).any():
+            raise ValueError(
+                f"the prompt holds {(tokens == self.cfg.roles.image_token_id).sum().item()} image tokens but no "
+                "pixel_values were given; pass the images (model.prepare_inputs(images=..., text=...)) "
+                "or remove the image placeholders"
+            )
+        if spans is None:
+            spans = self.spans_for(tokens, attention_mask, layouts)
+        self.run_state.spans = spans
+        self.run_state.query_positions = torch.arange(past, past + q_len, device=self.device)
+        resid = self.hook_embed(resid)
+
+        if position_ids is None:
+            position_ids = self.run_state.query_positions[None].expand(b, -1)
+        position_ids = position_ids.to(self.device)
+        key_padding = self._key_padding(attention_mask, kv_cache, b, past + q_len)
+        mask = AttentionMask(
+            causal=self.cfg.text.causal,
+            key_padding=key_padding,
+            query_positions=self.run_state.query_positions,
+            k_len=past + q_len,
+            sliding_window=self.cfg.text.sliding_window,
+        )
+        rotary = self.rotary(position_ids, resid.dtype) if self.rotary is not None else None
+        n_run = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
+        for l, block in enumerate(self.blocks[:n_run]):
+            resid = block(resid, mask, rotary, kv_cache.layers[l] if kv_cache is not None else None)
+        if stop_at_layer is not None:
+            return resid
+        logits = self.unembed(self.ln_final(resid))
+        logits = self._postprocess_logits(logits)
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = self.loss(logits, tokens, spans)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def _postprocess_logits(self, logits: Tensor) -> Tensor:
+        """Vocabulary suppression some families apply (e.g. image-code ids in text mode)."""
+        suppressed = self.cfg.extra.get("suppress_token_ids")
+        if suppressed:
+            logits[..., torch.as_tensor(suppressed, device=logits.device)] = torch.finfo(logits.dtype).min
+        return logits
+
+    def loss(self, logits: Tensor, tokens: Tensor, spans: TokenSpans) -> Tensor:
+        """Mean next-token cross-entropy over targets that are text (not image, not padding)."""
+        target_ok = spans.mask("text")[:, 1:]
+        lp = logits[:, :-1].float().log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+        return -(lp * target_ok).sum() / target_ok.sum().clamp(min=1)
+
+    def _key_padding(self, attention_mask: Tensor | None, kv_cache: KVCache | None, b: int, k_len: int) -> Tensor | None:
+        if kv_cache is None:
+            return None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        if attention_mask is not None:
+            if attention_mask.shape[1] == k_len:
+                full = attention_mask.bool()
+            else:  # mask of the new positions only
+                prev = kv_cache.key_padding if kv_cache.key_padding is not None else torch.ones(b, k_len - attention_mask.shape[1], dtype=torch.bool, device=self.device)
+                full = torch.cat([prev, attention_mask.bool()], 1)
+        else:
+            prev = kv_cache.key_padding
+            full = None if prev is None else torch.cat([prev, torch.ones(b, k_len - prev.shape[1], dtype=torch.bool, device=self.device)], 1)
+        kv_cache.key_padding = full
+        return None if full is None or bool(full.all()) else full
+
+    def _check_inputs(self, input_ids: Any, extras: dict) -> None:
+        if input_ids is None:
+            raise ValueError("input_ids is required (use model.prepare_inputs(images=..., text=...))")
+        if not isinstance(input_ids, Tensor) or input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be a [batch, pos] LongTensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+        allowed = set(self.cfg.extra.get("input_keys", ())) | {"token_type_ids"}
+        unknown = sorted(set(extras) - allowed)
+        if unknown:
+            raise TypeError(
+                f"unexpected input(s) {unknown} for {self.cfg.architecture}; this model takes "
+                f"{', '.join(BASE_INPUTS + tuple(sorted(allowed - {'token_type_ids'})))}"
+            )
+
+    # ------------------------------------------------------------------ images
+    def encode_images(self, pixel_values: Tensor, extras: dict | None = None):
+        """pixel_values -> (image embeddings [n_image_tokens, d_model], layout of each image)."""
+        pipeline = PIPELINES[self.cfg.extra.get("image_pipeline", "vit_mlp")]
+        return pipeline(self, pixel_values.to(self.device), extras or {})
+
+    def _splice(self, tokens: Tensor, embeds: Tensor, image_embeds: Tensor) -> Tensor:
+        is_image = tokens == self.cfg.roles.image_token_id
+        n_slots, n_feats = int(is_image.sum()), image_embeds.shape[0]
+        if n_slots != n_feats:
+            raise ValueError(
+                f"the prompt holds {n_slots} image tokens but the images give {n_feats} image embeddings; "
+                "there must be one image per image placeholder and each placeholder expanded to the image's "
+                "token count (use model.prepare_inputs or the checkpoint's processor)"
+            )
+        return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
+
+    def spans_for(self, tokens: Tensor, attention_mask: Tensor | None, layouts: list) -> TokenSpans:
+        from .config import TokenRoles
+
+        roles = self.cfg.roles or TokenRoles(image_token_id=-1)
+        return build_spans(tokens, attention_mask, roles, layouts)
+
+    # ------------------------------------------------------------------ hooks and caches
+    def _resolve_hook_name(self, name: Any) -> None:
+        if isinstance(name, str) and name not in self.hook_dict:
+            close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise KeyError(f"no hook point named {name!r}.{hint} (model.hook_dict lists all {len(self.hook_dict)} names)")
+
+    def add_hook(self, name: Any, hook: Callable, dir: str = "fwd", **kwargs: Any) -> None:  # type: ignore[override]
+        self._resolve_hook_name(name)
+        super().add_hook(name, hook, dir=dir, **kwargs)
+
+    def _enable_hook(self, name: Any, hook: Callable, dir: str) -> None:  # type: ignore[override]
+        self._resolve_hook_name(name)
+        super()._enable_hook(name, hook, dir)
+
+    def run_with_cache(self, *args: Any, names_filter: Any = None, remove_batch_dim: bool = False, **kwargs: Any):  # type: ignore[override]
+        """Like TransformerLens: returns (output, ActivationCache); ``cache.spans`` holds the spans."""
+        if isinstance(names_filter, str):
+            self._resolve_hook_name(names_filter)
+        elif isinstance(names_filter, (list, tuple)):
+            for n in names_filter:
+                self._resolve_hook_name(n)
+        out, cache_dict = super().run_with_cache(*args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs)
+        cache = ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        cache.spans = self.run_state.spans
+        return out, cache
+
+    # ------------------------------------------------------------------ TL helpers used by ActivationCache
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
+        bias = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
+        for l in range(layer):
+            bias = bias + self.blocks[l].attn.b_O
+            if include_mlp_biases:
+                bias = bias + self.blocks[l].mlp.b_out
+        if mlp_input:
+            bias = bias + self.blocks[layer].attn.b_O
+        return bias
+
+    def tokens_to_residual_directions(self, tokens: Any) -> Tensor:
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        tokens = torch.as_tensor(tokens, device=self.device)
+        return self.W_U[:, tokens].T if tokens.ndim else self.W_U[:, tokens]
+
+    def to_single_token(self, text: str) -> int:
+        ids = self._require_tokenizer().encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {ids}")
+        return ids[0]
+
+    def to_tokens(self, text: str | Sequence[str], add_special_tokens: bool = True) -> Tensor:
+        """Tokenize text only (image placeholders stay single placeholders; use prepare_inputs for images)."""
+        tok = self._require_tokenizer()
+        return tok([text] if isinstance(text, str) else list(text), return_tensors="pt", padding=True,
+                   add_special_tokens=add_special_tokens)["input_ids"].to(self.device)
+
+    def to_str_tokens(self, inputs: Any, batch: int = 0) -> list[str]:
+        """String tokens of one batch item; image tokens appear as ``<img r,c>`` (``<img t:r,c>`` with tiles)."""
+        if isinstance(inputs, Mapping):
+            tokens, mask = inputs["input_ids"], inputs.get("attention_mask")
+            spans = self.spans_for(tokens.to(self.device), None if mask is None else mask.to(self.device),
+                                   self._layouts_without_encoding(inputs))
+        else:
+            tokens = inputs if isinstance(inputs, Tensor) else self.to_tokens(inputs)
+            tokens = tokens[None] if tokens.ndim == 1 else tokens
+            spans = self.spans_for(tokens.to(self.device), None, [])
+        tok = self._require_tokenizer()
+        out = []
+        for p, t in enumerate(tokens[batch].tolist()):
+            img, tile, r, c = spans.grid[batch, p].tolist()
+            if img >= 0 and r >= 0:
+                out.append(f"<img {r},{c}>" if tile <= 0 and spans.layouts[batch][img].tiles == 1 else f"<img {tile}:{r},{c}>")
+            elif img >= 0:
+                out.append("<img cls>")
+            else:
+                out.append(tok.convert_ids_to_tokens(t))
+        return out
+
+    def _layouts_without_encoding(self, inputs: Mapping) -> list:
+        pv = inputs.get("pixel_values")
+        if pv is None:
+            return []
+        layout_fn = self.cfg.extra.get("layouts_fn")
+        if layout_fn is not None:
+            return layout_fn(self, inputs)
+        with torch.no_grad():
+            return self.encode_images(pv, {k: v for k, v in inputs.items() if k not in BASE_INPUTS})[1]
+
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError("this model was loaded without a tokenizer/processor; pass processor= or load a checkpoint that has one")
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ inputs and generation
+    def prepare_inputs(self, images: Any = None, text: str | Sequence[str] | None = None, **kwargs: Any) -> dict[str, Tensor]:
+        """Run the checkpoint's HF processor and move the tensors to the model's device/dtype."""
+        from .inputs import prepare_inputs
+
+        return prepare_inputs(self, images=images, text=text, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Greedy or sampled generation with a KV cache; active hooks stay active. See ``hooked_vlm.generation``."""
+        from .generation import generate
+
+        return generate(self, *args, **kwargs)

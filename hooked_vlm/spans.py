@@ -1,0 +1,187 @@
+"""TokenSpans: the role of every position of a forward (image, per image, markers, text, last).
+
+Built from the token ids (before image embeddings are spliced in), the attention mask, the
+family's :class:`~hooked_vlm.config.TokenRoles` and the patch-grid shape of every image, so it is
+the same code for every family. The cache and every hook point carry it (``hook.spans``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from .config import TokenRoles
+
+#: grid columns of :attr:`TokenSpans.grid`
+GRID_FIELDS = ("image", "tile", "row", "col")
+
+
+@dataclass
+class ImageLayout:
+    """Where the content tokens of one image come from: ``tiles`` grids of ``rows`` x ``cols`` patches.
+
+    ``tile_shapes`` overrides the shape per tile when tiles differ (e.g. base image + unpadded tiles).
+    """
+
+    rows: int
+    cols: int
+    tiles: int = 1
+    tile_shapes: list[tuple[int, int]] | None = None
+    n_prefix: int = 0  # content tokens before the grid (e.g. a kept class token); no grid cell
+
+    def shapes(self) -> list[tuple[int, int]]:
+        return self.tile_shapes if self.tile_shapes is not None else [(self.rows, self.cols)] * self.tiles
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_prefix + sum(r * c for r, c in self.shapes())
+
+
+@dataclass
+class TokenSpans:
+    """Roles of positions in a batch.
+
+    ``masks[name]`` is Bool [batch, pos]; ``grid`` is Int [batch, pos, 4] holding
+    (image index within the batch item, tile, row, col) of each image token and -1 elsewhere.
+    """
+
+    masks: dict[str, Tensor]
+    grid: Tensor
+    layouts: list[list[ImageLayout]] = field(default_factory=list)  # per batch item, per image
+
+    @property
+    def batch(self) -> int:
+        return int(self.grid.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.grid.shape[1])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.masks)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.masks
+
+    def mask(self, name: str) -> Bool[Tensor, "batch pos"]:
+        if name not in self.masks:
+            raise KeyError(f"no span named {name!r}; spans of this input: {', '.join(self.names)}")
+        return self.masks[name]
+
+    def positions(self, name: str, batch: int = 0) -> Int[Tensor, " n"]:
+        """Positions of span ``name`` in batch item ``batch``."""
+        return self.mask(name)[batch].nonzero().flatten()
+
+    def __getitem__(self, name: str) -> Tensor | list[Tensor]:
+        """Positions of ``name``: a tensor when the batch has one item, else a list per item."""
+        per_item = [self.positions(name, b) for b in range(self.batch)]
+        return per_item[0] if self.batch == 1 else per_item
+
+    def n_images(self, batch: int = 0) -> int:
+        return len(self.layouts[batch]) if self.layouts else 0
+
+    def extend(self, n_new: int) -> "TokenSpans":
+        """Spans after ``n_new`` generated tokens are appended: they are ``text`` and ``generated``."""
+        pad = lambda m, v: torch.cat([m, torch.full((m.shape[0], n_new), v, dtype=m.dtype, device=m.device)], 1)
+        masks = {name: pad(m, False) for name, m in self.masks.items()}
+        masks.setdefault("generated", torch.zeros_like(next(iter(masks.values()))))
+        masks["generated"][:, -n_new:] = True
+        masks["text"][:, -n_new:] = True
+        masks["last"] = torch.zeros_like(masks["last"])
+        masks["last"][:, -1] = True
+        grid = torch.cat([self.grid, torch.full((self.batch, n_new, 4), -1, dtype=self.grid.dtype, device=self.grid.device)], 1)
+        return TokenSpans(masks, grid, self.layouts)
+
+    def to_grid(self, values: Tensor, image: int = 0, batch: int = 0, tile: int = 0) -> Tensor:
+        """Put per-position ``values`` ([pos] or [pos, ...]) of one image back on its patch grid.
+
+        Returns [rows, cols, ...]; cells without a token are NaN.
+        """
+        if values.shape[0] != self.seq_len:
+            raise ValueError(f"values has {values.shape[0]} positions; the sequence has {self.seq_len}")
+        g = self.grid[batch]
+        sel = (g[:, 0] == image) & (g[:, 1] == tile)
+        if not sel.any():
+            raise ValueError(f"batch item {batch} has no image {image} (tile {tile})")
+        rows, cols = int(g[sel, 2].max()) + 1, int(g[sel, 3].max()) + 1
+        out = torch.full((rows, cols, *values.shape[1:]), float("nan"), dtype=torch.float32)
+        out[g[sel, 2].cpu(), g[sel, 3].cpu()] = values[sel.to(values.device)].float().cpu()
+        return out
+
+
+def build_spans(
+    input_ids: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"] | None,
+    roles: TokenRoles,
+    layouts: list[ImageLayout],
+) -> TokenSpans:
+    """Assign roles; ``layouts`` lists every image of the batch in order (batch item by batch item)."""
+    ids = input_ids
+    real = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    masks: dict[str, Tensor] = {}
+    image = (ids == roles.image_token_id) & real
+    masks["image"] = image
+    structural = image.clone()
+    for name, token_ids in _marker_roles(roles).items():
+        m = torch.isin(ids, torch.tensor(token_ids, device=ids.device)) & real
+        masks[name] = m
+        structural |= m
+    masks["text"] = real & ~structural
+    masks["pad"] = ~real
+    last = torch.zeros_like(real)
+    idx = torch.arange(ids.shape[1], device=ids.device).expand_as(ids).masked_fill(~real, -1).max(1).values
+    last[torch.arange(ids.shape[0]), idx.clamp(min=0)] = True
+    masks["last"] = last & real
+
+    grid = torch.full((*ids.shape, 4), -1, dtype=torch.long, device=ids.device)
+    per_item: list[list[ImageLayout]] = []
+    queue = list(layouts)
+    for b in range(ids.shape[0]):
+        pos = image[b].nonzero().flatten()
+        items: list[ImageLayout] = []
+        start = 0
+        while start < len(pos):
+            if not queue:
+                raise ValueError(
+                    f"batch item {b} has {len(pos)} image tokens but the images given only cover {start}; "
+                    "each image placeholder needs one image"
+                )
+            layout = queue.pop(0)
+            n = layout.n_tokens
+            if start + n > len(pos):
+                raise ValueError(
+                    f"batch item {b}: image {len(items)} needs {n} image tokens but only {len(pos) - start} remain; "
+                    "the prompt's image placeholders do not match the images"
+                )
+            img_pos = pos[start : start + n]
+            i = len(items)
+            masks.setdefault(f"image.{i}", torch.zeros_like(real))[b, img_pos] = True
+            grid[b, img_pos[: layout.n_prefix], 0] = i
+            offset = layout.n_prefix
+            for t, (r, c) in enumerate(layout.shapes()):
+                cell = torch.arange(r * c, device=ids.device)
+                tile_pos = img_pos[offset : offset + r * c]
+                grid[b, tile_pos] = torch.stack([torch.full_like(cell, i), torch.full_like(cell, t), cell // c, cell % c], -1)
+                offset += r * c
+            items.append(layout)
+            start += n
+        per_item.append(items)
+    if queue:
+        raise ValueError(f"{len(layouts)} images were given but the prompts hold placeholders for only {len(layouts) - len(queue)}")
+    return TokenSpans(masks, grid, per_item)
+
+
+def _marker_roles(roles: TokenRoles) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    if roles.boi_token_id is not None:
+        out["boi"] = (roles.boi_token_id,)
+    if roles.eoi_token_id is not None:
+        out["eoi"] = (roles.eoi_token_id,)
+    if roles.row_break_token_ids:
+        out["row_break"] = tuple(roles.row_break_token_ids)
+    out.update({k: tuple(v) for k, v in roles.extra.items()})
+    return out

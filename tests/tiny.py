@@ -1,0 +1,79 @@
+"""Tiny random HF checkpoints built offline (no downloads), shared by the tests."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VOCAB = 120
+IMAGE_TOKEN = 100
+PAD = 0
+BOS = 1
+EOS = 2
+
+
+def llama_text_config(**overrides: Any) -> dict:
+    cfg = dict(model_type="llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, pad_token_id=PAD,
+               bos_token_id=BOS, eos_token_id=EOS, rms_norm_eps=1e-5)
+    cfg.update(overrides)
+    return cfg
+
+
+def clip_vision_config(**overrides: Any) -> dict:
+    cfg = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+               num_attention_heads=4, image_size=8, patch_size=2, num_channels=3, projection_dim=16)
+    cfg.update(overrides)
+    return cfg
+
+
+def make_llava(folder: Path | None = None, text: dict | None = None, vision: dict | None = None, seed: int = 0,
+               **top: Any) -> tuple[Path, Any]:
+    """Save a tiny random LlavaForConditionalGeneration; returns (folder, hf_model in eval mode)."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    kwargs = dict(text_config=text or llama_text_config(), vision_config=vision or clip_vision_config(),
+                  image_token_id=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    kwargs.update(top)
+    config = LlavaConfig(**kwargs)
+    model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: perturb them so they are tested
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias") or "layrnorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    folder = Path(folder or tempfile.mkdtemp(prefix="tiny_llava_"))
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def image_tokens_per_image(hf_model: Any) -> int:
+    vc = hf_model.config.vision_config
+    n = (vc.image_size // vc.patch_size) ** 2
+    return n + (1 if hf_model.config.vision_feature_select_strategy == "full" else 0)
+
+
+def llava_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], seed: int = 0, text_len: int = 5):
+    """input_ids/attention_mask/pixel_values for a batch: item i has prompts_images[i] images and pad_left[i] pads."""
+    g = torch.Generator().manual_seed(seed)
+    n_img = image_tokens_per_image(hf_model)
+    rows = []
+    for k in prompts_images:
+        ids = [BOS]
+        for _ in range(k):
+            ids += torch.randint(3, 90, (2,), generator=g).tolist() + [IMAGE_TOKEN] * n_img
+        ids += torch.randint(3, 90, (text_len,), generator=g).tolist()
+        rows.append(ids)
+    length = max(len(r) + p for r, p in zip(rows, pad_left))
+    input_ids = torch.full((len(rows), length), PAD)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        start = length - len(r)
+        input_ids[i, start:] = torch.tensor(r)
+        mask[i, start:] = 1
+    vc = hf_model.config.vision_config
+    pixel_values = torch.randn(sum(prompts_images), 3, vc.image_size, vc.image_size, generator=g)
+    return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values)
