@@ -57,6 +57,7 @@ class VisionConfig:
     tower: TowerConfig
     image_size: int
     patch_size: int
+    kind: str = "vit"  # which tower module builds it (hooked_vlm.components.VISION_KINDS)
     n_channels: int = 3
     class_token: bool = True
     patch_bias: bool = False
@@ -64,6 +65,7 @@ class VisionConfig:
     # Which hidden states feed the projector (HF indexing: 0 = embeddings, i = after block i-1).
     feature_layers: tuple[int, ...] = (-2,)
     feature_select: str = "default"  # "default" drops the class token, "full" keeps it
+    extra: dict[str, Any] = field(default_factory=dict)  # kind-specific settings
 
     @property
     def grid_size(self) -> int:
@@ -82,6 +84,8 @@ class ProjectorConfig:
     d_out: int
     act_fn: str = "gelu"
     bias: bool = True
+    kind: str = "mlp"  # which projector module builds it (hooked_vlm.components.PROJECTOR_KINDS)
+    extra: dict[str, Any] = field(default_factory=dict)  # kind-specific settings
 
 
 @dataclass

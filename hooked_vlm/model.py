@@ -22,12 +22,11 @@ from .components.block import TransformerBlock
 from .components.embed import Embed, Unembed
 from .components.masks import AttentionMask
 from .components.norms import make_norm
-from .components.projector import MLPProjector
+from .components import build_projector, build_vision
 from .components.rope import Rotary
-from .components.vision import VisionTower
 from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
-from .images import PIPELINES
+from .pipelines import PIPELINES
 from .spans import TokenSpans, build_spans
 
 #: forward() keyword inputs every model takes; families add theirs in cfg.extra["input_keys"]
@@ -53,8 +52,8 @@ class HookedVLM(HookedRootModule):
         self.processor = processor
         t = cfg.text
         self.embed = Embed(cfg.d_vocab, t.d_model)
-        self.vision = VisionTower(cfg.vision) if cfg.vision is not None else None
-        self.projector = MLPProjector(cfg.projector) if cfg.projector is not None else None
+        self.vision = build_vision(cfg.vision)
+        self.projector = build_projector(cfg.projector)
         self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model] (projector output, before splicing)
         self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
         self.rotary = Rotary(t.d_head, t.rope_parameters, t.max_position_embeddings) if t.positional == "rope" else None

@@ -1,1 +1,34 @@
-"""Family-agnostic building blocks. Nothing here knows which model family it belongs to."""
+"""Family-agnostic building blocks. Nothing here knows which model family it belongs to.
+
+Vision towers and projectors are picked by ``kind`` (a config field). Adding a kind = one module
++ one line in the tables below ("module:Class", imported on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import nn
+
+VISION_KINDS = {
+    "vit": "hooked_vlm.components.vision:VisionTower",
+}
+PROJECTOR_KINDS = {
+    "mlp": "hooked_vlm.components.projector:MLPProjector",
+}
+
+
+def _build(table: dict[str, str], what: str, cfg: Any) -> nn.Module:
+    if cfg.kind not in table:
+        raise ValueError(f"unknown {what} kind {cfg.kind!r}; known: {', '.join(sorted(table))}")
+    module, cls = table[cfg.kind].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg)
+
+
+def build_vision(cfg: Any) -> nn.Module | None:
+    return None if cfg is None else _build(VISION_KINDS, "vision tower", cfg)
+
+
+def build_projector(cfg: Any) -> nn.Module | None:
+    return None if cfg is None else _build(PROJECTOR_KINDS, "projector", cfg)

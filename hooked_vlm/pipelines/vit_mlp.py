@@ -1,30 +1,16 @@
-"""From pixel_values to image embeddings + the patch layout of every image.
-
-The pipeline is chosen by the config (``cfg.extra["image_pipeline"]``), not by family name;
-each pipeline is a small function over the model's ``vision`` and ``projector`` modules.
-"""
+"""LLaVA-1.5 style: one fixed-size square image -> ViT -> selected layers -> MLP projector."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from .spans import ImageLayout
+from ..spans import ImageLayout
+from .base import register_pipeline
 
 if TYPE_CHECKING:
-    from .model import HookedVLM
-
-ImagePipeline = Callable[["HookedVLM", torch.Tensor, dict], tuple[torch.Tensor, list[ImageLayout]]]
-PIPELINES: dict[str, ImagePipeline] = {}
-
-
-def register_pipeline(name: str) -> Callable[[ImagePipeline], ImagePipeline]:
-    def deco(fn: ImagePipeline) -> ImagePipeline:
-        PIPELINES[name] = fn
-        return fn
-
-    return deco
+    from ..model import HookedVLM
 
 
 @register_pipeline("vit_mlp")
