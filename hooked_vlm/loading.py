@@ -75,6 +75,7 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
     with torch.device("meta"):
         model = cls(cfg)
     model = model.to(dtype=dtype).to_empty(device=device)
+    model.tie_weights()  # to_empty gives each module its own tensor; re-share tied ones
     for module in model.modules():
         if hasattr(module, "reset_buffers"):
             module.reset_buffers()

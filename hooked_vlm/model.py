@@ -60,12 +60,16 @@ class HookedVLM(HookedRootModule):
         self.blocks = nn.ModuleList([TransformerBlock(t) for _ in range(t.n_layers)])
         self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps)
         self.unembed = Unembed(t.d_model, cfg.d_vocab)
-        if cfg.tie_word_embeddings:
-            self.unembed.weight = self.embed.weight
+        self.tie_weights()
         self.setup()
         self.run_state = RunState()
         for hp in self.hook_points():
             hp.run = self.run_state
+
+    def tie_weights(self) -> None:
+        """Share W_E and W_U when the checkpoint ties them (call again after materialising from 'meta')."""
+        if self.cfg.tie_word_embeddings:
+            self.unembed.weight = self.embed.weight
 
     # ------------------------------------------------------------------ loading
     @classmethod

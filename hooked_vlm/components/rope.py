@@ -7,7 +7,6 @@ run time (``dynamic``, ``longrope``) are refused by the converters.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -24,17 +23,13 @@ def rope_inv_freq(rope_parameters: dict[str, Any], d_head: int, max_position_emb
         return 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head)), 1.0
     if rope_type not in STATIC_ROPE_TYPES:
         raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {', '.join(STATIC_ROPE_TYPES)}")
+    from transformers import PretrainedConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    hf_like = SimpleNamespace(
-        rope_parameters=dict(rope_parameters),
-        head_dim=d_head,
-        hidden_size=d_head,
-        num_attention_heads=1,
-        max_position_embeddings=max_position_embeddings,
-        partial_rotary_factor=1.0,
-        default_theta=theta,
-    )
+    hf_like = PretrainedConfig()
+    for key, value in dict(rope_parameters=dict(rope_parameters), head_dim=d_head, hidden_size=d_head,
+                           num_attention_heads=1, max_position_embeddings=max_position_embeddings).items():
+        setattr(hf_like, key, value)
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_like, device=None)
     return inv_freq.float(), float(scaling)
 
