@@ -1,0 +1,113 @@
+"""Attention flow, modality separation, neighbourhood overlap and the gate finder vs hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hooked_vlm.analysis import (attention_flow, find_gate, forward_with_hooks, label_overlap, modality_separation,
+                                 neighbourhood_overlap, plot_attention_flow, span_mask)
+from hooked_vlm.analysis._common import spans_of
+from tests import tiny_analysis as ta
+
+ATOL = 1e-5
+
+
+def _data(n=4):
+    _, hf = ta.model_and_hf()
+    return [ta.example(hf, s, text_after=3 + s % 3) for s in range(n)]
+
+
+def _pattern_cache(model, ex):
+    _, cache = model.run_with_cache(**ex, names_filter=lambda n: n.endswith("hook_pattern"))
+    return cache
+
+
+def test_attention_flow_equals_cache_computation():
+    model, _ = ta.model_and_hf()
+    data = _data()
+    flow = attention_flow(model, data, batch_size=3, progress=False)  # two batches, mixed lengths
+    roles = ["eoi", "image_last", "boi", "image_other"]
+    assert list(dict.fromkeys(flow.role)) == roles
+    hand = np.zeros((model.cfg.n_layers, len(roles)))
+    for ex in data:
+        cache = _pattern_cache(model, ex)
+        s = cache.spans
+        q = span_mask(s, "after_image")[0]
+        keys = [span_mask(s, "eoi")[0], span_mask(s, "image_last")[0], span_mask(s, "boi")[0], span_mask(s, "image_other")[0]]
+        for l in range(model.cfg.n_layers):
+            per_key = cache[f"blocks.{l}.attn.hook_pattern"][0].sum(0)[q].mean(0)
+            hand[l] += [per_key[k].sum().item() for k in keys]
+    hand /= len(data)
+    for l in range(model.cfg.n_layers):
+        got = flow[(flow.layer == l) & (flow["head"] == -1)].set_index("role").loc[roles]
+        assert np.abs(got.weight.values - hand[l]).max() <= ATOL
+        assert np.abs(got.share.values - hand[l] / hand[l].sum()).max() <= ATOL
+    per_head = attention_flow(model, data[0], per_head=True, keys=["eoi", "image", "before_image"])
+    assert set(per_head["head"]) == set(range(model.cfg.n_heads))
+    summed = per_head.groupby(["layer", "role"]).weight.sum()
+    one = attention_flow(model, data[0], keys=["eoi", "image", "before_image"]).set_index(["layer", "role"]).weight
+    assert np.abs(summed.sort_index().values - one.sort_index().values).max() <= ATOL
+    assert plot_attention_flow(flow).axes
+
+
+def test_modality_separation_equals_hand_cosines():
+    model, _ = ta.model_and_hf()
+    data = _data(6)
+    df = modality_separation(model, data, layers=[0, 2], n_tokens=2, seed=3, batch_size=4, progress=False)
+    assert list(df.layer) == [0, 2]
+    assert ((df.cos_q1 <= df.cos_median) & (df.cos_median <= df.cos_q3)).all()
+    assert ((df.homogeneity >= 0) & (df.homogeneity <= 1)).all()
+    # all positions (n_tokens=None is not sampled): compare with a hand computation from caches
+    full = modality_separation(model, data[:2], layers=[1], n_tokens=10**6, homogeneity=False, progress=False)
+    cos = []
+    for ex in data[:2]:
+        _, cache = model.run_with_cache(**ex, names_filter="blocks.1.hook_resid_post")
+        r = cache["blocks.1.hook_resid_post"][0]
+        img = torch.nn.functional.normalize(r[span_mask(cache.spans, "image")[0]], dim=-1)
+        txt = torch.nn.functional.normalize(r[span_mask(cache.spans, "text")[0]], dim=-1)
+        cos.append((img @ txt.T).abs().flatten())
+    q = torch.quantile(torch.cat(cos), torch.tensor([0.25, 0.5, 0.75]))
+    assert np.abs(full[["cos_q1", "cos_median", "cos_q3"]].values[0] - q.numpy()).max() <= ATOL
+
+
+def test_neighbourhood_overlap_by_hand_and_label_overlap():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5))
+    labels = rng.integers(0, 2, size=12)
+    cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
+    np.fill_diagonal(cos, -np.inf)
+    nn = np.argsort(-cos, axis=1)[:, :3]
+    assert abs(neighbourhood_overlap(x, labels, k=3) - (labels[nn] == labels[:, None]).mean()) <= 1e-9
+    separated = np.concatenate([rng.normal(size=(6, 5)) + 20, rng.normal(size=(6, 5)) - 20])
+    assert neighbourhood_overlap(separated, [0] * 6 + [1] * 6, k=3) == 1.0
+    model, _ = ta.model_and_hf()
+    df = label_overlap(model, _data(6), [0, 1, 0, 1, 0, 1], layers=[0, 2], k=2, progress=False)
+    assert set(df.span) == {"eoi", "image_last", "image_mean"} and len(df) == 6
+    assert ((df.overlap >= 0) & (df.overlap <= 1)).all()
+
+
+def test_gate_finder_scores_equal_hand_knockouts():
+    model, _ = ta.model_and_hf()
+    data = _data(2)
+    gate = find_gate(model, data, batch_size=2, progress=False)
+    assert len(gate) == 18 and abs(gate.attention_share.sum() - 1) <= 1e-6
+    eoi = gate[gate.role == "eoi"].iloc[0]
+    assert eoi.offset == 17 and gate[gate.role == "boi"].iloc[0].offset == 0
+    kls = []
+    for ex in data:
+        logits = forward_with_hooks(model, ex)[0, -1].log_softmax(-1)
+        s = span_mask(spans_of(model, ex), "eoi")
+        ko = [(f"blocks.{l}.attn.hook_attn_scores", _ko_scores(s)) for l in range(model.cfg.n_layers)]
+        lk = forward_with_hooks(model, ex, ko)[0, -1].log_softmax(-1)
+        kls.append((logits.exp() * (logits - lk)).sum().item())
+    assert abs(eoi.knockout_kl - np.mean(kls)) <= 1e-5
+    top = find_gate(model, data, knockout_top=2, progress=False)
+    assert top.knockout_kl.notna().sum() == 4  # 2 image tokens + boi + eoi
+
+
+def _ko_scores(key_mask):
+    def ko(scores, hook):
+        q = span_mask(hook.spans, "after_image")[:, hook.query_positions]
+        return scores.masked_fill(q[:, None, :, None] & key_mask[:, None, None, :], float("-inf"))
+    return ko
