@@ -15,6 +15,35 @@ import torch
 from tests import tiny
 
 BOI, EOI = 94, 95
+WORDS = ["red", "green", "blue", "circle", "square", "triangle", "what", "colour", "shape", "is", "the", "this", "a",
+         "?", "USER:", "ASSISTANT:", "It"]
+
+
+def make_processor(image_size: int = 8, patch_size: int = 2):
+    """An offline LlavaProcessor over the tiny vocabulary: a WordLevel tokenizer (whitespace words,
+    ``<image>`` = 100, ``<boi>`` = 94, ``<eoi>`` = 95) and a CLIP image processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+
+    vocab = {"<pad>": tiny.PAD, "<s>": tiny.BOS, "</s>": tiny.EOS, "<image>": tiny.IMAGE_TOKEN, "<boi>": BOI, "<eoi>": EOI}
+    vocab.update({w: 3 + i for i, w in enumerate(WORDS)})
+    used = set(vocab.values())
+    vocab.update({f"w{i}": i for i in range(tiny.VOCAB) if i not in used})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<pad>")
+    fast.add_special_tokens({"additional_special_tokens": ["<image>", "<boi>", "<eoi>"]})
+    images = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    return LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=patch_size,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>")
+
+
+def random_image(seed: int, size: int = 8):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.random.default_rng(seed).random((size, size, 3)) * 255).astype("uint8"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -22,7 +51,7 @@ def model_and_hf(n_layers: int = 3, seed: int = 0):
     from hooked_vlm import HookedVLM
 
     folder, hf = tiny.make_llava(text=tiny.llama_text_config(num_hidden_layers=n_layers), seed=seed)
-    model = HookedVLM.from_pretrained(str(folder))
+    model = HookedVLM.from_pretrained(str(folder), processor=make_processor())
     model.cfg.roles.boi_token_id = BOI
     model.cfg.roles.eoi_token_id = EOI
     return model, hf
