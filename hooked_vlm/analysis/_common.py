@@ -61,6 +61,8 @@ def span_mask(spans: TokenSpans, span: SpanLike) -> Bool[Tensor, "batch pos"]:
             span = _positions_mask(spans, span.tolist())
         if span.ndim == 1:
             span = span[None].expand(spans.batch, -1)
+        if span.ndim == 2 and span.shape[1] < spans.seq_len:  # a prompt mask while generating: new tokens are not in it
+            span = torch.cat([span, span.new_zeros(span.shape[0], spans.seq_len - span.shape[1])], 1)
         if tuple(span.shape) != (spans.batch, spans.seq_len):
             raise ValueError(f"span mask has shape {tuple(span.shape)}; expected [batch, pos] = {(spans.batch, spans.seq_len)}")
         return span.to(spans.grid.device)

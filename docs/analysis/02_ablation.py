@@ -1,0 +1,28 @@
+"""Mean-ablation of object tokens at the LM input (Neo et al. 2024, sec. 1)."""
+
+import torch
+from _setup import dataset, tiny_model
+
+from hooked_vlm.analysis import ablation_hook, grid_cells_mask, mean_activation, span_ablation
+from hooked_vlm.analysis._common import spans_of
+
+model = tiny_model()
+data = dataset(6)
+mean = mean_activation(model, data, span="image", hook_name="hook_embed", progress=False)  # [d_model]
+print("mean projector output:", mean.shape)
+
+image, text = data[0]
+inputs = model.prepare_inputs(images=image, text=text)
+spans = spans_of(model, inputs)
+object_tokens = grid_cells_mask(spans, cells=[(1, 1), (1, 2)], buffer=1)  # object cells + 1-cell buffer
+print("ablating", int(object_tokens.sum()), "of", int(spans.mask("image").sum()), "image tokens")
+
+clean = model(**inputs)[0, -1].softmax(-1)
+ablated = span_ablation(model, inputs, span=object_tokens, how="mean", value=mean)[0, -1].softmax(-1)
+zeroed = span_ablation(model, inputs, span="image", how="zero")[0, -1].softmax(-1)
+red = model.to_single_token("red")
+print(f"P(red): clean {clean[red]:.4f}  object-mean-ablated {ablated[red]:.4f}  all-image-zeroed {zeroed[red]:.4f}")
+
+# the same ablation as a hook you can combine with anything else, e.g. while generating
+hook = ablation_hook(object_tokens, how="mean", value=mean)
+print(model.generate(**inputs, fwd_hooks=[("hook_embed", hook)], max_new_tokens=4))
