@@ -117,3 +117,11 @@ def test_steering_adds_the_vector_at_the_span():
     ea = span_activations(model, a, "eoi", "blocks.1.hook_resid_pre")[0, 0]
     eb = span_activations(model, b, "eoi", "blocks.1.hook_resid_pre")[0, 0]
     assert (vec - (ea - eb)).abs().max().item() <= ATOL
+
+
+def test_span_edit_on_an_activation_without_positions_is_refused():
+    import pytest
+
+    model, hf = ta.model_and_hf()
+    with pytest.raises(ValueError, match="hook_embed instead of hook_image_embeds"):
+        span_ablation(model, ta.example(hf, 1), "image", "zero", hook_name="hook_image_embeds")

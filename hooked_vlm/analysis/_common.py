@@ -100,8 +100,16 @@ def _positions_mask(spans: TokenSpans, positions: list) -> Tensor:
     return m
 
 
-def query_rows(hook: Any, span: SpanLike) -> Bool[Tensor, "batch q_pos"]:
-    """Inside a hook: which of the rows computed now (``hook.query_positions``) belong to ``span``."""
+def query_rows(hook: Any, span: SpanLike, act: Tensor | None = None) -> Bool[Tensor, "batch q_pos"]:
+    """Inside a hook: which of the rows computed now (``hook.query_positions``) belong to ``span``.
+
+    ``act`` (optional) is checked to be laid out [batch, pos, ...] like the language model's stream.
+    """
+    if act is not None and (act.ndim < 3 or act.shape[1] != len(hook.query_positions)):
+        raise ValueError(
+            f"'{hook.name}' gives shape {tuple(act.shape)}, not [batch, pos, ...] over the sequence; span edits "
+            "need a language-model activation (e.g. hook_embed instead of hook_image_embeds)"
+        )
     return span_mask(hook.spans, span)[:, hook.query_positions]
 
 

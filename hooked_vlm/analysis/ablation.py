@@ -32,7 +32,7 @@ def ablation_hook(span: SpanLike = "image", how: str = "zero", value: Tensor | N
         raise ValueError(f"how={how!r} needs value= (mean_activation(...) or span_activations(...) of a source run)")
 
     def ablate(act: Tensor, hook: Any) -> Tensor:
-        rows = query_rows(hook, span)  # [batch, q]
+        rows = query_rows(hook, span, act)  # [batch, q]
         if not rows.any():
             return act
         out = act.clone()
@@ -67,7 +67,7 @@ def span_activations(model: Any, inputs: dict, span: SpanLike = "image", hook_na
     got: dict[str, Tensor] = {}
 
     def grab(act: Tensor, hook: Any) -> None:
-        rows = query_rows(hook, span)
+        rows = query_rows(hook, span, act)
         counts = rows.sum(1)
         if not bool((counts == counts[0]).all()):
             raise ValueError(f"span has different lengths across the batch ({counts.tolist()}); run items one by one")
@@ -95,7 +95,7 @@ def mean_activation(model: Any, dataset: Iterable[dict] | Iterable[Any], span: S
 
     def accumulate(act: Tensor, hook: Any) -> None:
         nonlocal total, count
-        rows = query_rows(hook, span)
+        rows = query_rows(hook, span, act)
         if per_position:
             n = rows.sum(1)
             if not bool((n == n[0]).all()):
@@ -107,7 +107,7 @@ def mean_activation(model: Any, dataset: Iterable[dict] | Iterable[Any], span: S
         total = s if total is None else total + s
         count = count + c
 
-    stop = 0 if hook_name in ("hook_embed", "hook_image_embeds") else None
+    stop = 0 if hook_name == "hook_embed" else None
     for _, inputs in iterate_batches(model, dataset, batch_size=batch_size, progress=progress, desc="mean activation"):
         forward_with_hooks(model, inputs, [(hook_name, accumulate)], return_type=None, stop_at_layer=stop)
     if total is None or not count:

@@ -33,6 +33,24 @@ def blocked_edges(hook: Any, src: SpanLike, dst: SpanLike, k_len: int) -> Bool[T
     return q[:, None, :, None] & k[:, None, None, :]
 
 
+class _EdgeCache:
+    """Reuses the blocked-edge mask across the layers of one forward (same spans object, same rows)."""
+
+    def __init__(self, src: SpanLike, dst: SpanLike):
+        self.src, self.dst = src, dst
+        self.spans: Any = None
+        self.key: tuple = ()
+        self.blocked: Tensor | None = None
+
+    def __call__(self, hook: Any, k_len: int) -> Tensor:
+        qp = hook.query_positions
+        key = (int(qp[0]) if len(qp) else -1, len(qp), k_len)
+        if self.spans is not hook.spans or self.key != key:
+            self.spans, self.key = hook.spans, key
+            self.blocked = blocked_edges(hook, self.src, self.dst, k_len)
+        return self.blocked
+
+
 def _head_select(n_heads: int, heads: Sequence[int] | None, device: torch.device) -> Tensor | None:
     if heads is None:
         return None
@@ -46,9 +64,10 @@ def mask_knockout_hook(src: SpanLike, dst: SpanLike, heads: Sequence[int] | None
     """Hook for ``blocks.{l}.attn.hook_mask``: forbid ``src`` keys to ``dst`` queries (-inf before softmax)."""
     if heads is not None and n_heads is None:
         raise ValueError("knocking out single heads needs n_heads (model.cfg.n_heads)")
+    edges = _EdgeCache(src, dst)
 
     def knockout_mask(allowed: Tensor, hook: Any) -> Tensor:
-        blocked = blocked_edges(hook, src, dst, allowed.shape[-1])
+        blocked = edges(hook, allowed.shape[-1])
         sel = _head_select(n_heads or 1, heads, allowed.device)
         if sel is not None:
             blocked = blocked & sel  # [batch, head, q, k]
@@ -60,9 +79,10 @@ def mask_knockout_hook(src: SpanLike, dst: SpanLike, heads: Sequence[int] | None
 
 def zero_knockout_hook(src: SpanLike, dst: SpanLike, heads: Sequence[int] | None = None) -> Callable:
     """Hook for ``blocks.{l}.attn.hook_pattern``: set ``src`` -> ``dst`` weights to 0, no renormalisation."""
+    edges = _EdgeCache(src, dst)
 
     def knockout_pattern(pattern: Tensor, hook: Any) -> Tensor:
-        blocked = blocked_edges(hook, src, dst, pattern.shape[-1])
+        blocked = edges(hook, pattern.shape[-1])
         sel = _head_select(pattern.shape[1], heads, pattern.device)
         if sel is not None:
             blocked = blocked & sel

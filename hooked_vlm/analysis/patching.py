@@ -50,7 +50,7 @@ def source_activations(model: Any, inputs: dict, hook_names: Sequence[str], span
     got: dict[str, Tensor] = {}
 
     def grab(act: Tensor, hook: Any) -> None:
-        rows = query_rows(hook, span)
+        rows = query_rows(hook, span, act)
         n = rows.sum(1)
         if not bool((n == n[0]).all()):
             raise ValueError(f"span {span!r} has different lengths across the batch: {n.tolist()}")
@@ -149,7 +149,7 @@ def steering_hook(vector: Tensor, scale: float = 1.0, span: SpanLike = "eoi") ->
     """Hook adding ``scale * vector`` ([d] or [batch, d]) to the activation at ``span`` rows."""
 
     def steer(act: Tensor, hook: Any) -> Tensor:
-        rows = query_rows(hook, span)
+        rows = query_rows(hook, span, act)
         if not rows.any():
             return act
         v = (scale * vector).to(act.device, act.dtype)
