@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from hooked_vlm.analysis import (attention_flow, find_gate, forward_with_hooks, label_overlap, modality_separation,
@@ -69,6 +70,17 @@ def test_modality_separation_equals_hand_cosines():
         cos.append((img @ txt.T).abs().flatten())
     q = torch.quantile(torch.cat(cos), torch.tensor([0.25, 0.5, 0.75]))
     assert np.abs(full[["cos_q1", "cos_median", "cos_q3"]].values[0] - q.numpy()).max() <= ATOL
+
+
+def test_cluster_homogeneity_extremes():
+    from hooked_vlm.analysis import cluster_homogeneity
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(10, 4)) * 0.05 + [1, 0, 0, 0], rng.normal(size=(10, 4)) * 0.05 + [0, 1, 0, 0]
+    for method in ("kmeans", "agglomerative"):
+        assert cluster_homogeneity(np.concatenate([a, b]), [0] * 10 + [1] * 10, method=method) == pytest.approx(1.0)
+        mixed = np.concatenate([a[:5], b[:5], a[5:], b[5:]])
+        assert cluster_homogeneity(mixed, [0] * 10 + [1] * 10, method=method) <= 0.1
 
 
 def test_neighbourhood_overlap_by_hand_and_label_overlap():

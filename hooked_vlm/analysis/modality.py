@@ -50,6 +50,7 @@ def collect_span_vectors(model: Any, data: dict | Iterable[Any], spans_to_sample
 
     layers = layer_list(model, layers)
     g = torch.Generator().manual_seed(seed)
+    layer_of = {site.format(l=l): l for l in layers}
     out: dict[int, dict[str, list]] = {l: {k: [] for k in spans_to_sample} for l in layers}
     if isinstance(data, dict):  # one batch
         batches: Iterable = [(list(range(len(data["input_ids"]))), data)]
@@ -64,7 +65,7 @@ def collect_span_vectors(model: Any, data: dict | Iterable[Any], spans_to_sample
                     m = span_mask(hook.spans, span)
                     picked[name] = [r.nonzero().flatten().cpu() for r in m] if reduce == "mean" or n_tokens is None \
                         else _sample_rows(m, n_tokens, g)
-            layer = int(hook.name.split(".")[1])
+            layer = layer_of[hook.name]
             for name, rows in picked.items():
                 for b, pos in enumerate(rows):
                     if len(pos) == 0:
@@ -73,7 +74,7 @@ def collect_span_vectors(model: Any, data: dict | Iterable[Any], spans_to_sample
                     vec = vec.mean(0, keepdim=True) if reduce == "mean" else vec
                     out[layer][name].append((vec, torch.full((len(vec),), idx[b])))
 
-        forward_with_hooks(model, inputs, [(site.format(l=l), grab) for l in layers], return_type=None)
+        forward_with_hooks(model, inputs, [(name, grab) for name in layer_of], return_type=None)
     return {l: {k: (torch.cat([v for v, _ in vs]), torch.cat([i for _, i in vs])) if vs else
                 (torch.empty(0, model.cfg.d_model), torch.empty(0, dtype=torch.long)) for k, vs in d.items()}
             for l, d in out.items()}
