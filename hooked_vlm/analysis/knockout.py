@@ -41,6 +41,7 @@ class _EdgeCache:
         self.spans: Any = None
         self.key: tuple = ()
         self.blocked: Tensor | None = None
+        self.keep: Tensor | None = None  # ~blocked
 
     def __call__(self, hook: Any, k_len: int) -> Tensor:
         qp = hook.query_positions
@@ -48,6 +49,7 @@ class _EdgeCache:
         if self.spans is not hook.spans or self.key != key:
             self.spans, self.key = hook.spans, key
             self.blocked = blocked_edges(hook, self.src, self.dst, k_len)
+            self.keep = ~self.blocked
         return self.blocked
 
 
@@ -69,10 +71,10 @@ def mask_knockout_hook(src: SpanLike, dst: SpanLike, heads: Sequence[int] | None
     def knockout_mask(allowed: Tensor, hook: Any) -> Tensor:
         blocked = edges(hook, allowed.shape[-1])
         sel = _head_select(n_heads or 1, heads, allowed.device)
-        if sel is not None:
-            blocked = blocked & sel  # [batch, head, q, k]
-            allowed = allowed.expand(-1, n_heads, -1, -1)
-        return allowed & ~blocked
+        if sel is None:
+            return allowed & edges.keep
+        allowed = allowed.expand(-1, n_heads, -1, -1)
+        return allowed & ~(blocked & sel)  # [batch, head, q, k]
 
     return knockout_mask
 
