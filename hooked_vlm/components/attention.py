@@ -39,8 +39,9 @@ class Attention(nn.Module):
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
-        self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        if cfg.positional not in ("learned", "none"):  # rotary towers only: hooks that never fire do not exist
+            self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_mask = HookPoint(_mask_shape_ok, "a bool mask [batch, 1 or head, q, k] like")  # [batch, 1, q_pos, k_pos]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
