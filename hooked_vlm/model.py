@@ -135,7 +135,7 @@ class HookedVLM(HookedRootModule):
         self,
         input_ids: Int[Tensor, "batch pos"] | Mapping | None = None,
         pixel_values: Tensor | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Int[Tensor, "batch key_pos"] | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
         *,
         return_type: str | None = "logits",
