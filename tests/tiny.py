@@ -56,8 +56,10 @@ def image_tokens_per_image(hf_model: Any) -> int:
     return n + (1 if hf_model.config.vision_feature_select_strategy == "full" else 0)
 
 
-def llava_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], seed: int = 0, text_len: int = 5):
-    """input_ids/attention_mask/pixel_values for a batch: item i has prompts_images[i] images and pad_left[i] pads."""
+def llava_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], seed: int = 0, text_len: int = 5,
+                right: bool = False):
+    """input_ids/attention_mask/pixel_values for a batch: item i has prompts_images[i] images and pad_left[i] pads
+    (on the right instead when ``right``)."""
     g = torch.Generator().manual_seed(seed)
     n_img = image_tokens_per_image(hf_model)
     rows = []
@@ -71,9 +73,9 @@ def llava_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], s
     input_ids = torch.full((len(rows), length), PAD)
     mask = torch.zeros(len(rows), length, dtype=torch.long)
     for i, r in enumerate(rows):
-        start = length - len(r)
-        input_ids[i, start:] = torch.tensor(r)
-        mask[i, start:] = 1
+        start = 0 if right else length - len(r)
+        input_ids[i, start:start + len(r)] = torch.tensor(r)
+        mask[i, start:start + len(r)] = 1
     vc = hf_model.config.vision_config
     pixel_values = torch.randn(sum(prompts_images), 3, vc.image_size, vc.image_size, generator=g)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values)
