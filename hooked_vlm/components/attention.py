@@ -120,11 +120,15 @@ class Attention(nn.Module):
         n_rep = self.cfg.n_heads // self.cfg.n_key_value_heads
         if n_rep > 1:
             k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        scores = self.hook_attn_scores(scores)
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).nan_to_num(0.0).to(q.dtype)
-        pattern = self.hook_pattern(pattern)
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale)
+        scores = self.hook_attn_scores(scores.masked_fill_(~allowed, float("-inf")))
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        dead = ~allowed.any(-1, keepdim=True)  # queries that may attend to nothing: zeros, not NaN
+        if bool(dead.any()):
+            pattern = pattern.masked_fill(dead, 0.0)
+        if self.hook_attn_scores.fwd_hooks:  # a score edit may have blocked whole rows
+            pattern = pattern.nan_to_num(0.0)
+        pattern = self.hook_pattern(pattern.to(q.dtype))
         return torch.matmul(pattern, v)
 
 
