@@ -31,13 +31,14 @@ class ImageLayout:
     tiles: int = 1
     tile_shapes: list[tuple[int, int]] | None = None
     n_prefix: int = 0  # content tokens before the grid (e.g. a kept class token); no grid cell
+    row_breaks: bool = False  # each grid row is followed by one break token among the image's tokens (Emu3)
 
     def shapes(self) -> list[tuple[int, int]]:
         return self.tile_shapes if self.tile_shapes is not None else [(self.rows, self.cols)] * self.tiles
 
     @property
     def n_tokens(self) -> int:
-        return self.n_prefix + sum(r * c for r, c in self.shapes())
+        return self.n_prefix + sum(r * (c + int(self.row_breaks)) for r, c in self.shapes())
 
 
 @dataclass
@@ -165,8 +166,14 @@ def build_spans(
             for t, (r, c) in enumerate(layout.shapes()):
                 cell = torch.arange(r * c, device=ids.device)
                 tile_pos = img_pos[offset : offset + r * c]
+                if layout.row_breaks:  # break tokens: role row_break, not image content, no grid cell
+                    rows = img_pos[offset : offset + r * (c + 1)].view(r, c + 1)
+                    tile_pos, breaks = rows[:, :c].flatten(), rows[:, c]
+                    masks.setdefault("row_break", torch.zeros_like(real))[b, breaks] = True
+                    image[b, breaks] = False
+                    masks[f"image.{i}"][b, breaks] = False
                 grid[b, tile_pos] = torch.stack([torch.full_like(cell, i), torch.full_like(cell, t), cell // c, cell % c], -1)
-                offset += r * c
+                offset += r * (c + int(layout.row_breaks))
             items.append(layout)
             start += n
         per_item.append(items)

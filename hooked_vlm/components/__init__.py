@@ -13,6 +13,7 @@ from torch import nn
 
 VISION_KINDS = {
     "vit": "hooked_vlm.components.vision:VisionTower",
+    "vq": "hooked_vlm.components.vq:VQTokenizer",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",

@@ -15,6 +15,7 @@ from torch import nn
 from ..config import TowerConfig
 from ..hook_points import HookPoint
 from .masks import AttentionMask
+from .qk_norm import make_qk_norms
 from .rope import apply_rotary
 
 
@@ -35,6 +36,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
         self.o_proj = nn.Linear(h * dh, d, bias=cfg.attn_out_bias)  # weight [d_model, (head d_head)]
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else dh**-0.5
+        self.q_norm, self.k_norm = make_qk_norms(cfg)  # None unless cfg.qk_norm
 
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
@@ -83,6 +85,8 @@ class Attention(nn.Module):
         q = self.hook_q(self.q_proj(x).view(b, q_len, cfg.n_heads, cfg.d_head))
         k = self.hook_k(self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
         v = self.hook_v(self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             cos, sin = rotary
             q = self.hook_rot_q(apply_rotary(q, cos, sin))

@@ -1,0 +1,80 @@
+"""Tiny random native-multimodal HF checkpoints (Chameleon, Emu3, Janus) built offline, plus offline processors."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PAD, BOS, EOS = 0, 1, 2
+N_WORDS = 40
+N_CODES = 16
+_LETTERS = "ABCDEFGHIJ"
+
+
+def _perturb_norms(model: Any, skip: tuple[str, ...] = ()) -> None:
+    """Random init leaves norms at 1 and biases at 0: perturb them so they are tested."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(s in name for s in skip):
+                continue
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+def _save(model: Any, prefix: str, folder: Path | None) -> Path:
+    folder = Path(folder or tempfile.mkdtemp(prefix=prefix))
+    model.save_pretrained(folder)
+    return folder
+
+
+def _left_pad(rows: list[list[int]], pads: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(r) + p for r, p in zip(rows, pads))
+    ids = torch.full((len(rows), length), PAD)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r):] = torch.tensor(r)
+        mask[i, length - len(r):] = 1
+    return ids, mask
+
+
+# ---------------------------------------------------------------- Chameleon
+def chameleon_vocab() -> dict[str, int]:
+    names = ["<pad>", "<s>", "</s>", "<image>", "<racm3:break>", "<eoss>", "<reserved08706>", "<unk>"]
+    names += [f"w{i}" for i in range(N_WORDS)]
+    names += ["IMGIMG" + "".join(_LETTERS[int(d)] for d in str(c)) + "Z" for c in range(N_CODES)]
+    return {n: i for i, n in enumerate(names)}
+
+
+def make_chameleon(folder: Path | None = None, seed: int = 0, **overrides: Any) -> tuple[Path, Any]:
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vm = chameleon_vocab()
+    kwargs = dict(vocab_size=len(vm) + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, vocabulary_map=vm, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                  vq_config=dict(embed_dim=32, num_embeddings=N_CODES, latent_channels=32, resolution=8, base_channels=32,
+                                 channel_multiplier=[1, 2], num_res_blocks=1))
+    kwargs.update(overrides)
+    model = ChameleonForConditionalGeneration(ChameleonConfig(**kwargs)).eval()
+    _perturb_norms(model, skip=("vqmodel",))
+    return _save(model, "tiny_chameleon_", folder), model
+
+
+def chameleon_batch(hf: Any, images: list[int], pads: list[int], seed: int = 0, size: int = 8) -> dict:
+    """Processor-shaped rows: BOS, words, per image <racm3:break> <image>*n <eoss>, words; left padding."""
+    vm = hf.config.vocabulary_map
+    f = 2 ** (len(hf.config.vq_config.channel_multiplier) - 1)
+    n_img = (size // f) ** 2
+    g = torch.Generator().manual_seed(seed)
+    words = lambda k: (torch.randint(8, 8 + N_WORDS, (k,), generator=g)).tolist()
+    rows = []
+    for k in images:
+        ids = [BOS] + words(2)
+        for _ in range(k):
+            ids += [vm["<racm3:break>"]] + [vm["<image>"]] * n_img + [vm["<eoss>"]] + words(1)
+        rows.append(ids + words(4))
+    input_ids, mask = _left_pad(rows, pads)
+    return dict(input_ids=input_ids, attention_mask=mask, pixel_values=torch.randn(sum(images), 3, size, size, generator=g))
