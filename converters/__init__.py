@@ -10,6 +10,7 @@ from .base import Converter, UnsupportedConfigError
 FAMILY_MODULES = [
     "converters.llava",
     "converters.chameleon",
+    "converters.emu3",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -78,3 +78,55 @@ def chameleon_batch(hf: Any, images: list[int], pads: list[int], seed: int = 0, 
         rows.append(ids + words(4))
     input_ids, mask = _left_pad(rows, pads)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=torch.randn(sum(images), 3, size, size, generator=g))
+
+
+# ---------------------------------------------------------------- Emu3
+EMU3_SPECIAL = ["<|image start|>", "<|image end|>", "<|image token|>", "<|extra_200|>", "<|extra_201|>"]
+
+
+def emu3_vocab() -> dict[str, int]:
+    names = ["<pad>", "<s>", "</s>", "<image>", *EMU3_SPECIAL, "<unk>", "*"] + [str(d) for d in range(10)]
+    names += [f"w{i}" for i in range(N_WORDS)]
+    names += [f"<|visual token{c:06d}|>" for c in range(N_CODES)]
+    return {n: i for i, n in enumerate(names)}
+
+
+def make_emu3(folder: Path | None = None, seed: int = 0, **overrides: Any) -> tuple[Path, Any]:
+    """VQ downsampling 8 (four levels), as Emu3's processor assumes."""
+    from transformers import Emu3Config, Emu3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vm = emu3_vocab()
+    kwargs = dict(vocabulary_map=vm,
+                  text_config=dict(vocab_size=len(vm) + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, pad_token_id=PAD, bos_token_id=BOS,
+                                   eos_token_id=EOS, max_position_embeddings=512),
+                  vq_config=dict(codebook_size=N_CODES, embed_dim=4, latent_channels=4, base_channels=32,
+                                 channel_multiplier=[1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[], hidden_size=32))
+    kwargs.update(overrides)
+    model = Emu3ForConditionalGeneration(Emu3Config(**kwargs)).eval()
+    _perturb_norms(model, skip=("vqmodel",))
+    return _save(model, "tiny_emu3_", folder), model
+
+
+def emu3_batch(hf: Any, images: list[list[tuple[int, int]]], pads: list[int], seed: int = 0) -> dict:
+    """Processor-shaped rows; images[i] lists the (height, width) of item i's images; pixels padded to the largest."""
+    vm = hf.config.vocabulary_map
+    f = 2 ** (len(hf.config.vq_config.channel_multiplier) - 1)
+    g = torch.Generator().manual_seed(seed)
+    words = lambda k: torch.randint(vm["w0"], vm["w0"] + N_WORDS, (k,), generator=g).tolist()
+    rows, sizes = [], []
+    for item in images:
+        ids = [BOS] + words(2)
+        for h, w in item:
+            r, c = h // f, w // f
+            ids += [vm["<|image start|>"], vm[str(r)], vm["*"], vm[str(c)], vm["<|image token|>"]]
+            ids += [vm["<image>"]] * (r * (c + 1)) + [vm["<|extra_201|>"], vm["<|image end|>"]] + words(1)
+            sizes.append((h, w))
+        rows.append(ids + words(4))
+    input_ids, mask = _left_pad(rows, pads)
+    hmax, wmax = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    pixels = torch.zeros(len(sizes), 3, hmax, wmax)
+    for i, (h, w) in enumerate(sizes):
+        pixels[i, :, :h, :w] = torch.randn(3, h, w, generator=g)
+    return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, image_sizes=torch.tensor(sizes))
