@@ -11,6 +11,7 @@ FAMILY_MODULES = [
     "converters.llava",
     "converters.chameleon",
     "converters.emu3",
+    "converters.janus",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -85,6 +85,9 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
     if processor == "auto":
         processor = (converter.load_processor or load_auto_processor)(str(folder))
     model.processor = processor
+    from .vocab import resolve_marker_tokens
+
+    resolve_marker_tokens(model)  # marker ids that only the tokenizer knows (cfg.extra["marker_tokens"])
     return model
 
 

@@ -86,6 +86,16 @@ class HookedVLM(HookedRootModule):
         return load_pretrained(cls, name_or_path, dtype=dtype, device=device, **kwargs)
 
     @property
+    def vocab_roles(self) -> "VocabRoles":
+        """Image-code vs text token ids (``hooked_vlm.vocab``); empty image-code set for non-native families."""
+        from .vocab import VocabRoles
+
+        cached = getattr(self, "_vocab_roles", None)
+        if cached is None or cached.image_code_ids.device != self.device:
+            cached = self._vocab_roles = VocabRoles.from_config(self.cfg, self.device)
+        return cached
+
+    @property
     def tokenizer(self) -> Any:
         return getattr(self.processor, "tokenizer", self.processor)
 

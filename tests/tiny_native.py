@@ -130,3 +130,47 @@ def emu3_batch(hf: Any, images: list[list[tuple[int, int]]], pads: list[int], se
     for i, (h, w) in enumerate(sizes):
         pixels[i, :, :h, :w] = torch.randn(3, h, w, generator=g)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, image_sizes=torch.tensor(sizes))
+
+
+# ---------------------------------------------------------------- Janus
+JANUS_SPECIAL = ["<image_placeholder>", "<begin_of_image>", "<end_of_image>"]
+
+
+def janus_vocab() -> dict[str, int]:
+    names = ["<pad>", "<s>", "</s>", "<unk>", *JANUS_SPECIAL] + [f"w{i}" for i in range(N_WORDS)]
+    return {n: i for i, n in enumerate(names)}
+
+
+def make_janus(folder: Path | None = None, seed: int = 0, **overrides: Any) -> tuple[Path, Any]:
+    from transformers import JanusConfig, JanusForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vm = janus_vocab()
+    kwargs = dict(text_config=dict(model_type="llama", vocab_size=len(vm) + 4, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, pad_token_id=PAD,
+                                   bos_token_id=BOS, eos_token_id=EOS, rms_norm_eps=1e-5),
+                  vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=8, patch_size=2,
+                                     projection_dim=32, mlp_ratio=2.0, num_image_tokens=16),
+                  vq_config=dict(embed_dim=8, num_embeddings=N_CODES, latent_channels=32, base_channels=32,
+                                 channel_multiplier=[1, 2], num_res_blocks=1, projection_dim=32, image_token_embed_dim=32),
+                  image_token_id=vm["<image_placeholder>"])
+    kwargs.update(overrides)
+    model = JanusForConditionalGeneration(JanusConfig(**kwargs)).eval()
+    _perturb_norms(model, skip=("vqmodel", "generation_"))
+    return _save(model, "tiny_janus_", folder), model
+
+
+def janus_batch(hf: Any, images: list[int], pads: list[int], seed: int = 0) -> dict:
+    vm = janus_vocab()
+    vc = hf.config.vision_config
+    g = torch.Generator().manual_seed(seed)
+    words = lambda k: torch.randint(vm["w0"], vm["w0"] + N_WORDS, (k,), generator=g).tolist()
+    rows = []
+    for k in images:
+        ids = [BOS] + words(2)
+        for _ in range(k):
+            ids += [vm["<begin_of_image>"]] + [hf.config.image_token_id] * vc.num_image_tokens + [vm["<end_of_image>"]]
+        rows.append(ids + words(4))
+    input_ids, mask = _left_pad(rows, pads)
+    return dict(input_ids=input_ids, attention_mask=mask,
+                pixel_values=torch.randn(sum(images), 3, vc.image_size, vc.image_size, generator=g))

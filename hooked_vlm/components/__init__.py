@@ -14,6 +14,7 @@ from torch import nn
 VISION_KINDS = {
     "vit": "hooked_vlm.components.vision:VisionTower",
     "vq": "hooked_vlm.components.vq:VQTokenizer",
+    "vit_post_norm": "hooked_vlm.components.vision_post_norm:PostNormVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
