@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hooked_vlm import HookedVLM
-from tests import tiny
+from tests import tiny, tiny_native
 
 ATOL = 1e-4
 
@@ -35,6 +35,9 @@ CASES = [
     ("llava-llama3-rope-bias", functools.partial(llava_case, text=tiny.llama_text_config(
         attention_bias=True, mlp_bias=True, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
         "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))),
+    ("chameleon", tiny_native.chameleon_case),
+    ("emu3", tiny_native.emu3_case),
+    ("janus", tiny_native.janus_case),
 ]
 
 

@@ -174,3 +174,74 @@ def janus_batch(hf: Any, images: list[int], pads: list[int], seed: int = 0) -> d
     input_ids, mask = _left_pad(rows, pads)
     return dict(input_ids=input_ids, attention_mask=mask,
                 pixel_values=torch.randn(sum(images), 3, vc.image_size, vc.image_size, generator=g))
+
+
+# ---------------------------------------------------------------- offline processors
+def word_tokenizer(vocab: dict[str, int], special: list[str], **named: str) -> Any:
+    """A WordLevel tokenizer (whitespace, digits and punctuation split); ``named`` sets e.g. image_token="<image>"."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.Punctuation()])
+    base = {k: v for k, v in named.items() if k in ("bos_token", "eos_token", "pad_token", "sep_token", "unk_token")}
+    extra = {k: v for k, v in named.items() if k not in base}
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>", extra_special_tokens=extra, **base)
+    out.add_special_tokens({"additional_special_tokens": special})
+    return out
+
+
+def chameleon_processor(image_seq_length: int = 16, size: int = 8) -> Any:
+    from transformers import ChameleonProcessor
+    from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
+
+    tok = word_tokenizer(chameleon_vocab(), ["<image>", "<racm3:break>", "<eoss>", "<reserved08706>"],
+                         sep_token="<reserved08706>")
+    ip = ChameleonImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return ChameleonProcessor(image_processor=ip, tokenizer=tok, image_seq_length=image_seq_length)
+
+
+def emu3_processor() -> Any:
+    from transformers import Emu3ImageProcessor, Emu3Processor
+
+    tok = word_tokenizer(emu3_vocab(), ["<image>", *EMU3_SPECIAL], image_token="<image>", boi_token="<|image start|>",
+                         eoi_token="<|image end|>", image_wrapper_token="<|image token|>", eof_token="<|extra_201|>")
+    ip = Emu3ImageProcessor(min_pixels=8 * 8, max_pixels=32 * 32, spatial_factor=8)
+    return Emu3Processor(image_processor=ip, tokenizer=tok)
+
+
+def janus_processor(size: int = 8) -> Any:
+    from transformers import JanusProcessor
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    tok = word_tokenizer(janus_vocab(), JANUS_SPECIAL, image_token="<image_placeholder>", boi_token="<begin_of_image>",
+                         eoi_token="<end_of_image>")
+    ip = JanusImageProcessorPil(size={"height": size, "width": size}, min_size=2)
+    return JanusProcessor(image_processor=ip, tokenizer=tok, num_image_tokens=(size // 2) ** 2)
+
+
+def pil_image(h: int, w: int, seed: int = 0) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+# ---------------------------------------------------------------- parity cases: () -> (folder, hf_model, padded batch)
+def chameleon_case() -> tuple[Path, Any, dict]:
+    folder, hf = make_chameleon()
+    return folder, hf, chameleon_batch(hf, [1, 2], [3, 0])
+
+
+def emu3_case() -> tuple[Path, Any, dict]:
+    """Images of three sizes in one batch (pixels padded to the largest, as Emu3's processor does)."""
+    folder, hf = make_emu3()
+    return folder, hf, emu3_batch(hf, [[(16, 24)], [(16, 16), (8, 16)]], [3, 0])
+
+
+def janus_case() -> tuple[Path, Any, dict]:
+    folder, hf = make_janus(tie_word_embeddings=False)
+    return folder, hf, janus_batch(hf, [1, 2], [3, 0])
