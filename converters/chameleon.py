@@ -28,9 +28,6 @@ def image_code_tokens(vocabulary_map: dict[str, int]) -> dict[int, int]:
 
 def chameleon_config(hf: Any) -> HookedVLMConfig:
     check_fields(hf, CHAMELEON_FIELDS, "ChameleonConfig")
-    if hf.swin_norm:
-        raise UnsupportedConfigError("ChameleonConfig: swin_norm=True (norm after attention/MLP, Chameleon-34B style) "
-                                     "is not implemented; loading would give wrong numbers")
     rope = dict(hf.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
     if rope.get("rope_type", "default") not in STATIC_ROPE_TYPES:
         raise UnsupportedConfigError(f"rope_type {rope.get('rope_type')!r} is not supported; supported: {STATIC_ROPE_TYPES}")
@@ -47,6 +44,7 @@ def chameleon_config(hf: Any) -> HookedVLMConfig:
         mlp_bias=bool(hf.mlp_bias), causal=True, positional="rope", rope_parameters=rope,
         max_position_embeddings=hf.max_position_embeddings,
         qk_norm="LN", qk_norm_per_head=True, qk_norm_eps=QK_NORM_EPS,
+        norm_placement="post_sublayer" if hf.swin_norm else "pre",  # swin_norm: Chameleon-34B's norm reordering
     )
     vq = vq_config(hf.vq_config, "transformers.models.chameleon.modeling_chameleon:ChameleonVQVAE",
                    check_codes(codes, hf.vq_config.num_embeddings, "ChameleonConfig"), encode="indices")

@@ -41,6 +41,7 @@ class TowerConfig:
     qk_norm: str | None = None  # "LN" | "RMS": normalise each head's q and k over d_head, before rope
     qk_norm_per_head: bool = False  # q/k norm weights [head, d_head] (Chameleon) instead of shared [d_head]
     qk_norm_eps: float | None = None  # None = norm_eps
+    norm_placement: str = "pre"  # "pre": x + f(ln(x)); "post_sublayer": x + ln(f(x)) (Swin-style; Chameleon swin_norm)
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -49,6 +50,8 @@ class TowerConfig:
             self.n_key_value_heads = self.n_heads
         if self.n_heads % self.n_key_value_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}")
+        if self.norm_placement not in ("pre", "post_sublayer"):
+            raise ValueError(f"norm_placement must be 'pre' or 'post_sublayer', got {self.norm_placement!r}")
         if self.normalization_type not in ("RMS", "LN"):
             raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
 

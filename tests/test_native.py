@@ -276,15 +276,6 @@ def test_emu3_without_image_sizes_is_a_clear_error():
         model(input_ids=torch.tensor([[1, 3]]), pixel_values=torch.randn(1, 3, 16, 16))
 
 
-def test_chameleon_swin_norm_is_refused():
-    from transformers import ChameleonConfig
-
-    with pytest.raises(UnsupportedConfigError, match="swin_norm"):
-        get_converter("ChameleonForConditionalGeneration").make_config(
-            ChameleonConfig(swin_norm=True, vocabulary_map=tn.chameleon_vocab(),
-                            vq_config=dict(num_embeddings=tn.N_CODES, base_channels=32)))
-
-
 def test_chameleon_missing_code_tokens_are_refused():
     from transformers import ChameleonConfig
 

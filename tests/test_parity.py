@@ -36,6 +36,7 @@ CASES = [
         attention_bias=True, mlp_bias=True, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
         "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))),
     ("chameleon", tiny_native.chameleon_case),
+    ("chameleon-swin-norm", tiny_native.chameleon_swin_case),
     ("emu3", tiny_native.emu3_case),
     ("janus", tiny_native.janus_case),
 ]

@@ -236,6 +236,12 @@ def chameleon_case() -> tuple[Path, Any, dict]:
     return folder, hf, chameleon_batch(hf, [1, 2], [3, 0])
 
 
+def chameleon_swin_case() -> tuple[Path, Any, dict]:
+    """swin_norm=True: norms applied to the attention / MLP outputs (Chameleon-34B)."""
+    folder, hf = make_chameleon(swin_norm=True)
+    return folder, hf, chameleon_batch(hf, [2, 1], [0, 4])
+
+
 def emu3_case() -> tuple[Path, Any, dict]:
     """Images of three sizes in one batch (pixels padded to the largest, as Emu3's processor does)."""
     folder, hf = make_emu3()
