@@ -353,6 +353,8 @@ class HookedVLM(HookedRootModule):
                 out.append(f"<img {r},{c}>" if tile <= 0 and spans.layouts[batch][img].tiles == 1 else f"<img {tile}:{r},{c}>")
             elif img >= 0:
                 out.append("<img cls>")
+            elif "row_break" in spans and bool(spans.masks["row_break"][batch, p]) and t == self.cfg.roles.image_token_id:
+                out.append("<img break>")  # a break embedded from the image placeholder's slot (Emu3 end-of-line)
             else:
                 out.append(tok.convert_ids_to_tokens(t))
         return out
