@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hooked_vlm import HookedVLM
-from tests import tiny
+from tests import tiny, tiny_native
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -23,8 +23,16 @@ def llava():
     return model, tiny.llava_batch(hf, [1, 2], [4, 0])
 
 
+def _native(case):
+    folder, _, inputs = case()
+    return HookedVLM.from_pretrained(str(folder)), inputs
+
+
 #: golden file -> builder of (model, inputs); one entry per family
-FAMILIES = {"llava": llava}
+FAMILIES = {"llava": llava,
+            "chameleon": functools.lru_cache(None)(functools.partial(_native, tiny_native.chameleon_case)),
+            "emu3": functools.lru_cache(None)(functools.partial(_native, tiny_native.emu3_case)),
+            "janus": functools.lru_cache(None)(functools.partial(_native, tiny_native.janus_case))}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
