@@ -58,7 +58,8 @@ def chameleon_config(hf: Any) -> HookedVLMConfig:
         tie_word_embeddings=bool(hf.tie_word_embeddings),
         native_multimodal=True,
         image_output=True,
-        extra={"image_pipeline": "vq_tokens", "suppress_token_ids": code_ids, "image_code_ids": code_ids},
+        extra={"image_pipeline": "vq_tokens", "suppress_token_ids": code_ids, "image_code_ids": code_ids,
+               "image_markers": ("boi", "eoi"), "marker_names": {"boi": BOI, "eoi": EOI}},
     )
 
 

@@ -51,7 +51,9 @@ def emu3_config(hf: Any) -> HookedVLMConfig:
         tie_word_embeddings=bool(hf.tie_word_embeddings or tc.tie_word_embeddings),
         native_multimodal=True,
         image_output=True,
-        extra={"image_pipeline": "vq_tokens", "input_keys": ("image_sizes",), "image_code_ids": code_ids},
+        extra={"image_pipeline": "vq_tokens", "input_keys": ("image_sizes",), "image_code_ids": code_ids,
+               "image_markers": ("image_wrapper", "end_of_frame"),
+               "marker_names": {"image_wrapper": WRAPPER, "end_of_frame": EOF_}},
     )
 
 

@@ -61,7 +61,8 @@ def janus_config(hf: Any) -> HookedVLMConfig:
                          eos_token_id=tc.eos_token_id),
         tie_word_embeddings=bool(hf.tie_word_embeddings),
         image_output=True,
-        extra={"image_pipeline": "vit_mlp", "marker_tokens": {"boi": BOI, "eoi": EOI}},
+        extra={"image_pipeline": "vit_mlp", "marker_tokens": {"boi": BOI, "eoi": EOI}, "image_markers": ("boi", "eoi"),
+               "marker_names": {"boi": BOI, "eoi": EOI}},
     )
 
 

@@ -277,7 +277,12 @@ class HookedVLM(HookedRootModule):
         from .config import TokenRoles
 
         roles = self.cfg.roles or TokenRoles(image_token_id=-1)
-        return build_spans(tokens, attention_mask, roles, layouts)
+        spans = build_spans(tokens, attention_mask, roles, layouts)
+        if self.cfg.extra.get("image_markers"):  # e.g. ("boi", "eoi"): every image sits between them
+            from .span_checks import check_image_markers
+
+            check_image_markers(spans, tokens, *self.cfg.extra["image_markers"], self.cfg.extra.get("marker_names"))
+        return spans
 
     # ------------------------------------------------------------------ hooks and caches
     def _resolve_hook_name(self, name: Any) -> None:

@@ -262,6 +262,23 @@ def test_chameleon_truncated_image_span_is_a_clear_error():
         model(**truncated)
 
 
+@pytest.mark.parametrize("name", ["chameleon", "emu3", "janus"])
+def test_prompt_cut_right_after_the_image_is_a_clear_error(name):
+    """All image tokens present but the end marker cut off (max_length truncation): no silent missing EOI."""
+    _, model, proc = _family(name)
+    image_token = proc.image_token
+    size = (16, 16) if name == "emu3" else (8, 8)
+    out = proc(images=[tn.pil_image(*size)], text=[f"w {image_token} w"], return_tensors="pt")
+    ids = out["input_ids"][0]
+    last = int((ids == model.cfg.roles.image_token_id).nonzero()[-1])
+    cut = {k: (v[:, : last + 1] if k in ("input_ids", "attention_mask") else v) for k, v in out.items()}
+    marker = {"chameleon": "eoi token <eoss>", "emu3": "end_of_frame token <|extra_201|>",
+              "janus": "eoi token <end_of_image>"}[name]
+    with pytest.raises(ValueError, match=re.escape(f"are not followed by the {marker}; the image span is truncated")):
+        model(**cut)
+    model(**out)  # the untruncated prompt is fine
+
+
 @pytest.mark.parametrize("name,bad", [("chameleon", (7, 7)), ("emu3", (16, 20))])
 def test_image_size_the_vq_cannot_tile_is_a_clear_error(name, bad):
     _, model, _ = _family(name)
