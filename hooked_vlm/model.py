@@ -281,7 +281,7 @@ class HookedVLM(HookedRootModule):
         if self.cfg.extra.get("image_markers"):  # e.g. ("boi", "eoi"): every image sits between them
             from .span_checks import check_image_markers
 
-            check_image_markers(spans, tokens, *self.cfg.extra["image_markers"], self.cfg.extra.get("marker_names"))
+            check_image_markers(spans, *self.cfg.extra["image_markers"], self.cfg.extra.get("marker_names"))
         return spans
 
     # ------------------------------------------------------------------ hooks and caches

@@ -8,14 +8,12 @@ lacking its end-of-image token -- the very position the Narrow Gate analyses loo
 
 from __future__ import annotations
 
-from jaxtyping import Int
-from torch import Tensor
-
 from .spans import TokenSpans
 
 
-def check_image_markers(spans: TokenSpans, input_ids: Int[Tensor, "batch pos"], before: str | None, after: str | None,
+def check_image_markers(spans: TokenSpans, before: str | None, after: str | None,
                         token_names: dict[str, str] | None = None) -> None:
+    """Raise unless every image of ``spans`` is directly preceded by span ``before`` and followed by ``after``."""
     names = token_names or {}
     for b in range(spans.batch):
         for i in range(spans.n_images(b)):
