@@ -9,6 +9,9 @@ from .base import Converter, UnsupportedConfigError
 #: family modules; each defines CONVERTER. Adding a family = one module + one line here.
 FAMILY_MODULES = [
     "converters.llava",
+    "converters.llava_next",
+    "converters.llava_onevision",
+    "converters.mistral3",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -91,3 +91,5 @@ class Converter:
     make_config: Callable[[Any], HookedVLMConfig]  # HF config object -> ours
     make_keymap: Callable[[HookedVLMConfig], KeyMap]
     load_processor: Callable[[str], Any] | None = None  # folder -> processor (default: AutoProcessor)
+    # (our config, processor or None) -> None: fill what only the processor knows (e.g. marker token ids)
+    finalize: Callable[[HookedVLMConfig, Any], None] | None = None

@@ -84,6 +84,8 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
     if processor == "auto":
         processor = (converter.load_processor or load_auto_processor)(str(folder))
     model.processor = processor
+    if getattr(converter, "finalize", None) is not None:
+        converter.finalize(model.cfg, processor)
     return model
 
 

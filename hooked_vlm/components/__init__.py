@@ -13,9 +13,12 @@ from torch import nn
 
 VISION_KINDS = {
     "vit": "hooked_vlm.components.vision:VisionTower",
+    "pixtral": "hooked_vlm.components.pixtral_vision:PixtralVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
+    "anyres_mlp": "hooked_vlm.components.anyres_projector:AnyresProjector",
+    "patch_merger": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",
 }
 
 

@@ -20,6 +20,9 @@ class AttentionMask:
     query_positions: torch.Tensor
     k_len: int
     sliding_window: int | None = None
+    # [k_len] block id of every position: queries attend only to keys of their own block (images packed
+    # into one sequence, block-diagonal attention, e.g. Pixtral's ViT); None = no blocks
+    block_ids: torch.Tensor | None = None
 
     @property
     def q_len(self) -> int:
@@ -29,6 +32,8 @@ class AttentionMask:
     def is_plain_causal(self) -> bool:
         """True when SDPA's ``is_causal`` (or no mask at all) gives exactly this mask."""
         if self.sliding_window is not None and self.k_len > self.sliding_window:
+            return False
+        if self.block_ids is not None:
             return False
         return self.key_padding is None and (self.q_len == self.k_len or self.q_len == 1 or not self.causal)
 
@@ -45,6 +50,9 @@ class AttentionMask:
             allowed = torch.ones(self.q_len, self.k_len, dtype=torch.bool, device=device)
         if self.sliding_window is not None:
             allowed = allowed & (self.query_positions[:, None] - keys[None, :] < self.sliding_window)
+        if self.block_ids is not None:
+            blocks = self.block_ids.to(device)
+            allowed = allowed & (blocks[self.query_positions][:, None] == blocks[None, :])
         allowed = allowed[None, None].expand(batch, 1, self.q_len, self.k_len)
         if self.key_padding is not None:
             allowed = allowed & self.key_padding[:, None, None, :].to(device)
