@@ -14,6 +14,7 @@ import torch
 
 from hooked_vlm import HookedVLM
 from tests import tiny
+from tests import tiny_next_pixtral as tnp
 
 ATOL = 1e-4
 
@@ -34,6 +35,10 @@ CASES = [
     ("llava-llama3-rope-bias", functools.partial(llava_case, text=tiny.llama_text_config(
         attention_bias=True, mlp_bias=True, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
         "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))),
+    ("next-mistral-clip", tnp.next_case),
+    ("onevision-qwen2-siglip", tnp.onevision_case),
+    ("pixtral-llava", tnp.pixtral_case),
+    ("mistral3-pixtral", tnp.mistral3_case),
 ]
 
 

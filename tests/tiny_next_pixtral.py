@@ -178,3 +178,91 @@ def pixtral_case():
 def mistral3_case():
     folder, hf = make_mistral3()
     return folder, hf, pixtral_batch(hf, [(16, 8), (8, 12), (4, 4)], per_item=[1, 2], pad_left=[3, 0], merge=2)
+
+
+# ----------------------------------------------------------------------------- offline HF processors
+WORDS = ["<pad>", "<s>", "</s>", "<unk>", "hello", "world", "what", "is", "this", "?", "a", "picture", "of"]
+SPECIAL = {"<image>": IMAGE_TOKEN, "[IMG]": IMAGE_TOKEN + 4, "[IMG_BREAK]": IMG_BREAK, "[IMG_END]": IMG_END,
+           "<video>": VIDEO_TOKEN}
+
+
+def offline_tokenizer(image_token: str = "<image>") -> Any:
+    """A WordLevel tokenizer whose image placeholder is the tiny models' IMAGE_TOKEN (ids < VOCAB)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    specials = dict(SPECIAL)
+    specials[image_token], specials["<image>" if image_token != "<image>" else "[IMG]"] = IMAGE_TOKEN, IMAGE_TOKEN + 4
+    vocab.update(specials)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    tok.add_special_tokens({"additional_special_tokens": list(specials)})
+    assert tok.convert_tokens_to_ids(image_token) == IMAGE_TOKEN
+    return tok
+
+
+def next_processor() -> Any:
+    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    ip = LlavaNextImageProcessorPil(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8},
+                                    image_grid_pinpoints=PINPOINTS)
+    return LlavaNextProcessor(image_processor=ip, tokenizer=offline_tokenizer(), patch_size=2,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              image_token="<image>")
+
+
+def onevision_processor(aspect: str = "anyres_max_9") -> Any:
+    """LlavaOnevisionProcessor without a video processor (its class lookup needs torchvision; images only)."""
+    from transformers import LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
+
+    class ImagesOnlyOnevisionProcessor(LlavaOnevisionProcessor):
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    ip = LlavaOnevisionImageProcessorPil(size={"height": 8, "width": 8}, image_grid_pinpoints=PINPOINTS)
+    return ImagesOnlyOnevisionProcessor(image_processor=ip, tokenizer=offline_tokenizer(), num_image_tokens=16,
+                                        vision_feature_select_strategy="full", image_token="<image>",
+                                        video_token="<video>", vision_aspect_ratio=aspect)
+
+
+def pixtral_processor(spatial_merge_size: int = 1, longest_edge: int = 16) -> Any:
+    """The real PixtralProcessor class. Its module imports the torchvision image processor only for
+    ``get_resize_output_image_size``; without torchvision we hand it the PIL module's identical function."""
+    import sys
+    import types
+
+    from transformers import PixtralImageProcessorPil
+    from transformers.models.pixtral import image_processing_pil_pixtral as pil
+
+    name = "transformers.models.pixtral.image_processing_pixtral"
+    try:
+        __import__(name)
+    except ImportError:
+        shim = types.ModuleType(name)
+        shim.get_resize_output_image_size = pil.get_resize_output_image_size
+        sys.modules[name] = shim
+    from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+    ip = PixtralImageProcessorPil(size={"longest_edge": longest_edge}, patch_size=2)
+    return PixtralProcessor(image_processor=ip, tokenizer=offline_tokenizer("[IMG]"), patch_size=2,
+                            spatial_merge_size=spatial_merge_size, image_token="[IMG]",
+                            image_break_token="[IMG_BREAK]", image_end_token="[IMG_END]")
+
+
+def pil_image(h: int, w: int, seed: int) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def select_best(h: int, w: int) -> tuple[int, int]:
+    """HF's choice of tiled resolution (height, width) for an (h, w) image among PINPOINTS."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    return select_best_resolution([h, w], PINPOINTS)
