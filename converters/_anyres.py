@@ -16,11 +16,17 @@ from .llava import LLAVA_ALIASES, feature_layers
 
 ANYRES_FIELDS = {"image_token_index", "image_token_id", "projector_hidden_act", "vision_feature_layer",
                  "vision_feature_select_strategy", "image_grid_pinpoints", "image_seq_length",
-                 "multimodal_projector_bias", "tie_word_embeddings", "ignore_index"}
+                 "multimodal_projector_bias", "tie_word_embeddings", "ignore_index",
+                 "use_image_newline_parameter",  # in hub configs; HF's code always uses image_newline
+                 "vocab_size"}  # legacy copy of text_config.vocab_size (checked equal below)
 
 
 def anyres_config(hf: Any, architecture: str, more_fields: set[str], extra: dict) -> HookedVLMConfig:
     check_fields(hf, ANYRES_FIELDS | more_fields, type(hf).__name__)
+    top_vocab = getattr(hf, "vocab_size", None)
+    if top_vocab is not None and top_vocab != hf.text_config.vocab_size:
+        raise UnsupportedConfigError(f"vocab_size={top_vocab} differs from text_config.vocab_size="
+                                     f"{hf.text_config.vocab_size}; HF reads the latter")
     vc = hf.vision_config
     layers, select = feature_layers(hf), hf.vision_feature_select_strategy
     if vc.model_type == "clip_vision_model":
@@ -32,8 +38,6 @@ def anyres_config(hf: Any, architecture: str, more_fields: set[str], extra: dict
         vision = siglip_vision_config(vc, layers, select)
     else:
         raise UnsupportedConfigError(f"vision model type {vc.model_type!r}; supported: clip_vision_model, siglip_vision_model")
-    if vc.image_size % vc.patch_size:
-        raise UnsupportedConfigError(f"vision image_size {vc.image_size} is not a multiple of patch_size {vc.patch_size}")
     text = decoder_config(hf.text_config)
     tc = hf.text_config
     return HookedVLMConfig(

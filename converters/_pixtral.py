@@ -14,7 +14,8 @@ from hooked_vlm.config import TowerConfig, VisionConfig
 from .base import UnsupportedConfigError, check_fields
 
 PIXTRAL_VISION_FIELDS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
-                         "image_size", "patch_size", "hidden_act", "rope_parameters", "head_dim"}
+                         "image_size", "patch_size", "hidden_act", "rope_parameters", "head_dim",
+                         "tie_word_embeddings"}  # in pixtral-12b's vision_config; a ViT has no word embeddings
 PIXTRAL_NORM_EPS = 1e-5  # hard-coded in HF's PixtralRMSNorm uses (not a config field)
 
 

@@ -288,3 +288,18 @@ def test_anyres_needs_image_sizes_and_matching_placeholders():
     ids[0, ids[0].tolist().index(tnp.IMAGE_TOKEN)] = 5
     with pytest.raises(ValueError, match="image tokens"):
         model(**{**inputs, "input_ids": ids})
+
+
+@pytest.mark.parametrize("case_id", FAMILIES)
+def test_in_memory_key_layout_loads_too(case_id, tmp_path):
+    """save_pretrained writes legacy names; hub checkpoints may hold the in-memory ones (model.*)."""
+    from safetensors.torch import save_file
+
+    hf, model, inputs = _built(case_id)
+    state = {k: v.detach().clone().contiguous() for k, v in hf.state_dict().items()}
+    assert any(k.startswith("model.language_model.") for k in state)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    hf.config.save_pretrained(tmp_path)
+    other = HookedVLM.from_pretrained(str(tmp_path))
+    with torch.no_grad():
+        assert _max_diff(model(**inputs), other(**inputs)) == 0.0
