@@ -303,3 +303,74 @@ def test_in_memory_key_layout_loads_too(case_id, tmp_path):
     other = HookedVLM.from_pretrained(str(tmp_path))
     with torch.no_grad():
         assert _max_diff(model(**inputs), other(**inputs)) == 0.0
+
+
+@pytest.mark.parametrize("case_id, names", [
+    ("pixtral-llava", ["vision.hook_patch_embed", "vision.ln_pre.hook_normalized", "vision.blocks.0.attn.hook_rot_q",
+                       "projector.hook_in", "projector.hook_out"]),
+    ("mistral3-pixtral", ["vision.blocks.1.attn.hook_rot_k", "projector.hook_in", "projector.norm.hook_scale",
+                          "projector.hook_merged", "projector.hook_out"]),
+    ("onevision-qwen2-siglip", ["vision.hook_patch_embed", "vision.hook_embed", "projector.hook_out"]),
+])
+def test_family_hooks_fire_and_edits_propagate(case_id, names):
+    _, model, inputs = _built(case_id)
+    with torch.no_grad():
+        base, cache = model.run_with_cache(**inputs, names_filter=lambda n: n in names)
+        assert sorted(cache.keys()) == sorted(names)
+        edited = model.run_with_hooks(**inputs, fwd_hooks=[(names[-1], lambda x, hook: x * 0.0)])
+    assert _max_diff(base, edited) > 1e-3
+    if "vision.blocks.0.attn.hook_rot_q" in names:  # the 2D rotation does act (position (0, 0) is the identity)
+        _, c2 = model.run_with_cache(**inputs, names_filter=lambda n: n.startswith("vision.blocks.0.attn.hook_"))
+        assert _max_diff(c2["vision.blocks.0.attn.hook_q"], c2["vision.blocks.0.attn.hook_rot_q"]) > 1e-3
+
+
+HUB_CONFIGS = {  # abridged config.json of the hub checkpoints the Narrow Gate paper uses (no downloads)
+    "mistral-community/pixtral-12b": {
+        "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_seq_length": 1,
+        "image_token_index": 10, "model_type": "llava", "projector_hidden_act": "gelu",
+        "text_config": {"hidden_size": 5120, "head_dim": 128, "intermediate_size": 14336, "is_composition": True,
+                        "max_position_embeddings": 1024000, "model_type": "mistral", "num_hidden_layers": 40,
+                        "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000000.0,
+                        "sliding_window": None, "vocab_size": 131072},
+        "vision_config": {"head_dim": 64, "hidden_act": "silu", "image_size": 1024, "is_composition": True,
+                          "model_type": "pixtral", "patch_size": 16, "rope_theta": 10000.0, "tie_word_embeddings": False},
+        "vision_feature_layer": -1, "vision_feature_select_strategy": "full"},
+    "llava-hf/llava-v1.6-mistral-7b-hf": {
+        "architectures": ["LlavaNextForConditionalGeneration"], "ignore_index": -100,
+        "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        "image_token_index": 32000, "model_type": "llava_next", "projector_hidden_act": "gelu",
+        "text_config": {"intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral",
+                        "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+                        "sliding_window": None, "vocab_size": 32064},
+        "use_image_newline_parameter": True,
+        "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                          "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
+                          "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+        "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064},
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": {
+        "architectures": ["LlavaOnevisionForConditionalGeneration"], "ignore_index": -100,
+        "image_grid_pinpoints": [[384, 384], [384, 768], [768, 384], [768, 768]], "image_token_index": 151646,
+        "model_type": "llava_onevision", "projector_hidden_act": "gelu",
+        "text_config": {"eos_token_id": 151645, "hidden_size": 3584, "intermediate_size": 18944,
+                        "max_position_embeddings": 32768, "max_window_layers": 28, "model_type": "qwen2",
+                        "num_attention_heads": 28, "num_hidden_layers": 28, "num_key_value_heads": 4,
+                        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 131072,
+                        "tie_word_embeddings": False, "use_sliding_window": False, "vocab_size": 152128},
+        "tie_word_embeddings": False, "use_image_newline_parameter": True, "video_token_index": 151647,
+        "vision_aspect_ratio": "anyres_max_9",
+        "vision_config": {"hidden_size": 1152, "image_size": 384, "intermediate_size": 4304,
+                          "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 26,
+                          "patch_size": 14, "vision_use_head": False},
+        "vision_feature_layer": -1, "vision_feature_select_strategy": "full"},
+}
+
+
+@pytest.mark.parametrize("hub_id", sorted(HUB_CONFIGS))
+def test_hub_shaped_configs_convert(hub_id):
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    raw = HUB_CONFIGS[hub_id]
+    cfg = get_converter(raw["architectures"][0]).make_config(CONFIG_MAPPING[raw["model_type"]].from_dict(raw))
+    assert cfg.n_layers == raw["text_config"].get("num_hidden_layers", 32)
+    vc = raw["vision_config"]
+    assert cfg.vision.grid_size == vc["image_size"] // vc["patch_size"]
