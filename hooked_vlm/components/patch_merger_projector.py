@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from jaxtyping import Float
+from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
 from ..config import ProjectorConfig
@@ -30,7 +31,7 @@ class PatchMergerProjector(nn.Module):
         self.hook_merged = HookPoint()  # [merged_patch, d_in] (after the merging layer)
         self.hook_out = HookPoint()  # [merged_patch, d_model]
 
-    def forward(self, features: torch.Tensor, grids: list[tuple[int, int]]) -> torch.Tensor:
+    def forward(self, features: Float[Tensor, "1 patch d_in"], grids: list[tuple[int, int]]) -> Float[Tensor, "merged d_model"]:
         """features [1, patches, d_in] (images packed in order); grids: (rows, cols) of patches per image."""
         x = self.norm(self.hook_in(features))[0]
         d, s = x.shape[-1], self.merge

@@ -11,7 +11,8 @@ Hook names under ``vision.``: ``hook_patch_embed`` [1, patch, d], ``ln_pre.hook_
 from __future__ import annotations
 
 import torch
-from torch import nn
+from jaxtyping import Float
+from torch import Tensor, nn
 
 from ..config import VisionConfig
 from ..hook_points import HookPoint
@@ -20,7 +21,7 @@ from .masks import AttentionMask
 from .norms import make_norm
 
 
-def axial_inv_freq(d_head: int, theta: float) -> torch.Tensor:
+def axial_inv_freq(d_head: int, theta: float) -> Float[Tensor, " half_d_head"]:
     """[d_head // 2]: the frequencies of rows (first half) then of columns (second half)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.float) / d_head))
     return torch.cat([inv_freq[0::2], inv_freq[1::2]])
@@ -63,7 +64,8 @@ class PixtralVisionTower(nn.Module):
         emb = torch.cat([angles, angles], -1)
         return emb.cos().to(dtype)[None, :, None], emb.sin().to(dtype)[None, :, None]
 
-    def forward(self, pixel_values: torch.Tensor, grids: list[tuple[int, int]]) -> torch.Tensor:
+    def forward(self, pixel_values: Float[Tensor, "image channel height width"], grids: list[tuple[int, int]]
+                ) -> Float[Tensor, "1 patch d"]:
         """pixel_values [image, channel, H_max, W_max] -> selected features [1, total_patches, d]."""
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # [image, d, rows, cols]
         x = torch.cat([e[:, :h, :w].flatten(1).T for e, (h, w) in zip(x, grids)], 0)[None]

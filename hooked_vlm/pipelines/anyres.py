@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
 from transformers.image_processing_utils import select_best_resolution
 
 from ..spans import ImageLayout
@@ -30,7 +32,7 @@ def tile_grid(image_size: tuple[int, int], pinpoints: list, tile: int) -> tuple[
     return height // tile, width // tile
 
 
-def unpad(x: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+def unpad(x: Float[Tensor, "d h w"], image_size: tuple[int, int]) -> Float[Tensor, "d h2 w2"]:
     """Cut the processor's letterbox padding off a [d, H, W] feature grid (HF's unpad_image)."""
     orig_h, orig_w = image_size
     cur_h, cur_w = x.shape[1:]
@@ -43,7 +45,7 @@ def unpad(x: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     return x[:, :, pad : cur_w - pad]
 
 
-def shrink(x: torch.Tensor, max_tiles: int, g: int) -> torch.Tensor:
+def shrink(x: Float[Tensor, "d h w"], max_tiles: int, g: int) -> Float[Tensor, "d h2 w2"]:
     """OneVision's ``anyres_max_N``: bilinear downscale of a [d, H, W] grid larger than ~N tiles."""
     _, h, w = x.shape
     ratio = math.sqrt(h * w / (max_tiles * g**2))
@@ -53,7 +55,7 @@ def shrink(x: torch.Tensor, max_tiles: int, g: int) -> torch.Tensor:
 
 
 @register_pipeline("anyres")
-def anyres(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+def anyres(model: "HookedVLM", pixel_values: Float[Tensor, "..."], extras: dict) -> tuple[Float[Tensor, "n d_model"], list[ImageLayout]]:
     vcfg, ex = model.cfg.vision, model.cfg.extra
     if extras.get("image_sizes") is None:
         raise ValueError("this model needs image_sizes [n_images, 2] (height, width) with pixel_values; "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from ..spans import ImageLayout
 from .base import register_pipeline
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
 
 @register_pipeline("pixtral")
-def pixtral(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+def pixtral(model: "HookedVLM", pixel_values: Float[Tensor, "image channel height width"], extras: dict
+            ) -> tuple[Float[Tensor, "n d_model"], list[ImageLayout]]:
     vcfg = model.cfg.vision
     if pixel_values.ndim != 4 or pixel_values.shape[1] != vcfg.n_channels:
         raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; expected [n_images, {vcfg.n_channels}, "
