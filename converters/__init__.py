@@ -9,6 +9,7 @@ from .base import Converter, UnsupportedConfigError
 #: family modules; each defines CONVERTER. Adding a family = one module + one line here.
 FAMILY_MODULES = [
     "converters.llava",
+    "converters.qwen2_vl",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None
