@@ -10,6 +10,7 @@ from .base import Converter, UnsupportedConfigError
 FAMILY_MODULES = [
     "converters.llava",
     "converters.qwen2_vl",
+    "converters.idefics3",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

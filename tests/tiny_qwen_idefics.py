@@ -86,3 +86,68 @@ def _left_pad(rows: list[list[int]], pad_left: list[int]) -> tuple[torch.Tensor,
         input_ids[i, length - len(r):] = torch.tensor(r)
         mask[i, length - len(r):] = 1
     return input_ids, mask
+
+
+# ---------------------------------------------------------------- Idefics3 / SmolVLM
+IDEFICS_SIDE = 2  # LM tokens per tile side: image 8 / patch 2 = 4 patches, pixel shuffle 2 -> 2
+
+
+def idefics_tokenizer() -> Any:
+    """A WordLevel tokenizer with Idefics3's special tokens at fixed ids (w0..w99 are words; w0 pad, w1 bos, w2 eos)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(100)}
+    specials = {"<image>": IMAGE, "<fake_token_around_image>": FAKE, "<global-img>": GLOBAL,
+                "<end_of_utterance>": 115, **{f"<row_{r + 1}_col_{c + 1}>": i for (r, c), i in ROW_COL.items()}}
+    vocab.update(specials)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w3", pad_token="w0", bos_token="w1",
+                                   eos_token="w2", additional_special_tokens=list(specials))
+
+
+def make_idefics(arch: str = "idefics3", folder: Path | None = None, seed: int = 0, text: dict | None = None,
+                 save_tokenizer: bool = True) -> tuple[Path, Any]:
+    """arch "idefics3" or "smolvlm"; the folder also holds the tokenizer (the marker ids come from it)."""
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, SmolVLMConfig,
+                              SmolVLMForConditionalGeneration)
+
+    torch.manual_seed(seed)
+    cls, model_cls, vt = ((Idefics3Config, Idefics3ForConditionalGeneration, "idefics3_vision") if arch == "idefics3"
+                          else (SmolVLMConfig, SmolVLMForConditionalGeneration, "smolvlm_vision"))
+    vc = dict(model_type=vt, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              image_size=8, patch_size=2, num_channels=3)
+    config = cls(text_config=text or llama_text_config(), vision_config=vc, image_token_id=IMAGE, scale_factor=2)
+    model = model_cls(config).eval()
+    folder = _perturb_and_save(model, f"tiny_{arch}_", folder)
+    if save_tokenizer:
+        idefics_tokenizer().save_pretrained(folder)
+    return folder, model
+
+
+def idefics_image_tokens(rows: int, cols: int, side: int = IDEFICS_SIDE) -> list[int]:
+    """Token ids the Idefics3 processor writes for one image split into rows x cols tiles (0, 0 = global only)."""
+    n = side * side
+    ids = []
+    for r in range(rows):
+        for c in range(cols):
+            ids += [FAKE, ROW_COL[(r, c)]] + [IMAGE] * n
+    return ids + [FAKE, GLOBAL] + [IMAGE] * n + [FAKE]
+
+
+def idefics_batch(seed: int = 0, text_len: int = 5) -> dict:
+    """Item 0: one image in 2 x 2 tiles + global (5 tiles); item 1: one unsplit image 8 x 6 padded to 8 x 8."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for tiles in [(2, 2), (0, 0)]:
+        rows.append([BOS] + torch.randint(3, 90, (2,), generator=g).tolist() + idefics_image_tokens(*tiles)
+                    + torch.randint(3, 90, (text_len,), generator=g).tolist())
+    input_ids, mask = _left_pad(rows, [0, 3])
+    pixel_values = torch.zeros(2, 5, 3, 8, 8)
+    pixel_mask = torch.zeros(2, 5, 8, 8, dtype=torch.long)
+    pixel_values[0] = torch.randn(5, 3, 8, 8, generator=g)
+    pixel_mask[0] = 1
+    pixel_values[1, 0, :, :, :6] = torch.randn(3, 8, 6, generator=g)
+    pixel_mask[1, 0, :, :6] = 1
+    return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, pixel_attention_mask=pixel_mask)
