@@ -151,3 +151,15 @@ def idefics_batch(seed: int = 0, text_len: int = 5) -> dict:
     pixel_values[1, 0, :, :, :6] = torch.randn(3, 8, 6, generator=g)
     pixel_mask[1, 0, :, :6] = 1
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, pixel_attention_mask=pixel_mask)
+
+
+# ---------------------------------------------------------------- (folder, hf, inputs) builders for test_parity.CASES
+def qwen_case(version: str) -> tuple[Path, Any, dict]:
+    """Batch 2, left padding; item 1 holds two images of different sizes (the second spans 4 windows in 2.5)."""
+    folder, hf = make_qwen(version)
+    return folder, hf, qwen_batch([[(1, 4, 6)], [(1, 6, 4), (1, 8, 8)]], [4, 0])
+
+
+def idefics_case(arch: str) -> tuple[Path, Any, dict]:
+    folder, hf = make_idefics(arch)
+    return folder, hf, idefics_batch()

@@ -1,0 +1,287 @@
+"""Qwen2-VL / Qwen2.5-VL (M-RoPE, packed windowed ViT) and Idefics3 / SmolVLM (tiles, markers): parity and spans.
+
+Logits / residuals / greedy generate parity for these families runs in tests/test_parity.py (CASES);
+here: vision towers vs HF, M-RoPE positions vs HF's get_rope_index, checks that can fail, and spans
+of inputs shaped by the real HF image processors.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from converters.base import UnsupportedConfigError
+from hooked_vlm import HookedVLM
+from tests import tiny_qwen_idefics as T
+
+ATOL = 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def _qwen(version):
+    folder, hf, inputs = T.qwen_case(version)
+    return folder, hf, HookedVLM.from_pretrained(str(folder)), inputs
+
+
+@functools.lru_cache(maxsize=None)
+def _idefics(arch):
+    folder, hf, inputs = T.idefics_case(arch)
+    return folder, hf, HookedVLM.from_pretrained(str(folder)), inputs
+
+
+def _maxdiff(a, b):
+    return (a - b).abs().max().item()
+
+
+def _image(h, w, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+# ---------------------------------------------------------------- Qwen2-VL / Qwen2.5-VL
+@pytest.mark.parametrize("version", ["2", "2.5"])
+def test_qwen_vision_tower_and_merger_match_hf(version):
+    from transformers.vision_utils import get_vision_window_index
+
+    _, hf, model, inputs = _qwen(version)
+    grid = inputs["image_grid_thw"]
+    with torch.no_grad():
+        ref = hf.model.visual(inputs["pixel_values"], grid_thw=grid, output_hidden_states=True)
+        _, cache = model.run_with_cache(**inputs, names_filter=lambda n: n.startswith(("vision.", "projector.")))
+    order = torch.arange(grid.prod(-1).sum().item() // 4)
+    if version == "2.5":  # HF runs the blocks window by window; our stream keeps the input order
+        order, cu = get_vision_window_index(grid, 2, 8, 2)
+        assert len(cu) - 1 > len(grid), "the test batch must have images with several windows"
+
+    def hf_order(x):
+        return x.reshape(-1, 4, x.shape[-1])[order].reshape(-1, x.shape[-1])
+
+    assert len(ref.hidden_states) == model.cfg.vision.tower.n_layers + 1
+    assert _maxdiff(ref.hidden_states[0], hf_order(cache["vision.hook_embed"][0])) <= ATOL
+    for layer in range(model.cfg.vision.tower.n_layers):
+        assert _maxdiff(ref.hidden_states[layer + 1], hf_order(cache[f"vision.blocks.{layer}.hook_resid_post"][0])) <= ATOL
+    assert _maxdiff(ref.pooler_output, cache["projector.hook_out"][0]) <= ATOL
+
+
+@pytest.mark.parametrize("version", ["2", "2.5"])
+def test_mrope_positions_match_hf_get_rope_index(version):
+    from hooked_vlm.positions import mrope_positions
+
+    _, hf, model, inputs = _qwen(version)
+    ref, ref_deltas = hf.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                              image_grid_thw=inputs["image_grid_thw"],
+                                              attention_mask=inputs["attention_mask"])
+    from hooked_vlm.model import KVCache
+
+    cache = KVCache(model.cfg.n_layers)
+    ours = mrope_positions(model, inputs["input_ids"], inputs["attention_mask"], None, cache,
+                           {"image_grid_thw": inputs["image_grid_thw"]})
+    assert torch.equal(ours, ref)
+    assert torch.equal(cache.extra["rope_deltas"], ref_deltas)
+    assert (ours[1] != ours[2]).any(), "the test batch must exercise 2-D image positions"
+
+
+def test_qwen_1d_positions_would_differ():
+    """The parity test can fail: 1-D positions (HF Qwen2.5-VL's silent fallback) change the logits."""
+    _, _, model, inputs = _qwen("2.5")
+    with torch.no_grad():
+        good = model(**inputs)
+        text = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        flat = model(**inputs, position_ids=text[None].expand(3, -1, -1))
+    real = inputs["attention_mask"].bool()
+    assert _maxdiff(good[real], flat[real]) > 1e-3
+
+
+def test_qwen_requires_grids_and_consistent_token_types():
+    _, _, model, inputs = _qwen("2")
+    no_grid = {k: v for k, v in inputs.items() if k != "image_grid_thw"}
+    with pytest.raises(ValueError, match="image_grid_thw"):
+        model(**no_grid)
+    wrong = dict(inputs, mm_token_type_ids=torch.zeros_like(inputs["mm_token_type_ids"]))
+    with pytest.raises(ValueError, match="mm_token_type_ids"):
+        model(**wrong)
+    short = dict(inputs, image_grid_thw=inputs["image_grid_thw"][:, :] * torch.tensor([1, 2, 1]))
+    with pytest.raises(ValueError):
+        model(**short)
+
+
+def test_qwen_generate_without_kv_cache_and_explicit_attention_agree():
+    _, _, model, inputs = _qwen("2.5")
+    a = model.generate(**inputs, max_new_tokens=6, return_type="tokens")
+    b = model.generate(**inputs, max_new_tokens=6, return_type="tokens", use_kv_cache=False)
+    assert torch.equal(a, b)
+    with torch.no_grad():
+        fast = model(**inputs)
+        slow = model.run_with_hooks(**inputs, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda x, hook: x)])
+    assert _maxdiff(fast, slow) <= ATOL
+
+
+def test_qwen_in_memory_key_layout_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    folder, hf, model, inputs = _qwen("2")
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    assert any(k.startswith("model.language_model.") for k in hf.state_dict())
+    other = HookedVLM.from_pretrained(str(tmp_path))
+    with torch.no_grad():
+        assert _maxdiff(model(**inputs), other(**inputs)) == 0.0
+
+
+def test_qwen_converter_refuses_sliding_window(tmp_path):
+    folder, _, _, _ = _qwen("2")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["text_config"].update(use_sliding_window=True, sliding_window=8, max_window_layers=1,
+                              layer_types=["full_attention", "sliding_attention", "sliding_attention"])
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(UnsupportedConfigError, match="sliding"):
+        HookedVLM.from_pretrained(str(tmp_path))
+
+
+def _qwen_processor_folder(version):
+    """The tiny Qwen checkpoint plus a tokenizer and the real Qwen2VLImageProcessor (PIL) saved next to it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    folder, hf, _, _ = _qwen(version)
+    vocab = {f"w{i}": i for i in range(100)}
+    specials = {"<|image_pad|>": T.IMAGE, "<|video_pad|>": T.VIDEO, "<|vision_start|>": T.VSTART, "<|vision_end|>": T.VEND}
+    vocab.update(specials)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w3", pad_token="w0", eos_token="w2", padding_side="left",
+                            additional_special_tokens=list(specials)).save_pretrained(folder)
+    Qwen2VLImageProcessorPil(patch_size=2, merge_size=2, temporal_patch_size=2, min_pixels=4 * 4,
+                             max_pixels=16 * 16).save_pretrained(folder)
+    return folder, hf
+
+
+@pytest.mark.parametrize("version", ["2", "2.5"])
+def test_qwen_spans_from_real_image_processor(version):
+    folder, hf = _qwen_processor_folder(version)
+    model = HookedVLM.from_pretrained(str(folder))
+    prompts = ["w5 <|vision_start|><|image_pad|><|vision_end|> w6 w7",
+               "w8 <|vision_start|><|image_pad|><|vision_end|> w9 <|vision_start|><|image_pad|><|vision_end|> w4"]
+    images = [_image(12, 20, 0), _image(16, 8, 1), _image(8, 8, 2)]
+    inputs = model.prepare_inputs(images=images, text=prompts)
+    grid = inputs["image_grid_thw"]
+    assert grid[:, 1:].tolist() != [grid[0, 1:].tolist()] * 3, "images of different sizes"
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        logits, cache = model.run_with_cache(**inputs, names_filter="hook_embed")
+    real = inputs["attention_mask"].bool()
+    assert _maxdiff(ref[real], logits[real]) <= ATOL
+    spans = cache.spans
+    n_tokens = (grid.prod(-1) // 4).tolist()
+    assert spans.positions("image.0", 0).numel() == n_tokens[0]
+    assert [spans.positions(f"image.{i}", 1).numel() for i in range(2)] == n_tokens[1:]
+    assert spans.positions("boi", 1).numel() == 2 and spans.positions("eoi", 1).numel() == 2
+    ids = inputs["input_ids"][1]
+    assert (ids[spans.positions("boi", 1)] == T.VSTART).all() and (ids[spans.positions("eoi", 1)] == T.VEND).all()
+    first = spans.positions("image.0", 1)
+    assert first[0] == spans.positions("boi", 1)[0] + 1 and first[-1] == spans.positions("eoi", 1)[0] - 1
+    t, h, w = grid[1].tolist()
+    values = torch.arange(spans.seq_len, dtype=torch.float32)
+    assert spans.to_grid(values, image=0, batch=1).shape == (h // 2, w // 2)
+    g = spans.grid[1, first]
+    assert g[:, 2].tolist() == [r for r in range(h // 2) for _ in range(w // 2)]
+    assert g[:, 3].tolist() == list(range(w // 2)) * (h // 2)
+
+
+# ---------------------------------------------------------------- Idefics3 / SmolVLM
+@pytest.mark.parametrize("arch", ["idefics3", "smolvlm"])
+def test_idefics_vision_tower_matches_hf(arch):
+    _, hf, model, inputs = _idefics(arch)
+    pv = inputs["pixel_values"].flatten(0, 1)
+    real = (pv != 0).flatten(1).any(-1)
+    pmask = inputs["pixel_attention_mask"].flatten(0, 1)[real].bool()
+    patch_mask = pmask.unfold(1, 2, 2).unfold(2, 2, 2).sum((-1, -2)) > 0
+    assert not patch_mask.all(), "the test batch must hold a padded image"
+    with torch.no_grad():
+        ref = hf.model.vision_model(pixel_values=pv[real], patch_attention_mask=patch_mask, output_hidden_states=True)
+        _, cache = model.run_with_cache(**inputs, names_filter=lambda n: n.startswith(("vision.", "projector.")))
+    keep = patch_mask.flatten(1)  # padded patches are junk on both sides (masked as keys only)
+    assert _maxdiff(ref.hidden_states[0], cache["vision.hook_embed"]) <= ATOL
+    for layer in range(model.cfg.vision.tower.n_layers):
+        assert _maxdiff(ref.hidden_states[layer + 1][keep], cache[f"vision.blocks.{layer}.hook_resid_post"][keep]) <= ATOL
+    assert _maxdiff(ref.last_hidden_state[keep], cache["vision.ln_post.hook_normalized"][keep]) <= ATOL
+    with torch.no_grad():
+        assert _maxdiff(hf.model.connector(ref.last_hidden_state), cache["projector.hook_out"]) <= ATOL
+
+
+def _check_idefics_spans(model, inputs, tiles_per_item):
+    """tiles_per_item[b] = (rows, cols) of the one image of item b ((0, 0) = not split)."""
+    n_side = T.IDEFICS_SIDE
+    spans = model.spans_for(inputs["input_ids"], inputs["attention_mask"], model._layouts_without_encoding(inputs))
+    for b, (r, c) in enumerate(tiles_per_item):
+        n_tiles = r * c + 1
+        ids = inputs["input_ids"][b]
+        assert spans.positions("image.0", b).numel() == n_tiles * n_side**2
+        assert spans.positions("tile_marker", b).numel() == r * c
+        assert spans.positions("global_marker", b).numel() == 1
+        assert spans.positions("image_border", b).numel() == r * c + 2
+        pos = spans.positions("image.0", b)
+        tile = spans.grid[b, pos, 1]
+        assert tile.tolist() == [t for t in range(n_tiles) for _ in range(n_side**2)]
+        # the tile whose tokens follow <row_i_col_j> is tile (i-1) * cols + (j-1); the global image is the last tile
+        for k, m in enumerate(spans.positions("tile_marker", b).tolist()):
+            assert spans.grid[b, m + 1, 1].item() == k
+            assert ids[m].item() == T.ROW_COL[(k // c, k % c)]
+        assert spans.grid[b, spans.positions("global_marker", b)[0] + 1, 1].item() == n_tiles - 1
+        assert spans.grid[b, pos, 2].tolist()[: n_side**2] == [i for i in range(n_side) for _ in range(n_side)]
+        assert not spans.mask("text")[b, spans.positions("tile_marker", b)].any()
+    return spans
+
+
+def test_idefics3_spans_from_real_processor():
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    _, hf, model, _ = _idefics("idefics3")
+    ip = Idefics3ImageProcessorPil(do_image_splitting=True, max_image_size={"longest_edge": 8}, size={"longest_edge": 16})
+    processor = Idefics3Processor(image_processor=ip, tokenizer=T.idefics_tokenizer(), image_seq_len=T.IDEFICS_SIDE**2)
+    inputs = dict(processor(images=[[_image(20, 13)], [_image(5, 9)]], text=["w5 <image> w6", "w7 <image> w8 w9"],
+                            return_tensors="pt", padding=True))
+    _check_idefics_spans(model, inputs, [(2, 2), (1, 2)])
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        ours = model(**inputs)
+    real = inputs["attention_mask"].bool()
+    assert _maxdiff(ref[real], ours[real]) <= ATOL
+
+
+def test_smolvlm_spans_from_real_image_processor():
+    """SmolVLMProcessor needs num2words (not installed): its image processor + HF's own prompt-string function."""
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+    from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
+
+    _, hf, model, _ = _idefics("smolvlm")
+    ip = SmolVLMImageProcessorPil(do_image_splitting=True, max_image_size={"longest_edge": 8}, size={"longest_edge": 16})
+    images = ip(images=[[_image(20, 13)], [_image(5, 9)]], return_tensors="pt", return_row_col_info=True)
+    tok = T.idefics_tokenizer()
+    prompts = [f"w5 {get_image_prompt_string(r[0], c[0], T.IDEFICS_SIDE**2, '<fake_token_around_image>', '<image>', '<global-img>')} w6"
+               for r, c in zip(images["rows"], images["cols"])]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    inputs = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=images["pixel_values"],
+                  pixel_attention_mask=images["pixel_attention_mask"])
+    tiles = [(r[0], c[0]) for r, c in zip(images["rows"], images["cols"])]
+    assert tiles[0] != tiles[1]
+    _check_idefics_spans(model, inputs, tiles)
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        ours = model(**inputs)
+    real = inputs["attention_mask"].bool()
+    assert _maxdiff(ref[real], ours[real]) <= ATOL
+
+
+def test_idefics_marker_mismatch_raises():
+    _, _, model, inputs = _idefics("idefics3")
+    broken = dict(inputs, input_ids=inputs["input_ids"].masked_fill(inputs["input_ids"] == T.GLOBAL, 7))
+    with pytest.raises(ValueError, match="tiles"):
+        model(**broken)
