@@ -72,7 +72,8 @@ def idefics3_config(hf: Any) -> HookedVLMConfig:
         text=text, d_vocab=tc.vocab_size, vision=vision, projector=projector,
         roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=tc.pad_token_id, bos_token_id=tc.bos_token_id,
                          eos_token_id=tc.eos_token_id, extra=roles_extra),
-        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False) or getattr(tc, "tie_word_embeddings", False)),
+        # HF ties lm_head to the embeddings on the top-level flag only (text_config's is not forwarded here)
+        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         extra={"image_pipeline": "idefics3", "input_keys": ("pixel_attention_mask",), "idefics3_markers": markers},
     )
 

@@ -9,6 +9,9 @@ tokens advance all three together; the tokens of an image of ``t x h x w`` merge
 ``(start + t_i, start + row, start + col)``; the text after it resumes at ``start + max(h, w)``.
 This is HF's ``get_rope_index`` for images. While generating with a KV cache the new tokens get
 ``text position + rope delta`` (HF's ``rope_deltas``), with the deltas kept in the KV cache.
+Given [3, batch, pos] position_ids are used as they are; given [batch, pos] ones are read as TEXT
+positions (what ``generate`` passes): at the prompt of a sequence with images the 3-D positions are
+always computed from the tokens (HF would silently use 1-D positions there).
 """
 
 from __future__ import annotations

@@ -285,3 +285,22 @@ def test_idefics_marker_mismatch_raises():
     broken = dict(inputs, input_ids=inputs["input_ids"].masked_fill(inputs["input_ids"] == T.GLOBAL, 7))
     with pytest.raises(ValueError, match="tiles"):
         model(**broken)
+
+
+@pytest.mark.parametrize("top_tie", [False, True])
+def test_idefics_ties_embeddings_as_hf_does(top_tie):
+    from tests.tiny import llama_text_config
+
+    folder, hf = T.make_idefics("smolvlm", text=llama_text_config(tie_word_embeddings=True))
+    if top_tie:
+        hf.config.tie_word_embeddings = True
+        hf.tie_weights()
+        hf.save_pretrained(folder)
+    assert (hf.lm_head.weight is hf.model.text_model.embed_tokens.weight) == top_tie
+    model = HookedVLM.from_pretrained(str(folder))
+    inputs = T.idefics_batch()
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        ours = model(**inputs)
+    real = inputs["attention_mask"].bool()
+    assert _maxdiff(ref[real], ours[real]) <= ATOL
