@@ -20,7 +20,9 @@ from ._decoder import decoder_rules
 from ._qwen_inputs import load_qwen_inputs
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
-TOP_FIELDS = {"image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "tie_word_embeddings"}
+# vision_token_id appears in hub configs but no HF code reads it
+TOP_FIELDS = {"image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "tie_word_embeddings",
+              "vision_token_id"}
 TEXT_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
                "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "tie_word_embeddings"}
@@ -32,6 +34,7 @@ VISION_FIELDS = {
                           "patch_size", "spatial_merge_size", "temporal_patch_size", "tokens_per_second",
                           "window_size", "out_hidden_size", "fullatt_block_indexes", "rope_parameters"},
 }
+LEGACY_VISION_ALIASES = {"in_chans": "in_channels", "spatial_patch_size": "patch_size"}
 
 # save_pretrained writes model.layers.* / visual.*; the in-memory layout is model.language_model.* / model.visual.*
 ALIASES = [
@@ -63,7 +66,10 @@ def text_config(tc: Any) -> TowerConfig:
 def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
     if vc.model_type not in VISION_FIELDS:
         raise UnsupportedConfigError(f"vision model type {vc.model_type!r}; supported: {', '.join(VISION_FIELDS)}")
-    check_fields(vc, VISION_FIELDS[vc.model_type], f"vision_config ({vc.model_type})")
+    check_fields(vc, VISION_FIELDS[vc.model_type] | set(LEGACY_VISION_ALIASES), f"vision_config ({vc.model_type})")
+    for legacy, field in LEGACY_VISION_ALIASES.items():  # hub configs repeat these; HF reads only the new name
+        if getattr(vc, legacy, None) not in (None, getattr(vc, field)):
+            raise UnsupportedConfigError(f"vision_config {legacy}={getattr(vc, legacy)} differs from {field}={getattr(vc, field)}")
     rope = dict(vc.rope_parameters or {"rope_type": "axial", "rope_theta": 10000.0})
     if rope.get("rope_type", "axial") != "axial":
         raise UnsupportedConfigError(f"vision rope_type {rope.get('rope_type')!r}; supported: 'axial'")

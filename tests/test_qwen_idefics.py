@@ -304,3 +304,56 @@ def test_idefics_ties_embeddings_as_hf_does(top_tie):
         ours = model(**inputs)
     real = inputs["attention_mask"].bool()
     assert _maxdiff(ref[real], ours[real]) <= ATOL
+
+
+HUB_QWEN2_VL_2B = {  # config.json of Qwen/Qwen2-VL-2B-Instruct (pre-v5 flat layout), abridged to the math fields
+    "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl", "hidden_size": 1536,
+    "intermediate_size": 8960, "num_attention_heads": 12, "num_hidden_layers": 28, "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True,
+    "use_sliding_window": False, "vocab_size": 151936, "max_window_layers": 28, "max_position_embeddings": 32768,
+    "vision_start_token_id": 151652, "vision_end_token_id": 151653, "vision_token_id": 151654, "image_token_id": 151655,
+    "video_token_id": 151656, "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu",
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3, "hidden_size": 1536,
+                      "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14, "temporal_patch_size": 2}}
+HUB_QWEN25_VL_3B = {  # config.json of Qwen/Qwen2.5-VL-3B-Instruct, abridged to the math fields
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl", "hidden_size": 2048,
+    "intermediate_size": 11008, "num_attention_heads": 16, "num_hidden_layers": 36, "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True,
+    "use_sliding_window": False, "vocab_size": 151936, "max_window_layers": 70, "max_position_embeddings": 128000,
+    "vision_start_token_id": 151652, "vision_end_token_id": 151653, "vision_token_id": 151654, "image_token_id": 151655,
+    "video_token_id": 151656, "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu",
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                      "in_chans": 3, "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2,
+                      "spatial_patch_size": 14, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+                      "tokens_per_second": 2, "temporal_patch_size": 2}}
+
+
+@pytest.mark.parametrize("hub, widths", [(HUB_QWEN2_VL_2B, (1280, 1536, 1536)), (HUB_QWEN25_VL_3B, (1280, 2048, 2048))])
+def test_qwen_hub_configs_convert(hub, widths):
+    from transformers import AutoConfig
+
+    from converters import get_converter
+
+    hf = AutoConfig.for_model(**hub)
+    cfg = get_converter(hub["architectures"][0]).make_config(hf)
+    assert (cfg.vision.tower.d_model, cfg.projector.d_out, cfg.d_model) == widths
+    assert cfg.text.rope_parameters["mrope_section"] == [16, 24, 24] and cfg.text.rope_parameters["rope_theta"] == 1e6
+    assert cfg.tie_word_embeddings and cfg.roles.boi_token_id == 151652 and cfg.roles.eoi_token_id == 151653
+    bad = dict(hub, vision_config=dict(hub["vision_config"], in_chans=4))
+    with pytest.raises(UnsupportedConfigError, match="in_chans"):
+        get_converter(hub["architectures"][0]).make_config(AutoConfig.for_model(**bad))
+
+
+def test_qwen_tied_embeddings_load():
+    folder, hf = T.make_qwen("2", text=T.qwen_text_config(tie_word_embeddings=True))
+    assert hf.lm_head.weight is hf.model.language_model.embed_tokens.weight
+    model = HookedVLM.from_pretrained(str(folder))
+    assert model.unembed.weight is model.embed.weight
+    inputs = T.qwen_batch([[(1, 4, 4)], [(1, 2, 6)]], [2, 0])
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        ours = model(**inputs)
+    real = inputs["attention_mask"].bool()
+    assert _maxdiff(ref[real], ours[real]) <= ATOL
