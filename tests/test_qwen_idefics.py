@@ -96,6 +96,19 @@ def test_qwen_1d_positions_would_differ():
     assert _maxdiff(good[real], flat[real]) > 1e-3
 
 
+def test_qwen25_without_mm_token_type_ids_still_uses_3d_positions():
+    """HF Qwen2.5-VL silently falls back to 1-D positions without mm_token_type_ids; we compute them from the ids."""
+    _, hf, model, inputs = _qwen("2.5")
+    bare = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        ours = model(**bare)
+    real = inputs["attention_mask"].bool()
+    assert _maxdiff(ref[real], ours[real]) <= ATOL
+    assert torch.equal(model.generate(**bare, max_new_tokens=4, return_type="tokens"),
+                       model.generate(**inputs, max_new_tokens=4, return_type="tokens"))
+
+
 def test_qwen_requires_grids_and_consistent_token_types():
     _, _, model, inputs = _qwen("2")
     no_grid = {k: v for k, v in inputs.items() if k != "image_grid_thw"}
@@ -192,6 +205,8 @@ def test_qwen_spans_from_real_image_processor(version):
     g = spans.grid[1, first]
     assert g[:, 2].tolist() == [r for r in range(h // 2) for _ in range(w // 2)]
     assert g[:, 3].tolist() == list(range(w // 2)) * (h // 2)
+    shown = model.to_str_tokens(inputs, batch=1)
+    assert shown[first[0].item()] == "<img 0,0>" and shown[first[-1].item()] == f"<img {h // 2 - 1},{w // 2 - 1}>"
 
 
 # ---------------------------------------------------------------- Idefics3 / SmolVLM
@@ -357,3 +372,18 @@ def test_qwen_tied_embeddings_load():
         ours = model(**inputs)
     real = inputs["attention_mask"].bool()
     assert _maxdiff(ref[real], ours[real]) <= ATOL
+
+
+def test_idefics_unprefixed_key_layout_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder, _, model, inputs = _idefics("idefics3")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (folder / name).exists():
+            (tmp_path / name).write_text((folder / name).read_text())
+    tensors = load_file(str(folder / "model.safetensors"))
+    assert any(k.startswith("model.text_model.") for k in tensors)
+    save_file({k.removeprefix("model."): v for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
+    other = HookedVLM.from_pretrained(str(tmp_path))
+    with torch.no_grad():
+        assert _maxdiff(model(**inputs), other(**inputs)) == 0.0
