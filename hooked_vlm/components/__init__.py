@@ -13,9 +13,13 @@ from torch import nn
 
 VISION_KINDS = {
     "vit": "hooked_vlm.components.vision:VisionTower",
+    "qwen_vit": "hooked_vlm.components.qwen_vision:QwenVisionTower",
+    "navit": "hooked_vlm.components.navit_vision:NaViTVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
+    "patch_merger": "hooked_vlm.components.patch_merger:PatchMerger",
+    "pixel_shuffle": "hooked_vlm.components.pixel_shuffle:PixelShuffleProjector",
 }
 
 
