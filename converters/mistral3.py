@@ -30,7 +30,7 @@ def mistral3_config(hf: Any) -> HookedVLMConfig:
         d_vocab=tc.vocab_size,
         vision=vision,
         projector=ProjectorConfig(d_in=vision.tower.d_model, d_out=text.d_model, act_fn=hf.projector_hidden_act,
-                                  bias=hf.multimodal_projector_bias, kind="patch_merger",
+                                  bias=hf.multimodal_projector_bias, kind="unfold_merge_mlp",
                                   extra={"spatial_merge_size": hf.spatial_merge_size, "norm_eps": tc.rms_norm_eps}),
         roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=tc.pad_token_id,
                          bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id),

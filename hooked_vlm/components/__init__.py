@@ -13,12 +13,16 @@ from torch import nn
 
 VISION_KINDS = {
     "vit": "hooked_vlm.components.vision:VisionTower",
+    "qwen_vit": "hooked_vlm.components.qwen_vision:QwenVisionTower",
+    "navit": "hooked_vlm.components.navit_vision:NaViTVisionTower",
     "pixtral": "hooked_vlm.components.pixtral_vision:PixtralVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
+    "patch_merger": "hooked_vlm.components.patch_merger:PatchMerger",
+    "pixel_shuffle": "hooked_vlm.components.pixel_shuffle:PixelShuffleProjector",
     "anyres_mlp": "hooked_vlm.components.anyres_projector:AnyresProjector",
-    "patch_merger": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",
+    "unfold_merge_mlp": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",
 }
 
 

@@ -20,9 +20,7 @@ class AttentionMask:
     query_positions: torch.Tensor
     k_len: int
     sliding_window: int | None = None
-    # [k_len] block id of every position: queries attend only to keys of their own block (images packed
-    # into one sequence, block-diagonal attention, e.g. Pixtral's ViT); None = no blocks
-    block_ids: torch.Tensor | None = None
+    segment_ids: torch.Tensor | None = None  # [batch, k_len]: attend only within a segment (packed images, windows)
 
     @property
     def q_len(self) -> int:
@@ -33,7 +31,7 @@ class AttentionMask:
         """True when SDPA's ``is_causal`` (or no mask at all) gives exactly this mask."""
         if self.sliding_window is not None and self.k_len > self.sliding_window:
             return False
-        if self.block_ids is not None:
+        if self.segment_ids is not None:
             return False
         return self.key_padding is None and (self.q_len == self.k_len or self.q_len == 1 or not self.causal)
 
@@ -50,10 +48,10 @@ class AttentionMask:
             allowed = torch.ones(self.q_len, self.k_len, dtype=torch.bool, device=device)
         if self.sliding_window is not None:
             allowed = allowed & (self.query_positions[:, None] - keys[None, :] < self.sliding_window)
-        if self.block_ids is not None:
-            blocks = self.block_ids.to(device)
-            allowed = allowed & (blocks[self.query_positions][:, None] == blocks[None, :])
         allowed = allowed[None, None].expand(batch, 1, self.q_len, self.k_len)
         if self.key_padding is not None:
             allowed = allowed & self.key_padding[:, None, None, :].to(device)
+        if self.segment_ids is not None:
+            seg = self.segment_ids.to(device)
+            allowed = allowed & (seg[:, None, self.query_positions, None] == seg[:, None, None, :])
         return allowed

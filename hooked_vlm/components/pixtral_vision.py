@@ -71,10 +71,10 @@ class PixtralVisionTower(nn.Module):
         x = torch.cat([e[:, :h, :w].flatten(1).T for e, (h, w) in zip(x, grids)], 0)[None]
         x = self.ln_pre(self.hook_patch_embed(x))
         n = x.shape[1]
-        blocks = torch.repeat_interleave(torch.arange(len(grids), device=x.device),
-                                         torch.tensor([h * w for h, w in grids], device=x.device))
+        image_of_patch = torch.repeat_interleave(torch.arange(len(grids), device=x.device),
+                                                 torch.tensor([h * w for h, w in grids], device=x.device))
         mask = AttentionMask(causal=False, key_padding=None, query_positions=torch.arange(n, device=x.device),
-                             k_len=n, block_ids=blocks)
+                             k_len=n, segment_ids=image_of_patch[None])  # block-diagonal: one block per image
         rotary = self.rotary(grids, x.dtype)
         hidden = [x]  # HF's hidden_states: [input of block 0, block 0 out, ...]
         for block in self.blocks:
