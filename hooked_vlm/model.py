@@ -345,7 +345,9 @@ class HookedVLM(HookedRootModule):
         out = []
         for p, t in enumerate(tokens[batch].tolist()):
             img, tile, r, c = spans.grid[batch, p].tolist()
-            if img >= 0 and r >= 0:
+            if t == self.cfg.roles.image_token_id and "row_break" in spans and bool(spans.mask("row_break")[batch, p]):
+                out.append("<img newline>")  # an image placeholder holding the image_newline embedding
+            elif img >= 0 and r >= 0:
                 out.append(f"<img {r},{c}>" if tile <= 0 and spans.layouts[batch][img].tiles == 1 else f"<img {tile}:{r},{c}>")
             elif img >= 0:
                 out.append("<img cls>")
