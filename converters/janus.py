@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
+from hooked_vlm.vocab import resolve_marker_tokens
 
 from ._decoder import decoder_config, decoder_rules
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
@@ -91,4 +92,5 @@ def janus_keymap(cfg: HookedVLMConfig) -> KeyMap:
     )
 
 
-CONVERTER = Converter(architectures=("JanusForConditionalGeneration",), make_config=janus_config, make_keymap=janus_keymap)
+CONVERTER = Converter(architectures=("JanusForConditionalGeneration",), make_config=janus_config, make_keymap=janus_keymap,
+                      finalize=resolve_marker_tokens)  # <begin_of_image> / <end_of_image> ids live in the tokenizer

@@ -85,9 +85,8 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
     if processor == "auto":
         processor = (converter.load_processor or load_auto_processor)(str(folder))
     model.processor = processor
-    from .vocab import resolve_marker_tokens
-
-    resolve_marker_tokens(model)  # marker ids that only the tokenizer knows (cfg.extra["marker_tokens"])
+    if getattr(converter, "finalize", None) is not None:
+        converter.finalize(model.cfg, processor)
     return model
 
 

@@ -56,13 +56,15 @@ class VocabRoles:
         return values, ids.to(idx.device)[idx]
 
 
-def resolve_marker_tokens(model: Any) -> None:
-    """Fill marker roles named by token string in ``cfg.extra["marker_tokens"]`` from the model's tokenizer."""
-    markers = model.cfg.extra.get("marker_tokens")
-    roles = model.cfg.roles
+def resolve_marker_tokens(cfg: Any, processor: Any) -> None:
+    """Fill marker roles named by token string in ``cfg.extra["marker_tokens"]`` from the processor's tokenizer.
+
+    A converter's ``finalize`` hook (called by the loader once the processor is known)."""
+    markers = cfg.extra.get("marker_tokens")
+    roles = cfg.roles
     if not markers or roles is None:
         return
-    tok = getattr(model.processor, "tokenizer", model.processor)
+    tok = getattr(processor, "tokenizer", processor)
     if tok is None:
         warnings.warn(f"no tokenizer: the spans {sorted(markers)} ({', '.join(markers.values())}) cannot be located; "
                       "load with processor=... to get them")

@@ -108,7 +108,7 @@ def test_emu3_spans_match_processor():
         assert torch.allclose(cache["hook_embed"][b, brk], model.W_E[eol].expand(len(brk), -1))
     assert k == len(sizes)
     strs = model.to_str_tokens(out, 0)
-    assert strs[int(spans.positions("row_break", 0)[0])] == "<img break>"
+    assert strs[int(spans.positions("row_break", 0)[0])] == "<img newline>"
     assert strs[int(spans.positions("image", 0)[4])] == "<img 1,1>"  # 3 codes per row
     assert strs[int(spans.positions("end_of_frame", 0)[0])] == "<|extra_201|>"
 

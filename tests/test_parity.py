@@ -14,6 +14,8 @@ import torch
 
 from hooked_vlm import HookedVLM
 from tests import tiny, tiny_native
+from tests import tiny_qwen_idefics as tqi
+from tests import tiny_next_pixtral as tnp
 
 ATOL = 1e-4
 
@@ -35,6 +37,14 @@ CASES = [
     ("llava-llama3-rope-bias", functools.partial(llava_case, text=tiny.llama_text_config(
         attention_bias=True, mlp_bias=True, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
         "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))),
+    ("qwen2-vl", functools.partial(tqi.qwen_case, "2")),
+    ("qwen2.5-vl", functools.partial(tqi.qwen_case, "2.5")),
+    ("idefics3", functools.partial(tqi.idefics_case, "idefics3")),
+    ("smolvlm", functools.partial(tqi.idefics_case, "smolvlm")),
+    ("next-mistral-clip", tnp.next_case),
+    ("onevision-qwen2-siglip", tnp.onevision_case),
+    ("pixtral-llava", tnp.pixtral_case),
+    ("mistral3-pixtral", tnp.mistral3_case),
     ("chameleon", tiny_native.chameleon_case),
     ("chameleon-swin-norm", tiny_native.chameleon_swin_case),
     ("emu3", tiny_native.emu3_case),

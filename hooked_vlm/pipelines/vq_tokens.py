@@ -36,4 +36,5 @@ def vq_tokens(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> t
             raise ValueError(f"vision.hook_codes: token id {int(ids.max())} is outside the vocabulary ({model.cfg.d_vocab})")
         flat.append(ids)
     embeds = model.embed(torch.cat(flat))
-    return embeds, [ImageLayout(rows=r, cols=c, row_breaks=row_breaks) for r, c in sizes]
+    return embeds, [ImageLayout(rows=r, cols=c, newline_offsets=[k * (c + 1) + c for k in range(r)] if row_breaks else None)
+                    for r, c in sizes]
