@@ -11,6 +11,8 @@ import torch
 
 from hooked_vlm import HookedVLM
 from tests import tiny, tiny_native
+from tests import tiny_next_pixtral as tnp
+from tests import tiny_qwen_idefics as tqi
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -23,16 +25,31 @@ def llava():
     return model, tiny.llava_batch(hf, [1, 2], [4, 0])
 
 
-def _native(case):
-    folder, _, inputs = case()
-    return HookedVLM.from_pretrained(str(folder)), inputs
+def _from_case(case):
+    """A parity-test builder (folder, hf, inputs) -> (model, inputs), built once."""
+    @functools.lru_cache(maxsize=None)
+    def build():
+        folder, _, inputs = case()
+        return HookedVLM.from_pretrained(str(folder)), inputs
+
+    return build
 
 
 #: golden file -> builder of (model, inputs); one entry per family
-FAMILIES = {"llava": llava,
-            "chameleon": functools.lru_cache(None)(functools.partial(_native, tiny_native.chameleon_case)),
-            "emu3": functools.lru_cache(None)(functools.partial(_native, tiny_native.emu3_case)),
-            "janus": functools.lru_cache(None)(functools.partial(_native, tiny_native.janus_case))}
+FAMILIES = {
+    "llava": llava,
+    "llava_next": _from_case(tnp.next_case),
+    "llava_onevision": _from_case(tnp.onevision_case),
+    "pixtral_llava": _from_case(tnp.pixtral_case),
+    "mistral3": _from_case(tnp.mistral3_case),
+    "qwen2_vl": _from_case(functools.partial(tqi.qwen_case, "2")),
+    "qwen2_5_vl": _from_case(functools.partial(tqi.qwen_case, "2.5")),
+    "idefics3": _from_case(functools.partial(tqi.idefics_case, "idefics3")),
+    "smolvlm": _from_case(functools.partial(tqi.idefics_case, "smolvlm")),
+    "chameleon": _from_case(tiny_native.chameleon_case),
+    "emu3": _from_case(tiny_native.emu3_case),
+    "janus": _from_case(tiny_native.janus_case),
+}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
