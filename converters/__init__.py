@@ -9,6 +9,14 @@ from .base import Converter, UnsupportedConfigError
 #: family modules; each defines CONVERTER. Adding a family = one module + one line here.
 FAMILY_MODULES = [
     "converters.llava",
+    "converters.qwen2_vl",
+    "converters.idefics3",
+    "converters.llava_next",
+    "converters.llava_onevision",
+    "converters.mistral3",
+    "converters.chameleon",
+    "converters.emu3",
+    "converters.janus",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -20,6 +20,9 @@ DECODER_FIELDS = {
     "qwen2": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
               "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "tie_word_embeddings"},
+    "emu3_text_model": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+                        "rope_parameters", "attention_bias", "mlp_bias", "tie_word_embeddings"},
 }
 
 

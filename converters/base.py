@@ -21,6 +21,7 @@ GENERIC_FIELDS = frozenset({
     "return_dict", "transformers_version", "use_cache", "initializer_range", "initializer_factor",
     "attention_dropout", "dropout", "pad_token_id", "bos_token_id", "eos_token_id", "use_return_dict",
     "tokenizer_class", "_attn_implementation_autoset", "attn_implementation", "output_scores",
+    "is_composition",  # a legacy marker in older hub configs (e.g. mistral-community/pixtral-12b)
 })
 
 
@@ -91,3 +92,5 @@ class Converter:
     make_config: Callable[[Any], HookedVLMConfig]  # HF config object -> ours
     make_keymap: Callable[[HookedVLMConfig], KeyMap]
     load_processor: Callable[[str], Any] | None = None  # folder -> processor (default: AutoProcessor)
+    # (our config, processor or None) -> None: fill what only the processor knows (e.g. marker token ids)
+    finalize: Callable[[HookedVLMConfig, Any], None] | None = None

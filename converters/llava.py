@@ -7,6 +7,7 @@ from typing import Any
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles
 
 from ._clip import clip_aliases, clip_ignored, clip_rules, clip_vision_config
+from ._pixtral import pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._decoder import decoder_config, decoder_rules
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
@@ -30,12 +31,20 @@ def feature_layers(hf: Any) -> tuple[int, ...]:
 
 def llava_config(hf: Any) -> HookedVLMConfig:
     check_fields(hf, LLAVA_FIELDS, "LlavaConfig")
-    if hf.vision_config.model_type != "clip_vision_model":
+    if hf.vision_config.model_type not in ("clip_vision_model", "pixtral"):
         raise UnsupportedConfigError(
-            f"LLaVA with a {hf.vision_config.model_type!r} vision tower is not supported yet; supported: clip_vision_model"
+            f"LLaVA with a {hf.vision_config.model_type!r} vision tower is not supported yet; supported: clip_vision_model, pixtral"
         )
     text = decoder_config(hf.text_config)
-    vision = clip_vision_config(hf.vision_config, feature_layers(hf), hf.vision_feature_select_strategy)
+    extra = {"image_pipeline": "vit_mlp"}
+    if hf.vision_config.model_type == "pixtral":  # mistral-community/pixtral-12b: images of any size
+        if hf.vision_feature_select_strategy != "full":
+            raise UnsupportedConfigError("LLaVA with a pixtral tower needs vision_feature_select_strategy='full' "
+                                         "(pixtral has no class token)")
+        vision = pixtral_vision_config(hf.vision_config, feature_layers(hf))
+        extra = {"image_pipeline": "pixtral", "input_keys": ("image_sizes",)}
+    else:
+        vision = clip_vision_config(hf.vision_config, feature_layers(hf), hf.vision_feature_select_strategy)
     tc = hf.text_config
     return HookedVLMConfig(
         architecture="LlavaForConditionalGeneration",
@@ -47,18 +56,21 @@ def llava_config(hf: Any) -> HookedVLMConfig:
         roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=tc.pad_token_id,
                          bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id),
         tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False) or getattr(tc, "tie_word_embeddings", False)),
-        extra={"image_pipeline": "vit_mlp"},
+        extra=extra,
     )
 
 
 def llava_keymap(cfg: HookedVLMConfig) -> KeyMap:
+    pixtral = cfg.vision.kind == "pixtral"
     return KeyMap(
-        aliases=LLAVA_ALIASES + clip_aliases("model.vision_tower"),
-        rules=decoder_rules("model.language_model") + clip_rules("model.vision_tower") + [
+        aliases=LLAVA_ALIASES + ([] if pixtral else clip_aliases("model.vision_tower")),
+        rules=decoder_rules("model.language_model")
+        + (pixtral_rules("model.vision_tower") if pixtral else clip_rules("model.vision_tower")) + [
             (r"model\.multi_modal_projector\.(linear_1|linear_2)\.(weight|bias)", r"projector.\1.\2"),
         ],
-        ignored=clip_ignored("model.vision_tower"),
+        ignored=[] if pixtral else clip_ignored("model.vision_tower"),
     )
 
 
-CONVERTER = Converter(architectures=("LlavaForConditionalGeneration",), make_config=llava_config, make_keymap=llava_keymap)
+CONVERTER = Converter(architectures=("LlavaForConditionalGeneration",), make_config=llava_config, make_keymap=llava_keymap,
+                      finalize=pixtral_marker_roles)

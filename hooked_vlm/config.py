@@ -38,6 +38,10 @@ class TowerConfig:
     max_position_embeddings: int = 4096
     attn_scale: float | None = None  # None = d_head ** -0.5
     sliding_window: int | None = None  # keys further back than this are masked (Mistral)
+    qk_norm: str | None = None  # "LN" | "RMS": normalise each head's q and k over d_head, before rope
+    qk_norm_per_head: bool = False  # q/k norm weights [head, d_head] (Chameleon) instead of shared [d_head]
+    qk_norm_eps: float | None = None  # None = norm_eps
+    norm_placement: str = "pre"  # "pre": x + f(ln(x)); "post_sublayer": x + ln(f(x)) (Swin-style; Chameleon swin_norm)
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -46,6 +50,8 @@ class TowerConfig:
             self.n_key_value_heads = self.n_heads
         if self.n_heads % self.n_key_value_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}")
+        if self.norm_placement not in ("pre", "post_sublayer"):
+            raise ValueError(f"norm_placement must be 'pre' or 'post_sublayer', got {self.norm_placement!r}")
         if self.normalization_type not in ("RMS", "LN"):
             raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
 
@@ -74,6 +80,25 @@ class VisionConfig:
     @property
     def n_patches(self) -> int:
         return self.grid_size**2
+
+
+@dataclass
+class VQConfig:
+    """A VQ image tokenizer (Chameleon, Emu3): pixels -> discrete codes -> LM token ids, no projector.
+
+    The conv net is the checkpoint family's own HF module (``hf_class``, built from ``hf_config``),
+    wrapped by ``hooked_vlm.components.vq``; codes are mapped to LM token ids by ``code_to_token``.
+    """
+
+    hf_class: str  # "module:Class" of the HF VQ-VAE
+    hf_config_class: str  # "module:Class" of its config
+    hf_config: dict[str, Any]
+    code_to_token: list[int]  # LM token id of VQ code i
+    downsample: int  # pixels per code along each side
+    encode: str = "indices"  # "indices": encode(px).image_tokens; "sized": encode(px, image_sizes).image_tokens
+    row_break_token_id: int | None = None  # token appended after each row of codes (Emu3 end-of-line)
+    kind: str = "vq"
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,7 +138,7 @@ class HookedVLMConfig:
     architecture: str  # HF architectures[0], for reporting only: components never read it
     text: TowerConfig
     d_vocab: int
-    vision: VisionConfig | None = None
+    vision: VisionConfig | VQConfig | None = None
     projector: ProjectorConfig | None = None
     roles: TokenRoles | None = None
     tie_word_embeddings: bool = False

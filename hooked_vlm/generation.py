@@ -9,6 +9,7 @@ extended by the generated tokens, which are ``text`` and ``generated``) and
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -58,6 +59,9 @@ def generate(
     tokens = input_ids.to(model.device)
     b = tokens.shape[0]
     mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.to(model.device).long()
+    if bool((mask[:, -1] == 0).any()):
+        warnings.warn("right padding detected: generated tokens would follow padding. Pad prompts on the left "
+                      "for generation (e.g. model.prepare_inputs(..., padding_side='left')).")
     roles = model.cfg.roles
     if eos_token_id is None and roles is not None:
         eos_token_id = roles.eos_token_id

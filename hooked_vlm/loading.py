@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,8 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
     if processor == "auto":
         processor = (converter.load_processor or load_auto_processor)(str(folder))
     model.processor = processor
+    if getattr(converter, "finalize", None) is not None:
+        converter.finalize(model.cfg, processor)
     return model
 
 
@@ -104,26 +107,85 @@ def load_auto_processor(folder: str) -> Any:
         return None
 
 
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+class SafetensorsFile:
+    """A minimal safetensors reader that reads each tensor's bytes straight into its destination.
+
+    No mmap (whose touched pages count as resident memory) and no intermediate copy when the
+    checkpoint dtype equals the parameter dtype on CPU; otherwise one tensor-sized buffer at a time.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as f:
+                n = struct.unpack("<Q", f.read(8))[0]
+                if n > size - 8:
+                    raise ValueError(f"header length {n} exceeds the file size {size}")
+                header = json.loads(f.read(n))
+        except (ValueError, struct.error, UnicodeDecodeError) as err:
+            raise OSError(f"could not read the safetensors header of {path}: {err}. The file is truncated or "
+                          "corrupt; download it again.") from err
+        header.pop("__metadata__", None)
+        self.data_start = 8 + n
+        self.entries: dict[str, dict] = header
+        end = max((e["data_offsets"][1] for e in header.values()), default=0)
+        if self.data_start + end > size:
+            raise OSError(f"{path} is truncated: its header describes {self.data_start + end} bytes but the file has "
+                          f"{size}. The safetensors file is truncated or corrupt; download it again.")
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.entries[key]["shape"])
+
+    def read_into(self, f: Any, key: str, dest: torch.Tensor | None = None) -> torch.Tensor:
+        """Read tensor ``key``; into ``dest`` directly when layouts allow, else into a fresh CPU tensor."""
+        entry = self.entries[key]
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise OSError(f"{self.path}: tensor {key!r} has unsupported dtype {entry['dtype']}")
+        begin, end = entry["data_offsets"]
+        shape = tuple(entry["shape"])
+        numel = 1
+        for d in shape:
+            numel *= d
+        if end - begin != numel * torch.empty((), dtype=dtype).element_size():
+            raise OSError(f"{self.path}: tensor {key!r} has {end - begin} bytes for shape {shape}; the file is corrupt")
+        direct = dest is not None and dest.dtype == dtype and dest.device.type == "cpu" and dest.is_contiguous()
+        out = dest if direct else torch.empty(shape, dtype=dtype)
+        f.seek(self.data_start + begin)
+        buffer = out.view(-1).view(torch.uint8).numpy() if numel else None
+        if numel and f.readinto(memoryview(buffer)) != end - begin:
+            raise OSError(f"{self.path}: tensor {key!r} is cut short; the file is truncated or corrupt")
+        return out
+
+
 def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any) -> None:
     """Copy every checkpoint tensor into its parameter; fail on unused tensors and unset parameters."""
-    from safetensors import safe_open
-
-    params = dict(model.named_parameters(remove_duplicate=False))
-    tied = {n for n, p in params.items() if any(p is q and m != n for m, q in params.items())}
-    files = safetensors_files(folder)
+    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets.update({n: b for n, b in model.named_buffers() if _is_persistent(model, n)})
+    tied = {n for n, p in targets.items() if any(p is q and m != n for m, q in targets.items())}
+    files = [SafetensorsFile(f) for f in safetensors_files(folder)]
     unused, plan = [], []
-    for f in files:
-        with _open(f, safe_open) as handle:
-            for key in handle.keys():
-                try:
-                    ours = keymap.target(key)
-                except KeyError:
-                    unused.append(key)
-                    continue
-                if ours is not None:
-                    if ours not in params:
-                        raise KeyError(f"converter maps checkpoint tensor {key!r} to {ours!r}, which the model does not have")
-                    plan.append((f, key, ours))
+    for sf in files:
+        for key in sf.keys():
+            try:
+                ours = keymap.target(key)
+            except KeyError:
+                unused.append(key)
+                continue
+            if ours is not None:
+                if ours not in targets:
+                    raise KeyError(f"converter maps checkpoint tensor {key!r} to {ours!r}, which the model does not have")
+                plan.append((sf, key, ours))
     if unused:
         raise ValueError(
             f"{len(unused)} checkpoint tensor(s) in {folder} are not used by the converter: "
@@ -131,28 +193,28 @@ def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any) -> 
             "architecture in config.json, or the converter is incomplete; refusing to load silently wrong weights."
         )
     loaded: set[str] = set()
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for f, key, ours in plan:
-        by_file.setdefault(f, []).append((key, ours))
     with torch.no_grad():
-        for f, items in by_file.items():
-            with _open(f, safe_open) as handle:
+        for sf in files:
+            items = [(key, ours) for f, key, ours in plan if f is sf]
+            if not items:
+                continue
+            with open(sf.path, "rb") as handle:
                 for key, ours in items:
-                    param = params[ours]
-                    try:
-                        tensor = handle.get_tensor(key)
-                    except Exception as err:
-                        raise OSError(f"could not read tensor {key!r} from {f}: {err}. The file is truncated or "
-                                      "corrupt; download it again.") from err
+                    param = targets[ours]
                     fn = keymap.transform(ours)
+                    if fn is None and sf.shape(key) != tuple(param.shape):
+                        raise ValueError(f"checkpoint tensor {key!r} has shape {sf.shape(key)}; "
+                                         f"{ours} expects {tuple(param.shape)} (config.json does not match the weights)")
+                    tensor = sf.read_into(handle, key, dest=param.data if fn is None else None)
                     if fn is not None:
                         tensor = fn(tensor)
-                    if tuple(tensor.shape) != tuple(param.shape):
-                        raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(tensor.shape)}; "
-                                         f"{ours} expects {tuple(param.shape)} (config.json does not match the weights)")
-                    param.copy_(tensor.to(device=param.device, dtype=param.dtype))
+                        if tuple(tensor.shape) != tuple(param.shape):
+                            raise ValueError(f"checkpoint tensor {key!r} becomes shape {tuple(tensor.shape)}; "
+                                             f"{ours} expects {tuple(param.shape)} (config.json does not match the weights)")
+                    if tensor is not param.data:
+                        param.copy_(tensor)
                     loaded.add(ours)
-    missing = [n for n in params if n not in loaded and not (n in tied and any(t in loaded for t in tied))]
+    missing = [n for n in targets if n not in loaded and not (n in tied and any(t in loaded for t in tied))]
     if missing:
         raise ValueError(
             f"{len(missing)} parameter(s) got no tensor from the checkpoint in {folder}: "
@@ -161,19 +223,7 @@ def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any) -> 
         )
 
 
-class _open:
-    """safe_open with a clear error for truncated / corrupt files."""
-
-    def __init__(self, path: Path, safe_open: Any):
-        self.path, self.safe_open = path, safe_open
-
-    def __enter__(self):
-        try:
-            self.handle = self.safe_open(str(self.path), framework="pt", device="cpu")
-        except Exception as err:
-            raise OSError(f"could not open {self.path}: {err}. The safetensors file is truncated or corrupt; "
-                          "download it again.") from err
-        return self.handle.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.handle.__exit__(*exc)
+def _is_persistent(model: torch.nn.Module, name: str) -> bool:
+    module_name, _, buffer_name = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    return buffer_name not in module._non_persistent_buffers_set

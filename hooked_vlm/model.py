@@ -39,6 +39,7 @@ class KVCache:
     def __init__(self, n_layers: int):
         self.layers = [LayerKVCache() for _ in range(n_layers)]
         self.key_padding: Tensor | None = None  # [batch, pos] True at real tokens
+        self.extra: dict[str, Any] = {}  # per-generation state of position functions (e.g. M-RoPE deltas)
 
     @property
     def length(self) -> int:
@@ -84,6 +85,16 @@ class HookedVLM(HookedRootModule):
         from .loading import load_pretrained
 
         return load_pretrained(cls, name_or_path, dtype=dtype, device=device, **kwargs)
+
+    @property
+    def vocab_roles(self) -> "VocabRoles":
+        """Image-code vs text token ids (``hooked_vlm.vocab``); empty image-code set for non-native families."""
+        from .vocab import VocabRoles
+
+        cached = getattr(self, "_vocab_roles", None)
+        if cached is None or cached.image_code_ids.device != self.device:
+            cached = self._vocab_roles = VocabRoles.from_config(self.cfg, self.device)
+        return cached
 
     @property
     def tokenizer(self) -> Any:
@@ -135,7 +146,7 @@ class HookedVLM(HookedRootModule):
         self,
         input_ids: Int[Tensor, "batch pos"] | Mapping | None = None,
         pixel_values: Tensor | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Int[Tensor, "batch key_pos"] | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
         *,
         return_type: str | None = "logits",
@@ -165,7 +176,7 @@ class HookedVLM(HookedRootModule):
         resid = self.embed(tokens)
         layouts = []
         if pixel_values is not None:
-            image_embeds, layouts = self.encode_images(pixel_values, extras)
+            image_embeds, layouts = self.encode_images(pixel_values, {**extras, "input_ids": tokens})
             resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
         elif self.cfg.roles is not None and past == 0 and (tokens == self.cfg.roles.image_token_id).any():
             raise ValueError(
@@ -179,7 +190,12 @@ class HookedVLM(HookedRootModule):
         self.run_state.query_positions = torch.arange(past, past + q_len, device=self.device)
         resid = self.hook_embed(resid)
 
-        if position_ids is None:
+        position_fn = self.cfg.extra.get("position_fn")
+        if position_fn is not None:  # e.g. "mrope": [3, batch, pos] from the tokens and image grids
+            from .positions import POSITION_FNS
+
+            position_ids = POSITION_FNS[position_fn](self, tokens, attention_mask, position_ids, kv_cache, extras)
+        elif position_ids is None:
             position_ids = self.run_state.query_positions[None].expand(b, -1)
         position_ids = position_ids.to(self.device)
         key_padding = self._key_padding(attention_mask, kv_cache, b, past + q_len)
@@ -267,7 +283,12 @@ class HookedVLM(HookedRootModule):
         from .config import TokenRoles
 
         roles = self.cfg.roles or TokenRoles(image_token_id=-1)
-        return build_spans(tokens, attention_mask, roles, layouts)
+        spans = build_spans(tokens, attention_mask, roles, layouts)
+        if self.cfg.extra.get("image_markers"):  # e.g. ("boi", "eoi"): every image sits between them
+            from .span_checks import check_image_markers
+
+            check_image_markers(spans, *self.cfg.extra["image_markers"], self.cfg.extra.get("marker_names"))
+        return spans
 
     # ------------------------------------------------------------------ hooks and caches
     def _resolve_hook_name(self, name: Any) -> None:
@@ -339,7 +360,9 @@ class HookedVLM(HookedRootModule):
         out = []
         for p, t in enumerate(tokens[batch].tolist()):
             img, tile, r, c = spans.grid[batch, p].tolist()
-            if img >= 0 and r >= 0:
+            if t == self.cfg.roles.image_token_id and "row_break" in spans and bool(spans.mask("row_break")[batch, p]):
+                out.append("<img newline>")  # an image placeholder holding the image_newline embedding
+            elif img >= 0 and r >= 0:
                 out.append(f"<img {r},{c}>" if tile <= 0 and spans.layouts[batch][img].tiles == 1 else f"<img {tile}:{r},{c}>")
             elif img >= 0:
                 out.append("<img cls>")
@@ -355,7 +378,8 @@ class HookedVLM(HookedRootModule):
         if layout_fn is not None:
             return layout_fn(self, inputs)
         with torch.no_grad():
-            return self.encode_images(pv, {k: v for k, v in inputs.items() if k not in BASE_INPUTS})[1]
+            extras = {k: v for k, v in inputs.items() if k not in BASE_INPUTS}
+            return self.encode_images(pv, {**extras, "input_ids": inputs["input_ids"].to(self.device)})[1]
 
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:

@@ -24,6 +24,8 @@ class ImageLayout:
     """Where the content tokens of one image come from: ``tiles`` grids of ``rows`` x ``cols`` patches.
 
     ``tile_shapes`` overrides the shape per tile when tiles differ (e.g. base image + unpadded tiles).
+    ``newline_offsets`` lists offsets (within this image's placeholder tokens) that hold a row-break
+    embedding (LLaVA-NeXT / OneVision ``image_newline``): they get role ``row_break``, no grid cell.
     """
 
     rows: int
@@ -31,13 +33,14 @@ class ImageLayout:
     tiles: int = 1
     tile_shapes: list[tuple[int, int]] | None = None
     n_prefix: int = 0  # content tokens before the grid (e.g. a kept class token); no grid cell
+    newline_offsets: list[int] | None = None  # placeholder offsets holding a row-break embedding
 
     def shapes(self) -> list[tuple[int, int]]:
         return self.tile_shapes if self.tile_shapes is not None else [(self.rows, self.cols)] * self.tiles
 
     @property
     def n_tokens(self) -> int:
-        return self.n_prefix + sum(r * c for r, c in self.shapes())
+        return self.n_prefix + sum(r * c for r, c in self.shapes()) + len(self.newline_offsets or ())
 
 
 @dataclass
@@ -159,6 +162,12 @@ def build_spans(
                 )
             img_pos = pos[start : start + n]
             i = len(items)
+            if layout.newline_offsets:  # placeholders holding a row-break embedding: row_break, not image
+                is_nl = torch.zeros(n, dtype=torch.bool, device=ids.device)
+                is_nl[torch.tensor(layout.newline_offsets, device=ids.device)] = True
+                masks.setdefault("row_break", torch.zeros_like(real))[b, img_pos[is_nl]] = True
+                masks["image"][b, img_pos[is_nl]] = False
+                img_pos = img_pos[~is_nl]
             masks.setdefault(f"image.{i}", torch.zeros_like(real))[b, img_pos] = True
             grid[b, img_pos[: layout.n_prefix], 0] = i
             offset = layout.n_prefix

@@ -56,8 +56,10 @@ def image_tokens_per_image(hf_model: Any) -> int:
     return n + (1 if hf_model.config.vision_feature_select_strategy == "full" else 0)
 
 
-def llava_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], seed: int = 0, text_len: int = 5):
-    """input_ids/attention_mask/pixel_values for a batch: item i has prompts_images[i] images and pad_left[i] pads."""
+def llava_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], seed: int = 0, text_len: int = 5,
+                right: bool = False):
+    """input_ids/attention_mask/pixel_values for a batch: item i has prompts_images[i] images and pad_left[i] pads
+    (on the right instead when ``right``)."""
     g = torch.Generator().manual_seed(seed)
     n_img = image_tokens_per_image(hf_model)
     rows = []
@@ -71,9 +73,53 @@ def llava_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], s
     input_ids = torch.full((len(rows), length), PAD)
     mask = torch.zeros(len(rows), length, dtype=torch.long)
     for i, r in enumerate(rows):
-        start = length - len(r)
-        input_ids[i, start:] = torch.tensor(r)
-        mask[i, start:] = 1
+        start = 0 if right else length - len(r)
+        input_ids[i, start:start + len(r)] = torch.tensor(r)
+        mask[i, start:start + len(r)] = 1
     vc = hf_model.config.vision_config
     pixel_values = torch.randn(sum(prompts_images), 3, vc.image_size, vc.image_size, generator=g)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values)
+
+
+WORDS = ["USER:", "ASSISTANT:", "what", "is", "this", "?", "a", "the", "red", "green", "blue", "circle", "square",
+         "image", "describe", "color", "shape", "it", "of", "in"]
+
+
+def word_tokenizer():
+    """A WordLevel tokenizer over VOCAB ids: <pad>=0, <s>=1, </s>=2, words, <image>=IMAGE_TOKEN."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3}
+    for i, w in enumerate(WORDS):
+        vocab[w] = 4 + i
+    for i in range(4 + len(WORDS), VOCAB):
+        vocab.setdefault(f"w{i}", i)
+    vocab = {k: v for k, v in vocab.items() if v != IMAGE_TOKEN}
+    vocab["<image>"] = IMAGE_TOKEN
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+
+
+def save_llava_processor(folder: Path, image_size: int = 8, patch_size: int = 2, strategy: str = "default"):
+    """A real LlavaProcessor (word tokenizer + CLIP image processor) saved beside a tiny checkpoint."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=word_tokenizer(), patch_size=patch_size,
+                               vision_feature_select_strategy=strategy, num_additional_image_tokens=1,
+                               image_token="<image>")
+    processor.save_pretrained(folder)
+    return processor
+
+
+def pil_image(seed: int, size: int = 24):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))

@@ -13,9 +13,18 @@ from torch import nn
 
 VISION_KINDS = {
     "vit": "hooked_vlm.components.vision:VisionTower",
+    "qwen_vit": "hooked_vlm.components.qwen_vision:QwenVisionTower",
+    "navit": "hooked_vlm.components.navit_vision:NaViTVisionTower",
+    "pixtral": "hooked_vlm.components.pixtral_vision:PixtralVisionTower",
+    "vq": "hooked_vlm.components.vq:VQTokenizer",
+    "vit_post_norm": "hooked_vlm.components.vision_post_norm:PostNormVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
+    "patch_merger": "hooked_vlm.components.patch_merger:PatchMerger",
+    "pixel_shuffle": "hooked_vlm.components.pixel_shuffle:PixelShuffleProjector",
+    "anyres_mlp": "hooked_vlm.components.anyres_projector:AnyresProjector",
+    "unfold_merge_mlp": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",
 }
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from ..config import TowerConfig
 from ..hook_points import HookPoint
 from .masks import AttentionMask
+from .qk_norm import make_qk_norms
 from .rope import apply_rotary
 
 
@@ -35,12 +36,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
         self.o_proj = nn.Linear(h * dh, d, bias=cfg.attn_out_bias)  # weight [d_model, (head d_head)]
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else dh**-0.5
+        self.q_norm, self.k_norm = make_qk_norms(cfg)  # None unless cfg.qk_norm
 
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
-        self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        if cfg.positional not in ("learned", "none"):  # rotary towers only: hooks that never fire do not exist
+            self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_mask = HookPoint(_mask_shape_ok, "a bool mask [batch, 1 or head, q, k] like")  # [batch, 1, q_pos, k_pos]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
@@ -82,6 +85,8 @@ class Attention(nn.Module):
         q = self.hook_q(self.q_proj(x).view(b, q_len, cfg.n_heads, cfg.d_head))
         k = self.hook_k(self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
         v = self.hook_v(self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             cos, sin = rotary
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
@@ -119,11 +124,15 @@ class Attention(nn.Module):
         n_rep = self.cfg.n_heads // self.cfg.n_key_value_heads
         if n_rep > 1:
             k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        scores = self.hook_attn_scores(scores)
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).nan_to_num(0.0).to(q.dtype)
-        pattern = self.hook_pattern(pattern)
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale)
+        scores = self.hook_attn_scores(scores.masked_fill_(~allowed, float("-inf")))
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        dead = ~allowed.any(-1, keepdim=True)  # queries that may attend to nothing: zeros, not NaN
+        if bool(dead.any()):
+            pattern = pattern.masked_fill(dead, 0.0)
+        if self.hook_attn_scores.fwd_hooks:  # a score edit may have blocked whole rows
+            pattern = pattern.nan_to_num(0.0)
+        pattern = self.hook_pattern(pattern.to(q.dtype))
         return torch.matmul(pattern, v)
 
 

@@ -20,6 +20,7 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)
+        self.post_sublayer_norm = cfg.norm_placement == "post_sublayer"
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
@@ -35,6 +36,10 @@ class TransformerBlock(nn.Module):
         kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
+        if self.post_sublayer_norm:  # Swin-style: the sublayer's OUTPUT is normed (hook_attn_out/mlp_out after it)
+            attn_out = self.hook_attn_out(self.ln1(self.attn(resid, mask, rotary, kv_cache)))
+            resid = self.hook_resid_mid(resid + attn_out)
+            return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2(self.mlp(resid))))
         attn_out = self.hook_attn_out(self.attn(self.ln1(resid), mask, rotary, kv_cache))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))

@@ -20,6 +20,7 @@ class AttentionMask:
     query_positions: torch.Tensor
     k_len: int
     sliding_window: int | None = None
+    segment_ids: torch.Tensor | None = None  # [batch, k_len]: attend only within a segment (packed images, windows)
 
     @property
     def q_len(self) -> int:
@@ -29,6 +30,8 @@ class AttentionMask:
     def is_plain_causal(self) -> bool:
         """True when SDPA's ``is_causal`` (or no mask at all) gives exactly this mask."""
         if self.sliding_window is not None and self.k_len > self.sliding_window:
+            return False
+        if self.segment_ids is not None:
             return False
         return self.key_padding is None and (self.q_len == self.k_len or self.q_len == 1 or not self.causal)
 
@@ -48,4 +51,7 @@ class AttentionMask:
         allowed = allowed[None, None].expand(batch, 1, self.q_len, self.k_len)
         if self.key_padding is not None:
             allowed = allowed & self.key_padding[:, None, None, :].to(device)
+        if self.segment_ids is not None:
+            seg = self.segment_ids.to(device)
+            allowed = allowed & (seg[:, None, self.query_positions, None] == seg[:, None, None, :])
         return allowed

@@ -54,12 +54,28 @@ class Rotary(nn.Module):
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids [batch, pos] -> cos, sin [batch, pos, 1, d_head] (broadcast over heads)."""
+        """position_ids [batch, pos] -> cos, sin [batch, pos, 1, d_head] (broadcast over heads).
+
+        position_ids [3, batch, pos] (temporal, height, width) is multimodal RoPE (Qwen2-VL's M-RoPE):
+        ``rope_parameters["mrope_section"]`` says how many frequency pairs follow each axis.
+        """
         freqs = position_ids[..., None].float() * self.inv_freq.float().to(position_ids.device)
+        if position_ids.ndim == 3:
+            freqs = mrope_select(freqs, self._args[0].get("mrope_section"))
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.scaling).to(dtype)
         sin = (emb.sin() * self.scaling).to(dtype)
         return cos[:, :, None, :], sin[:, :, None, :]
+
+
+def mrope_select(freqs: torch.Tensor, section: Any) -> torch.Tensor:
+    """freqs [3, batch, pos, d_head // 2] -> [batch, pos, d_head // 2]: chunk i of the pairs follows axis i % 3."""
+    if not section:
+        raise ValueError("3-D position ids [3, batch, pos] need rope_parameters['mrope_section']")
+    if sum(section) != freqs.shape[-1] or freqs.shape[0] != 3:
+        raise ValueError(f"mrope_section {list(section)} must sum to d_head // 2 = {freqs.shape[-1]} "
+                         f"and positions must be [3, batch, pos]; got {tuple(freqs.shape[:-1])}")
+    return torch.cat([chunk[i % 3] for i, chunk in enumerate(freqs.split(list(section), dim=-1))], dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -7,3 +7,8 @@ imports them all. Adding a pipeline = one module here + one import line below.
 
 from .base import PIPELINES, register_pipeline  # noqa: F401
 from . import vit_mlp  # noqa: F401,E402
+from . import qwen_vl  # noqa: F401,E402
+from . import idefics3  # noqa: F401,E402
+from . import anyres  # noqa: F401,E402
+from . import pixtral  # noqa: F401,E402
+from . import vq_tokens  # noqa: F401,E402

@@ -1,0 +1,110 @@
+"""Idefics3ForConditionalGeneration and SmolVLMForConditionalGeneration (the same architecture).
+
+SigLIP-style NaViT tower (no class token, bucketed learned positions, padded tiles masked,
+post-layernorm) -> pixel shuffle + linear connector -> Llama LM. Images are split into tiles plus a
+global image; the prompt marks them with ``<fake_token_around_image>``, ``<row_r_col_c>`` and
+``<global-img>``. Those ids live in the tokenizer, not the config: they are read from the
+checkpoint folder's tokenizer (without one, markers count as text and every tile as an image).
+Spans: ``image_border`` (<fake_token_around_image>), ``tile_marker`` (<row_r_col_c>),
+``global_marker`` (<global-img>).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
+
+from ._decoder import decoder_config, decoder_rules
+from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
+
+TOP_FIELDS = {"image_token_id", "scale_factor", "tie_word_embeddings", "_pad_token_id", "pad_token_id"}
+VISION_FIELDS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+                 "image_size", "patch_size", "hidden_act", "layer_norm_eps"}
+# hub checkpoints saved by older versions lack the leading "model."
+ALIASES = [(r"^(text_model|vision_model|connector)\.", r"model.\1.")]
+
+
+def marker_ids(folder: str | None) -> dict[str, Any]:
+    """Ids of the image marker tokens, from the checkpoint's tokenizer ({} when it has none)."""
+    if not folder or not ((Path(folder) / "tokenizer.json").exists() or (Path(folder) / "tokenizer_config.json").exists()):
+        return {}
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(folder).get_vocab()
+    tiles = {vocab[f"<row_{r}_col_{c}>"]: [r - 1, c - 1] for r in range(1, 7) for c in range(1, 7)
+             if f"<row_{r}_col_{c}>" in vocab}
+    return {"fake": vocab.get("<fake_token_around_image>"), "global": vocab.get("<global-img>"), "tiles": tiles}
+
+
+def idefics3_config(hf: Any) -> HookedVLMConfig:
+    check_fields(hf, TOP_FIELDS, type(hf).__name__)
+    vc, tc = hf.vision_config, hf.text_config
+    check_fields(vc, VISION_FIELDS, f"vision_config ({vc.model_type})")
+    if tc.model_type != "llama":
+        raise UnsupportedConfigError(f"text model type {tc.model_type!r} inside {type(hf).__name__}; supported: llama")
+    text = decoder_config(tc)
+    if vc.image_size % vc.patch_size or (vc.image_size // vc.patch_size) % hf.scale_factor:
+        raise UnsupportedConfigError(f"image_size {vc.image_size} / patch_size {vc.patch_size} must be a multiple of "
+                                     f"scale_factor {hf.scale_factor}")
+    tower = TowerConfig(
+        n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads, d_mlp=vc.intermediate_size,
+        act_fn=vc.hidden_act, gated_mlp=False, normalization_type="LN", norm_eps=vc.layer_norm_eps, attn_bias=True,
+        attn_out_bias=True, mlp_bias=True, causal=False, positional="learned",
+    )
+    vision = VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, kind="navit",
+                          n_channels=vc.num_channels, class_token=False, patch_bias=True, ln_pre=False,
+                          feature_layers=(-1,))
+    projector = ProjectorConfig(d_in=vc.hidden_size, d_out=text.d_model, bias=False, kind="pixel_shuffle",
+                                extra={"scale_factor": hf.scale_factor})
+    markers = marker_ids(getattr(hf, "_name_or_path", None))
+    roles_extra = {}
+    if markers.get("fake") is not None:
+        roles_extra["image_border"] = (markers["fake"],)
+    if markers.get("tiles"):
+        roles_extra["tile_marker"] = tuple(sorted(markers["tiles"]))
+    if markers.get("global") is not None:
+        roles_extra["global_marker"] = (markers["global"],)
+    return HookedVLMConfig(
+        architecture=hf.architectures[0] if getattr(hf, "architectures", None) else "Idefics3ForConditionalGeneration",
+        text=text, d_vocab=tc.vocab_size, vision=vision, projector=projector,
+        roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=tc.pad_token_id, bos_token_id=tc.bos_token_id,
+                         eos_token_id=tc.eos_token_id, extra=roles_extra),
+        # HF ties lm_head to the embeddings on the top-level flag only (text_config's is not forwarded here)
+        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        extra={"image_pipeline": "idefics3", "input_keys": ("pixel_attention_mask",), "idefics3_markers": markers},
+    )
+
+
+def navit_rules(prefix: str) -> list[tuple[str, str]]:
+    p = re.escape(prefix)
+    layer = rf"{p}\.encoder\.layers\.(\d+)"
+    return [
+        (rf"{p}\.embeddings\.patch_embedding\.(weight|bias)", r"vision.patch_embed.\1"),
+        (rf"{p}\.embeddings\.position_embedding\.weight", "vision.pos_embed"),
+        (rf"{layer}\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"vision.blocks.\1.attn.\2_proj.\3"),
+        (rf"{layer}\.self_attn\.out_proj\.(weight|bias)", r"vision.blocks.\1.attn.o_proj.\2"),
+        (rf"{layer}\.layer_norm1\.weight", r"vision.blocks.\1.ln1.w"),
+        (rf"{layer}\.layer_norm1\.bias", r"vision.blocks.\1.ln1.b"),
+        (rf"{layer}\.layer_norm2\.weight", r"vision.blocks.\1.ln2.w"),
+        (rf"{layer}\.layer_norm2\.bias", r"vision.blocks.\1.ln2.b"),
+        (rf"{layer}\.mlp\.fc1\.(weight|bias)", r"vision.blocks.\1.mlp.up_proj.\2"),
+        (rf"{layer}\.mlp\.fc2\.(weight|bias)", r"vision.blocks.\1.mlp.down_proj.\2"),
+        (rf"{p}\.post_layernorm\.weight", "vision.ln_post.w"),
+        (rf"{p}\.post_layernorm\.bias", "vision.ln_post.b"),
+    ]
+
+
+def idefics3_keymap(cfg: HookedVLMConfig) -> KeyMap:
+    return KeyMap(aliases=ALIASES, rules=decoder_rules("model.text_model") + navit_rules("model.vision_model") + [
+        (r"model\.connector\.modality_projection\.proj\.weight", "projector.proj.weight"),
+    ])
+
+
+CONVERTER = Converter(
+    architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
+    make_config=idefics3_config,
+    make_keymap=idefics3_keymap,
+)

@@ -1,0 +1,96 @@
+"""JanusForConditionalGeneration, understanding path: SigLIP-style ViT + aligner MLP + Llama LM.
+
+The image-GENERATION modules (VQ-VAE, generation embeddings / aligner / head) are not converted;
+their tensors are listed in ``KeyMap.ignored`` with the reason (see docs/families.md, Janus).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
+from hooked_vlm.vocab import resolve_marker_tokens
+
+from ._decoder import decoder_config, decoder_rules
+from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
+
+JANUS_FIELDS = {"image_token_id", "tie_word_embeddings"}
+JANUS_VISION_FIELDS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_channels", "image_size",
+                       "patch_size", "hidden_act", "layer_norm_eps", "mlp_ratio", "attention_bias", "projection_dim",
+                       "depth", "num_image_tokens", "use_qk_norm", "hidden_dropout_rate", "projection_dropout"}
+BOI, EOI = "<begin_of_image>", "<end_of_image>"
+NOT_CONVERTED = ("Janus image generation (VQ-VAE encoder/decoder, generation_embeddings, generation_aligner, "
+                 "generation_head) is not converted: HookedVLM runs the understanding path (text output) only")
+
+
+def janus_vision_config(vc: Any) -> VisionConfig:
+    check_fields(vc, JANUS_VISION_FIELDS, "vision_config (janus_vision_model)")
+    if vc.use_qk_norm:
+        raise UnsupportedConfigError("Janus vision_config.use_qk_norm=True is not supported")
+    if not isinstance(vc.image_size, int) or not isinstance(vc.patch_size, int):
+        raise UnsupportedConfigError(f"non-square Janus image_size/patch_size ({vc.image_size}, {vc.patch_size}) is not supported")
+    if vc.depth != 2:
+        raise UnsupportedConfigError(f"Janus aligner depth={vc.depth} is not supported; supported: 2 (fc1, act, fc2)")
+    tower = TowerConfig(
+        n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads,
+        d_mlp=int(vc.hidden_size * vc.mlp_ratio), act_fn=vc.hidden_act, gated_mlp=False, normalization_type="LN",
+        norm_eps=vc.layer_norm_eps, attn_bias=bool(vc.attention_bias), attn_out_bias=True, mlp_bias=True,
+        causal=False, positional="learned",
+    )
+    return VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, kind="vit_post_norm",
+                        n_channels=vc.num_channels, class_token=False, patch_bias=True, ln_pre=False,
+                        feature_layers=(-1,), feature_select="full")
+
+
+def janus_config(hf: Any) -> HookedVLMConfig:
+    check_fields(hf, JANUS_FIELDS, "JanusConfig")
+    vc, tc = hf.vision_config, hf.text_config
+    vision = janus_vision_config(vc)
+    if vision.n_patches != vc.num_image_tokens:
+        raise UnsupportedConfigError(f"Janus num_image_tokens={vc.num_image_tokens} but the ViT gives {vision.n_patches} patches")
+    text = decoder_config(tc)
+    if vc.projection_dim != text.d_model:
+        raise UnsupportedConfigError(f"Janus aligner projection_dim={vc.projection_dim} != LM hidden size {text.d_model}")
+    return HookedVLMConfig(
+        architecture="JanusForConditionalGeneration",
+        text=text,
+        d_vocab=tc.vocab_size,
+        vision=vision,
+        projector=ProjectorConfig(d_in=vc.hidden_size, d_out=vc.projection_dim, act_fn=vc.hidden_act, bias=True),
+        roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=tc.pad_token_id, bos_token_id=tc.bos_token_id,
+                         eos_token_id=tc.eos_token_id),
+        tie_word_embeddings=bool(hf.tie_word_embeddings),
+        image_output=True,
+        extra={"image_pipeline": "vit_mlp", "marker_tokens": {"boi": BOI, "eoi": EOI}, "image_markers": ("boi", "eoi"),
+               "marker_names": {"boi": BOI, "eoi": EOI}},
+    )
+
+
+def janus_keymap(cfg: HookedVLMConfig) -> KeyMap:
+    p = re.escape("model.vision_model")
+    return KeyMap(
+        rules=decoder_rules("model.language_model") + [
+            (rf"{p}\.embeddings\.patch_embedding\.(weight|bias)", r"vision.patch_embed.\1"),
+            (rf"{p}\.embeddings\.position_embedding\.weight", "vision.pos_embed"),
+            (rf"{p}\.encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"vision.blocks.\1.attn.\2_proj.\3"),
+            (rf"{p}\.encoder\.layers\.(\d+)\.self_attn\.projection_layer\.(weight|bias)", r"vision.blocks.\1.attn.o_proj.\2"),
+            (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm(1|2)\.weight", r"vision.blocks.\1.ln\2.w"),
+            (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm(1|2)\.bias", r"vision.blocks.\1.ln\2.b"),
+            (rf"{p}\.encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"vision.blocks.\1.mlp.up_proj.\2"),
+            (rf"{p}\.encoder\.layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"vision.blocks.\1.mlp.down_proj.\2"),
+            (rf"{p}\.post_layernorm\.weight", "vision.ln_post.w"),
+            (rf"{p}\.post_layernorm\.bias", "vision.ln_post.b"),
+            (r"model\.aligner\.fc1\.(weight|bias)", r"projector.linear_1.\1"),
+            (r"model\.aligner\.hidden_layers\.0\.(weight|bias)", r"projector.linear_2.\1"),
+        ],
+        ignored=[
+            (r"model\.vqmodel\..+", NOT_CONVERTED),
+            (r"model\.generation_(embeddings|aligner|head)\..+", NOT_CONVERTED),
+            (rf"{p}\.embeddings\.position_ids", "a constant arange buffer"),
+        ],
+    )
+
+
+CONVERTER = Converter(architectures=("JanusForConditionalGeneration",), make_config=janus_config, make_keymap=janus_keymap,
+                      finalize=resolve_marker_tokens)  # <begin_of_image> / <end_of_image> ids live in the tokenizer

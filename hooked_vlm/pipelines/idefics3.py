@@ -1,0 +1,73 @@
+"""Idefics3 / SmolVLM: image tiles -> NaViT SigLIP tower -> pixel shuffle + linear, tiles grouped per image.
+
+``pixel_values`` [batch, max_tiles, C, H, W]: each image of the prompt is split into R x C tiles
+plus a downscaled global image (or is just the global image); all-zero entries are batch padding
+and are dropped, as HF does. ``pixel_attention_mask`` [batch, max_tiles, H, W] marks real pixels.
+Every tile gives ``side x side`` LM tokens. Tiles are grouped into images with the marker tokens
+of ``input_ids``: an image is the tiles announced by ``<row_r_col_c>`` markers, ending with the
+one announced by ``<global-img>``; its layout has one tile per tile, the global image last
+(tile t < R * C sits at tile row t // C, tile col t % C). Without known markers
+(``cfg.extra["idefics3_markers"]`` empty) every tile counts as its own image.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..spans import ImageLayout
+from .base import register_pipeline
+
+if TYPE_CHECKING:
+    from ..model import HookedVLM
+
+
+@register_pipeline("idefics3")
+def idefics3(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    vcfg = model.cfg.vision
+    if pixel_values.ndim == 4:
+        pixel_values = pixel_values[None]
+    if pixel_values.ndim != 5 or pixel_values.shape[2] != vcfg.n_channels:
+        raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; this model expects "
+                         f"[batch, tiles, {vcfg.n_channels}, height, width] (the Idefics3 image processor's output)")
+    b, n_tiles = pixel_values.shape[:2]
+    flat = pixel_values.reshape(b * n_tiles, *pixel_values.shape[2:])
+    real = (flat != 0).flatten(1).any(-1)  # all-zero tiles are batch padding (HF's rule)
+    real_per_item = real.view(b, n_tiles).sum(1).tolist()
+    pixel_mask = extras.get("pixel_attention_mask")
+    if pixel_mask is None:
+        pixel_mask = torch.ones(flat.shape[0], *flat.shape[2:], dtype=torch.bool, device=flat.device)
+    else:
+        pixel_mask = pixel_mask.to(flat.device).reshape(b * n_tiles, *pixel_mask.shape[2:])
+    p = vcfg.patch_size
+    if flat.shape[-1] % p or flat.shape[-2] % p:
+        raise ValueError(f"image height and width must be multiples of the patch size {p}; got {tuple(flat.shape[-2:])}")
+    flat, pixel_mask = flat[real], pixel_mask[real]
+    patch_mask = pixel_mask.unfold(1, p, p).unfold(2, p, p).sum(dim=(-1, -2)) > 0
+    embeds = model.projector(model.vision(flat, patch_mask))  # [tile, tokens, d_model]
+    side = int(embeds.shape[1] ** 0.5)
+    tiles_per_image = _tiles_per_image(model, extras.get("input_ids"), real_per_item)
+    layouts = [ImageLayout(rows=side, cols=side, tiles=t) for t in tiles_per_image]
+    return embeds.reshape(-1, embeds.shape[-1]), layouts
+
+
+def _tiles_per_image(model: "HookedVLM", input_ids: torch.Tensor | None, real_per_item: list[int]) -> list[int]:
+    markers = model.cfg.extra.get("idefics3_markers") or {}
+    tile_ids, global_id = set(markers.get("tiles", ())), markers.get("global")
+    if input_ids is None or global_id is None:
+        return [1] * sum(real_per_item)
+    out = []
+    for b, n_real in enumerate(real_per_item):
+        counts, pending = [], 0
+        for t in input_ids[b].tolist():
+            if t in tile_ids:
+                pending += 1
+            elif t == global_id:
+                counts.append(pending + 1)
+                pending = 0
+        if pending or sum(counts) != n_real:
+            raise ValueError(f"batch item {b}: the prompt's image markers announce {sum(counts) + pending} tiles "
+                             f"but pixel_values holds {n_real}; use the checkpoint's processor to build the prompt")
+        out += counts
+    return out

@@ -1,0 +1,41 @@
+"""Pixtral: images of different sizes -> one packed ViT sequence -> projector (optionally patch-merging).
+
+Each image keeps its own patch grid (from ``image_sizes``); the image tokens of an image are its
+grid cells in row-major order (the processor puts ``[IMG_BREAK]`` after each row and ``[IMG_END]``
+after the last: ordinary tokens, roles ``row_break`` and ``eoi``). With a patch-merging projector
+(Mistral3) the grid is the merged one (rows // s, cols // s).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from jaxtyping import Float
+from torch import Tensor
+
+from ..spans import ImageLayout
+from .base import register_pipeline
+
+if TYPE_CHECKING:
+    from ..model import HookedVLM
+
+
+@register_pipeline("pixtral")
+def pixtral(model: "HookedVLM", pixel_values: Float[Tensor, "image channel height width"], extras: dict
+            ) -> tuple[Float[Tensor, "n d_model"], list[ImageLayout]]:
+    vcfg = model.cfg.vision
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != vcfg.n_channels:
+        raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; expected [n_images, {vcfg.n_channels}, "
+                         "H, W] (padded to the largest image) plus image_sizes [n_images, 2]")
+    image_sizes = extras.get("image_sizes")
+    grids = model.vision.grids(pixel_values, image_sizes)
+    if len(grids) != pixel_values.shape[0]:
+        raise ValueError(f"{pixel_values.shape[0]} images but {len(grids)} image_sizes")
+    features = model.vision(pixel_values, grids)  # [1, total_patches, d]
+    if getattr(model.projector, "needs_grids", False):
+        embeds = model.projector(features, grids)
+        s = model.projector.merge
+        grids = [(h // s, w // s) for h, w in grids]
+    else:
+        embeds = model.projector(features)[0]
+    return embeds, [ImageLayout(rows=h, cols=w) for h, w in grids]

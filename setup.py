@@ -1,0 +1,36 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hooked_vlm",
+    version="0.1.0",
+    description="TransformerLens-style hooks, token spans and interpretability analyses for vision-language models",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hooked_vlm", "hooked_vlm.*", "converters", "converters.*"]),
+    package_data={"hooked_vlm": ["toy/checkpoints/*/*"]},
+    include_package_data=True,
+    # Loose ranges for Colab; CI pins exact versions with constraints.txt.
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.9,<6",
+        "transformer-lens>=4.3,<5",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.30",
+        "einops>=0.7",
+        "jaxtyping>=0.2.30",
+        "tqdm>=4.60",
+        "numpy>=1.24",
+        "pillow>=9",
+        "matplotlib>=3.7",
+        "pandas>=2.0",
+        "scikit-learn>=1.3",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "beartype>=0.18"],
+        "dadapy": ["dadapy>=0.3.4"],
+    },
+    entry_points={"console_scripts": ["hooked-vlm = hooked_vlm.cli:main"]},
+)

@@ -1,0 +1,155 @@
+"""Hook points: golden list of names, every hook fires, edits change outputs, fast == explicit attention."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hooked_vlm import HookedVLM
+from tests import tiny, tiny_native
+from tests import tiny_next_pixtral as tnp
+from tests import tiny_qwen_idefics as tqi
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@functools.lru_cache(maxsize=None)
+def llava():
+    folder, hf = tiny.make_llava(text=tiny.llama_text_config(num_hidden_layers=2, num_key_value_heads=2),
+                                 vision=tiny.clip_vision_config(num_hidden_layers=2))
+    model = HookedVLM.from_pretrained(str(folder))
+    return model, tiny.llava_batch(hf, [1, 2], [4, 0])
+
+
+def _from_case(case):
+    """A parity-test builder (folder, hf, inputs) -> (model, inputs), built once."""
+    @functools.lru_cache(maxsize=None)
+    def build():
+        folder, _, inputs = case()
+        return HookedVLM.from_pretrained(str(folder)), inputs
+
+    return build
+
+
+#: golden file -> builder of (model, inputs); one entry per family
+FAMILIES = {
+    "llava": llava,
+    "llava_next": _from_case(tnp.next_case),
+    "llava_onevision": _from_case(tnp.onevision_case),
+    "pixtral_llava": _from_case(tnp.pixtral_case),
+    "mistral3": _from_case(tnp.mistral3_case),
+    "qwen2_vl": _from_case(functools.partial(tqi.qwen_case, "2")),
+    "qwen2_5_vl": _from_case(functools.partial(tqi.qwen_case, "2.5")),
+    "idefics3": _from_case(functools.partial(tqi.idefics_case, "idefics3")),
+    "smolvlm": _from_case(functools.partial(tqi.idefics_case, "smolvlm")),
+    "chameleon": _from_case(tiny_native.chameleon_case),
+    "emu3": _from_case(tiny_native.emu3_case),
+    "janus": _from_case(tiny_native.janus_case),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hook_names_are_golden(family):
+    model, _ = FAMILIES[family]()
+    expected = (GOLDEN / f"hook_names_{family}.txt").read_text().split()
+    assert sorted(model.hook_dict) == expected
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_hook_fires(family):
+    model, inputs = FAMILIES[family]()
+    fired = set()
+    model.run_with_hooks(**inputs, fwd_hooks=[(lambda n: True, lambda t, hook: fired.add(hook.name))])
+    assert fired == set(model.hook_dict)
+
+
+def test_hook_edit_changes_logits_and_is_used():
+    model, inputs = llava()
+    base = model(**inputs)
+    edited = model.run_with_hooks(**inputs, fwd_hooks=[("blocks.0.hook_resid_post", lambda t, hook: t * 0.5)])
+    assert (edited - base).abs().max() > 1e-3
+    # the edit reaches the next layer exactly: resid_pre of block 1 == edited resid_post of block 0
+    _, cache = model.run_with_cache(**inputs)
+    seen = {}
+    model.run_with_hooks(**inputs, fwd_hooks=[
+        ("blocks.0.hook_resid_post", lambda t, hook: t * 0.5),
+        ("blocks.1.hook_resid_pre", lambda t, hook: seen.setdefault("x", t.clone())),
+    ])
+    assert torch.allclose(seen["x"], cache["blocks.0.hook_resid_post"] * 0.5)
+
+
+@pytest.mark.parametrize("name", ["vision.blocks.0.hook_resid_post", "projector.hook_out", "hook_image_embeds",
+                                  "blocks.1.attn.hook_pattern", "blocks.0.attn.hook_v", "blocks.0.mlp.hook_post",
+                                  "blocks.0.ln1.hook_normalized", "blocks.0.attn.hook_mask"])
+def test_edits_at_every_stage_change_the_output(name):
+    model, inputs = llava()
+    base = model(**inputs)
+    if name.endswith("hook_mask"):
+        fn = lambda t, hook: t & (torch.rand(t.shape) > 0.5)  # noqa: E731
+    elif name.endswith("hook_pattern"):
+        fn = lambda t, hook: t.flip(-1)  # noqa: E731
+    else:
+        fn = lambda t, hook: t + 1.0  # noqa: E731
+    edited = model.run_with_hooks(**inputs, fwd_hooks=[(name, fn)])
+    assert (edited - base)[inputs["attention_mask"].bool()].abs().max() > 1e-4
+
+
+def test_fast_and_explicit_attention_agree():
+    model, inputs = llava()
+    _, fast = model.run_with_cache(**inputs, names_filter=lambda n: n.endswith("hook_z") or n.endswith("resid_post"))
+    _, slow = model.run_with_cache(**inputs, names_filter=lambda n: "hook_z" in n or "resid_post" in n or "pattern" in n)
+    real = inputs["attention_mask"].bool()
+    for key in fast.keys():
+        if key.startswith("vision."):
+            assert (fast[key] - slow[key]).abs().max().item() <= 1e-5, key
+            continue
+        assert (fast[key][real] - slow[key][real]).abs().max().item() <= 1e-5, key
+    # the explicit pattern is a distribution over allowed keys and zero on padding
+    pattern = slow["blocks.0.attn.hook_pattern"]  # [batch, head, q, k]
+    row_sums = pattern.sum(-1).transpose(1, 2)[real]  # [real queries, head]
+    assert (row_sums - 1).abs().max().item() <= 1e-5
+    assert pattern.transpose(1, 3)[~real].abs().max().item() == 0  # no attention to padding keys
+
+
+def test_hooks_are_removed_after_forward_raises():
+    model, inputs = llava()
+
+    def boom(t, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        model.run_with_hooks(**inputs, fwd_hooks=[("blocks.0.hook_resid_post", boom)])
+    with pytest.raises(RuntimeError, match="boom"):
+        with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", boom)]):
+            model(**inputs)
+    assert all(not hp.fwd_hooks for hp in model.hook_points())
+    model(**inputs)  # runs clean
+
+
+def test_hooks_see_spans_and_query_positions_during_generation():
+    model, inputs = llava()
+    seen = []
+
+    def record(t, hook):
+        seen.append((hook.query_positions.clone(), hook.spans.seq_len, t.shape[1]))
+
+    model.generate(**inputs, max_new_tokens=3, return_type="tokens", fwd_hooks=[("blocks.0.hook_resid_pre", record)])
+    prompt_len = inputs["input_ids"].shape[1]
+    assert seen[0][0].tolist() == list(range(prompt_len)) and seen[0][1] == prompt_len
+    assert seen[1][0].tolist() == [prompt_len] and seen[1][1] == prompt_len + 1 and seen[1][2] == 1
+    assert seen[2][0].tolist() == [prompt_len + 1] and seen[2][1] == prompt_len + 2
+
+
+def _write_golden() -> None:  # python -m tests.test_hooks --update
+    GOLDEN.mkdir(exist_ok=True)
+    for family, build in FAMILIES.items():
+        model, _ = build()
+        (GOLDEN / f"hook_names_{family}.txt").write_text("\n".join(sorted(model.hook_dict)) + "\n")
+
+
+if __name__ == "__main__" and "--update" in sys.argv:
+    _write_golden()
