@@ -159,3 +159,12 @@ def spans_of(model: Any, inputs: Any) -> TokenSpans:
     tokens, mask = inputs["input_ids"].to(model.device), inputs.get("attention_mask")
     layouts = model._layouts_without_encoding(inputs)
     return model.spans_for(tokens, None if mask is None else mask.to(model.device), layouts)
+
+
+def gather_rows(act: Tensor, rows: Tensor) -> Tensor:
+    """``act[b, rows[b]]`` per batch item, stacked [batch, max_n, ...]; shorter items padded with NaN."""
+    n = rows.sum(1)
+    out = act.new_full((act.shape[0], int(n.max()) if len(n) else 0, *act.shape[2:]), float("nan"))
+    for b in range(act.shape[0]):
+        out[b, : int(n[b])] = act[b, rows[b]]
+    return out

@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, query_rows, span_mask
+from ._common import SpanLike, forward_with_hooks, gather_rows, query_rows, span_mask
 
 
 def ablation_hook(span: SpanLike = "image", how: str = "zero", value: Tensor | None = None) -> Callable:
@@ -49,7 +49,13 @@ def ablation_hook(span: SpanLike = "image", how: str = "zero", value: Tensor | N
         rank = full.long().cumsum(1) - 1
         r = rank[:, hook.query_positions]
         b_idx, q_idx = rows.nonzero(as_tuple=True)
-        out[b_idx, q_idx] = v[b_idx, r[b_idx, q_idx]]
+        r = r[b_idx, q_idx]
+        if bool((r >= v.shape[1]).any()):
+            raise ValueError(f"'{hook.name}': the span has more positions than the {v.shape[1]} values given")
+        vals = v[b_idx, r]
+        if vals.is_floating_point() and bool(vals.isnan().any()):
+            raise ValueError(f"'{hook.name}': the source span is shorter than the target span in some batch item")
+        out[b_idx, q_idx] = vals
         return out
 
     return ablate
@@ -63,15 +69,11 @@ def span_ablation(model: Any, inputs: dict, span: SpanLike = "image", how: str =
 
 @torch.no_grad()
 def span_activations(model: Any, inputs: dict, span: SpanLike = "image", hook_name: str = "hook_embed") -> Tensor:
-    """Activation of ``span`` at ``hook_name``: [batch, n_span, ...] (every item must have the same count)."""
+    """Activation of ``span`` at ``hook_name``: [batch, n_span, ...] (shorter spans padded with NaN)."""
     got: dict[str, Tensor] = {}
 
     def grab(act: Tensor, hook: Any) -> None:
-        rows = query_rows(hook, span, act)
-        counts = rows.sum(1)
-        if not bool((counts == counts[0]).all()):
-            raise ValueError(f"span has different lengths across the batch ({counts.tolist()}); run items one by one")
-        got["act"] = act[rows].reshape(act.shape[0], int(counts[0]), *act.shape[2:])
+        got["act"] = gather_rows(act, query_rows(hook, span, act))
 
     forward_with_hooks(model, inputs, [(hook_name, grab)], return_type=None)
     return got["act"]

@@ -134,17 +134,22 @@ class LogitLensResult:
         return fig
 
 
+def model_image_codes(model: Any) -> Tensor | None:
+    """``model.vocab_roles.image_code_ids`` when the model has a non-empty image-code vocabulary, else None."""
+    codes = getattr(getattr(model, "vocab_roles", None), "image_code_ids", None)
+    return None if codes is None or len(codes) == 0 else codes
+
+
 def readout_ids(model: Any, vocab: str, image_code_ids: Sequence[int] | Tensor | None = None) -> Tensor | None:
     """Vocabulary ids of a readout ('all' -> None = every id; 'text'; 'image')."""
     if image_code_ids is None:
-        roles = getattr(model, "vocab_roles", None)
-        image_code_ids = getattr(roles, "image_code_ids", None)
+        image_code_ids = model_image_codes(model)
     if vocab == "all":
         return None
     if vocab not in ("text", "image"):
         raise ValueError(f"vocab must be 'all', 'text', 'image' or 'auto', got {vocab!r}")
-    if image_code_ids is None:
-        raise ValueError(f"vocab={vocab!r} needs image-code ids: pass image_code_ids=... (or a model with vocab_roles)")
+    if image_code_ids is None or len(image_code_ids) == 0:
+        raise ValueError(f"vocab={vocab!r} needs image-code ids: this model has none (model.vocab_roles); pass image_code_ids=...")
     codes = torch.zeros(model.cfg.d_vocab, dtype=torch.bool, device=model.device)
     codes[torch.as_tensor(image_code_ids, dtype=torch.long, device=model.device)] = True
     return (codes if vocab == "image" else ~codes).nonzero().flatten()
@@ -221,7 +226,7 @@ def logit_lens(
     n = model.cfg.n_layers
     layers = list(range(n + 1)) if layers is None else [l + n + 1 if l < 0 else l for l in layers]
     if vocab == "auto":
-        has_codes = image_code_ids is not None or getattr(getattr(model, "vocab_roles", None), "image_code_ids", None) is not None
+        has_codes = (image_code_ids is not None and len(image_code_ids) > 0) or model_image_codes(model) is not None
         vocab = "text" if has_codes else "all"
     vocab_ids = readout_ids(model, vocab, image_code_ids)
     target_ids = None

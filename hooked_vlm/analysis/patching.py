@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, layer_list, query_rows, span_mask
+from ._common import SpanLike, forward_with_hooks, gather_rows, layer_list, query_rows, span_mask
 from .ablation import ablation_hook
 
 SITES = {
@@ -46,15 +46,12 @@ def site_hook_names(model: Any, site: str = "resid_pre", layers: Sequence[int] |
 
 @torch.no_grad()
 def source_activations(model: Any, inputs: dict, hook_names: Sequence[str], span: SpanLike = "eoi") -> dict[str, Tensor]:
-    """{hook name: activation of ``span`` [batch, n_span, ...]} from one forward on ``inputs``."""
+    """{hook name: activation of ``span`` [batch, n_span, ...]} from one forward on ``inputs``
+    (items with a shorter span are padded with NaN; patching them into a longer span raises)."""
     got: dict[str, Tensor] = {}
 
     def grab(act: Tensor, hook: Any) -> None:
-        rows = query_rows(hook, span, act)
-        n = rows.sum(1)
-        if not bool((n == n[0]).all()):
-            raise ValueError(f"span {span!r} has different lengths across the batch: {n.tolist()}")
-        got[hook.name] = act[rows].reshape(act.shape[0], int(n[0]), *act.shape[2:]).clone()
+        got[hook.name] = gather_rows(act, query_rows(hook, span, act))
 
     forward_with_hooks(model, inputs, [(name, grab) for name in hook_names], return_type=None)
     return got

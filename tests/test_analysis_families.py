@@ -1,0 +1,51 @@
+"""The analyses run unchanged on other families (they use only hook names and spans)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooked_vlm.analysis import (activation_patching, attention_flow, attention_knockout, forward_with_hooks,
+                                 logit_lens, span_mask)
+from hooked_vlm.analysis._common import spans_of
+from tests.test_hooks import FAMILIES
+
+ATOL = 1e-4
+#: one family per kind of image region: markers + image codes, row breaks, tiles + newlines, 3-D rope
+CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl"]
+
+
+@pytest.mark.parametrize("family", CASES)
+def test_analyses_on_family(family):
+    model, inputs = FAMILIES[family]()
+    spans = spans_of(model, inputs)
+    real = spans.mask("pad").logical_not()
+    logits = forward_with_hooks(model, inputs)
+    # logit lens: the last readout is the model's prediction (text readout when the model has image codes)
+    lens = logit_lens(model, inputs, span="all", layers=[0, -1], top_k=1)
+    final = logits[lens.batch_index, lens.positions]
+    if lens.vocab == "text":  # Chameleon, Emu3: compare with the best text token of the model's logits
+        text_ids = model.vocab_roles.text_ids
+        assert len(model.vocab_roles.image_code_ids) > 0
+        ref = text_ids[final[:, text_ids].argmax(-1)]
+    else:
+        ref = final.argmax(-1)
+    assert torch.equal(lens.top_ids[-1, :, 0], ref)
+    # knockout: the fast-path mask equals -inf on the scores by hand
+    ko = attention_knockout(model, inputs, src="image_region", dst="after_image", layers=[0])
+
+    def by_hand(scores, hook):
+        q = span_mask(hook.spans, "after_image")[:, hook.query_positions]
+        k = span_mask(hook.spans, "image_region")[:, : scores.shape[-1]]
+        return scores.masked_fill(q[:, None, :, None] & k[:, None, None, :], float("-inf"))
+
+    hand = forward_with_hooks(model, inputs, [("blocks.0.attn.hook_attn_scores", by_hand)])
+    assert (ko - hand)[real].abs().max().item() <= ATOL
+    # attention flow: shares of each layer sum to 1 over the roles found in this family's spans
+    flow = attention_flow(model, inputs, layers=[0])
+    assert abs(flow.share.sum() - 1) <= 1e-5 and "image_last" in set(flow.role)
+    # patching every position of the residual from run A into a run with other pixels reproduces A
+    other = dict(inputs)
+    other["pixel_values"] = inputs["pixel_values"] + 0.5 * torch.randn_like(inputs["pixel_values"].float()).to(inputs["pixel_values"].dtype)
+    out = activation_patching(model, other, inputs, span="all", layers=0)
+    assert (out - logits)[real].abs().max().item() <= ATOL
