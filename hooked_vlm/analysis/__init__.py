@@ -15,7 +15,7 @@ from .modality import (abs_cosine, cluster_homogeneity, collect_span_vectors, la
 from .ablation import ablation_hook, mean_activation, span_ablation, span_activations
 from .knockout import (attention_knockout, blocked_edges, knockout_generate, knockout_hooks, layer_windows,
                        mask_knockout_hook, zero_knockout_hook)
-from .logit_lens import LogitLensResult, lens_logits, lens_readout, logit_lens, readout_ids
+from .logit_lens import LogitLensResult, lens_logits, lens_readout, logit_lens, model_image_codes, readout_ids
 from .patching import (SITES, activation_patching, distribution_similarity, flip_fraction, last_logits, logit_diff,
                        patch_hook, patching_sweep, site_hook_names, source_activations, steer, steering_hook,
                        steering_vector)
@@ -32,7 +32,7 @@ __all__ = [
     "ablation_hook", "mean_activation", "span_ablation", "span_activations",
     "attention_knockout", "blocked_edges", "knockout_generate", "knockout_hooks", "layer_windows",
     "mask_knockout_hook", "zero_knockout_hook",
-    "LogitLensResult", "lens_logits", "lens_readout", "logit_lens", "readout_ids",
+    "LogitLensResult", "lens_logits", "lens_readout", "logit_lens", "model_image_codes", "readout_ids",
     "SITES", "activation_patching", "distribution_similarity", "flip_fraction", "last_logits", "logit_diff",
     "patch_hook", "patching_sweep", "site_hook_names", "source_activations", "steer", "steering_hook",
     "steering_vector",

@@ -87,7 +87,7 @@ def abs_cosine(a: Tensor, b: Tensor) -> Tensor:
     return (a @ b.T).abs()
 
 
-def cluster_homogeneity(vectors: Tensor | np.ndarray, labels: Sequence[Any], method: str = "kmeans",
+def cluster_homogeneity(vectors: Tensor | np.ndarray, labels: Sequence[Any] | np.ndarray, method: str = "kmeans",
                         n_clusters: int | None = None, seed: int = 0) -> float:
     """Homogeneity (scikit-learn) of a clustering of ``vectors`` (cosine geometry) w.r.t. ``labels``.
 
@@ -122,7 +122,7 @@ def cluster_homogeneity(vectors: Tensor | np.ndarray, labels: Sequence[Any], met
     return float(homogeneity_score(list(labels), clusters))
 
 
-def neighbourhood_overlap(vectors: Tensor | np.ndarray, labels: Sequence[Any], k: int = 30) -> float:
+def neighbourhood_overlap(vectors: Tensor | np.ndarray, labels: Sequence[Any] | np.ndarray, k: int = 30) -> float:
     """Mean over points of the fraction of their k nearest neighbours (cosine, self excluded) with the same label."""
     from sklearn.neighbors import NearestNeighbors
 
@@ -173,7 +173,7 @@ def _if_present(name: str) -> Any:
     return lambda spans: spans.mask(name) if name in spans else torch.zeros_like(spans.mask("pad"))
 
 
-def label_overlap(model: Any, data: dict | Iterable[Any], labels: Sequence[Any], *,
+def label_overlap(model: Any, data: dict | Iterable[Any], labels: Sequence[Any] | np.ndarray, *,
                   spans: dict[str, SpanLike] | None = None, layers: Sequence[int] | None = None, k: int = 30,
                   batch_size: int = 8, progress: bool = True) -> Any:
     """Per layer and span: neighbourhood overlap of one vector per example (the span's mean) with ``labels``.
