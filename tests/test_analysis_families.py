@@ -7,7 +7,7 @@ import torch
 
 from hooked_vlm.analysis import (activation_patching, attention_flow, attention_knockout, forward_with_hooks,
                                  logit_lens, span_mask)
-from hooked_vlm.analysis._common import spans_of
+from hooked_vlm.analysis import spans_of
 from tests.test_hooks import FAMILIES
 
 ATOL = 1e-4

@@ -8,7 +8,7 @@ import torch
 
 from hooked_vlm.analysis import (attention_flow, find_gate, forward_with_hooks, label_overlap, modality_separation,
                                  neighbourhood_overlap, plot_attention_flow, span_mask)
-from hooked_vlm.analysis._common import spans_of
+from hooked_vlm.analysis import spans_of
 from tests import tiny_analysis as ta
 
 ATOL = 1e-5

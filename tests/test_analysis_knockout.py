@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hooked_vlm.analysis._common import spans_of
+from hooked_vlm.analysis import spans_of
 from hooked_vlm.analysis import attention_knockout, forward_with_hooks, knockout_generate, knockout_hooks, span_mask
 from tests import tiny_analysis as ta
 

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from hooked_vlm.analysis import attention_flow, collate, forward_with_hooks, logit_lens, run_dataset, save_results
-from hooked_vlm.analysis._common import span_mask, spans_of
+from hooked_vlm.analysis import span_mask, spans_of
 from tests import tiny_analysis as ta
 
 ATOL = 1e-4

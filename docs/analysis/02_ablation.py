@@ -3,8 +3,8 @@
 import torch
 from _setup import dataset, tiny_model
 
-from hooked_vlm.analysis import ablation_hook, grid_cells_mask, mean_activation, span_ablation
-from hooked_vlm.analysis._common import spans_of
+from hooked_vlm.analysis import (ablation_hook, grid_cells_mask, high_norm_span, mean_activation, random_span,
+                                 span_ablation, spans_of)
 
 model = tiny_model()
 data = dataset(6)
@@ -21,6 +21,10 @@ clean = model(**inputs)[0, -1].softmax(-1)
 ablated = span_ablation(model, inputs, span=object_tokens, how="mean", value=mean)[0, -1].softmax(-1)
 zeroed = span_ablation(model, inputs, span="image", how="zero")[0, -1].softmax(-1)
 red = model.to_single_token("red")
+control = random_span(spans, n=int(object_tokens.sum()), seed=0)  # same number of random image tokens
+random_ablated = span_ablation(model, inputs, span=control, how="mean", value=mean)[0, -1].softmax(-1)
+registers = high_norm_span(model, inputs)  # norm > mean + 2 sd
+print("random-token control P(red):", f"{random_ablated[red]:.4f}", "| high-norm tokens:", int(registers.sum()))
 print(f"P(red): clean {clean[red]:.4f}  object-mean-ablated {ablated[red]:.4f}  all-image-zeroed {zeroed[red]:.4f}")
 
 # the same ablation as a hook you can combine with anything else, e.g. while generating

@@ -3,8 +3,7 @@
 import pandas as pd
 from _setup import OUT, dataset, tiny_model
 
-from hooked_vlm.analysis import attention_knockout, run_dataset, save_results, span_mask
-from hooked_vlm.analysis._common import spans_of
+from hooked_vlm.analysis import attention_knockout, run_dataset, save_results, span_mask, spans_of
 
 model = tiny_model()
 red = model.to_single_token("red")

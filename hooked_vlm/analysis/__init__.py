@@ -6,13 +6,13 @@ every family. Spans may be names (``"image"``, ``"eoi"``, ``"last"``), derived n
 """
 
 from ._common import (DERIVED, SpanLike, forward_with_hooks, grid_cells_mask, image_region_mask, layer_list,
-                      query_rows, span_mask)
+                      query_rows, random_span, span_mask, spans_of)
 from .attention_flow import (attention_flow, attention_flow_frame, default_key_roles, flow_hook, plot_attention_flow,
                              role_masks, summarise_flow)
 from .gate import candidate_span, find_gate, gate_frame
 from .modality import (abs_cosine, cluster_homogeneity, collect_span_vectors, label_overlap, modality_separation,
                        neighbourhood_overlap)
-from .ablation import ablation_hook, mean_activation, span_ablation, span_activations
+from .ablation import ablation_hook, high_norm_span, mean_activation, span_ablation, span_activations
 from .knockout import (attention_knockout, blocked_edges, knockout_generate, knockout_hooks, layer_windows,
                        mask_knockout_hook, zero_knockout_hook)
 from .logit_lens import LogitLensResult, lens_logits, lens_readout, logit_lens, model_image_codes, readout_ids
@@ -23,13 +23,13 @@ from .runner import collate, iterate_batches, run_dataset, save_results
 
 __all__ = [
     "DERIVED", "SpanLike", "forward_with_hooks", "grid_cells_mask", "image_region_mask", "layer_list", "query_rows",
-    "span_mask",
+    "random_span", "span_mask", "spans_of",
     "attention_flow", "attention_flow_frame", "default_key_roles", "flow_hook", "plot_attention_flow", "role_masks",
     "summarise_flow",
     "candidate_span", "find_gate", "gate_frame",
     "abs_cosine", "cluster_homogeneity", "collect_span_vectors", "label_overlap", "modality_separation",
     "neighbourhood_overlap",
-    "ablation_hook", "mean_activation", "span_ablation", "span_activations",
+    "ablation_hook", "high_norm_span", "mean_activation", "span_ablation", "span_activations",
     "attention_knockout", "blocked_edges", "knockout_generate", "knockout_hooks", "layer_windows",
     "mask_knockout_hook", "zero_knockout_hook",
     "LogitLensResult", "lens_logits", "lens_readout", "logit_lens", "model_image_codes", "readout_ids",

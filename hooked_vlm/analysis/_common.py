@@ -67,7 +67,13 @@ def span_mask(spans: TokenSpans, span: SpanLike) -> Bool[Tensor, "batch pos"]:
             raise ValueError(f"span mask has shape {tuple(span.shape)}; expected [batch, pos] = {(spans.batch, spans.seq_len)}")
         return span.to(spans.grid.device)
     if not isinstance(span, str):
-        return _positions_mask(spans, list(span))
+        span = list(span)
+        if span and all(isinstance(s, str) for s in span):  # a union of spans, e.g. ["end_of_frame", "eoi"]
+            out = span_mask(spans, span[0]).clone()
+            for s in span[1:]:
+                out |= span_mask(spans, s)
+            return out
+        return _positions_mask(spans, span)
     if span in spans:
         return spans.mask(span)
     real = ~spans.mask("pad")
@@ -167,4 +173,15 @@ def gather_rows(act: Tensor, rows: Tensor) -> Tensor:
     out = act.new_full((act.shape[0], int(n.max()) if len(n) else 0, *act.shape[2:]), float("nan"))
     for b in range(act.shape[0]):
         out[b, : int(n[b])] = act[b, rows[b]]
+    return out
+
+
+def random_span(spans: TokenSpans, n: int, within: SpanLike = "image", seed: int = 0) -> Bool[Tensor, "batch pos"]:
+    """``n`` random positions of ``within`` per batch item (the papers' random-token controls)."""
+    g = torch.Generator().manual_seed(seed)
+    base = span_mask(spans, within)
+    out = torch.zeros_like(base)
+    for b in range(base.shape[0]):
+        pos = base[b].nonzero().flatten()
+        out[b, pos[torch.randperm(len(pos), generator=g)[:n].to(pos.device)]] = True
     return out

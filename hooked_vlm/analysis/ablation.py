@@ -115,3 +115,20 @@ def mean_activation(model: Any, dataset: Iterable[dict] | Iterable[Any], span: S
     if total is None or not count:
         raise ValueError("the dataset gave no positions of the span")
     return (total / count).to(model.dtype)
+
+
+@torch.no_grad()
+def high_norm_span(model: Any, inputs: dict, span: SpanLike = "image", hook_name: str = "hook_embed",
+                   n_sd: float = 2.0) -> Tensor:
+    """Bool [batch, pos]: positions of ``span`` whose activation norm exceeds mean + ``n_sd`` sd
+    (per batch item): Neo et al.'s "register" tokens."""
+    from ._common import spans_of
+
+    act = span_activations(model, inputs, span, hook_name).float().norm(dim=-1)  # [batch, n] (NaN padded)
+    mask = span_mask(spans_of(model, inputs), span)
+    out = torch.zeros_like(mask)
+    for b in range(act.shape[0]):
+        norms = act[b][~act[b].isnan()]
+        pos = mask[b].nonzero().flatten()
+        out[b, pos[norms > norms.mean() + n_sd * norms.std()]] = True
+    return out
