@@ -111,7 +111,9 @@ class LogitLensResult:
 
     def plot(self, image: Any = None, what: str = "target_prob", target: int = 0, batch: int = 0, image_index: int = 0,
              layers: Sequence[int] | None = None, ncols: int = 6, alpha: float = 0.6, cmap: str = "viridis") -> Any:
-        """One panel per layer: the per-patch value on the image grid, drawn over ``image`` (PIL/array) if given."""
+        """One panel per layer: the per-patch value on the image grid, drawn over ``image`` (PIL/array) if given.
+
+        Pass the image as the model saw it (e.g. the processor's centre crop): it is stretched onto the grid."""
         import matplotlib.pyplot as plt
         import numpy as np
 
