@@ -47,14 +47,17 @@ def inputs_for(hf_config, text_tokens: int = 24):
                 pixel_values=torch.randn(1, 3, hf_config.vision_config.image_size, hf_config.vision_config.image_size))
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median time of each fn, the fns run in turn every repeat so load changes hit all alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def rss_child(folder: str) -> None:
@@ -97,13 +100,11 @@ def main() -> None:
         inputs = inputs_for(hf.config)
         with torch.no_grad():
             diff = (hf(**inputs).logits - ours(**inputs)).abs().max().item()
-            t_hf = median_time(lambda: hf(**inputs), args.repeats)
-            t_ours = median_time(lambda: ours(**inputs), args.repeats)
-            t_hf2 = median_time(lambda: hf(**inputs), args.repeats)
-            t_cache = median_time(lambda: ours.run_with_cache(**inputs), args.repeats)
+            t = interleaved_medians({"hf": lambda: hf(**inputs), "ours": lambda: ours(**inputs),
+                                     "cache": lambda: ours.run_with_cache(**inputs)}, args.repeats)
+            t_hf, t_ours, t_cache = t["hf"], t["ours"], t["cache"]
             _, cache = ours.run_with_cache(**inputs)
         cache_gb = sum(v.numel() * v.element_size() for v in cache.values()) / 1e9
-        t_hf = min(t_hf, t_hf2)
         n_params = sum(p.numel() for p in ours.parameters())
         result = {
             "params_M": round(n_params / 1e6, 1), "tokens": inputs["input_ids"].shape[1], "threads": args.threads,
