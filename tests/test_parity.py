@@ -30,7 +30,7 @@ CASES = [
     ("llava-llama-gqa", functools.partial(llava_case, text=tiny.llama_text_config(num_key_value_heads=2))),
     ("llava-mistral", functools.partial(llava_case, text=tiny.llama_text_config(model_type="mistral", num_key_value_heads=2, sliding_window=4096))),
     ("llava-qwen2-lm", functools.partial(llava_case, text=tiny.llama_text_config(model_type="qwen2", num_key_value_heads=2))),
-    ("llava-layers-list", functools.partial(llava_case, vision_feature_layer=[-2, -4])),
+    ("llava-layers-list", functools.partial(llava_case, vision=tiny.clip_vision_config(num_hidden_layers=4), vision_feature_layer=[-2, -5])),
     ("llava-full-select", functools.partial(llava_case, vision_feature_select_strategy="full")),
     ("llava-right-padding", functools.partial(llava_case, pads=(0, 2, 0), right=True)),
     ("llava-tied", functools.partial(llava_case, text=tiny.llama_text_config(tie_word_embeddings=True), tie_word_embeddings=True)),
