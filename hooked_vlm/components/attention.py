@@ -130,7 +130,7 @@ class Attention(nn.Module):
         dead = ~allowed.any(-1, keepdim=True)  # queries that may attend to nothing: zeros, not NaN
         if bool(dead.any()):
             pattern = pattern.masked_fill(dead, 0.0)
-        if self.hook_attn_scores.fwd_hooks:  # a score edit may have blocked whole rows
+        if self.hook_attn_scores.fwd_hooks and bool(pattern.isnan().any()):  # a score edit blocked whole rows
             pattern = pattern.nan_to_num(0.0)
         pattern = self.hook_pattern(pattern.to(q.dtype))
         return torch.matmul(pattern, v)
