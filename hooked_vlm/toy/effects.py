@@ -110,3 +110,64 @@ def object_logit_lens(model: Any, n: int = 200, seed: int = 778) -> dict[str, fl
             hits += (top[i, s.object_patches(0)] == want).tolist()
         out["embed" if name == "hook_embed" else f"block {name.split('.')[1]}"] = 100.0 * float(np.mean(hits))
     return out
+
+
+def _positions_mask(encoder: ToyEncoder, kind: str, patches: list[list[int]], length: int) -> Tensor:
+    """Bool [n, length]: the sequence positions of the given patches of each row's image."""
+    ids = torch.tensor(encoder.prompt_ids(kind))
+    image_pos = (ids == encoder.processor.tokenizer.convert_tokens_to_ids("<image>")).nonzero().flatten()
+    m = torch.zeros(len(patches), length, dtype=torch.bool)
+    for i, p in enumerate(patches):
+        m[i, image_pos[p]] = True
+    return m
+
+
+@torch.no_grad()
+def attention_flow(model: Any, n: int = 100, seed: int = 779, kind: str = "colour") -> dict[str, list[float]]:
+    """Per layer, how the answering position's attention (mean over heads and scenes) splits between
+    the object's patches, the other image patches, the BOS token and the other text tokens."""
+    encoder = ToyEncoder(model.processor)
+    scenes = make_scenes(n, seed)
+    b = encoder.batch(scenes, (kind,))
+    q = encoder.first_answer_position(kind)
+    obj = _positions_mask(encoder, kind, [s.object_patches(0) for s in scenes], b["input_ids"].shape[1])
+    image = b["input_ids"] == model.cfg.roles.image_token_id
+    bos = torch.zeros_like(image)
+    bos[:, 0] = True
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(input_ids=b["input_ids"], pixel_values=b["pixel_values"].to(model.dtype),
+                                    attention_mask=b["attention_mask"], names_filter=lambda x: x in names)
+    out: dict[str, list[float]] = {"object": [], "other image": [], "BOS": [], "other text": []}
+    for name in names:
+        row = cache[name][:, :, q].float().mean(1).cpu()  # [scene, k]
+        for key, m in (("object", obj), ("other image", image & ~obj), ("BOS", bos), ("other text", ~image & ~bos)):
+            out[key].append(float((row * m).sum(1).mean()))
+    return out
+
+
+@torch.no_grad()
+def object_knockout(model: Any, n: int = 200, seed: int = 780, kind: str = "colour",
+                    windows: list[list[int]] | None = None) -> dict[str, dict[str, float]]:
+    """Accuracy (%) with attention from the answering position to the object's patches ('object'),
+    to as many random background patches ('random') or to every image patch ('image') blocked
+    (-inf before the softmax) in each window of layers (Neo et al.'s knockout)."""
+    from hooked_vlm.analysis import knockout_hooks
+
+    encoder = ToyEncoder(model.processor)
+    scenes = make_scenes(n, seed)
+    windows = windows or [[l] for l in range(model.cfg.n_layers)] + [list(range(model.cfg.n_layers))]
+    length = encoder.batch(scenes, (kind,))["input_ids"].shape[1]
+    obj = _positions_mask(encoder, kind, patch_sets(scenes, "object"), length)
+    rnd = _positions_mask(encoder, kind, patch_sets(scenes, "random", seed=seed), length)
+    img = _positions_mask(encoder, kind, [list(range(N_PATCHES))] * n, length)
+    answering = torch.zeros(n, length, dtype=torch.bool)
+    answering[:, encoder.first_answer_position(kind)] = True  # the row that predicts the answer word
+    base = accuracy(hooked_logits_fn(model), encoder, scenes, (kind,), batch_size=n)[kind]
+    out: dict[str, dict[str, float]] = {}
+    for w in windows:
+        label = "layers " + ",".join(map(str, w))
+        out[label] = {"base": base}
+        for name, src in (("object", obj), ("random", rnd), ("image", img)):
+            hooks = knockout_hooks(model, src=src, dst=answering, layers=w, mode="mask")
+            out[label][name] = accuracy(hooked_logits_fn(model, hooks), encoder, scenes, (kind,), batch_size=n)[kind]
+    return out
