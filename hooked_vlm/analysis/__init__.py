@@ -1,0 +1,30 @@
+"""Analyses of the two reference papers, one call each, built from hook functions you can copy.
+
+Every analysis uses only hook names and :class:`~hooked_vlm.spans.TokenSpans`, so it works on
+every family. Spans may be names (``"image"``, ``"eoi"``, ``"last"``), derived names
+(``"image_last"``, ``"after_image"``, ...: see :mod:`._common`), bool masks or position lists.
+"""
+
+from ._common import (DERIVED, SpanLike, forward_with_hooks, grid_cells_mask, image_region_mask, layer_list,
+                      query_rows, span_mask)
+from .ablation import ablation_hook, mean_activation, span_ablation, span_activations
+from .knockout import (attention_knockout, blocked_edges, knockout_generate, knockout_hooks, layer_windows,
+                       mask_knockout_hook, zero_knockout_hook)
+from .logit_lens import LogitLensResult, lens_logits, lens_readout, logit_lens, readout_ids
+from .patching import (SITES, activation_patching, distribution_similarity, flip_fraction, last_logits, logit_diff,
+                       patch_hook, patching_sweep, site_hook_names, source_activations, steer, steering_hook,
+                       steering_vector)
+from .runner import collate, iterate_batches, run_dataset, save_results
+
+__all__ = [
+    "DERIVED", "SpanLike", "forward_with_hooks", "grid_cells_mask", "image_region_mask", "layer_list", "query_rows",
+    "span_mask",
+    "ablation_hook", "mean_activation", "span_ablation", "span_activations",
+    "attention_knockout", "blocked_edges", "knockout_generate", "knockout_hooks", "layer_windows",
+    "mask_knockout_hook", "zero_knockout_hook",
+    "LogitLensResult", "lens_logits", "lens_readout", "logit_lens", "readout_ids",
+    "SITES", "activation_patching", "distribution_similarity", "flip_fraction", "last_logits", "logit_diff",
+    "patch_hook", "patching_sweep", "site_hook_names", "source_activations", "steer", "steering_hook",
+    "steering_vector",
+    "collate", "iterate_batches", "run_dataset", "save_results",
+]

@@ -1,0 +1,151 @@
+"""Span selection shared by every analysis: names, derived roles, and the rows a hook sees.
+
+A *span* argument may be a span name of :class:`~hooked_vlm.spans.TokenSpans` (``"image"``,
+``"eoi"``, ``"text"``, ``"last"``, ``"image.0"`` ...), one of the derived names below, a bool
+tensor [batch, pos], a list of absolute positions (the same in every batch item), or a function
+``spans -> bool [batch, pos]``. Derived names (computed from the spans, so they work on every
+family and stay right while generating, when the spans grow):
+
+* ``all``           every real (non-padding) position
+* ``image_region``  every position that is not text and not padding (image tokens and markers)
+* ``image_last``    the last image-content token of each image; ``image_first`` the first
+* ``image_other``   image-content tokens that are not ``image_last``
+* ``after_image``   text positions after the last image-region position (the paper's
+  "text after EOI"); ``before_image`` text positions before the first one
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, Union
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+from ..spans import TokenSpans
+
+SpanLike = Union[str, Tensor, Sequence[int], Callable[[TokenSpans], Tensor]]
+
+DERIVED = ("all", "image_region", "image_last", "image_first", "image_other", "after_image", "before_image",
+           "generated")
+
+
+def _image_ends(spans: TokenSpans, last: bool) -> Tensor:
+    out = torch.zeros_like(spans.mask("image"))
+    b_len = spans.seq_len
+    ar = torch.arange(b_len, device=out.device)
+    for name in spans.names:
+        if name.startswith("image.") and name[6:].isdigit():
+            m = spans.masks[name]
+            if last:
+                idx = torch.where(m, ar, -1).max(1).values
+            else:
+                idx = torch.where(m, ar, b_len).min(1).values
+            has = m.any(1)
+            rows = torch.arange(out.shape[0], device=out.device)[has]
+            out[rows, idx[has]] = True
+    return out
+
+
+def image_region_mask(spans: TokenSpans) -> Bool[Tensor, "batch pos"]:
+    """Image tokens and structural markers (boi, eoi, row breaks, family extras): not text, not padding."""
+    return ~spans.mask("text") & ~spans.mask("pad")
+
+
+def span_mask(spans: TokenSpans, span: SpanLike) -> Bool[Tensor, "batch pos"]:
+    """Bool [batch, pos] of the positions ``span`` selects (see the module docstring)."""
+    if callable(span) and not isinstance(span, Tensor):
+        return span_mask(spans, span(spans))
+    if isinstance(span, Tensor):
+        if span.dtype != torch.bool:
+            span = _positions_mask(spans, span.tolist())
+        if span.ndim == 1:
+            span = span[None].expand(spans.batch, -1)
+        if tuple(span.shape) != (spans.batch, spans.seq_len):
+            raise ValueError(f"span mask has shape {tuple(span.shape)}; expected [batch, pos] = {(spans.batch, spans.seq_len)}")
+        return span.to(spans.grid.device)
+    if not isinstance(span, str):
+        return _positions_mask(spans, list(span))
+    if span in spans:
+        return spans.mask(span)
+    real = ~spans.mask("pad")
+    if span == "generated":  # present in the spans once generation has started
+        return torch.zeros_like(real)
+    if span == "all":
+        return real
+    if span == "image_region":
+        return image_region_mask(spans)
+    if span == "image_last":
+        return _image_ends(spans, last=True)
+    if span == "image_first":
+        return _image_ends(spans, last=False)
+    if span == "image_other":
+        return spans.mask("image") & ~_image_ends(spans, last=True)
+    if span in ("after_image", "before_image"):
+        region = image_region_mask(spans)
+        ar = torch.arange(spans.seq_len, device=region.device).expand_as(region)
+        if span == "after_image":
+            bound = torch.where(region, ar, -1).max(1, keepdim=True).values
+            return spans.mask("text") & (ar > bound) & region.any(1, keepdim=True)
+        bound = torch.where(region, ar, spans.seq_len).min(1, keepdim=True).values
+        return spans.mask("text") & (ar < bound) & region.any(1, keepdim=True)
+    raise KeyError(f"no span named {span!r}; spans of this input: {', '.join(spans.names)}; derived: {', '.join(DERIVED)}")
+
+
+def _positions_mask(spans: TokenSpans, positions: list) -> Tensor:
+    m = torch.zeros(spans.batch, spans.seq_len, dtype=torch.bool, device=spans.grid.device)
+    m[:, torch.as_tensor(positions, dtype=torch.long)] = True
+    return m
+
+
+def query_rows(hook: Any, span: SpanLike) -> Bool[Tensor, "batch q_pos"]:
+    """Inside a hook: which of the rows computed now (``hook.query_positions``) belong to ``span``."""
+    return span_mask(hook.spans, span)[:, hook.query_positions]
+
+
+def grid_cells_mask(spans: TokenSpans, cells: Sequence[tuple[int, int]], image: int = 0, batch: int = 0,
+                    buffer: int = 0, tile: int | None = None) -> Bool[Tensor, "batch pos"]:
+    """Image positions whose patch (row, col) is within ``buffer`` cells (Chebyshev) of one of ``cells``.
+
+    This is Neo et al.'s "object tokens + buffer" from a list of grid cells (e.g. the cells
+    overlapping a segmentation mask).
+    """
+    g = spans.grid[batch]
+    sel = g[:, 0] == image
+    if tile is not None:
+        sel &= g[:, 1] == tile
+    out = torch.zeros(spans.batch, spans.seq_len, dtype=torch.bool, device=g.device)
+    for r, c in cells:
+        near = sel & ((g[:, 2] - r).abs() <= buffer) & ((g[:, 3] - c).abs() <= buffer) & (g[:, 2] >= 0)
+        out[batch] |= near
+    return out
+
+
+def layer_list(model: Any, layers: Any, n: int | None = None) -> list[int]:
+    """``None`` -> every layer; an int -> [int]; negative indices count from the end."""
+    n = model.cfg.n_layers if n is None else n
+    if layers is None:
+        return list(range(n))
+    if isinstance(layers, int):
+        layers = [layers]
+    out = [l + n if l < 0 else l for l in layers]
+    bad = [l for l in out if not 0 <= l < n]
+    if bad:
+        raise ValueError(f"layers {bad} out of range 0..{n - 1}")
+    return out
+
+
+@torch.no_grad()
+def forward_with_hooks(model: Any, inputs: Any, fwd_hooks: list | None = None, return_type: str | None = "logits",
+                       **kwargs: Any) -> Any:
+    """``model(**inputs)`` with ``fwd_hooks`` active and no autograd graph; inputs is a dict of tensors."""
+    with model.hooks(fwd_hooks=fwd_hooks or []):
+        return model(**dict(inputs), return_type=return_type, **kwargs)
+
+
+def spans_of(model: Any, inputs: Any) -> TokenSpans:
+    """The spans a forward on ``inputs`` will see (without running the language model)."""
+    inputs = dict(inputs)
+    tokens, mask = inputs["input_ids"].to(model.device), inputs.get("attention_mask")
+    layouts = model._layouts_without_encoding(inputs)
+    return model.spans_for(tokens, None if mask is None else mask.to(model.device), layouts)
