@@ -10,10 +10,17 @@ import argparse
 import math
 import re
 import string
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+try:  # run from a clone without installing: the repository root holds hooked_vlm/ and converters/
+    import hooked_vlm  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -24,7 +24,7 @@ from .data import GRID, IMAGE_SIZE, PATCH_SIZE, SPECIAL_TOKENS, VOCAB, make_scen
 from .tasks import ToyEncoder, accuracy, answer_loss
 
 HELD_OUT_SEED = 12345
-DEFAULTS = dict(steps=1500, batch_scenes=32, lr=2e-3, warmup=100, weight_decay=0.01, seed=0,
+DEFAULTS = dict(steps=1500, batch_scenes=16, lr=2e-3, warmup=100, weight_decay=0.01, seed=0,
                 vision_layers=1, vision_hidden=64, vision_feature_layer=-1, lm_layers=2, lm_hidden=128)
 
 
@@ -65,14 +65,23 @@ def hf_logits_fn(model: Any):
     return lambda ids, pv, mask: model(input_ids=ids, pixel_values=pv, attention_mask=mask).logits
 
 
-def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dict]:
+def train(opts: dict, out: Path | None, threads: int = 2, init: Path | None = None) -> tuple[Any, Any, dict]:
+    """Train from scratch, or continue from the checkpoint folder ``init`` (its architecture and
+    processor are kept; the architecture options are then ignored) with a fresh LR schedule."""
     from tqdm import tqdm
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     torch.set_num_threads(threads)
     torch.manual_seed(opts["seed"])
     rng = np.random.default_rng(opts["seed"])
-    processor = build_processor()
-    model = build_model(opts, processor.tokenizer)
+    if init is not None:
+        processor = AutoProcessor.from_pretrained(str(init))
+        model = LlavaForConditionalGeneration.from_pretrained(str(init))
+        previous = json.loads((init / "toy_training.json").read_text()) if (init / "toy_training.json").exists() else None
+    else:
+        processor = build_processor()
+        model = build_model(opts, processor.tokenizer)
+        previous = None
     enc = ToyEncoder(processor)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -103,7 +112,7 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
             bar.write(f"step {step + 1}: loss {loss.item():.4f} held-out " + " ".join(f"{k} {v:.0f}%" for k, v in acc.items()))
     model.eval()
     acc = accuracy(hf_logits_fn(model), enc, held_out)
-    info = dict(options=opts, train_seconds=round(time.time() - start, 1), threads=threads,
+    info = dict(options=opts, init=str(init) if init else None, previous_stage=previous, train_seconds=round(time.time() - start, 1), threads=threads,
                 held_out_accuracy={k: round(v, 2) for k, v in acc.items()}, held_out_seed=HELD_OUT_SEED, held_out_n=len(held_out))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -117,11 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=TOY_DIR / "toy-llava", help="where to save (default: the packaged checkpoint)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", type=Path, default=None, help="continue training from this checkpoint folder")
     for k, v in DEFAULTS.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     args = ap.parse_args(argv)
     opts = {k: getattr(args, k) for k in DEFAULTS}
-    _, _, info = train(opts, args.out, args.threads)
+    _, _, info = train(opts, args.out, args.threads, args.init)
     print(json.dumps(info, indent=2))
 
 
