@@ -85,7 +85,10 @@ def run_demo(out: str | Path, model: Any = None, n: int = 200, progress: bool = 
                f"Probability of '{scene.objects[0].colour}' read out (final norm + unembedding) at every image patch, "
                "per layer (layer l = residual entering block l; the last = model output).")
     top = object_logit_lens(model, n=n)
-    rep.table(["layer", "object patches whose top colour word is the object's colour (%)"], [[k, v] for k, v in top.items()])
+    top_all = object_logit_lens(model, n=n, vocab="all")
+    rep.table(["layer", "object patches: top colour word = the object's colour (%)",
+               "object patches: top token of the whole vocabulary = the object's colour (%)"],
+              [[k, v, top_all[k]] for k, v in top.items()])
 
     say("attention flow ...")
     rep.heading("Attention flow")

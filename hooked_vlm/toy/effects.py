@@ -85,9 +85,10 @@ def object_ablation(model: Any, n: int = 300, seed: int = 777, kinds: tuple[str,
 
 
 @torch.no_grad()
-def object_logit_lens(model: Any, n: int = 200, seed: int = 778) -> dict[str, float]:
-    """Percent of (scene, object patch) pairs whose top colour word is the object's colour, per layer.
+def object_logit_lens(model: Any, n: int = 200, seed: int = 778, vocab: str = "colours") -> dict[str, float]:
+    """Percent of (scene, object patch) pairs whose top token is the object's colour, per layer.
 
+    ``vocab="colours"``: the top among the colour words; ``"all"``: the top of the whole vocabulary.
     Layers: 'embed' (LM input) and 'block {l}' (each block's output); the model's final norm and
     unembedding are applied to the residual at the object's patches (the classic logit lens).
     """
@@ -102,11 +103,15 @@ def object_logit_lens(model: Any, n: int = 200, seed: int = 778) -> dict[str, fl
     out = {}
     for name in names:
         resid = cache[name][:, image_pos]  # [scene, patch, d]
-        logits = model.unembed(model.ln_final(resid))[..., colour_ids]
-        top = logits.argmax(-1)  # [scene, patch] index into COLOURS
+        logits = model.unembed(model.ln_final(resid))
+        if vocab == "colours":
+            top = logits[..., colour_ids].argmax(-1)  # [scene, patch] index into COLOURS
+        else:
+            top = logits.argmax(-1)  # [scene, patch] token id
         hits = []
         for i, s in enumerate(scenes):
             want = list(COLOURS).index(s.objects[0].colour)
+            want = want if vocab == "colours" else int(colour_ids[want])
             hits += (top[i, s.object_patches(0)] == want).tolist()
         out["embed" if name == "hook_embed" else f"block {name.split('.')[1]}"] = 100.0 * float(np.mean(hits))
     return out

@@ -25,7 +25,7 @@ from .tasks import ToyEncoder, accuracy, answer_loss
 
 HELD_OUT_SEED = 12345
 DEFAULTS = dict(steps=1500, batch_scenes=16, lr=2e-3, warmup=100, weight_decay=0.01, seed=0,
-                vision_layers=1, vision_hidden=64, vision_feature_layer=-1, lm_layers=2, lm_hidden=128)
+                kinds="colour,shape,position,caption", vision_layers=1, vision_hidden=64, vision_feature_layer=-1, lm_layers=2, lm_hidden=128)
 
 
 def build_processor() -> Any:
@@ -91,11 +91,12 @@ def train(opts: dict, out: Path | None, threads: int = 2, init: Path | None = No
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     held_out = make_scenes(200, HELD_OUT_SEED)
+    kinds = tuple(opts["kinds"].split(","))
     model.train()
     start = time.time()
     bar = tqdm(range(steps), desc="toy-llava", mininterval=2.0)
     for step in bar:
-        batch = enc.batch([make_scene(rng) for _ in range(opts["batch_scenes"])])
+        batch = enc.batch([make_scene(rng) for _ in range(opts["batch_scenes"])], kinds)
         logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]).logits
         loss = answer_loss(logits, batch)
         optim.zero_grad(set_to_none=True)
