@@ -37,7 +37,7 @@ def _bar_figure(groups: dict[str, dict[str, float]], title: str, ylabel: str = "
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 110)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     return fig
 
 

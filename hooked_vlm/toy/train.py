@@ -5,6 +5,11 @@ A tiny ``LlavaForConditionalGeneration`` (1-layer CLIP tower on 48x48 images wit
 in a ``LlavaProcessor``. Trained on CPU with a fixed seed on fresh synthetic scenes every step
 (loss on the answer tokens; every scene is asked every question kind), then saved with
 ``save_pretrained`` so that ``HookedVLM.from_pretrained("toy-llava")`` loads it like any checkpoint.
+
+The shipped checkpoint is :data:`RECIPE` (``python -m hooked_vlm.toy.train --recipe``): four stages,
+each continuing from the previous one with a fresh warmup + cosine schedule and new scenes. Shape
+questions sit on a long plateau (~50%) that extra shape-bearing questions (stage 3) break.
+One stage alone: ``python -m hooked_vlm.toy.train --steps 1500 --out DIR [--init PREVIOUS_DIR]``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ from .tasks import ToyEncoder, accuracy, answer_loss
 HELD_OUT_SEED = 12345
 DEFAULTS = dict(steps=1500, batch_scenes=16, lr=2e-3, warmup=100, weight_decay=0.01, seed=0,
                 kinds="colour,shape,position,caption", vision_layers=1, vision_hidden=64, vision_feature_layer=-1, lm_layers=2, lm_hidden=128)
+#: the stages that made the shipped checkpoint (options that differ from DEFAULTS)
+RECIPE = [
+    dict(),
+    dict(steps=1200, seed=1, warmup=50),
+    dict(steps=1200, seed=2, warmup=50, batch_scenes=24, kinds="colour,shape,caption"),
+    dict(steps=1500, seed=3, warmup=50, batch_scenes=32),
+]
 
 
 def build_processor() -> Any:
@@ -65,16 +77,18 @@ def hf_logits_fn(model: Any):
     return lambda ids, pv, mask: model(input_ids=ids, pixel_values=pv, attention_mask=mask).logits
 
 
-def train(opts: dict, out: Path | None, threads: int = 2, init: Path | None = None) -> tuple[Any, Any, dict]:
-    """Train from scratch, or continue from the checkpoint folder ``init`` (its architecture and
-    processor are kept; the architecture options are then ignored) with a fresh LR schedule."""
+def train(opts: dict, out: Path | None, threads: int = 2, init: Path | tuple | None = None) -> tuple[Any, Any, dict]:
+    """Train from scratch, or continue from ``init`` (a checkpoint folder, or (model, processor, info)
+    of a previous stage; its architecture and processor are kept) with a fresh LR schedule."""
     from tqdm import tqdm
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     torch.set_num_threads(threads)
     torch.manual_seed(opts["seed"])
     rng = np.random.default_rng(opts["seed"])
-    if init is not None:
+    if isinstance(init, tuple):
+        model, processor, previous = init
+    elif init is not None:
         processor = AutoProcessor.from_pretrained(str(init))
         model = LlavaForConditionalGeneration.from_pretrained(str(init))
         previous = json.loads((init / "toy_training.json").read_text()) if (init / "toy_training.json").exists() else None
@@ -113,7 +127,7 @@ def train(opts: dict, out: Path | None, threads: int = 2, init: Path | None = No
             bar.write(f"step {step + 1}: loss {loss.item():.4f} held-out " + " ".join(f"{k} {v:.0f}%" for k, v in acc.items()))
     model.eval()
     acc = accuracy(hf_logits_fn(model), enc, held_out)
-    info = dict(options=opts, init=str(init) if init else None, previous_stage=previous, train_seconds=round(time.time() - start, 1), threads=threads,
+    info = dict(options=opts, init=str(init) if isinstance(init, Path) else None, previous_stage=previous, train_seconds=round(time.time() - start, 1), threads=threads,
                 held_out_accuracy={k: round(v, 2) for k, v in acc.items()}, held_out_seed=HELD_OUT_SEED, held_out_n=len(held_out))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -128,11 +142,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=TOY_DIR / "toy-llava", help="where to save (default: the packaged checkpoint)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", type=Path, default=None, help="continue training from this checkpoint folder")
+    ap.add_argument("--recipe", action="store_true", help="run every stage of RECIPE (the shipped checkpoint)")
     for k, v in DEFAULTS.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     args = ap.parse_args(argv)
-    opts = {k: getattr(args, k) for k in DEFAULTS}
-    _, _, info = train(opts, args.out, args.threads, args.init)
+    if args.recipe:
+        state = None
+        for i, stage in enumerate(RECIPE):
+            last = i == len(RECIPE) - 1
+            state = train(dict(DEFAULTS, **stage), args.out if last else None, args.threads, state)
+        info = state[2]
+    else:
+        opts = {k: getattr(args, k) for k in DEFAULTS}
+        _, _, info = train(opts, args.out, args.threads, args.init)
     print(json.dumps(info, indent=2))
 
 
