@@ -6,7 +6,7 @@ in a ``LlavaProcessor``. Trained on CPU with a fixed seed on fresh synthetic sce
 (loss on the answer tokens; every scene is asked every question kind), then saved with
 ``save_pretrained`` so that ``HookedVLM.from_pretrained("toy-llava")`` loads it like any checkpoint.
 
-The shipped checkpoint is :data:`RECIPE` (``python -m hooked_vlm.toy.train --recipe``): four stages,
+The shipped checkpoint is :data:`RECIPE` (``python -m hooked_vlm.toy.train --recipe``): five stages,
 each continuing from the previous one with a fresh warmup + cosine schedule and new scenes. Shape
 questions sit on a long plateau (~50%) that extra shape-bearing questions (stage 3) break.
 One stage alone: ``python -m hooked_vlm.toy.train --steps 1500 --out DIR [--init PREVIOUS_DIR]``.
@@ -37,6 +37,7 @@ RECIPE = [
     dict(steps=1200, seed=1, warmup=50),
     dict(steps=1200, seed=2, warmup=50, batch_scenes=24, kinds="colour,shape,caption"),
     dict(steps=1500, seed=3, warmup=50, batch_scenes=32),
+    dict(steps=1500, seed=4, warmup=50, batch_scenes=32, lr=1e-3),
 ]
 
 
