@@ -127,11 +127,9 @@ class Attention(nn.Module):
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale)
         scores = self.hook_attn_scores(scores.masked_fill_(~allowed, float("-inf")))
         pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
-        dead = ~allowed.any(-1, keepdim=True)  # queries that may attend to nothing: zeros, not NaN
+        dead = scores.amax(-1, keepdim=True) == float("-inf")  # queries that may attend to nothing: zeros, not NaN
         if bool(dead.any()):
             pattern = pattern.masked_fill(dead, 0.0)
-        if self.hook_attn_scores.fwd_hooks and bool(pattern.isnan().any()):  # a score edit blocked whole rows
-            pattern = pattern.nan_to_num(0.0)
         pattern = self.hook_pattern(pattern.to(q.dtype))
         return torch.matmul(pattern, v)
 
