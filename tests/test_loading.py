@@ -74,9 +74,10 @@ def test_hub_id_takes_the_same_path_as_a_local_folder(monkeypatch):
         calls.append((repo_id, tuple(allow_patterns)))
         return str(folder)
 
-    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
-    model = HookedVLM.from_pretrained("llava-hf/some-tiny-llava")
-    assert calls and calls[0][0] == "llava-hf/some-tiny-llava" and "*.safetensors" in calls[0][1]
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)  # nothing is downloaded
+    hub_id = "llava-hf/some-tiny-llava"  # not a real repo: resolved by the fake above to the local folder
+    model = HookedVLM.from_pretrained(hub_id)
+    assert calls and calls[0][0] == hub_id and "*.safetensors" in calls[0][1]
     with torch.no_grad():
         assert _max_diff(hf(**inputs).logits, model(**inputs), inputs) <= 1e-4
 

@@ -50,6 +50,18 @@ def make_llava(folder: Path | None = None, text: dict | None = None, vision: dic
     return folder, model
 
 
+def pad_rows(rows: list[list[int]], pad_left: list[int], right: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) for token rows padded with PAD to one length (+ pad_left[i] extra pads)."""
+    length = max(len(r) + p for r, p in zip(rows, pad_left))
+    input_ids = torch.full((len(rows), length), PAD)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        start = 0 if right else length - len(r)
+        input_ids[i, start:start + len(r)] = torch.tensor(r)
+        mask[i, start:start + len(r)] = 1
+    return input_ids, mask
+
+
 def image_tokens_per_image(hf_model: Any) -> int:
     vc = hf_model.config.vision_config
     n = (vc.image_size // vc.patch_size) ** 2
@@ -69,13 +81,7 @@ def llava_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], s
             ids += torch.randint(3, 90, (2,), generator=g).tolist() + [IMAGE_TOKEN] * n_img
         ids += torch.randint(3, 90, (text_len,), generator=g).tolist()
         rows.append(ids)
-    length = max(len(r) + p for r, p in zip(rows, pad_left))
-    input_ids = torch.full((len(rows), length), PAD)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        start = 0 if right else length - len(r)
-        input_ids[i, start:start + len(r)] = torch.tensor(r)
-        mask[i, start:start + len(r)] = 1
+    input_ids, mask = pad_rows(rows, pad_left, right=right)
     vc = hf_model.config.vision_config
     pixel_values = torch.randn(sum(prompts_images), 3, vc.image_size, vc.image_size, generator=g)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tests.tiny import BOS, IMAGE_TOKEN, PAD, VOCAB, llama_text_config  # noqa: F401
+from tests.tiny import BOS, IMAGE_TOKEN, PAD, VOCAB, llama_text_config, pad_rows  # noqa: F401
 
 IMG_BREAK = 101
 IMG_END = 102
@@ -93,16 +93,6 @@ def make_mistral3(text: dict | None = None, vision: dict | None = None, seed: in
     return _save(Mistral3Config(**kwargs), Mistral3ForConditionalGeneration, "tiny_mistral3_", seed)
 
 
-def _pad_batch(rows: list[list[int]], pad_left: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) + p for r, p in zip(rows, pad_left))
-    input_ids = torch.full((len(rows), length), PAD)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, length - len(r):] = torch.tensor(r)
-        mask[i, length - len(r):] = 1
-    return input_ids, mask
-
-
 def _rows(token_runs: list[list[list[int]]], g: torch.Generator, text_len: int = 5) -> list[list[int]]:
     """One prompt per item: BOS, then (2 words + image tokens) per image, then text."""
     rows = []
@@ -126,7 +116,7 @@ def anyres_batch(hf: Any, image_sizes: list[tuple[int, int]], per_item: list[int
         feats = hf.model.get_image_features(pixel_values, sizes, **extra).pooler_output
     counts = iter([f.shape[0] for f in feats])
     runs = [[[IMAGE_TOKEN] * next(counts) for _ in range(k)] for k in per_item]
-    input_ids, mask = _pad_batch(_rows(runs, g), pad_left)
+    input_ids, mask = pad_rows(_rows(runs, g), pad_left)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, image_sizes=sizes, **extra)
 
 
@@ -149,7 +139,7 @@ def pixtral_batch(hf: Any, image_sizes: list[tuple[int, int]], per_item: list[in
             toks = ([IMAGE_TOKEN] * c + [IMG_BREAK]) * r
             item.append(toks[:-1] + [IMG_END])
         runs.append(item)
-    input_ids, mask = _pad_batch(_rows(runs, g), pad_left)
+    input_ids, mask = pad_rows(_rows(runs, g), pad_left)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, image_sizes=sizes)
 
 

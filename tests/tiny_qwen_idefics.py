@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tests.tiny import BOS, EOS, PAD, VOCAB, llama_text_config
+from tests.tiny import BOS, EOS, PAD, VOCAB, llama_text_config, pad_rows
 
 IMAGE, VIDEO, VSTART, VEND = 100, 101, 102, 103
 # Idefics3 / SmolVLM special tokens
@@ -69,23 +69,13 @@ def qwen_batch(grids: list[list[tuple[int, int, int]]], pad_left: list[int], see
             ids += torch.randint(3, 90, (2,), generator=g).tolist() + [VSTART] + [IMAGE] * (t * h * w // merge**2) + [VEND]
         ids += torch.randint(3, 90, (text_len,), generator=g).tolist()
         rows.append(ids)
-    input_ids, mask = _left_pad(rows, pad_left)
+    input_ids, mask = pad_rows(rows, pad_left)
     all_grids = [grid for item in grids for grid in item]
     n_patches = sum(t * h * w for t, h, w in all_grids)
     return dict(input_ids=input_ids, attention_mask=mask,
                 pixel_values=torch.randn(n_patches, patch_width, generator=g),
                 image_grid_thw=torch.tensor(all_grids, dtype=torch.long),
                 mm_token_type_ids=(input_ids == IMAGE).long())
-
-
-def _left_pad(rows: list[list[int]], pad_left: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) + p for r, p in zip(rows, pad_left))
-    input_ids = torch.full((len(rows), length), PAD)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, length - len(r):] = torch.tensor(r)
-        mask[i, length - len(r):] = 1
-    return input_ids, mask
 
 
 # ---------------------------------------------------------------- Idefics3 / SmolVLM
@@ -143,7 +133,7 @@ def idefics_batch(seed: int = 0, text_len: int = 5) -> dict:
     for tiles in [(2, 2), (0, 0)]:
         rows.append([BOS] + torch.randint(3, 90, (2,), generator=g).tolist() + idefics_image_tokens(*tiles)
                     + torch.randint(3, 90, (text_len,), generator=g).tolist())
-    input_ids, mask = _left_pad(rows, [0, 3])
+    input_ids, mask = pad_rows(rows, [0, 3])
     pixel_values = torch.zeros(2, 5, 3, 8, 8)
     pixel_mask = torch.zeros(2, 5, 8, 8, dtype=torch.long)
     pixel_values[0] = torch.randn(5, 3, 8, 8, generator=g)
