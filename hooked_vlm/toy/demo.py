@@ -45,15 +45,16 @@ def _flow_figure(flow: dict[str, list[float]]):
     import matplotlib.pyplot as plt
 
     n = len(next(iter(flow.values())))
-    fig, ax = plt.subplots(figsize=(2 + 0.9 * n, 3.2))
+    fig, ax = plt.subplots(figsize=(3.5 + 0.9 * n, 3.4))
     bottom = np.zeros(n)
     for key, vals in flow.items():
         ax.bar([f"layer {l}" for l in range(n)], vals, bottom=bottom, label=key)
         bottom += np.array(vals)
-    ax.set_ylabel("attention share of the answering position")
+    ax.set_ylabel("share of the answer's attention")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    ax.set_title("attention flow per layer (mean over heads and scenes)", fontsize=10)
+    ax.set_title("attention flow per layer\n(mean over heads and scenes)", fontsize=10)
+    fig.tight_layout()
     return fig
 
 
