@@ -11,7 +11,7 @@ from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles
 from ._clip import clip_aliases, clip_ignored, clip_rules, clip_vision_config
 from ._decoder import decoder_config, decoder_rules
 from ._siglip import siglip_ignored, siglip_rules, siglip_vision_config
-from .base import KeyMap, UnsupportedConfigError, check_fields
+from .base import KeyMap, UnsupportedConfigError, check_fields, check_legacy_vocab_size
 from .llava import LLAVA_ALIASES, feature_layers
 
 ANYRES_FIELDS = {"image_token_index", "image_token_id", "projector_hidden_act", "vision_feature_layer",
@@ -23,10 +23,7 @@ ANYRES_FIELDS = {"image_token_index", "image_token_id", "projector_hidden_act", 
 
 def anyres_config(hf: Any, architecture: str, more_fields: set[str], extra: dict) -> HookedVLMConfig:
     check_fields(hf, ANYRES_FIELDS | more_fields, type(hf).__name__)
-    top_vocab = getattr(hf, "vocab_size", None)
-    if top_vocab is not None and top_vocab != hf.text_config.vocab_size:
-        raise UnsupportedConfigError(f"vocab_size={top_vocab} differs from text_config.vocab_size="
-                                     f"{hf.text_config.vocab_size}; HF reads the latter")
+    check_legacy_vocab_size(hf)
     vc = hf.vision_config
     layers, select = feature_layers(hf), hf.vision_feature_select_strategy
     if vc.model_type == "clip_vision_model":

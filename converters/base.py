@@ -46,6 +46,15 @@ def check_fields(hf_config: Any, handled: set[str] | frozenset[str], where: str)
         )
 
 
+def check_legacy_vocab_size(hf_config: Any) -> None:
+    """Older hub configs (llava-hf/llava-1.5-*) keep a top-level copy of text_config.vocab_size; HF reads the
+    text config's. Accept the copy only when the two agree."""
+    top = getattr(hf_config, "vocab_size", None)
+    if top is not None and top != hf_config.text_config.vocab_size:
+        raise UnsupportedConfigError(f"vocab_size={top} differs from text_config.vocab_size="
+                                     f"{hf_config.text_config.vocab_size}; HF reads the latter")
+
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 

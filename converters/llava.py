@@ -9,11 +9,12 @@ from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles
 from ._clip import clip_aliases, clip_ignored, clip_rules, clip_vision_config
 from ._pixtral import pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._decoder import decoder_config, decoder_rules
-from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
+from .base import Converter, KeyMap, UnsupportedConfigError, check_fields, check_legacy_vocab_size
 
 LLAVA_FIELDS = {"image_token_index", "image_token_id", "projector_hidden_act", "vision_feature_layer",
                 "vision_feature_select_strategy", "image_seq_length", "multimodal_projector_bias",
-                "tie_word_embeddings", "ignore_index"}
+                "tie_word_embeddings", "ignore_index",
+                "vocab_size"}  # legacy copy of text_config.vocab_size (checked equal)
 
 # save_pretrained writes the legacy layout; the in-memory (and newer hub) layout is under "model."
 LLAVA_ALIASES = [
@@ -31,6 +32,7 @@ def feature_layers(hf: Any) -> tuple[int, ...]:
 
 def llava_config(hf: Any) -> HookedVLMConfig:
     check_fields(hf, LLAVA_FIELDS, "LlavaConfig")
+    check_legacy_vocab_size(hf)
     if hf.vision_config.model_type not in ("clip_vision_model", "pixtral"):
         raise UnsupportedConfigError(
             f"LLaVA with a {hf.vision_config.model_type!r} vision tower is not supported yet; supported: clip_vision_model, pixtral"

@@ -129,3 +129,29 @@ def test_unknown_forward_input():
 def test_not_a_checkpoint_folder():
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         HookedVLM.from_pretrained(tempfile.mkdtemp())
+
+
+LLAVA15_HUB_CONFIG = {  # llava-hf/llava-1.5-7b-hf config.json as published (transformers 4.36 era)
+    "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000,
+    "pad_token_id": 32001, "projector_hidden_act": "gelu", "tie_word_embeddings": False, "torch_dtype": "float16",
+    "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"],
+                    "max_position_embeddings": 4096, "model_type": "llama", "rms_norm_eps": 1e-05,
+                    "torch_dtype": "float16", "vocab_size": 32064},
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "model_type": "clip_vision_model",
+                      "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768,
+                      "vocab_size": 32000},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064,
+}
+
+
+def test_llava15_hub_config_converts_and_a_conflicting_legacy_vocab_size_is_refused():
+    from transformers import LlavaConfig
+
+    from converters import get_converter
+
+    convert = get_converter("LlavaForConditionalGeneration").make_config
+    cfg = convert(LlavaConfig(**LLAVA15_HUB_CONFIG))
+    assert (cfg.n_layers, cfg.d_model, cfg.d_vocab, cfg.roles.image_token_id) == (32, 4096, 32064, 32000)
+    assert (cfg.vision.tower.n_layers, cfg.vision.grid_size, cfg.vision.feature_layers) == (24, 24, (-2,))
+    with pytest.raises(ValueError, match=r"vocab_size=32000 differs from text_config.vocab_size=32064"):
+        convert(LlavaConfig(**dict(LLAVA15_HUB_CONFIG, vocab_size=32000)))
