@@ -32,18 +32,23 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, d: int, eps: float, bias: bool = True):
+    """LayerNorm over the last dimension; ``center=False`` makes it an RMSNorm with a float32 weight
+    (the q/k norms of :mod:`.qk_norm`). ``shape`` may be ``(head, d_head)`` for a per-head weight."""
+
+    def __init__(self, shape: int | tuple[int, ...], eps: float, bias: bool = True, center: bool = True):
         super().__init__()
-        self.w = nn.Parameter(torch.ones(d))
-        self.b = nn.Parameter(torch.zeros(d)) if bias else None
+        self.w = nn.Parameter(torch.ones(shape))
+        self.b = nn.Parameter(torch.zeros(shape)) if bias else None
         self.eps = eps
+        self.center = center
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x32 = x.float()
-        x32 = x32 - x32.mean(-1, keepdim=True)
+        if self.center:
+            x32 = x32 - x32.mean(-1, keepdim=True)
         scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
         out = (x32 / scale) * self.w.float()
         if self.b is not None:

@@ -8,36 +8,23 @@ and before rotary embeddings; read the result at ``attn.q_norm.hook_normalized``
 
 from __future__ import annotations
 
-import torch
-from torch import nn
 
 from ..config import TowerConfig
 from ..hook_points import HookPoint
+from .norms import LayerNorm
 
 
-class HeadNorm(nn.Module):
+class HeadNorm(LayerNorm):
+    """LayerNorm ("LN") or RMSNorm ("RMS") of each head's vector over d_head, weights in float32."""
+
     def __init__(self, kind: str, n_heads: int, d_head: int, eps: float, per_head: bool):
-        super().__init__()
         if kind not in ("LN", "RMS"):
             raise ValueError(f"qk_norm must be 'LN' or 'RMS', got {kind!r}")
         shape = (n_heads, d_head) if per_head else (d_head,)
+        super().__init__(shape, eps, bias=kind == "LN", center=kind == "LN")
         self.kind = kind
-        self.eps = eps
-        self.w = nn.Parameter(torch.ones(shape))
-        self.b = nn.Parameter(torch.zeros(shape)) if kind == "LN" else None
         self.hook_scale = HookPoint()  # [batch, pos, head, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, head, d_head]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [batch, pos, head, d_head]
-        dtype = x.dtype
-        x32 = x.float()
-        if self.kind == "LN":
-            x32 = x32 - x32.mean(-1, keepdim=True)
-        scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
-        out = (x32 / scale) * self.w.float()
-        if self.b is not None:
-            out = out + self.b.float()
-        return self.hook_normalized(out.to(dtype))
 
 
 def make_qk_norms(cfg: TowerConfig) -> tuple[HeadNorm | None, HeadNorm | None]:
