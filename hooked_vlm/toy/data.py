@@ -26,7 +26,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 140, 30),
 }
 SHAPES = ("square", "circle", "triangle")
-SIZE_RANGE = (10, 16)  # object side / diameter in pixels
+SIZE_RANGE = (12, 18)  # object side / diameter in pixels
 
 QUESTIONS = {
     "colour": "what colour is the shape ?",
