@@ -6,7 +6,7 @@
     hooked-vlm knockout --model ID --image F --prompt T [--src image] [--dst text] [--layers 0-7] [--mode mask|zero]
     hooked-vlm patch    --model ID --image F --prompt T --source-image F2 [--span image_last] [--layers 0-3]
 
-``--model`` is a hub id, a local checkpoint folder or ``toy-llava``. The prompt must hold the
+``--model`` is a hub id, a local checkpoint folder or a shipped toy (``toy-llava``, ``toy-chameleon``). The prompt must hold the
 model's image placeholder (``<image>`` for LLaVA); if it does not, one is put in front.
 """
 
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=cmd_demo)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True, help="hub id, local checkpoint folder, or toy-llava")
+        p.add_argument("--model", required=True, help="hub id, local checkpoint folder, toy-llava or toy-chameleon")
         p.add_argument("--image", required=True)
         p.add_argument("--prompt", required=True)
         p.add_argument("--dtype", default="float32", choices=list(DTYPES))

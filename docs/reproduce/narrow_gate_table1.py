@@ -17,6 +17,7 @@ Real run (GPU; datasets through the ``datasets`` library)::
 Smoke run on the toy model (seconds, CPU)::
 
     python docs/reproduce/narrow_gate_table1.py --model toy-llava --smoke
+    python docs/reproduce/narrow_gate_table1.py --model toy-chameleon --smoke   # the toy native model
 """
 
 from __future__ import annotations

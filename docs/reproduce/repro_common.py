@@ -26,7 +26,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", default="llava-hf/llava-1.5-7b-hf", help="hub id, local folder or toy-llava")
+    ap.add_argument("--model", default="llava-hf/llava-1.5-7b-hf", help="hub id, local folder, toy-llava or toy-chameleon")
     ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=list(DTYPES))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--n", type=int, default=2000, help="examples per task")

@@ -175,12 +175,15 @@ def make_scenes(n: int, seed: int, **kwargs) -> list[ToyScene]:
     return [make_scene(rng, **kwargs) for _ in range(n)]
 
 
-def pixel_values(images: list[UInt8[np.ndarray, "h w 3"]]) -> Float[torch.Tensor, "n 3 h w"]:
-    """uint8 images -> CLIP-normalised pixel values (what the shipped processor gives for same-size images)."""
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(CLIP_MEAN)[None, :, None, None]
-    std = torch.tensor(CLIP_STD)[None, :, None, None]
-    return (x - mean) / std
+def pixel_values(images: list[UInt8[np.ndarray, "h w 3"]], mean: tuple[float, ...] = CLIP_MEAN,
+                 std: tuple[float, ...] = CLIP_STD, scale: float | None = None) -> Float[torch.Tensor, "n 3 h w"]:
+    """uint8 images -> normalised pixel values (what a processor gives for same-size images, no resizing):
+    ``(x * scale - mean) / std``; the defaults are the toy LLaVA's CLIP processor (scale 1/255)."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    x = x / 255.0 if scale is None else x * scale
+    mean_ = torch.tensor(mean)[None, :, None, None]
+    std_ = torch.tensor(std)[None, :, None, None]
+    return (x - mean_) / std_
 
 
 #: vocabulary of the word-level tokenizer (special tokens first)

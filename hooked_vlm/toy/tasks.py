@@ -28,6 +28,8 @@ class ToyEncoder:
         self.eos_id = self.tok.eos_token_id
         self._prompts: dict[str, list[int]] = {}
         self._answers: dict[str, list[int]] = {}
+        ip = processor.image_processor  # its normalisation (CLIP for toy-llava, Chameleon's [-1, 1] for toy-chameleon)
+        self.normalisation = dict(mean=tuple(ip.image_mean), std=tuple(ip.image_std), scale=float(ip.rescale_factor))
 
     def prompt_ids(self, kind: str) -> list[int]:
         if kind not in self._prompts:
@@ -63,8 +65,12 @@ class ToyEncoder:
             mask[i, : len(seq)] = 1
             answer_mask[i, len(p) - 1: len(seq) - 1] = True
         targets = torch.roll(ids, -1, 1)
-        return dict(input_ids=ids, attention_mask=mask, pixel_values=pixel_values(images), answer_mask=answer_mask,
+        return dict(input_ids=ids, attention_mask=mask, pixel_values=self.pixel_values(images), answer_mask=answer_mask,
                     targets=targets, kind=torch.tensor(kind_idx))
+
+    def pixel_values(self, images: list[np.ndarray]) -> Tensor:
+        """uint8 [h, w, 3] images -> pixel values normalised as the processor's image processor does."""
+        return pixel_values(images, **self.normalisation)
 
     def first_answer_position(self, kind: str) -> int:
         """Position (in an unpadded prompt) whose logits predict the first answer token."""

@@ -1,0 +1,192 @@
+"""Train the toy native (Chameleon-style) model shipped with the package:
+``python -m hooked_vlm.toy.train_native [--out DIR]``.
+
+A tiny ``ChameleonForConditionalGeneration``: the image is cut by a VQ tokenizer (downsampling 8, so a
+48x48 scene -> 6x6 = 36 codes, the toy LLaVA's grid) into code tokens ``IMGIMG..Z`` that live in the
+LM vocabulary next to the toy words, wrapped in ``<racm3:break>`` (begin of image) and ``<eoss>`` (end
+of image) by a ``ChameleonProcessor``. Two stages, CPU, fixed seed:
+
+1. the VQ tokenizer (see :mod:`hooked_vlm.toy.vq_fit`): encoder trained as a patch autoencoder,
+   codebook = weighted k-means of its latents; then frozen;
+2. the LM (2-layer Chameleon decoder, qk-norm) on the toy questions, loss on the answer tokens
+   (every fresh scene asked every question kind), optionally plus ``--image-loss`` x next-code loss
+   on the image tokens (native models also model their images).
+
+Saved with ``save_pretrained`` so that ``HookedVLM.from_pretrained("toy-chameleon")`` loads it through
+the Chameleon converter like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import TOY_DIR
+from .data import GRID, IMAGE_SIZE, PATCH_SIZE, VOCAB, make_scene, make_scenes
+from .tasks import ToyEncoder, accuracy, answer_loss
+from .vq_fit import code_purity, encode, fit_codebook, train_encoder
+
+HELD_OUT_SEED = 12345  # as the toy LLaVA's trainer
+BOI, EOI, SEP = "<racm3:break>", "<eoss>", "<reserved08706>"
+DEFAULTS = dict(vq_steps=300, vq_batch=32, vq_lr=2e-3, n_codes=256, kmeans_scenes=2000, object_weight=5.0,
+                steps=1500, batch_scenes=16, lr=2e-3, warmup=100, weight_decay=0.01, image_loss=0.0, seed=0,
+                kinds="colour,shape,position,caption", lm_layers=2, lm_hidden=128)
+_LETTERS = "ABCDEFGHIJ"
+
+
+def code_token(code: int) -> str:
+    """VQ code -> its vocabulary entry, as Chameleon names them (digits spelled A-J): 12 -> IMGIMGBCZ."""
+    return "IMGIMG" + "".join(_LETTERS[int(d)] for d in str(code)) + "Z"
+
+
+def native_vocab(n_codes: int) -> dict[str, int]:
+    """The toy words (ids as in the toy LLaVA), Chameleon's image markers and separator, then the codes."""
+    names = VOCAB + [BOI, EOI, SEP] + [code_token(c) for c in range(n_codes)]
+    return {n: i for i, n in enumerate(names)}
+
+
+def build_processor(n_codes: int) -> Any:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import ChameleonProcessor, PreTrainedTokenizerFast
+    from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
+
+    vocab = native_vocab(n_codes)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>", sep_token=SEP,
+                                        extra_special_tokens={"image_token": "<image>", "boi_token": BOI, "eoi_token": EOI})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", BOI, EOI]})
+    image_processor = ChameleonImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                                 crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return ChameleonProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=GRID * GRID)
+
+
+def build_model(opts: dict, tokenizer: Any) -> Any:
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    h = opts["lm_hidden"]
+    vq = dict(embed_dim=32, num_embeddings=opts["n_codes"], latent_channels=32, resolution=IMAGE_SIZE, base_channels=32,
+              channel_multiplier=[1] * (int(math.log2(PATCH_SIZE)) + 1), num_res_blocks=0, attn_type="none")
+    config = ChameleonConfig(vocab_size=len(native_vocab(opts["n_codes"])), hidden_size=h, intermediate_size=2 * h,
+                             num_hidden_layers=opts["lm_layers"], num_attention_heads=4, num_key_value_heads=4,
+                             max_position_embeddings=128, rms_norm_eps=1e-5, vocabulary_map=native_vocab(opts["n_codes"]),
+                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, vq_config=vq)
+    return ChameleonForConditionalGeneration(config)
+
+
+def hf_logits_fn(model: Any):
+    return lambda ids, pv, mask: model(input_ids=ids, pixel_values=pv, attention_mask=mask).logits
+
+
+def fit_tokenizer(model: Any, enc: ToyEncoder, opts: dict, rng: np.random.Generator) -> dict:
+    """Stage 1: train the VQ encoder, fit its codebook, freeze it. -> purity on 500 held-out scenes."""
+    from tqdm import tqdm
+
+    vq = model.model.vqmodel
+    make_pixels = lambda: enc.pixel_values([make_scene(rng).image for _ in range(opts["vq_batch"])])
+    losses = train_encoder(vq, make_pixels, opts["vq_steps"], opts["vq_lr"],
+                           progress=lambda r: tqdm(r, desc="toy-chameleon VQ", mininterval=2.0))
+    scenes = [make_scene(rng) for _ in range(opts["kmeans_scenes"])]
+    fit_codebook(vq, scenes, enc.pixel_values([s.image for s in scenes]), opts["object_weight"], seed=opts["seed"])
+    vq.requires_grad_(False)
+    held_out = make_scenes(500, HELD_OUT_SEED + 1)
+    purity = code_purity(encode(vq, enc.pixel_values([s.image for s in held_out])), held_out)
+    return dict(final_reconstruction_mse=round(float(np.mean(losses[-20:])), 5), **{k: round(v, 2) for k, v in purity.items()})
+
+
+def lm_step_loss(model: Any, batch: dict, n_kinds: int, image_loss: float) -> torch.Tensor:
+    """Answer loss (+ image_loss x next-code loss). The codes are spliced into input_ids directly (what
+    the HF model does to its <image> placeholders), so each scene is VQ-encoded once, not per question."""
+    image_id = model.config.image_token_id
+    with torch.no_grad():
+        codes = model.model.get_image_tokens(batch["pixel_values"][::n_kinds])  # [scene, 36] token ids
+    ids = batch["input_ids"].clone()
+    ids[ids == image_id] = codes.repeat_interleave(n_kinds, 0).reshape(-1).to(ids.dtype)
+    hidden = model.model(input_ids=ids, attention_mask=batch["attention_mask"]).last_hidden_state
+    logits = model.lm_head(hidden)  # raw: the HF head would set the code logits to the dtype minimum
+    loss = answer_loss(logits, batch)
+    if image_loss > 0:
+        nxt = torch.roll(ids, -1, 1)
+        is_code = torch.roll(batch["input_ids"] == image_id, -1, 1)  # positions whose next token is a code
+        loss = loss + image_loss * torch.nn.functional.cross_entropy(logits[is_code], nxt[is_code])
+    return loss
+
+
+def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dict]:
+    from tqdm import tqdm
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(opts["seed"])
+    rng = np.random.default_rng(opts["seed"])
+    start = time.time()
+    processor = build_processor(opts["n_codes"])
+    model = build_model(opts, processor.tokenizer)
+    enc = ToyEncoder(processor)
+    tokenizer_info = fit_tokenizer(model, enc, opts, rng)
+    vq_seconds = time.time() - start
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
+    other = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": opts["weight_decay"]}, {"params": other, "weight_decay": 0.0}],
+                              lr=opts["lr"], betas=(0.9, 0.98))
+    steps, warmup = opts["steps"], opts["warmup"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    held_out = make_scenes(1000, HELD_OUT_SEED)
+    kinds = tuple(opts["kinds"].split(","))
+    model.train()
+    bar = tqdm(range(steps), desc="toy-chameleon LM", mininterval=2.0)
+    for step in bar:
+        batch = enc.batch([make_scene(rng) for _ in range(opts["batch_scenes"])], kinds)
+        loss = lm_step_loss(model, batch, len(kinds), opts["image_loss"])
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decay + other, 1.0)
+        optim.step()
+        sched.step()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % max(steps // 5, 1) == 0 and step + 1 < steps:
+            model.eval()
+            acc = accuracy(hf_logits_fn(model), enc, held_out[:100])
+            model.train()
+            bar.write(f"step {step + 1}: loss {loss.item():.4f} held-out " + " ".join(f"{k} {v:.0f}%" for k, v in acc.items()))
+    model.eval()
+    train_seconds = time.time() - start
+    acc = accuracy(hf_logits_fn(model), enc, held_out)
+    info = dict(options=opts, train_seconds=round(train_seconds, 1), vq_seconds=round(vq_seconds, 1), threads=threads,
+                tokenizer=tokenizer_info, held_out_accuracy={k: round(v, 2) for k, v in acc.items()},
+                held_out_seed=HELD_OUT_SEED, held_out_n=len(held_out))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        (out / "toy_training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return model, processor, info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=TOY_DIR / "toy-chameleon", help="where to save (default: the packaged checkpoint)")
+    ap.add_argument("--threads", type=int, default=2)
+    for k, v in DEFAULTS.items():
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
+    args = ap.parse_args(argv)
+    _, _, info = train({k: getattr(args, k) for k in DEFAULTS}, args.out, args.threads)
+    print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()
