@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .data import COLOURS, QUESTION_KINDS, make_scene, make_scenes, prompt
 from .effects import attention_flow, object_ablation, object_knockout, object_logit_lens

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -41,18 +41,26 @@ DEFAULTS = dict(vision_steps=1000, vision_batch=64, vision_lr=3e-3, steps=800, b
                 vision_feature_layer=-1, lm_layers=2, lm_hidden=128)
 
 
-def build_processor() -> Any:
+def word_tokenizer(vocab: dict[str, int], extra_special: dict[str, str], **tokens: str) -> Any:
+    """A word-level tokenizer over ``vocab`` (lower-cased, split on whitespace and punctuation, BOS first);
+    ``extra_special`` names the model's special tokens (``{"image_token": "<image>", ...}``)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(VOCAB)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.normalizer = normalizers.Lowercase()
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+                                        unk_token="<unk>", extra_special_tokens=extra_special, **tokens)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special.values())})
+    return tokenizer
+
+
+def build_processor() -> Any:
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    tokenizer = word_tokenizer({w: i for i, w in enumerate(VOCAB)}, {"image_token": "<image>"})
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>")
@@ -78,7 +86,21 @@ def hf_logits_fn(model: Any):
     return lambda ids, pv, mask: model(input_ids=ids, pixel_values=pv, attention_mask=mask).logits
 
 
-def _schedule(optim: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_optimizer(model: Any, opts: dict, lr_scale: Callable[[str], float] = lambda name: 1.0
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, list[Tensor]]:
+    """AdamW over the trainable parameters (no weight decay on embeddings, norms and biases; learning
+    rate ``opts["lr"] * lr_scale(name)``), linear warmup then cosine decay to 0 at ``opts["steps"]``.
+    -> (optimizer, scheduler, the trained parameters)."""
+    groups: dict[tuple[float, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = (opts["lr"] * lr_scale(name), p.ndim >= 2 and "embed" not in name)
+            groups.setdefault(key, dict(params=[], lr=key[0], weight_decay=opts["weight_decay"] if key[1] else 0.0))["params"].append(p)
+    optim = torch.optim.AdamW(list(groups.values()), betas=(0.9, 0.98))
+    return optim, cosine_schedule(optim, opts["steps"], opts["warmup"]), [p for g in groups.values() for p in g["params"]]
+
+
+def cosine_schedule(optim: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup, then cosine decay to 0 at ``steps``."""
     return torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -124,7 +146,7 @@ def pretrain_vision(model: Any, opts: dict, rng: np.random.Generator) -> dict[st
     probe = VisionProbe(model.config.vision_config.hidden_size)
     params = list(tower.parameters()) + list(probe.parameters())
     optim = torch.optim.AdamW(params, lr=opts["vision_lr"], weight_decay=opts["weight_decay"])
-    sched = _schedule(optim, opts["vision_steps"], opts["warmup"])
+    sched = cosine_schedule(optim, opts["vision_steps"], opts["warmup"])
     tower.train()
     bar = tqdm(range(opts["vision_steps"]), desc="toy-llava vision", mininterval=2.0)
     for step in bar:
@@ -152,16 +174,7 @@ def train_qa(model: Any, processor: Any, opts: dict, rng: np.random.Generator) -
     tower = model.model.vision_tower
     scale = opts["tower_lr_scale"]
     tower.requires_grad_(scale > 0)
-    in_tower = {id(p) for p in tower.parameters()}
-    groups: dict[tuple[bool, bool], dict] = {}  # (in the tower, weight decay) -> param group
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            key = (id(p) in in_tower, p.ndim >= 2 and "embed" not in name)
-            groups.setdefault(key, dict(params=[], lr=opts["lr"] * (scale if key[0] else 1.0),
-                                        weight_decay=opts["weight_decay"] if key[1] else 0.0))["params"].append(p)
-    trainable = [p for g in groups.values() for p in g["params"]]
-    optim = torch.optim.AdamW(list(groups.values()), betas=(0.9, 0.98))
-    sched = _schedule(optim, opts["steps"], opts["warmup"])
+    optim, sched, trainable = make_optimizer(model, opts, lambda name: scale if name.startswith("model.vision_tower.") else 1.0)
     held_out = make_scenes(100, HELD_OUT_SEED)
     kinds = tuple(opts["kinds"].split(","))
     model.train()
@@ -212,15 +225,20 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
     return model, processor, info
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=TOY_DIR / "toy-llava", help="where to save (default: the packaged checkpoint)")
+def cli(argv: list[str] | None, doc: str, defaults: dict, train_fn: Callable[..., tuple], default_out: Path) -> None:
+    """``--out``, ``--threads`` and one ``--option`` per entry of ``defaults``; trains and prints the info."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=default_out, help="where to save (default: the packaged checkpoint)")
     ap.add_argument("--threads", type=int, default=2)
-    for k, v in DEFAULTS.items():
+    for k, v in defaults.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     args = ap.parse_args(argv)
-    _, _, info = train({k: getattr(args, k) for k in DEFAULTS}, args.out, args.threads)
+    _, _, info = train_fn({k: getattr(args, k) for k in defaults}, args.out, args.threads)
     print(json.dumps(info, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli(argv, __doc__, DEFAULTS, train, TOY_DIR / "toy-llava")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ the Chameleon converter like any checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -31,11 +30,12 @@ import torch
 from . import TOY_DIR
 from .data import GRID, IMAGE_SIZE, PATCH_SIZE, VOCAB, make_scene, make_scenes
 from .tasks import ToyEncoder, accuracy, answer_loss
+from .train import cli, hf_logits_fn, make_optimizer, word_tokenizer
 from .vq_fit import code_purity, encode, fit_codebook, train_encoder
 
 HELD_OUT_SEED = 12345  # as the toy LLaVA's trainer
 BOI, EOI, SEP = "<racm3:break>", "<eoss>", "<reserved08706>"
-DEFAULTS = dict(vq_steps=300, vq_batch=32, vq_lr=2e-3, n_codes=256, kmeans_scenes=2000, object_weight=5.0,
+DEFAULTS = dict(vq_steps=300, vq_batch=32, vq_lr=2e-3, n_codes=256, kmeans_scenes=2000, object_weight=5.0, probe_weight=0.0,
                 steps=1500, batch_scenes=16, lr=2e-3, warmup=100, weight_decay=0.01, image_loss=0.0, seed=0,
                 kinds="colour,shape,position,caption", lm_layers=2, lm_hidden=128)
 _LETTERS = "ABCDEFGHIJ"
@@ -53,19 +53,10 @@ def native_vocab(n_codes: int) -> dict[str, int]:
 
 
 def build_processor(n_codes: int) -> Any:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import ChameleonProcessor, PreTrainedTokenizerFast
+    from transformers import ChameleonProcessor
     from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 
-    vocab = native_vocab(n_codes)
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.normalizer = normalizers.Lowercase()
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        unk_token="<unk>", sep_token=SEP,
-                                        extra_special_tokens={"image_token": "<image>", "boi_token": BOI, "eoi_token": EOI})
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", BOI, EOI]})
+    tokenizer = word_tokenizer(native_vocab(n_codes), {"image_token": "<image>", "boi_token": BOI, "eoi_token": EOI}, sep_token=SEP)
     image_processor = ChameleonImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
                                                  crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     return ChameleonProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=GRID * GRID)
@@ -85,17 +76,16 @@ def build_model(opts: dict, tokenizer: Any) -> Any:
     return ChameleonForConditionalGeneration(config)
 
 
-def hf_logits_fn(model: Any):
-    return lambda ids, pv, mask: model(input_ids=ids, pixel_values=pv, attention_mask=mask).logits
-
-
 def fit_tokenizer(model: Any, enc: ToyEncoder, opts: dict, rng: np.random.Generator) -> dict:
     """Stage 1: train the VQ encoder, fit its codebook, freeze it. -> purity on 500 held-out scenes."""
     from tqdm import tqdm
 
     vq = model.model.vqmodel
-    make_pixels = lambda: enc.pixel_values([make_scene(rng).image for _ in range(opts["vq_batch"])])
-    losses = train_encoder(vq, make_pixels, opts["vq_steps"], opts["vq_lr"],
+    def make_batch() -> tuple[torch.Tensor, list]:
+        scenes = [make_scene(rng) for _ in range(opts["vq_batch"])]
+        return enc.pixel_values([s.image for s in scenes]), scenes
+
+    losses = train_encoder(vq, make_batch, opts["vq_steps"], opts["vq_lr"], opts["probe_weight"],
                            progress=lambda r: tqdm(r, desc="toy-chameleon VQ", mininterval=2.0))
     scenes = [make_scene(rng) for _ in range(opts["kmeans_scenes"])]
     fit_codebook(vq, scenes, enc.pixel_values([s.image for s in scenes]), opts["object_weight"], seed=opts["seed"])
@@ -136,14 +126,8 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
     tokenizer_info = fit_tokenizer(model, enc, opts, rng)
     vq_seconds = time.time() - start
 
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": opts["weight_decay"]}, {"params": other, "weight_decay": 0.0}],
-                              lr=opts["lr"], betas=(0.9, 0.98))
-    steps, warmup = opts["steps"], opts["warmup"]
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    optim, sched, trainable = make_optimizer(model, opts)
+    steps = opts["steps"]
     held_out = make_scenes(1000, HELD_OUT_SEED)
     kinds = tuple(opts["kinds"].split(","))
     model.train()
@@ -153,7 +137,7 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
         loss = lm_step_loss(model, batch, len(kinds), opts["image_loss"])
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(decay + other, 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optim.step()
         sched.step()
         if step % 10 == 0:
@@ -178,14 +162,7 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=TOY_DIR / "toy-chameleon", help="where to save (default: the packaged checkpoint)")
-    ap.add_argument("--threads", type=int, default=2)
-    for k, v in DEFAULTS.items():
-        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
-    args = ap.parse_args(argv)
-    _, _, info = train({k: getattr(args, k) for k in DEFAULTS}, args.out, args.threads)
-    print(json.dumps(info, indent=2))
+    cli(argv, __doc__, DEFAULTS, train, TOY_DIR / "toy-chameleon")
 
 
 if __name__ == "__main__":

@@ -38,22 +38,30 @@ def patch_pixels(pixels: Float[Tensor, "n 3 h w"], patch: int = PATCH_SIZE) -> F
     return x.reshape(n, (h // patch) * (w // patch), c * patch * patch)
 
 
-def train_encoder(vq: Any, make_pixels: Callable[[], Tensor], steps: int, lr: float,
-                  progress: Callable[[range], Any] = iter) -> list[float]:
-    """Train encoder + quant_conv as a patch autoencoder (per-cell linear decoder, MSE). -> losses."""
+def train_encoder(vq: Any, make_batch: Callable[[], tuple[Tensor, list[ToyScene]]], steps: int, lr: float,
+                  probe_weight: float = 0.0, progress: Callable[[range], Any] = iter) -> list[float]:
+    """Train encoder + quant_conv as a patch autoencoder (per-cell linear decoder, MSE), plus
+    ``probe_weight`` x the toy LLaVA's vision probe loss (per-cell colour, pooled object shape) on the
+    latents, so that codes can also say which shape a cell belongs to. -> reconstruction losses."""
+    from .train import VisionProbe
+
     embed_dim = vq.quant_conv.out_channels
     decoder = torch.nn.Linear(embed_dim, 3 * PATCH_SIZE * PATCH_SIZE)
+    probe = VisionProbe(embed_dim)
     params = list(vq.encoder.parameters()) + list(vq.quant_conv.parameters()) + list(decoder.parameters())
-    optim = torch.optim.Adam(params, lr=lr)
+    optim = torch.optim.Adam(params + (list(probe.parameters()) if probe_weight else []), lr=lr)
     vq.train()
     losses = []
     for _ in progress(range(steps)):
-        x = make_pixels()
-        loss = ((decoder(latents(vq, x)) - patch_pixels(x)) ** 2).mean()
+        x, scenes = make_batch()
+        z = latents(vq, x)
+        loss = ((decoder(z) - patch_pixels(x)) ** 2).mean()
+        losses.append(loss.item())
+        if probe_weight:
+            loss = loss + probe_weight * probe(z, scenes)[0]
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
-        losses.append(loss.item())
     vq.eval()
     return losses
 
