@@ -28,7 +28,7 @@ FOLDER = toy_checkpoint_path("toy-chameleon")
 INFO = json.loads((FOLDER / "toy_training.json").read_text()) if FOLDER is not None else {}
 
 # Asserted floors: measured values (toy_training.json / docs/toy_models.md) minus a few points.
-MIN_ACCURACY = {"colour": 95.0, "position": 95.0, "shape": 48.0}
+MIN_ACCURACY = {"colour": 95.0, "position": 95.0, "shape": 58.0}  # measured 99.9 / 99.9 / 64.8
 GATE_MARGIN = 60.0  # colour points: image-code knockout (all layers) hurts this much more than EOI knockout
 EOI_DROP_MAX = 3.0  # EOI knockout (all layers) costs at most this many colour points
 REPLACE_MARGIN = 60.0  # colour points: object codes -> background code vs random cells -> background code
@@ -114,9 +114,10 @@ def test_object_codes_carry_the_colour(model):
 
 
 def test_eoi_logit_lens_names_the_colour(model):
-    """EOI *carries* the colour after layer 0 (the logit lens there names it) even though no text needs it."""
+    """EOI *carries* the colour after layer 0 (the logit lens there names it in 60% of 100 scenes, 19% at the
+    LM input; chance 17%) even though no text needs it."""
     lens = eoi_logit_lens(model, n=100)
-    assert lens["embed"] <= 30.0 and lens["block 0"] >= 85.0, lens
+    assert lens["embed"] <= 30.0 and lens["block 0"] >= 50.0, lens
 
 
 def test_narrow_gate_reproduction_smoke(tmp_path, monkeypatch):

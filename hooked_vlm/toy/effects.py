@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -64,23 +64,29 @@ def ablation_hook(patches: list[list[int]], mean: Tensor, n_kinds: int):
 def object_ablation(model: Any, n: int = 300, seed: int = 777, kinds: tuple[str, ...] = ("colour", "shape"),
                     buffer: int = 0, batch_size: int = 100) -> dict[str, dict[str, float]]:
     """Accuracy (%) per kind: {'base', 'object', 'random'} with the mean over ``n`` other scenes."""
+    mean = mean_image_embedding(model, ToyEncoder(model.processor), make_scenes(200, seed + 1))
+    return accuracy_by_condition(model, make_scenes(n, seed), kinds,
+                                 lambda chunk, cells: [("hook_image_embeds", ablation_hook(cells, mean, len(kinds)))],
+                                 seed, buffer, batch_size)
+
+
+def accuracy_by_condition(model: Any, scenes: list[ToyScene], kinds: tuple[str, ...],
+                          hooks_for: Callable[[list[ToyScene], list[list[int]]], list], seed: int, buffer: int = 0,
+                          batch_size: int = 100) -> dict[str, dict[str, float]]:
+    """Accuracy (%) per kind under 'base' (no hooks), 'object' and 'random': ``hooks_for(chunk, cells)`` gives
+    the hooks that edit, per scene of ``chunk``, the object's cells or as many random cells (:func:`patch_sets`)."""
     encoder = ToyEncoder(model.processor)
-    scenes = make_scenes(n, seed)
-    mean = mean_image_embedding(model, encoder, make_scenes(200, seed + 1))
     result: dict[str, dict[str, float]] = {k: {} for k in kinds}
     for cond in ("base", "object", "random"):
-        acc: dict[str, list[float]] = {k: [] for k in kinds}
-        for i in range(0, n, batch_size):
+        hits: dict[str, float] = {k: 0.0 for k in kinds}
+        for i in range(0, len(scenes), batch_size):
             chunk = scenes[i: i + batch_size]
-            hooks = []
-            if cond != "base":
-                sets = patch_sets(chunk, cond, seed=seed + i, buffer=buffer)
-                hooks = [("hook_image_embeds", ablation_hook(sets, mean, len(kinds)))]
+            hooks = [] if cond == "base" else hooks_for(chunk, patch_sets(chunk, cond, seed=seed + i, buffer=buffer))
             part = accuracy(hooked_logits_fn(model, hooks), encoder, chunk, kinds, batch_size=batch_size)
             for k in kinds:
-                acc[k].append(part[k] * len(chunk))
+                hits[k] += part[k] * len(chunk)
         for k in kinds:
-            result[k][cond] = sum(acc[k]) / n
+            result[k][cond] = hits[k] / len(scenes)
     return result
 
 
@@ -92,13 +98,8 @@ def object_logit_lens(model: Any, n: int = 200, seed: int = 778, vocab: str = "c
     Layers: 'embed' (LM input) and 'block {l}' (each block's output); the model's final norm and
     unembedding are applied to the residual at the object's patches (the classic logit lens).
     """
-    encoder = ToyEncoder(model.processor)
-    scenes = make_scenes(n, seed)
+    scenes, names, cache = residual_cache(model, n, seed)
     colour_ids = torch.tensor([model.to_single_token(c) for c in COLOURS], device=model.device)
-    names = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
-    b = encoder.batch(scenes, ("colour",))
-    _, cache = model.run_with_cache(input_ids=b["input_ids"], pixel_values=b["pixel_values"].to(model.dtype),
-                                    attention_mask=b["attention_mask"], names_filter=lambda x: x in names)
     image_pos = cache.spans.positions("image", 0)
     out = {}
     for name in names:
@@ -115,6 +116,17 @@ def object_logit_lens(model: Any, n: int = 200, seed: int = 778, vocab: str = "c
             hits += (top[i, s.object_patches(0)] == want).tolist()
         out["embed" if name == "hook_embed" else f"block {name.split('.')[1]}"] = 100.0 * float(np.mean(hits))
     return out
+
+
+def residual_cache(model: Any, n: int, seed: int) -> tuple[list[ToyScene], list[str], Any]:
+    """``n`` scenes asked the colour question, cached at the LM input and every block's output
+    -> (scenes, those hook names, the cache)."""
+    scenes = make_scenes(n, seed)
+    names = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    b = ToyEncoder(model.processor).batch(scenes, ("colour",))
+    _, cache = model.run_with_cache(input_ids=b["input_ids"], pixel_values=b["pixel_values"].to(model.dtype),
+                                    attention_mask=b["attention_mask"], names_filter=lambda x: x in names)
+    return scenes, names, cache
 
 
 def _positions_mask(encoder: ToyEncoder, kind: str, patches: list[list[int]], length: int) -> Tensor:

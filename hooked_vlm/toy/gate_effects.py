@@ -23,7 +23,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from .data import COLOURS, ToyScene, make_scenes
-from .effects import patch_sets
+from .effects import accuracy_by_condition, residual_cache
 from .tasks import ToyEncoder, accuracy, hooked_logits_fn
 
 
@@ -105,23 +105,8 @@ def code_replacement(model: Any, n: int = 300, seed: int = 777, kinds: tuple[str
                      buffer: int = 0, batch_size: int = 100) -> dict[str, dict[str, float]]:
     """Accuracy (%) per kind: {'base', 'object', 'random'}: the object's cells (grown by ``buffer``) or as
     many random cells it does not touch get the scene's background code."""
-    encoder = ToyEncoder(model.processor)
-    scenes = make_scenes(n, seed)
-    result: dict[str, dict[str, float]] = {k: {} for k in kinds}
-    for cond in ("base", "object", "random"):
-        hits: dict[str, float] = {k: 0.0 for k in kinds}
-        for i in range(0, n, batch_size):
-            chunk = scenes[i: i + batch_size]
-            hooks = []
-            if cond != "base":
-                cells = patch_sets(chunk, cond, seed=seed + i, buffer=buffer)
-                hooks = [("vision.hook_codes", code_replacement_hook(chunk, cells, len(kinds)))]
-            part = accuracy(hooked_logits_fn(model, hooks), encoder, chunk, kinds, batch_size=batch_size)
-            for k in kinds:
-                hits[k] += part[k] * len(chunk)
-        for k in kinds:
-            result[k][cond] = hits[k] / n
-    return result
+    hooks_for = lambda chunk, cells: [("vision.hook_codes", code_replacement_hook(chunk, cells, len(kinds)))]
+    return accuracy_by_condition(model, make_scenes(n, seed), kinds, hooks_for, seed, buffer, batch_size)
 
 
 @torch.no_grad()
@@ -155,13 +140,8 @@ def gate_attention(model: Any, n: int = 100, seed: int = 779, kind: str = "colou
 @torch.no_grad()
 def eoi_logit_lens(model: Any, n: int = 200, seed: int = 778) -> dict[str, float]:
     """Percent of scenes whose top colour word under the logit lens at EOI is the object's colour, per layer."""
-    encoder = ToyEncoder(model.processor)
-    scenes = make_scenes(n, seed)
+    scenes, names, cache = residual_cache(model, n, seed)
     colour_ids = torch.tensor([model.to_single_token(c) for c in COLOURS], device=model.device)
-    names = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
-    b = encoder.batch(scenes, ("colour",))
-    _, cache = model.run_with_cache(input_ids=b["input_ids"], pixel_values=b["pixel_values"].to(model.dtype),
-                                    attention_mask=b["attention_mask"], names_filter=lambda x: x in names)
     eoi = cache.spans.mask("eoi")
     want = torch.tensor([list(COLOURS).index(s.objects[0].colour) for s in scenes], device=model.device)
     out = {}

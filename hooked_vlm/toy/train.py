@@ -168,22 +168,31 @@ def pretrain_vision(model: Any, opts: dict, rng: np.random.Generator) -> dict[st
 def train_qa(model: Any, processor: Any, opts: dict, rng: np.random.Generator) -> None:
     """Stage 2: every question kind about every scene, loss on the answer tokens; the tower's learning
     rate is ``lr * tower_lr_scale`` (0: frozen, as in LLaVA)."""
+    scale = opts["tower_lr_scale"]
+    model.model.vision_tower.requires_grad_(scale > 0)
+
+    def loss_fn(batch: dict[str, Tensor]) -> Tensor:
+        logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]).logits
+        return answer_loss(logits, batch)
+
+    train_answers(model, ToyEncoder(processor), opts, rng, loss_fn, "toy-llava qa", n_evals=4,
+                  lr_scale=lambda name: scale if name.startswith("model.vision_tower.") else 1.0)
+
+
+def train_answers(model: Any, enc: ToyEncoder, opts: dict, rng: np.random.Generator, loss_fn: Callable[[dict], Tensor],
+                  desc: str, n_evals: int, lr_scale: Callable[[str], float] = lambda name: 1.0) -> None:
+    """The question-answering loop both toy models share: ``opts["steps"]`` batches of
+    ``opts["batch_scenes"]`` fresh scenes x every kind in ``opts["kinds"]``, AdamW (:func:`make_optimizer`),
+    gradient clipping at 1, and ``n_evals - 1`` progress reports on 100 held-out scenes."""
     from tqdm import tqdm
 
-    enc = ToyEncoder(processor)
-    tower = model.model.vision_tower
-    scale = opts["tower_lr_scale"]
-    tower.requires_grad_(scale > 0)
-    optim, sched, trainable = make_optimizer(model, opts, lambda name: scale if name.startswith("model.vision_tower.") else 1.0)
+    optim, sched, trainable = make_optimizer(model, opts, lr_scale)
     held_out = make_scenes(100, HELD_OUT_SEED)
     kinds = tuple(opts["kinds"].split(","))
     model.train()
-    tower.train(scale > 0)
-    bar = tqdm(range(opts["steps"]), desc="toy-llava qa", mininterval=2.0)
+    bar = tqdm(range(opts["steps"]), desc=desc, mininterval=2.0)
     for step in bar:
-        batch = enc.batch([make_scene(rng) for _ in range(opts["batch_scenes"])], kinds)
-        logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]).logits
-        loss = answer_loss(logits, batch)
+        loss = loss_fn(enc.batch([make_scene(rng) for _ in range(opts["batch_scenes"])], kinds))
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -191,11 +200,10 @@ def train_qa(model: Any, processor: Any, opts: dict, rng: np.random.Generator) -
         sched.step()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % max(opts["steps"] // 4, 1) == 0 and step + 1 < opts["steps"]:
+        if (step + 1) % max(opts["steps"] // n_evals, 1) == 0 and step + 1 < opts["steps"]:
             model.eval()
             acc = accuracy(hf_logits_fn(model), enc, held_out)
             model.train()
-            tower.train(scale > 0)
             bar.write(f"step {step + 1}: loss {loss.item():.4f} held-out " + " ".join(f"{k} {v:.0f}%" for k, v in acc.items()))
     model.eval()
 
@@ -211,18 +219,23 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
     probe = pretrain_vision(model, opts, rng) if opts["vision_steps"] else None
     vision_seconds = time.time() - start
     train_qa(model, processor, opts, rng)
-    seconds = time.time() - start
+    info = dict(options=opts, threads=threads, train_seconds=round(time.time() - start, 1),
+                vision_seconds=round(vision_seconds, 1), vision_probe_held_out=probe)
+    return model, processor, evaluate_and_save(model, processor, info, out)
+
+
+def evaluate_and_save(model: Any, processor: Any, info: dict, out: Path | None) -> dict:
+    """Adds held-out accuracy (1,000 scenes) to ``info``; saves model, processor and ``toy_training.json``."""
     held_out = make_scenes(1000, HELD_OUT_SEED)
     acc = accuracy(hf_logits_fn(model), ToyEncoder(processor), held_out)
-    info = dict(options=opts, threads=threads, train_seconds=round(seconds, 1), vision_seconds=round(vision_seconds, 1),
-                vision_probe_held_out=probe, held_out_accuracy={k: round(v, 2) for k, v in acc.items()},
-                held_out_seed=HELD_OUT_SEED, held_out_n=len(held_out), torch=torch.__version__)
+    info = dict(info, held_out_accuracy={k: round(v, 2) for k, v in acc.items()}, held_out_seed=HELD_OUT_SEED,
+                held_out_n=len(held_out), torch=torch.__version__)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         processor.save_pretrained(out)
         (out / "toy_training.json").write_text(json.dumps(info, indent=2) + "\n")
-    return model, processor, info
+    return info
 
 
 def cli(argv: list[str] | None, doc: str, defaults: dict, train_fn: Callable[..., tuple], default_out: Path) -> None:

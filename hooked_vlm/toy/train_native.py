@@ -18,7 +18,6 @@ the Chameleon converter like any checkpoint.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -29,11 +28,10 @@ import torch
 
 from . import TOY_DIR
 from .data import GRID, IMAGE_SIZE, PATCH_SIZE, VOCAB, make_scene, make_scenes
-from .tasks import ToyEncoder, accuracy, answer_loss
-from .train import cli, hf_logits_fn, make_optimizer, word_tokenizer
+from .tasks import ToyEncoder, answer_loss
+from .train import HELD_OUT_SEED, cli, evaluate_and_save, train_answers, word_tokenizer
 from .vq_fit import code_purity, encode, fit_codebook, train_encoder
 
-HELD_OUT_SEED = 12345  # as the toy LLaVA's trainer
 BOI, EOI, SEP = "<racm3:break>", "<eoss>", "<reserved08706>"
 DEFAULTS = dict(vq_steps=300, vq_batch=32, vq_lr=2e-3, n_codes=256, kmeans_scenes=2000, object_weight=5.0, probe_weight=0.0,
                 steps=1500, batch_scenes=16, lr=2e-3, warmup=100, weight_decay=0.01, image_loss=0.0, seed=0,
@@ -114,8 +112,6 @@ def lm_step_loss(model: Any, batch: dict, n_kinds: int, image_loss: float) -> to
 
 
 def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dict]:
-    from tqdm import tqdm
-
     torch.set_num_threads(threads)
     torch.manual_seed(opts["seed"])
     rng = np.random.default_rng(opts["seed"])
@@ -126,39 +122,12 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
     tokenizer_info = fit_tokenizer(model, enc, opts, rng)
     vq_seconds = time.time() - start
 
-    optim, sched, trainable = make_optimizer(model, opts)
-    steps = opts["steps"]
-    held_out = make_scenes(1000, HELD_OUT_SEED)
-    kinds = tuple(opts["kinds"].split(","))
-    model.train()
-    bar = tqdm(range(steps), desc="toy-chameleon LM", mininterval=2.0)
-    for step in bar:
-        batch = enc.batch([make_scene(rng) for _ in range(opts["batch_scenes"])], kinds)
-        loss = lm_step_loss(model, batch, len(kinds), opts["image_loss"])
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optim.step()
-        sched.step()
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % max(steps // 5, 1) == 0 and step + 1 < steps:
-            model.eval()
-            acc = accuracy(hf_logits_fn(model), enc, held_out[:100])
-            model.train()
-            bar.write(f"step {step + 1}: loss {loss.item():.4f} held-out " + " ".join(f"{k} {v:.0f}%" for k, v in acc.items()))
-    model.eval()
-    train_seconds = time.time() - start
-    acc = accuracy(hf_logits_fn(model), enc, held_out)
-    info = dict(options=opts, train_seconds=round(train_seconds, 1), vq_seconds=round(vq_seconds, 1), threads=threads,
-                tokenizer=tokenizer_info, held_out_accuracy={k: round(v, 2) for k, v in acc.items()},
-                held_out_seed=HELD_OUT_SEED, held_out_n=len(held_out))
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        (out / "toy_training.json").write_text(json.dumps(info, indent=2) + "\n")
-    return model, processor, info
+    n_kinds = len(opts["kinds"].split(","))
+    train_answers(model, enc, opts, rng, lambda batch: lm_step_loss(model, batch, n_kinds, opts["image_loss"]),
+                  "toy-chameleon LM", n_evals=5)
+    info = dict(options=opts, train_seconds=round(time.time() - start, 1), vq_seconds=round(vq_seconds, 1), threads=threads,
+                tokenizer=tokenizer_info)
+    return model, processor, evaluate_and_save(model, processor, info, out)
 
 
 def main(argv: list[str] | None = None) -> None:
