@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hooked_vlm.config import TowerConfig, VisionConfig
+from hooked_vlm.config import VisionConfig
 
+from ._vit import check_feature_layers, vit_layer_rules, vit_tower
 from .base import UnsupportedConfigError, check_fields
 
 CLIP_VISION_FIELDS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
@@ -17,17 +18,10 @@ def clip_vision_config(vc: Any, feature_layers: tuple[int, ...], feature_select:
     if vc.model_type != "clip_vision_model":
         raise UnsupportedConfigError(f"vision model type {vc.model_type!r} is not supported here; supported: clip_vision_model")
     check_fields(vc, CLIP_VISION_FIELDS, "vision_config (clip_vision_model)")
-    n_hidden = vc.num_hidden_layers + 1
-    for layer in feature_layers:
-        if not -n_hidden <= layer < n_hidden:
-            raise UnsupportedConfigError(f"vision_feature_layer {layer} is out of range for a {vc.num_hidden_layers}-layer tower")
+    check_feature_layers(vc, feature_layers)
     if feature_select not in ("default", "full"):
         raise UnsupportedConfigError(f"vision_feature_select_strategy {feature_select!r}; supported: 'default', 'full'")
-    tower = TowerConfig(
-        n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads, d_mlp=vc.intermediate_size,
-        act_fn=vc.hidden_act, gated_mlp=False, normalization_type="LN", norm_eps=vc.layer_norm_eps,
-        attn_bias=True, attn_out_bias=True, mlp_bias=True, causal=False, positional="learned",
-    )
+    tower = vit_tower(vc)
     return VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, n_channels=vc.num_channels,
                         class_token=True, patch_bias=False, ln_pre=True, feature_layers=tuple(feature_layers),
                         feature_select=feature_select)
@@ -42,15 +36,7 @@ def clip_rules(prefix: str) -> list[tuple[str, str]]:
         (rf"{p}\.embeddings\.position_embedding\.weight", "vision.pos_embed"),
         (rf"{p}\.pre_layrnorm\.weight", "vision.ln_pre.w"),
         (rf"{p}\.pre_layrnorm\.bias", "vision.ln_pre.b"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"vision.blocks.\1.attn.\2_proj.\3"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"vision.blocks.\1.attn.o_proj.\2"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm1\.weight", r"vision.blocks.\1.ln1.w"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm1\.bias", r"vision.blocks.\1.ln1.b"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm2\.weight", r"vision.blocks.\1.ln2.w"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm2\.bias", r"vision.blocks.\1.ln2.b"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"vision.blocks.\1.mlp.up_proj.\2"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"vision.blocks.\1.mlp.down_proj.\2"),
-    ]
+    ] + vit_layer_rules(prefix)
 
 
 def clip_aliases(prefix: str) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from hooked_vlm.config import TowerConfig, VisionConfig
 
+from ._vit import check_feature_layers
 from .base import UnsupportedConfigError, check_fields
 
 PIXTRAL_VISION_FIELDS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
@@ -28,10 +29,7 @@ def pixtral_vision_config(vc: Any, feature_layers: tuple[int, ...]) -> VisionCon
     rope = dict(vc.rope_parameters or {})
     if rope.get("rope_type", "axial") != "axial":
         raise UnsupportedConfigError(f"pixtral rope_type {rope.get('rope_type')!r}; supported: 'axial'")
-    n_hidden = vc.num_hidden_layers + 1
-    for layer in feature_layers:
-        if not -n_hidden <= layer < n_hidden:
-            raise UnsupportedConfigError(f"vision_feature_layer {layer} is out of range for a {vc.num_hidden_layers}-layer tower")
+    check_feature_layers(vc, feature_layers)
     tower = TowerConfig(
         n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads, d_mlp=vc.intermediate_size,
         act_fn=vc.hidden_act, gated_mlp=True, normalization_type="RMS", norm_eps=PIXTRAL_NORM_EPS,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hooked_vlm.config import TowerConfig, VisionConfig
+from hooked_vlm.config import VisionConfig
 
+from ._vit import check_feature_layers, patch_embedding_rules, vit_layer_rules, vit_tower
 from .base import UnsupportedConfigError, check_fields
 
 SIGLIP_VISION_FIELDS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
@@ -20,18 +21,11 @@ SIGLIP_VISION_FIELDS = {"hidden_size", "intermediate_size", "num_hidden_layers",
 
 def siglip_vision_config(vc: Any, feature_layers: tuple[int, ...], feature_select: str) -> VisionConfig:
     check_fields(vc, SIGLIP_VISION_FIELDS, "vision_config (siglip_vision_model)")
-    n_hidden = vc.num_hidden_layers + 1
-    for layer in feature_layers:
-        if not -n_hidden <= layer < n_hidden:
-            raise UnsupportedConfigError(f"vision_feature_layer {layer} is out of range for a {vc.num_hidden_layers}-layer tower")
+    check_feature_layers(vc, feature_layers)
     if feature_select != "full":
         raise UnsupportedConfigError(f"vision_feature_select_strategy {feature_select!r} with a SigLIP tower (no class "
                                      "token: 'default' would drop a real patch); supported: 'full'")
-    tower = TowerConfig(
-        n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads, d_mlp=vc.intermediate_size,
-        act_fn=vc.hidden_act, gated_mlp=False, normalization_type="LN", norm_eps=vc.layer_norm_eps,
-        attn_bias=True, attn_out_bias=True, mlp_bias=True, causal=False, positional="learned",
-    )
+    tower = vit_tower(vc)
     return VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, n_channels=vc.num_channels,
                         class_token=False, patch_bias=True, ln_pre=False, feature_layers=tuple(feature_layers),
                         feature_select=feature_select)
@@ -39,17 +33,7 @@ def siglip_vision_config(vc: Any, feature_layers: tuple[int, ...], feature_selec
 
 def siglip_rules(prefix: str) -> list[tuple[str, str]]:
     """Key rules for an HF SiglipVisionModel under ``prefix`` (e.g. 'model.vision_tower')."""
-    p = re.escape(prefix)
-    return [
-        (rf"{p}\.embeddings\.patch_embedding\.(weight|bias)", r"vision.patch_embed.\1"),
-        (rf"{p}\.embeddings\.position_embedding\.weight", "vision.pos_embed"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"vision.blocks.\1.attn.\2_proj.\3"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"vision.blocks.\1.attn.o_proj.\2"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm(1|2)\.weight", r"vision.blocks.\1.ln\2.w"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm(1|2)\.bias", r"vision.blocks.\1.ln\2.b"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"vision.blocks.\1.mlp.up_proj.\2"),
-        (rf"{p}\.encoder\.layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"vision.blocks.\1.mlp.down_proj.\2"),
-    ]
+    return patch_embedding_rules(prefix) + vit_layer_rules(prefix)
 
 
 def siglip_ignored(prefix: str) -> list[tuple[str, str]]:

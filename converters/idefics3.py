@@ -11,13 +11,13 @@ Spans: ``image_border`` (<fake_token_around_image>), ``tile_marker`` (<row_r_col
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
+from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, VisionConfig
 
 from ._decoder import decoder_config, decoder_rules
+from ._vit import patch_embedding_rules, post_layernorm_rules, vit_layer_rules, vit_tower
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
 TOP_FIELDS = {"image_token_id", "scale_factor", "tie_word_embeddings", "_pad_token_id", "pad_token_id"}
@@ -49,11 +49,7 @@ def idefics3_config(hf: Any) -> HookedVLMConfig:
     if vc.image_size % vc.patch_size or (vc.image_size // vc.patch_size) % hf.scale_factor:
         raise UnsupportedConfigError(f"image_size {vc.image_size} / patch_size {vc.patch_size} must be a multiple of "
                                      f"scale_factor {hf.scale_factor}")
-    tower = TowerConfig(
-        n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads, d_mlp=vc.intermediate_size,
-        act_fn=vc.hidden_act, gated_mlp=False, normalization_type="LN", norm_eps=vc.layer_norm_eps, attn_bias=True,
-        attn_out_bias=True, mlp_bias=True, causal=False, positional="learned",
-    )
+    tower = vit_tower(vc)
     vision = VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, kind="navit",
                           n_channels=vc.num_channels, class_token=False, patch_bias=True, ln_pre=False,
                           feature_layers=(-1,))
@@ -79,22 +75,7 @@ def idefics3_config(hf: Any) -> HookedVLMConfig:
 
 
 def navit_rules(prefix: str) -> list[tuple[str, str]]:
-    p = re.escape(prefix)
-    layer = rf"{p}\.encoder\.layers\.(\d+)"
-    return [
-        (rf"{p}\.embeddings\.patch_embedding\.(weight|bias)", r"vision.patch_embed.\1"),
-        (rf"{p}\.embeddings\.position_embedding\.weight", "vision.pos_embed"),
-        (rf"{layer}\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"vision.blocks.\1.attn.\2_proj.\3"),
-        (rf"{layer}\.self_attn\.out_proj\.(weight|bias)", r"vision.blocks.\1.attn.o_proj.\2"),
-        (rf"{layer}\.layer_norm1\.weight", r"vision.blocks.\1.ln1.w"),
-        (rf"{layer}\.layer_norm1\.bias", r"vision.blocks.\1.ln1.b"),
-        (rf"{layer}\.layer_norm2\.weight", r"vision.blocks.\1.ln2.w"),
-        (rf"{layer}\.layer_norm2\.bias", r"vision.blocks.\1.ln2.b"),
-        (rf"{layer}\.mlp\.fc1\.(weight|bias)", r"vision.blocks.\1.mlp.up_proj.\2"),
-        (rf"{layer}\.mlp\.fc2\.(weight|bias)", r"vision.blocks.\1.mlp.down_proj.\2"),
-        (rf"{p}\.post_layernorm\.weight", "vision.ln_post.w"),
-        (rf"{p}\.post_layernorm\.bias", "vision.ln_post.b"),
-    ]
+    return patch_embedding_rules(prefix) + vit_layer_rules(prefix) + post_layernorm_rules(prefix)
 
 
 def idefics3_keymap(cfg: HookedVLMConfig) -> KeyMap:

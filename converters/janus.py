@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
+from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, VisionConfig
 from hooked_vlm.vocab import resolve_marker_tokens
 
 from ._decoder import decoder_config, decoder_rules
+from ._vit import patch_embedding_rules, post_layernorm_rules, vit_layer_rules, vit_tower
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
 JANUS_FIELDS = {"image_token_id", "tie_word_embeddings"}
@@ -32,12 +33,7 @@ def janus_vision_config(vc: Any) -> VisionConfig:
         raise UnsupportedConfigError(f"non-square Janus image_size/patch_size ({vc.image_size}, {vc.patch_size}) is not supported")
     if vc.depth != 2:
         raise UnsupportedConfigError(f"Janus aligner depth={vc.depth} is not supported; supported: 2 (fc1, act, fc2)")
-    tower = TowerConfig(
-        n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads,
-        d_mlp=int(vc.hidden_size * vc.mlp_ratio), act_fn=vc.hidden_act, gated_mlp=False, normalization_type="LN",
-        norm_eps=vc.layer_norm_eps, attn_bias=bool(vc.attention_bias), attn_out_bias=True, mlp_bias=True,
-        causal=False, positional="learned",
-    )
+    tower = vit_tower(vc, d_mlp=int(vc.hidden_size * vc.mlp_ratio), attn_bias=bool(vc.attention_bias))
     return VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, kind="vit_post_norm",
                         n_channels=vc.num_channels, class_token=False, patch_bias=True, ln_pre=False,
                         feature_layers=(-1,), feature_select="full")
@@ -68,19 +64,11 @@ def janus_config(hf: Any) -> HookedVLMConfig:
 
 
 def janus_keymap(cfg: HookedVLMConfig) -> KeyMap:
-    p = re.escape("model.vision_model")
+    prefix = "model.vision_model"
+    p = re.escape(prefix)
     return KeyMap(
-        rules=decoder_rules("model.language_model") + [
-            (rf"{p}\.embeddings\.patch_embedding\.(weight|bias)", r"vision.patch_embed.\1"),
-            (rf"{p}\.embeddings\.position_embedding\.weight", "vision.pos_embed"),
-            (rf"{p}\.encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"vision.blocks.\1.attn.\2_proj.\3"),
-            (rf"{p}\.encoder\.layers\.(\d+)\.self_attn\.projection_layer\.(weight|bias)", r"vision.blocks.\1.attn.o_proj.\2"),
-            (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm(1|2)\.weight", r"vision.blocks.\1.ln\2.w"),
-            (rf"{p}\.encoder\.layers\.(\d+)\.layer_norm(1|2)\.bias", r"vision.blocks.\1.ln\2.b"),
-            (rf"{p}\.encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"vision.blocks.\1.mlp.up_proj.\2"),
-            (rf"{p}\.encoder\.layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"vision.blocks.\1.mlp.down_proj.\2"),
-            (rf"{p}\.post_layernorm\.weight", "vision.ln_post.w"),
-            (rf"{p}\.post_layernorm\.bias", "vision.ln_post.b"),
+        rules=decoder_rules("model.language_model") + patch_embedding_rules(prefix)
+        + vit_layer_rules(prefix, out_proj="projection_layer") + post_layernorm_rules(prefix) + [
             (r"model\.aligner\.fc1\.(weight|bias)", r"projector.linear_1.\1"),
             (r"model\.aligner\.hidden_layers\.0\.(weight|bias)", r"projector.linear_2.\1"),
         ],
