@@ -40,6 +40,16 @@ def _runs(ids: torch.Tensor, token: int) -> list[torch.Tensor]:
     return list(torch.tensor_split(pos, cuts.tolist()))
 
 
+def _cache_checked_against_hf(model, hf, inputs: dict):
+    """Run with cache, assert the logits at real (unpadded) positions equal HF's within ATOL, return the cache."""
+    logits, cache = model.run_with_cache(**inputs)
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+    real = inputs["attention_mask"].bool()
+    assert (ref[real] - logits[real]).abs().max().item() <= ATOL
+    return cache
+
+
 # ---------------------------------------------------------------- config flags
 @pytest.mark.parametrize("name,native,image_output", [("chameleon", True, True), ("emu3", True, True), ("janus", False, True)])
 def test_config_flags(name, native, image_output):
@@ -53,11 +63,7 @@ def test_chameleon_spans_match_processor():
     hf, model, proc = _family("chameleon")
     out = proc(images=[tn.pil_image(12, 10), tn.pil_image(8, 8, 1), tn.pil_image(9, 16, 2)],
                text=["w <image> w w", "w <image> w <image>"], padding=True, return_tensors="pt")
-    logits, cache = model.run_with_cache(**out)
-    with torch.no_grad():
-        ref = hf(**out).logits
-    real = out["attention_mask"].bool()
-    assert (ref[real] - logits[real]).abs().max().item() <= ATOL
+    cache = _cache_checked_against_hf(model, hf, out)
     spans, ids = cache.spans, out["input_ids"]
     for b in range(ids.shape[0]):
         assert torch.equal(spans.positions("boi", b), (ids[b] == proc.image_start_token_id).nonzero().flatten())
@@ -78,11 +84,7 @@ def test_emu3_spans_match_processor():
     out = proc(images=[tn.pil_image(h, w, i) for i, (h, w) in enumerate(sizes)],
                text=["w <image> w w", "w <image> w <image>"], padding=True, return_tensors="pt")
     assert out["image_sizes"].tolist() == [list(s) for s in sizes]
-    logits, cache = model.run_with_cache(**out)
-    with torch.no_grad():
-        ref = hf(**out).logits
-    real = out["attention_mask"].bool()
-    assert (ref[real] - logits[real]).abs().max().item() <= ATOL
+    cache = _cache_checked_against_hf(model, hf, out)
     spans, ids, tok = cache.spans, out["input_ids"], proc.tokenizer
     eol, eof = tok.convert_tokens_to_ids("<|extra_200|>"), tok.convert_tokens_to_ids("<|extra_201|>")
     boi, eoi = tok.convert_tokens_to_ids("<|image start|>"), tok.convert_tokens_to_ids("<|image end|>")
@@ -118,11 +120,7 @@ def test_janus_spans_match_processor():
     out = proc(images=[tn.pil_image(12, 10), tn.pil_image(8, 8, 1), tn.pil_image(9, 16, 2)],
                text=["w <image_placeholder> w w", "w <image_placeholder> w <image_placeholder>"], padding=True,
                return_tensors="pt")
-    logits, cache = model.run_with_cache(**out)
-    with torch.no_grad():
-        ref = hf(**out).logits
-    real = out["attention_mask"].bool()
-    assert (ref[real] - logits[real]).abs().max().item() <= ATOL
+    cache = _cache_checked_against_hf(model, hf, out)
     spans, ids, tok = cache.spans, out["input_ids"], proc.tokenizer
     for b in range(ids.shape[0]):
         for role, text in (("boi", "<begin_of_image>"), ("eoi", "<end_of_image>")):

@@ -38,6 +38,15 @@ def _maxdiff(a, b):
     return (a - b).abs().max().item()
 
 
+def _assert_logits_match_hf(model, hf, inputs: dict) -> None:
+    """Logits at real (unpadded) positions equal HF's within ATOL."""
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        ours = model(**inputs)
+    real = inputs["attention_mask"].bool()
+    assert _maxdiff(ref[real], ours[real]) <= ATOL
+
+
 def _image(h, w, seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
 
@@ -264,11 +273,7 @@ def test_idefics3_spans_from_real_processor():
     inputs = dict(processor(images=[[_image(20, 13)], [_image(5, 9)]], text=["w5 <image> w6", "w7 <image> w8 w9"],
                             return_tensors="pt", padding=True))
     _check_idefics_spans(model, inputs, [(2, 2), (1, 2)])
-    with torch.no_grad():
-        ref = hf(**inputs).logits
-        ours = model(**inputs)
-    real = inputs["attention_mask"].bool()
-    assert _maxdiff(ref[real], ours[real]) <= ATOL
+    _assert_logits_match_hf(model, hf, inputs)
 
 
 def test_smolvlm_spans_from_real_image_processor():
@@ -288,11 +293,7 @@ def test_smolvlm_spans_from_real_image_processor():
     tiles = [(r[0], c[0]) for r, c in zip(images["rows"], images["cols"])]
     assert tiles[0] != tiles[1]
     _check_idefics_spans(model, inputs, tiles)
-    with torch.no_grad():
-        ref = hf(**inputs).logits
-        ours = model(**inputs)
-    real = inputs["attention_mask"].bool()
-    assert _maxdiff(ref[real], ours[real]) <= ATOL
+    _assert_logits_match_hf(model, hf, inputs)
 
 
 def test_idefics_marker_mismatch_raises():
@@ -314,11 +315,7 @@ def test_idefics_ties_embeddings_as_hf_does(top_tie):
     assert (hf.lm_head.weight is hf.model.text_model.embed_tokens.weight) == top_tie
     model = HookedVLM.from_pretrained(str(folder))
     inputs = T.idefics_batch()
-    with torch.no_grad():
-        ref = hf(**inputs).logits
-        ours = model(**inputs)
-    real = inputs["attention_mask"].bool()
-    assert _maxdiff(ref[real], ours[real]) <= ATOL
+    _assert_logits_match_hf(model, hf, inputs)
 
 
 HUB_QWEN2_VL_2B = {  # config.json of Qwen/Qwen2-VL-2B-Instruct (pre-v5 flat layout), abridged to the math fields
@@ -367,11 +364,7 @@ def test_qwen_tied_embeddings_load():
     model = HookedVLM.from_pretrained(str(folder))
     assert model.unembed.weight is model.embed.weight
     inputs = T.qwen_batch([[(1, 4, 4)], [(1, 2, 6)]], [2, 0])
-    with torch.no_grad():
-        ref = hf(**inputs).logits
-        ours = model(**inputs)
-    real = inputs["attention_mask"].bool()
-    assert _maxdiff(ref[real], ours[real]) <= ATOL
+    _assert_logits_match_hf(model, hf, inputs)
 
 
 def test_idefics_unprefixed_key_layout_loads(tmp_path):
