@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -28,6 +28,9 @@ from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
 from .pipelines import PIPELINES
 from .spans import TokenSpans, build_spans
+
+if TYPE_CHECKING:
+    from .vocab import VocabRoles
 
 #: forward() keyword inputs every model takes; families add theirs in cfg.extra["input_keys"]
 BASE_INPUTS = ("input_ids", "pixel_values", "attention_mask", "position_ids")
@@ -87,7 +90,7 @@ class HookedVLM(HookedRootModule):
         return load_pretrained(cls, name_or_path, dtype=dtype, device=device, **kwargs)
 
     @property
-    def vocab_roles(self) -> "VocabRoles":
+    def vocab_roles(self) -> VocabRoles:
         """Image-code vs text token ids (``hooked_vlm.vocab``); empty image-code set for non-native families."""
         from .vocab import VocabRoles
 

@@ -6,7 +6,7 @@ import torch
 
 from hooked_vlm.analysis import (activation_patching, distribution_similarity, forward_with_hooks, last_logits,
                                  logit_diff, mean_activation, patching_sweep, span_ablation, span_activations,
-                                 span_mask, steer, steering_vector)
+                                 steer, steering_vector)
 from hooked_vlm.analysis import spans_of
 from tests import tiny_analysis as ta
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hooked_vlm.analysis import spans_of
-from hooked_vlm.analysis import attention_knockout, forward_with_hooks, knockout_generate, knockout_hooks, span_mask
+from hooked_vlm.analysis import attention_knockout, forward_with_hooks, knockout_hooks, span_mask
 from tests import tiny_analysis as ta
 
 ATOL = 1e-5

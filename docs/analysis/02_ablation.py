@@ -1,6 +1,5 @@
 """Mean-ablation of object tokens at the LM input (Neo et al. 2024, sec. 1)."""
 
-import torch
 from _setup import dataset, tiny_model
 
 from hooked_vlm.analysis import (ablation_hook, grid_cells_mask, high_norm_span, mean_activation, random_span,

@@ -1,7 +1,6 @@
 """Steering by patching EOI (Narrow Gate sec. 6): copy image A's EOI into image B's run."""
 
-import torch
-from _setup import dataset, prompt, random_image, tiny_model
+from _setup import prompt, random_image, tiny_model
 
 from hooked_vlm.analysis import activation_patching, patching_sweep, steer, steering_vector
 

@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .data import COLOURS, PATCH_SIZE, ToyScene
+from .train import VisionProbe
 
 
 def latents(vq: Any, pixels: Float[Tensor, "n 3 h w"]) -> Float[Tensor, "n cells embed"]:
@@ -43,8 +44,6 @@ def train_encoder(vq: Any, make_batch: Callable[[], tuple[Tensor, list[ToyScene]
     """Train encoder + quant_conv as a patch autoencoder (per-cell linear decoder, MSE), plus
     ``probe_weight`` x the toy LLaVA's vision probe loss (per-cell colour, pooled object shape) on the
     latents, so that codes can also say which shape a cell belongs to. -> reconstruction losses."""
-    from .train import VisionProbe
-
     embed_dim = vq.quant_conv.out_channels
     decoder = torch.nn.Linear(embed_dim, 3 * PATCH_SIZE * PATCH_SIZE)
     probe = VisionProbe(embed_dim)
