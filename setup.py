@@ -29,7 +29,7 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "beartype>=0.18"],
+        "dev": ["pytest>=8", "beartype>=0.18", "hypothesis>=6.100"],
         "dadapy": ["dadapy>=0.3.4"],
     },
     entry_points={"console_scripts": ["hooked-vlm = hooked_vlm.cli:main"]},
