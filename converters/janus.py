@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, VisionConfig
+from hooked_vlm.processors import marker_vocab
 from hooked_vlm.vocab import resolve_marker_tokens
 
 from ._decoder import decoder_config, decoder_rules
@@ -80,5 +81,12 @@ def janus_keymap(cfg: HookedVLMConfig) -> KeyMap:
     )
 
 
+def janus_finalize(cfg: HookedVLMConfig, processor: Any) -> None:
+    """<begin_of_image> / <end_of_image> ids live only in the tokenizer: from the processor's, or, when the processor
+    failed to load, from the checkpoint's tokenizer (files read directly if its class cannot load); raises if
+    those files exist but give nothing."""
+    resolve_marker_tokens(cfg, marker_vocab(processor))
+
+
 CONVERTER = Converter(architectures=("JanusForConditionalGeneration",), make_config=janus_config, make_keymap=janus_keymap,
-                      finalize=resolve_marker_tokens)  # <begin_of_image> / <end_of_image> ids live in the tokenizer
+                      finalize=janus_finalize)

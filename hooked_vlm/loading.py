@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .processors import PROCESSOR_FILES, TOKENIZER_FILES, has_files, load_processor_or_standin
 
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 
@@ -82,8 +83,8 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
             module.reset_buffers()
     fill_from_safetensors(model, folder, converter.make_keymap(cfg))
     model.eval()
-    if processor == "auto":
-        processor = (converter.load_processor or load_auto_processor)(str(folder))
+    if processor == "auto":  # a missing / failing processor gives a stand-in that says why (hooked_vlm.processors)
+        processor = load_processor_or_standin(folder, converter.load_processor or load_auto_processor)
     model.processor = processor
     if getattr(converter, "finalize", None) is not None:
         converter.finalize(model.cfg, processor)
@@ -91,20 +92,17 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
 
 
 def load_auto_processor(folder: str) -> Any:
-    """The checkpoint's HF processor; its tokenizer alone when it has no image processor; else None."""
+    """The checkpoint's HF processor; its tokenizer alone when it has no image processor; None without either.
+
+    Failures propagate (``load_processor_or_standin`` turns them into a stand-in that names the cause)."""
     from transformers import AutoProcessor, AutoTokenizer
 
     path = Path(folder)
-    has_processor = (path / "processor_config.json").exists() or (path / "preprocessor_config.json").exists()
-    has_tokenizer = (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists()
-    if not has_processor and not has_tokenizer:
-        return None
-    try:
-        return AutoProcessor.from_pretrained(folder) if has_processor else AutoTokenizer.from_pretrained(folder)
-    except Exception as err:  # a checkpoint without processor files is still usable with model(**inputs)
-        warnings.warn(f"no HF processor could be loaded from {folder} ({type(err).__name__}: {err}); "
-                      "model.prepare_inputs will not work, model(**inputs) will")
-        return None
+    if has_files(path, PROCESSOR_FILES):
+        return AutoProcessor.from_pretrained(folder)
+    if has_files(path, TOKENIZER_FILES):
+        return AutoTokenizer.from_pretrained(folder)
+    return None
 
 
 SAFETENSORS_DTYPES = {
