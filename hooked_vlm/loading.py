@@ -8,6 +8,7 @@ no full-precision copy of the weights is made. Hub ids and local folders take th
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import struct
@@ -21,8 +22,13 @@ from .processors import PROCESSOR_FILES, TOKENIZER_FILES, has_files, load_proces
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 
 
+class CheckpointNotFoundError(FileNotFoundError):
+    """A name that is neither a local folder, a shipped toy, nor a checkpoint reachable on the HF hub."""
+
+
 def resolve_checkpoint(name_or_path: str, revision: str | None = None, local_files_only: bool = False) -> Path:
-    """A local folder as is; otherwise a hub id, downloaded (safetensors + configs only) to the HF cache."""
+    """A local folder as is; a shipped toy name; otherwise a hub id, downloaded (safetensors + configs only) to the
+    HF cache. A name that is none of the three raises :class:`CheckpointNotFoundError` saying what was tried."""
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         return path
@@ -34,10 +40,34 @@ def resolve_checkpoint(name_or_path: str, revision: str | None = None, local_fil
     if toy is not None:
         return toy
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RevisionNotFoundError
 
-    folder = snapshot_download(str(name_or_path), revision=revision, allow_patterns=CHECKPOINT_PATTERNS,
-                               local_files_only=local_files_only)
+    try:
+        folder = snapshot_download(str(name_or_path), revision=revision, allow_patterns=CHECKPOINT_PATTERNS,
+                                   local_files_only=local_files_only)
+    except GatedRepoError as err:  # the repo exists: access, not the name, is the problem
+        raise PermissionError(f"{name_or_path} is a gated hub repository: accept its terms on huggingface.co and log "
+                              f"in (`hf auth login`), then retry ({err})") from err
+    except RevisionNotFoundError as err:
+        raise CheckpointNotFoundError(f"hub repository {name_or_path} has no revision {revision!r} ({err})") from err
+    except (HFValidationError, OSError) as err:  # RepositoryNotFound, LocalEntryNotFound, offline, connection errors
+        raise CheckpointNotFoundError(_not_found_message(str(name_or_path), path, err, local_files_only)) from err
     return Path(folder)
+
+
+def _not_found_message(name: str, path: Path, err: Exception, local_files_only: bool) -> str:
+    from .toy import closest_toy, shipped_toys
+
+    hub = (f"not a valid hub id ({err})" if isinstance(err, ValueError)
+           else f"not found in the local HF cache (local_files_only=True: {type(err).__name__})" if local_files_only
+           else f"not reachable on the HF hub ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})")
+    toy = closest_toy(name)
+    parent = path.parent if str(path.parent) not in ("", ".") else Path(".")
+    near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir() if p.is_dir()], n=1, cutoff=0.75) \
+        if parent.is_dir() else []
+    hint = (f" Did you mean {toy!r}?" if toy else "") + (f" Did you mean the folder {str(parent / near[0])!r}?" if near else "")
+    return (f"{name!r} is not a checkpoint: it is not a local folder (no directory {path.absolute()}), not a shipped toy "
+            f"({', '.join(shipped_toys()) or 'none installed'}), and {hub}.{hint}")
 
 
 def safetensors_files(folder: Path) -> list[Path]:
