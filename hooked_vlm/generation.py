@@ -47,6 +47,14 @@ def generate(
     return_type: "tokens" (HF-style [batch, prompt + new] ids), "str" (decoded new text per item)
     or "auto" (str when the model has a tokenizer). Position ids follow HF's generate
     (cumulative sum of the attention mask), so left-padded batches give HF's tokens.
+
+    Right-padded (or otherwise not left-padded) prompts are first re-laid-out left-padded: each row's
+    real tokens move to the end of the row in their order, per-position inputs (``mm_token_type_ids``,
+    ``token_type_ids``) move with them, images and M-RoPE positions (computed from the real tokens)
+    are unchanged. New tokens then follow each row's real tokens, and the result equals generating
+    from the left-padded batch token for token. Hooks, ``hook.spans`` and the returned
+    ``return_type="tokens"`` ids use that left-padded layout: ``out[:, input_ids.shape[1]:]`` are the
+    new tokens of every row, whichever side the prompt was padded on.
     """
     from .model import KVCache
 
@@ -59,9 +67,9 @@ def generate(
     tokens = input_ids.to(model.device)
     b = tokens.shape[0]
     mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.to(model.device).long()
-    if bool((mask[:, -1] == 0).any()):
-        warnings.warn("right padding detected: generated tokens would follow padding. Pad prompts on the left "
-                      "for generation (e.g. model.prepare_inputs(..., padding_side='left')).")
+    relaid = not is_left_padded(mask)
+    if relaid:
+        tokens, mask, extras = to_left_padding(tokens, mask, extras)
     roles = model.cfg.roles
     if eos_token_id is None and roles is not None:
         eos_token_id = roles.eos_token_id
@@ -74,6 +82,9 @@ def generate(
 
     hooks_ctx = model.hooks(fwd_hooks=fwd_hooks) if fwd_hooks else contextlib.nullcontext()
     with hooks_ctx:
+        if relaid and any(hp.fwd_hooks for hp in model.hook_dict.values()):
+            warnings.warn("the prompts are not left-padded: generate re-lays them out left-padded, and hooks see "
+                          "positions in that layout (use hook.spans, or pad on the left: padding_side='left')")
         cache = KVCache(model.cfg.n_layers) if use_kv_cache else None
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         spans = None
@@ -105,6 +116,31 @@ def generate(
     if return_type not in ("str", "auto"):
         raise ValueError(f"return_type must be 'tokens', 'str' or 'auto', got {return_type!r}")
     return [model.tokenizer.decode(row[tokens.shape[1]:], skip_special_tokens=True) for row in out]
+
+
+#: inputs with one entry per token position ([batch, pos, ...]); they move with the tokens when re-laying out
+PER_POSITION_INPUTS = ("mm_token_type_ids", "token_type_ids")
+
+
+def is_left_padded(mask: Tensor) -> bool:
+    """True when every row's padding (0) comes before all its real tokens (1)."""
+    return bool((mask[:, 1:] >= mask[:, :-1]).all())
+
+
+def to_left_padding(tokens: Tensor, mask: Tensor, extras: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Move each row's real tokens (in order) after its padding; per-position inputs move with them."""
+    order = torch.sort(mask, dim=1, stable=True).indices  # padding (0) first, real tokens (1) after, order kept
+    moved = dict(extras)
+    for key in PER_POSITION_INPUTS:
+        value = extras.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, Tensor) or tuple(value.shape[:2]) != tuple(tokens.shape):
+            raise ValueError(f"{key} must be [batch, pos] like input_ids {tuple(tokens.shape)}, got "
+                             f"{tuple(getattr(value, 'shape', ()))}")
+        index = order.to(value.device).reshape(*order.shape, *([1] * (value.ndim - 2))).expand_as(value)
+        moved[key] = value.gather(1, index)
+    return tokens.gather(1, order), mask.gather(1, order), moved
 
 
 def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
