@@ -78,6 +78,7 @@ def generate(
         pad_token_id = (roles.pad_token_id if roles is not None else None)
         if pad_token_id is None:
             pad_token_id = int(eos[0]) if len(eos) else 0
+    check_sampling(do_sample, temperature, top_k, top_p)
     generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None
 
     hooks_ctx = model.hooks(fwd_hooks=fwd_hooks) if fwd_hooks else contextlib.nullcontext()
@@ -143,16 +144,46 @@ def to_left_padding(tokens: Tensor, mask: Tensor, extras: dict[str, Any]) -> tup
     return tokens.gather(1, order), mask.gather(1, order), moved
 
 
-def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
+def check_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """HF's checks: temperature > 0, top_k >= 0 (0 = off), 0 <= top_p <= 1; a warning when sampling arguments
+    are given without do_sample=True (they are then ignored: greedy decoding)."""
     if not do_sample:
-        return logits.argmax(-1)
-    logits = logits / max(temperature, 1e-8)
-    if top_k is not None:
+        given = [f"{n}={v}" for n, v, off in (("temperature", temperature, 1.0), ("top_k", top_k, None), ("top_p", top_p, None))
+                 if v != off]
+        if given:
+            warnings.warn(f"{', '.join(given)} ignored: do_sample=False decodes greedily (pass do_sample=True to sample)")
+        return
+    if not temperature > 0:
+        raise ValueError(f"temperature must be a positive float when sampling, got {temperature}; use do_sample=False "
+                         "for greedy decoding")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be a non-negative int (0 or None: no top-k filter), got {top_k!r}")
+    if top_p is not None and not 0.0 <= float(top_p) <= 1.0:
+        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
+
+
+def warp_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """HF's sampling warpers in HF's order: TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    (min_tokens_to_keep=1; top_k 0/None and top_p 1.0/None are off). Filtered logits become -inf.
+
+    top_p keeps the smallest set of most probable tokens whose probability reaches top_p (HF: a token goes when
+    the cumulative probability of it and all less probable tokens is <= 1 - top_p)."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k:
         kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        sorted_logits, idx = logits.sort(-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, idx, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, idx = logits.sort(-1, descending=False)
+        remove = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+        remove[..., -1:] = False  # keep at least the most probable token
+        logits = logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))
+    return logits
+
+
+def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
+    """The next token of each row: argmax, or a sample from softmax(warp_logits(...)) as HF's generate draws it."""
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = warp_logits(logits, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
