@@ -33,7 +33,8 @@ def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
     kind = tc.model_type
     if kind not in DECODER_FIELDS:
         raise UnsupportedConfigError(
-            f"text model type {kind!r} is not supported inside this VLM; supported: {', '.join(sorted(DECODER_FIELDS))}"
+            f"text_config.model_type={kind!r}: a language model this converter does not build; supported: "
+            f"{', '.join(sorted(DECODER_FIELDS))}"
         )
     check_fields(tc, DECODER_FIELDS[kind], f"text_config ({kind})", ignored, pinned)
     rope = dict(tc.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})

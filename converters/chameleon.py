@@ -31,7 +31,8 @@ def chameleon_config(hf: Any) -> HookedVLMConfig:
     check_rope_type(rope, "ChameleonConfig")
     vmap = hf.vocabulary_map or {}
     if "<image>" not in vmap:
-        raise UnsupportedConfigError("ChameleonConfig.vocabulary_map has no '<image>' token")
+        raise UnsupportedConfigError("ChameleonConfig: vocabulary_map has no '<image>' token, so the image placeholder "
+                                     "positions (where HF splices the VQ codes) cannot be found")
     codes = image_code_tokens(vmap)
     code_ids = sorted(codes.values())
     text = TowerConfig(

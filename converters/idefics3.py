@@ -67,7 +67,8 @@ def idefics3_config(hf: Any) -> HookedVLMConfig:
     vc, tc = hf.vision_config, hf.text_config
     check_fields(vc, VISION_FIELDS, f"vision_config ({vc.model_type})", VISION_IGNORED)
     if tc.model_type != "llama":
-        raise UnsupportedConfigError(f"text model type {tc.model_type!r} inside {type(hf).__name__}; supported: llama")
+        raise UnsupportedConfigError(f"{type(hf).__name__}: text_config.model_type={tc.model_type!r} is a language model "
+                                     "this converter does not build here; supported: llama")
     text = decoder_config(tc, TEXT_IGNORED, TEXT_PINNED)
     check_copy(tc, "pixel_shuffle_factor", hf.scale_factor, "scale_factor", f"{type(hf).__name__}.text_config")
     if vc.image_size % vc.patch_size or (vc.image_size // vc.patch_size) % hf.scale_factor:
