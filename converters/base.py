@@ -50,6 +50,19 @@ PINNED_FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
+#: sub-configs (dict values) that change the numbers and are not implemented; every other ``*_config`` dict is either
+#: checked by its converter (text_config, vision_config, vq_config) or unused (SmolVLM's perceiver_config when
+#: use_resampler is False, transformers.js_config for the JavaScript runtime)
+REFUSED_SUB_CONFIGS = {
+    "quantization_config": "the checkpoint's weights are quantized: HF dequantizes them or runs quantized kernels, "
+                           "and this converter reads plain floating-point tensors only",
+}
+
+
+def _sub_config(key: str, value: Any) -> bool:
+    return key.endswith("_config") and (value is None or isinstance(value, dict)) and key not in REFUSED_SUB_CONFIGS
+
+
 class UnsupportedConfigError(ValueError):
     pass
 
@@ -76,9 +89,11 @@ def check_fields(hf_config: Any, handled: set[str] | frozenset[str], where: str,
     cls = type(hf_config).__name__
     unhandled = {}
     for key, value in hf_config.to_dict().items():
-        if key in handled or key in GENERIC_FIELDS or key.endswith("_config") or key in ignored:
+        if key in handled or key in GENERIC_FIELDS or key in ignored or _sub_config(key, value):
             continue
-        if key in pinned:
+        if key in REFUSED_SUB_CONFIGS:
+            unhandled[key] = f"{key}={value!r} ({REFUSED_SUB_CONFIGS[key]})"
+        elif key in pinned:
             if value == pinned[key][0]:
                 continue
             unhandled[key] = f"{key}={value!r} (only {pinned[key][0]!r} is what HF computes: {pinned[key][1]})"

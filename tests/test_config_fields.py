@@ -311,3 +311,12 @@ def test_qwen_vl_text_fields_hf_cannot_run_are_refused(version, field, text, mes
     assert message in refusal and "HF's own forward cannot run this config" in refusal
     with pytest.raises(RuntimeError), torch.no_grad():
         hf(**tqi.qwen_batch([[(1, 4, 6)]], [0]))
+
+
+def test_quantized_checkpoint_is_refused_with_why():
+    from transformers import LlavaConfig
+
+    quant = {"quant_method": "awq", "bits": 4, "group_size": 128}
+    message = _refusal(LlavaConfig(text_config=tiny.llama_text_config(), vision_config=tiny.clip_vision_config(),
+                                   architectures=["LlavaForConditionalGeneration"], quantization_config=quant))
+    assert f"quantization_config={quant!r} (the checkpoint's weights are quantized" in message
