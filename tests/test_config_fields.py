@@ -320,3 +320,12 @@ def test_quantized_checkpoint_is_refused_with_why():
     message = _refusal(LlavaConfig(text_config=tiny.llama_text_config(), vision_config=tiny.clip_vision_config(),
                                    architectures=["LlavaForConditionalGeneration"], quantization_config=quant))
     assert f"quantization_config={quant!r} (the checkpoint's weights are quantized" in message
+
+
+def test_head_dim_wider_than_hidden_over_heads_generates_like_hf():
+    """The KV cache holds d_head-wide keys and values too: greedy tokens equal HF's."""
+    folder, hf, inputs = HEAD_DIM_CASES["llava-qwen2"]()
+    model = HookedVLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        ref = hf.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert torch.equal(ref, model.generate(**inputs, max_new_tokens=6, return_type="tokens"))
