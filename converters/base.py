@@ -1,7 +1,11 @@
 """What every converter is: an HF config -> HookedVLMConfig function and a tensor-name mapping.
 
-A converter refuses HF config fields it does not handle (when they differ from the HF default),
-and loading fails if a checkpoint tensor maps to nothing or a parameter of ours gets no tensor.
+A converter refuses a config field only when it changes the numbers and is not implemented: fields it reads are
+``handled``; fields HF's forward never reads are accepted (``IGNORED_FIELDS`` and per-converter tables, each with the
+reason); fields HF never reads but whose other values would describe a different model are accepted at the value HF
+computes with (``PINNED_FIELDS``); legacy copies are accepted when they equal the field HF reads (``check_copy``).
+Every refusal names the field, its value and why it changes the numbers. Loading fails if a checkpoint tensor maps
+to nothing or a parameter of ours gets no tensor.
 """
 
 from __future__ import annotations
@@ -69,8 +73,8 @@ class UnsupportedConfigError(ValueError):
 
 def _reason(key: str, default: dict[str, Any], cls: str) -> str:
     if key in default:
-        return (f"{cls} declares it with default {default[key]!r} and HF's model reads it; this converter implements "
-                "only the default")
+        return (f"{cls} declares it with default {default[key]!r}, so HF's model code reads it; this converter "
+                "implements only the default")
     return (f"not a field of {cls}, yet HF's model code may read it with getattr(config, {key!r}) (HF's Qwen2 reads "
             "head_dim that way), so it may change the numbers; nobody has checked it for this converter")
 

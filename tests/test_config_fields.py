@@ -318,7 +318,7 @@ def _refusal(hf_config) -> str:
 
 
 @pytest.mark.parametrize("field, value, reason", [
-    ("qk_layer_norms", True, "normalises q and k per head; HF's Llama has no q/k norm"),
+    ("qk_layer_norms", True, "layer norms on q and k in the original code; HF's Llama has no q/k norm"),
     ("rope_interleaved", True, r"interleaved \(even, odd\) pairs; HF's Llama rotates the two halves"),
     ("use_resampler", True, "perceiver resampler"),
     ("pruned_heads", {"0": [1]}, "no longer prunes heads"),
