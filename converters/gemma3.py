@@ -25,7 +25,7 @@ GEMMA3_FIELDS = {"mm_tokens_per_image", "boi_token_index", "eoi_token_index", "i
 GEMMA3_TEXT_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                       "num_key_value_heads", "head_dim", "hidden_activation", "max_position_embeddings", "rms_norm_eps",
                       "tie_word_embeddings", "rope_parameters", "attention_bias", "query_pre_attn_scalar",
-                      "sliding_window", "layer_types", "_sliding_window_pattern",  # the pattern is read via layer_types
+                      "sliding_window", "layer_types", "sliding_window_pattern", "_sliding_window_pattern",  # read via layer_types
                       "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention"}  # checked below
 
 # save_pretrained writes the legacy layout; the in-memory (and newer hub) layout is under "model."
@@ -101,9 +101,23 @@ def gemma3_config(hf: Any) -> HookedVLMConfig:
                          eoi_token_id=hf.eoi_token_index, pad_token_id=tc.pad_token_id, bos_token_id=tc.bos_token_id,
                          eos_token_id=eos),
         tie_word_embeddings=bool(hf.tie_word_embeddings),  # HF ties from the top-level config
-        extra={"image_pipeline": "vit_pooled", "input_keys": ("token_type_ids",), "image_markers": ("boi", "eoi"),
+        extra={"image_pipeline": "vit_pooled", "prepare_inputs_fn": gemma3_prepare_inputs, "input_keys": ("token_type_ids",), "image_markers": ("boi", "eoi"),
                "marker_names": {"boi": BOI, "eoi": EOI}},
     )
+
+
+def gemma3_prepare_inputs(model: Any, images: Any = None, text: list[str] | None = None, **kwargs: Any) -> Any:
+    """Gemma3Processor wants one list of images per prompt; ``model.prepare_inputs`` takes one flat list (one image
+    per ``<start_of_image>`` placeholder, in order): split it by the placeholders of each prompt."""
+    processor = model.processor
+    if images is not None and not any(isinstance(i, (list, tuple)) for i in images):
+        counts = [prompt.count(processor.boi_token) for prompt in text]
+        if sum(counts) != len(images):
+            raise ValueError(f"the prompts hold {sum(counts)} {processor.boi_token} placeholders ({counts} per prompt) "
+                             f"but {len(images)} images were given; give one image per placeholder, in order")
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        images = [list(images[s:s + c]) for s, c in zip(starts, counts)]
+    return processor(images=images, text=text, return_tensors="pt", **kwargs)
 
 
 def gemma3_keymap(cfg: HookedVLMConfig) -> KeyMap:
