@@ -314,3 +314,39 @@ def test_real_gemma3_4b_settings():
     assert [i for i, k in enumerate(t.layer_types) if k == "full_attention"] == [5, 11, 17, 23, 29]
     assert t.layer_rope_parameters["full_attention"] == {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0}
     assert t.layer_rope_parameters["sliding_attention"] == {"rope_type": "default", "rope_theta": 10_000.0}
+
+
+def test_logit_lens_of_every_layer_equals_hf_norm_and_head():
+    """lens_logits (our final (1 + w) norm + unembed) of blocks.{l}.hook_resid_post == HF's norm + lm_head applied to
+    hidden_states[l + 1]."""
+    from hooked_vlm.analysis.logit_lens import lens_logits
+
+    _, hf, model, inputs = built()
+    real = _real(inputs)
+    with torch.no_grad():
+        hidden = hf(**inputs, output_hidden_states=True).hidden_states
+        _, cache = model.run_with_cache(**inputs, names_filter=lambda n: n.endswith("hook_resid_post"))
+        for layer in range(model.cfg.n_layers - 1):
+            ref = hf.lm_head(hf.model.language_model.norm(hidden[layer + 1]))
+            assert _max(ref, lens_logits(model, cache[f"blocks.{layer}.hook_resid_post"]), real) <= ATOL, layer
+
+
+def test_bf16_norms_embeddings_and_projector_round_as_hf():
+    """In bf16 the Gemma-specific pieces round exactly as HF's: (1 + w) RMSNorm computed in float32 then cast, the
+    sqrt(d_model) embedding scale cast to bf16 before the multiply, the projector's norm + matmul."""
+    import copy
+
+    folder, hf, _, inputs = built()
+    hfb = copy.deepcopy(hf).to(torch.bfloat16)
+    ours = HookedVLM.from_pretrained(str(folder), dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 50, 32, generator=g) * 3).to(torch.bfloat16)
+    feats = torch.randn(2, 64, 32, generator=g).to(torch.bfloat16)
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(ours.ln_final(x), hfb.model.language_model.norm(x))
+        assert torch.equal(ours.blocks[1].ln2_post(x), hfb.model.language_model.layers[1].post_feedforward_layernorm(x))
+        heads = x.view(2, 50, 4, 8)
+        assert torch.equal(ours.blocks[0].attn.q_norm(heads), hfb.model.language_model.layers[0].self_attn.q_norm(heads))
+        assert torch.equal(ours.embed(ids), hfb.model.language_model.embed_tokens(ids))
+        assert torch.equal(ours.projector(feats), hfb.model.multi_modal_projector(feats))
