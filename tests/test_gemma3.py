@@ -194,6 +194,12 @@ def test_spans_from_the_real_processor():
     assert model.to_str_tokens(inputs, batch=1).count("<img 3,3>") == 1
 
 
+def test_prepare_inputs_needs_one_image_per_placeholder():
+    _, _, model, _ = built()
+    with pytest.raises(ValueError, match="placeholders"):
+        model.prepare_inputs(images=[tiny.pil_image(0)], text=["<start_of_image> a", "<start_of_image> b"])
+
+
 def test_pan_and_scan_crops_are_images_of_their_own():
     """do_pan_and_scan: the original image and each crop get their own boi / 16 tokens / eoi and image.{i}."""
     _, hf, model, _ = built()
@@ -291,11 +297,12 @@ def test_real_config_maps_one_to_one_onto_hf(path, tmp_path):
     assert cfg.text.attn_scale == hf_config.text_config.query_pre_attn_scalar ** -0.5
 
 
-@pytest.mark.parametrize("field", ["attn_logit_softcapping", "final_logit_softcapping"])
-def test_soft_capping_is_refused(field):
+@pytest.mark.parametrize("field,value", [("attn_logit_softcapping", 30.0), ("final_logit_softcapping", 30.0),
+                                         ("use_bidirectional_attention", True)])
+def test_unimplemented_fields_are_refused(field, value):
     from transformers import Gemma3Config
 
-    hf_config = Gemma3Config(text_config=tg.gemma3_text_config(**{field: 30.0}), vision_config=tg.siglip_vision_config(),
+    hf_config = Gemma3Config(text_config=tg.gemma3_text_config(**{field: value}), vision_config=tg.siglip_vision_config(),
                              image_token_index=tg.IMAGE_TOKEN, mm_tokens_per_image=tg.N_IMAGE_TOKENS)
     with pytest.raises(UnsupportedConfigError, match=field):
         get_converter("Gemma3ForConditionalGeneration").make_config(hf_config)
