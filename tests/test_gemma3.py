@@ -357,3 +357,20 @@ def test_bf16_norms_embeddings_and_projector_round_as_hf():
         assert torch.equal(ours.blocks[0].attn.q_norm(heads), hfb.model.language_model.layers[0].self_attn.q_norm(heads))
         assert torch.equal(ours.embed(ids), hfb.model.language_model.embed_tokens(ids))
         assert torch.equal(ours.projector(feats), hfb.model.multi_modal_projector(feats))
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(layer_types=("sliding_attention",) * 3), "one of"),
+    (dict(layer_types=("sliding_attention", "global")), "unknown kinds"),
+    (dict(layer_types=("sliding_attention", "full_attention")), "sliding_window is None"),
+    (dict(layer_types=("full_attention",) * 2, layer_rope_parameters={"sliding_attention": {}}), "no entry"),
+    (dict(layer_rope_parameters={"full_attention": {}}), "needs layer_types"),
+    (dict(mask_policy="prefix"), "mask_policy must be"),
+    (dict(mask_policy="causal+image_bidirectional", causal=False), "not causal"),
+    (dict(norm_placement="post"), "norm_placement must be"),
+])
+def test_bad_tower_fields_are_explained(fields, match):
+    from hooked_vlm.config import TowerConfig
+
+    with pytest.raises(ValueError, match=match):
+        TowerConfig(n_layers=2, d_model=8, n_heads=2, d_mlp=16, **fields)
