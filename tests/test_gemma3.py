@@ -56,6 +56,16 @@ def test_logits_match_hf_on_default_and_explicit_paths():
     assert _max(ref, explicit, real) <= ATOL
 
 
+def test_right_padded_batch_matches_hf_on_both_paths():
+    _, hf, model, _ = built()
+    inputs = tg.gemma3_batch(hf, [2, 1], [0, 7], seed=1, right=True)
+    real = _real(inputs)
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        assert _max(ref, model(**inputs), real) <= ATOL
+        assert _max(ref, model.run_with_hooks(**inputs, fwd_hooks=_pattern_hooks(model)), real) <= ATOL
+
+
 def test_every_residual_matches_hf_hidden_states():
     _, hf, model, inputs = built()
     real = _real(inputs)

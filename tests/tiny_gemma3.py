@@ -102,9 +102,10 @@ def save_gemma3_processor(folder: Path, image_size: int = 16):
 
 
 def gemma3_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], seed: int = 0, text_len: int = 5,
-                 lead: int = 2) -> dict:
+                 lead: int = 2, right: bool = False) -> dict:
     """input_ids / attention_mask / token_type_ids / pixel_values as the processor lays them out: every image is
-    <start_of_image> + 16 image tokens + <end_of_image>, after ``lead`` random words; left padding."""
+    <start_of_image> + 16 image tokens + <end_of_image>, after ``lead`` random words; left padding (right with
+    ``right``)."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for k in prompts_images:
@@ -113,7 +114,7 @@ def gemma3_batch(hf_model: Any, prompts_images: list[int], pad_left: list[int], 
             ids += torch.randint(4, 90, (lead,), generator=g).tolist() + [BOI] + [IMAGE_TOKEN] * N_IMAGE_TOKENS + [EOI]
         ids += torch.randint(4, 90, (text_len,), generator=g).tolist()
         rows.append(ids)
-    input_ids, mask = tiny.pad_rows(rows, pad_left)
+    input_ids, mask = tiny.pad_rows(rows, pad_left, right=right)
     vc = hf_model.config.vision_config
     pixel_values = torch.randn(sum(prompts_images), 3, vc.image_size, vc.image_size, generator=g)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values,
