@@ -97,29 +97,3 @@ def test_neighbourhood_overlap_by_hand_and_label_overlap():
     df = label_overlap(model, _data(6), [0, 1, 0, 1, 0, 1], layers=[0, 2], k=2, progress=False)
     assert set(df.span) == {"eoi", "image_last", "image_mean"} and len(df) == 6
     assert ((df.overlap >= 0) & (df.overlap <= 1)).all()
-
-
-def test_gate_finder_scores_equal_hand_knockouts():
-    model, _ = ta.model_and_hf()
-    data = _data(2)
-    gate = find_gate(model, data, batch_size=2, progress=False)
-    assert len(gate) == 18 and abs(gate.attention_share.sum() - 1) <= 1e-6
-    eoi = gate[gate.role == "eoi"].iloc[0]
-    assert eoi.offset == 17 and gate[gate.role == "boi"].iloc[0].offset == 0
-    kls = []
-    for ex in data:
-        logits = forward_with_hooks(model, ex)[0, -1].log_softmax(-1)
-        s = span_mask(spans_of(model, ex), "eoi")
-        ko = [(f"blocks.{l}.attn.hook_attn_scores", _ko_scores(s)) for l in range(model.cfg.n_layers)]
-        lk = forward_with_hooks(model, ex, ko)[0, -1].log_softmax(-1)
-        kls.append((logits.exp() * (logits - lk)).sum().item())
-    assert abs(eoi.knockout_kl - np.mean(kls)) <= 1e-5
-    top = find_gate(model, data, knockout_top=2, progress=False)
-    assert top.knockout_kl.notna().sum() == 4  # 2 image tokens + boi + eoi
-
-
-def _ko_scores(key_mask):
-    def ko(scores, hook):
-        q = span_mask(hook.spans, "after_image")[:, hook.query_positions]
-        return scores.masked_fill(q[:, None, :, None] & key_mask[:, None, None, :], float("-inf"))
-    return ko
