@@ -45,4 +45,6 @@ def test_attention_flow_equals_cache_computation():
     summed = per_head.groupby(["layer", "role"]).weight.sum()
     one = attention_flow(model, data[0], keys=["eoi", "image", "before_image"]).set_index(["layer", "role"]).weight
     assert np.abs(summed.sort_index().values - one.sort_index().values).max() <= ATOL
-    assert plot_attention_flow(flow).axes
+    ax = plot_attention_flow(flow).axes[0]  # stacked bars: role by role, one bar per layer, height = share
+    heights = np.array([bar.get_height() for bar in ax.patches]).reshape(len(roles), model.cfg.n_layers)
+    assert np.abs(heights.T - hand / hand.sum(1, keepdims=True)).max() <= ATOL
