@@ -96,6 +96,8 @@ def test_knockout_persists_through_generation(mode):
     with_cache = model.generate(**a, fwd_hooks=hooks, max_new_tokens=6, return_type="tokens")
     without = model.generate(**a, fwd_hooks=hooks, max_new_tokens=6, return_type="tokens", use_kv_cache=False)
     assert torch.equal(with_cache, without)
+    # and the knockout of the generated queries does something (the span is not empty while generating)
+    assert not torch.equal(with_cache, model.generate(**a, max_new_tokens=6, return_type="tokens"))
 
 
 # ---- by-hand positions: from the token ids, not from the spans ----
