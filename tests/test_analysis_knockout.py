@@ -105,7 +105,7 @@ def test_knockout_persists_through_generation(mode):
 def _prompt_positions(inputs):
     """Per item: (image positions, text positions after EOI) of the prompt, from the token ids."""
     out = []
-    for b, ids in enumerate(inputs["input_ids"].tolist()):
+    for ids in inputs["input_ids"].tolist():
         eoi = ids.index(ta.EOI)
         out.append(([p for p, t in enumerate(ids) if t == ta.tiny.IMAGE_TOKEN], list(range(eoi + 1, len(ids)))))
     return out
@@ -120,7 +120,7 @@ def _text_positions(inputs, length):
     return out
 
 
-def _block_by_hand(inputs, keys_of, queries_of, heads=None, value=float("-inf")):
+def _block_by_hand(keys_of, queries_of, heads=None, value=float("-inf")):
     """Hook for hook_attn_scores (value=-inf) or hook_pattern (value=0): [b, h, q, k] rows are the absolute
     positions k_len - q_len ... k_len - 1 (KV cache or not); ``keys_of(b)`` / ``queries_of(b, k_len)`` list positions."""
     def block(t, hook):
@@ -196,7 +196,7 @@ def test_knockout_of_generated_queries_equals_blocking_them_by_hand(mode):
     inputs = ta.batch(hf, [0, 1], [5, 3])
     length = inputs["input_ids"].shape[1]
     pos = _prompt_positions(inputs)
-    hand = _block_by_hand(inputs, lambda b: pos[b][0], lambda b, k_len: range(length, k_len),
+    hand = _block_by_hand(lambda b: pos[b][0], lambda b, k_len: range(length, k_len),
                           value=float("-inf") if mode == "mask" else 0.0)
     site = "attn.hook_attn_scores" if mode == "mask" else "attn.hook_pattern"
     ours_tok, ours = _steps(model, inputs, knockout_hooks(model, "image", "generated", mode=mode))
@@ -217,7 +217,7 @@ def test_knockout_generate_equals_generate_with_the_hooks_by_hand(heads):
     inputs = ta.batch(hf, [0, 3], [5, 3])
     pos = _prompt_positions(inputs)
     layers = [0, 2]
-    hand = _block_by_hand(inputs, lambda b: pos[b][0], lambda b, k_len: _text_positions(inputs, k_len)[b], heads)
+    hand = _block_by_hand(lambda b: pos[b][0], lambda b, k_len: _text_positions(inputs, k_len)[b], heads)
     kw = dict(max_new_tokens=6, return_type="tokens", stop_at_eos=False)
     ours = knockout_generate(model, inputs, "image", "text", layers=layers, heads=heads, **kw)
     by_hand = model.generate(**inputs, fwd_hooks=[(f"blocks.{l}.attn.hook_attn_scores", hand) for l in layers], **kw)
