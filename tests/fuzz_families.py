@@ -23,6 +23,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -132,6 +133,15 @@ FAMILIES = {
                    {tn.emu3_vocab()["<|image start|>"]: "boi", tn.emu3_vocab()["<|image end|>"]: "eoi"},
                    st.tuples(st.sampled_from([8, 16, 24]), st.sampled_from([8, 16, 24])), closing_marker="end_of_frame"),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def native_conv():
+    """oneDNN convolutions of the tiny VQ encoders cost ~30 ms each on 2 busy cores, the native ones ~0.1 ms."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = before
 
 
 @functools.lru_cache(maxsize=None)
