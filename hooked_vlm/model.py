@@ -150,7 +150,7 @@ class HookedVLM(HookedRootModule):
         input_ids: Int[Tensor, "batch pos"] | Mapping | None = None,
         pixel_values: Tensor | None = None,
         attention_mask: Int[Tensor, "batch key_pos"] | None = None,
-        position_ids: Int[Tensor, "batch pos"] | None = None,
+        position_ids: Int[Tensor, "batch pos"] | Int[Tensor, "3 batch pos"] | None = None,  # 3-D: M-RoPE
         *,
         return_type: str | None = "logits",
         stop_at_layer: int | None = None,
