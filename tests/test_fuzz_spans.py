@@ -69,7 +69,7 @@ def _check_roles(spans, r: ff.Rendered) -> None:
     assert torch.equal(spans.mask("last"), _expected_mask(r, "last"))
 
 
-def _check_images_and_grid(model, spans, r: ff.Rendered) -> None:
+def _check_images_and_grid(spans, r: ff.Rendered) -> None:
     values = torch.arange(spans.seq_len, dtype=torch.float32)
     for b in range(spans.batch):
         assert spans.n_images(b) == r.n_images[b]
@@ -141,7 +141,7 @@ def test_spans_partition_grid_and_knockout(fam_name, data):
         model(**r.inputs, stop_at_layer=1)
     spans = seen["spans"]
     _check_roles(spans, r)
-    _check_images_and_grid(model, spans, r)
+    _check_images_and_grid(spans, r)
 
     allowed = _by_hand_allowed(r)
     assert torch.equal(seen["before"].cpu(), allowed)
