@@ -2,7 +2,8 @@
 the library's ValueError naming what is wrong, never an IndexError / RuntimeError from inside torch.
 
 Ways to break it (each guaranteed to make the input wrong, not merely unusual):
-image tokens cut (one dropped, or the prompt truncated inside an image as ``max_length`` does), images without
+image tokens cut (one dropped, or the prompt truncated inside an image as ``max_length`` does, on
+the right or the left), images without
 placeholders, placeholders without images, one image too many or too few, a missing opening / closing image
 marker (families that require them), an attention_mask of the wrong length, ids outside the vocabulary,
 float input_ids, and per family: Qwen2-VL image_grid_thw that disagrees with pixel_values / the prompt /
@@ -28,7 +29,7 @@ from tests.fuzz_families import native_conv  # noqa: F401 (autouse fixture)
 SETTINGS = settings(max_examples=3, deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 COUNT = r"the prompt holds \d+ image tokens but (the images give \d+ image embeddings|no pixel_values were given)"
-COMMON = ["drop_image_token", "truncate", "no_pixels", "pixels_without_placeholders", "extra_image", "missing_image",
+COMMON = ["drop_image_token", "truncate", "truncate_left", "no_pixels", "pixels_without_placeholders", "extra_image", "missing_image",
           "mask_length", "out_of_vocab", "float_ids"]
 SPECIFIC = {"llava": [], "pixtral": ["sizes_too_big", "sizes_count"],
             "qwen2": ["grid_odd", "grid_patches", "grid_rows", "grid_shape", "token_types"],
@@ -59,6 +60,11 @@ def _break(fam: ff.Family, plan: ff.Plan, how: str, data, d_vocab: int) -> tuple
     if how == "truncate":  # cut inside the image, or right before its required closing marker
         ends = [p for p, t in enumerate(rows[b]) if p > last and t[1] == fam.closing_marker][:1]
         rows[b] = rows[b][:data.draw(st.sampled_from(list(range(first, last + 1)) + ends), label="cut")]
+        return ff.render(fam, plan, rows, specs).inputs, COUNT + "|image span is truncated or malformed"
+    if how == "truncate_left":  # truncation_side="left": cut inside the image, or right after its required opening marker
+        opening = OPENING.get(fam.name)
+        starts = [p + 1 for p in range(first) if rows[b][p][1] == opening][-1:]
+        rows[b] = rows[b][data.draw(st.sampled_from(list(range(first + 1, last + 2)) + starts), label="cut"):]
         return ff.render(fam, plan, rows, specs).inputs, COUNT + "|image span is truncated or malformed"
     if how in ("drop_opening_marker", "drop_closing_marker"):
         role = OPENING[fam.name] if how == "drop_opening_marker" else fam.closing_marker
