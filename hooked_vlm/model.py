@@ -151,7 +151,7 @@ class HookedVLM(HookedRootModule):
         input_ids: Int[Tensor, "batch pos"] | Mapping | None = None,
         pixel_values: Tensor | None = None,
         attention_mask: Int[Tensor, "batch key_pos"] | None = None,
-        position_ids: Int[Tensor, "batch pos"] | None = None,
+        position_ids: Int[Tensor, "batch pos"] | Int[Tensor, "3 batch pos"] | None = None,  # 3-D: M-RoPE
         *,
         return_type: str | None = "logits",
         stop_at_layer: int | None = None,
@@ -170,10 +170,10 @@ class HookedVLM(HookedRootModule):
                                                  position_ids=position_ids).items() if v is not None})
             merged.update(extras)
             return self.forward(**merged, return_type=return_type, stop_at_layer=stop_at_layer, kv_cache=kv_cache, spans=spans)
-        self._check_inputs(input_ids, extras)
+        past = kv_cache.length if kv_cache is not None else 0
+        self._check_inputs(input_ids, extras, attention_mask, past)
         tokens = input_ids.to(self.device)
         b, q_len = tokens.shape
-        past = kv_cache.length if kv_cache is not None else 0
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
 
@@ -255,11 +255,26 @@ class HookedVLM(HookedRootModule):
         kv_cache.key_padding = full
         return None if full is None or bool(full.all()) else full
 
-    def _check_inputs(self, input_ids: Any, extras: dict) -> None:
+    def _check_inputs(self, input_ids: Any, extras: dict, attention_mask: Any = None, past: int = 0) -> None:
         if input_ids is None:
             raise ValueError("input_ids is required (use model.prepare_inputs(images=..., text=...))")
         if not isinstance(input_ids, Tensor) or input_ids.ndim != 2:
             raise ValueError(f"input_ids must be a [batch, pos] LongTensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must hold integer token ids (a LongTensor), got dtype {input_ids.dtype}")
+        if input_ids.numel():
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= self.cfg.d_vocab:
+                raise ValueError(f"input_ids hold token id {lo if lo < 0 else hi}, outside the vocabulary "
+                                 f"(0..{self.cfg.d_vocab - 1}); were they made by another model's tokenizer?")
+        if attention_mask is not None:
+            b, q_len = input_ids.shape
+            lengths = (q_len,) if past == 0 else (q_len, past + q_len)
+            if not isinstance(attention_mask, Tensor) or attention_mask.ndim != 2 or attention_mask.shape[0] != b \
+                    or attention_mask.shape[1] not in lengths:
+                raise ValueError(f"attention_mask has shape {tuple(getattr(attention_mask, 'shape', ()))}; for input_ids of "
+                                 f"shape {(b, q_len)} it must be [batch, pos] = {(b, q_len)}"
+                                 + (f" or [batch, past + pos] = {(b, past + q_len)}" if past else ""))
         allowed = set(self.cfg.extra.get("input_keys", ())) | {"token_type_ids"}
         unknown = sorted(set(extras) - allowed)
         if unknown:

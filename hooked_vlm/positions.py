@@ -48,7 +48,7 @@ def _text_positions(tokens: Tensor, position_ids: Tensor | None, past: int) -> T
 def mrope_positions(
     model: "HookedVLM",
     tokens: Int[Tensor, "batch pos"],
-    attention_mask: Int[Tensor, "batch pos"] | None,
+    attention_mask: Int[Tensor, "batch key_pos"] | None,  # key_pos = past + pos while generating with a KV cache
     position_ids: Tensor | None,
     kv_cache: "KVCache | None",
     extras: dict[str, Any],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -31,6 +32,12 @@ def pixtral(model: "HookedVLM", pixel_values: Float[Tensor, "image channel heigh
     grids = model.vision.grids(pixel_values, image_sizes)
     if len(grids) != pixel_values.shape[0]:
         raise ValueError(f"{pixel_values.shape[0]} images but {len(grids)} image_sizes")
+    p, (height, width) = vcfg.patch_size, pixel_values.shape[-2:]
+    for i, (h, w) in enumerate(grids):
+        if not (0 < h * p <= height and 0 < w * p <= width):
+            raise ValueError(f"image_sizes[{i}] = {torch.as_tensor(image_sizes)[i].tolist()} (height, width) does not fit the "
+                             f"pixel batch ({height}x{width}) or is smaller than one {p}x{p} patch; image_sizes must be "
+                             "each image's true size inside the padded pixel_values (the processor's output)")
     features = model.vision(pixel_values, grids)  # [1, total_patches, d]
     if getattr(model.projector, "needs_grids", False):
         embeds = model.projector(features, grids)

@@ -23,13 +23,15 @@ def qwen_vl(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tup
                          "processor's whole output (model.prepare_inputs(images=..., text=...))")
     grid = torch.as_tensor(grid).long()
     tp, merge = vcfg.extra["temporal_patch_size"], vcfg.extra["spatial_merge_size"]
+    # the grid first: a wrong grid would otherwise be reported as wrong pixel_values
+    if grid.ndim != 2 or grid.shape[1] != 3 or bool((grid <= 0).any()) or bool((grid[:, 1:] % merge).any()):
+        raise ValueError(f"image_grid_thw must be [n_images, 3] (t, h, w) with every entry > 0 and h and w multiples "
+                         f"of {merge}; got {grid.tolist()}")
     width = vcfg.n_channels * tp * vcfg.patch_size**2
     n_patches = int(grid.prod(-1).sum())
     if pixel_values.ndim != 2 or pixel_values.shape[1] != width or pixel_values.shape[0] != n_patches:
         raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; with image_grid_thw={grid.tolist()} "
                          f"this model expects flattened patches [{n_patches}, {width}] (the Qwen2-VL image processor's output)")
-    if grid.ndim != 2 or grid.shape[1] != 3 or bool((grid[:, 1:] % merge).any()):
-        raise ValueError(f"image_grid_thw must be [n_images, 3] with h and w multiples of {merge}; got {grid.tolist()}")
     embeds = model.projector(model.vision(pixel_values, grid.to(pixel_values.device)))
     layouts = [ImageLayout(rows=h // merge, cols=w // merge, tiles=t) for t, h, w in grid.tolist()]
     return embeds.reshape(-1, embeds.shape[-1]), layouts
