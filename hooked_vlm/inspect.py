@@ -21,7 +21,7 @@ import torch
 
 from .loading import (CHECKPOINT_PATTERNS, SAFETENSORS_DTYPES, SafetensorsFile, TensorMapping, load_auto_processor,
                       load_hf_config, map_checkpoint_tensors, safetensors_files)
-from .memory import activation_bytes, kv_cache_bytes
+from .memory import activation_bytes, kv_cache_bytes, numel_bytes, vision_activation_numels
 
 #: what a hub inspect downloads: everything a checkpoint folder holds except its weights
 METADATA_PATTERNS = [p for p in CHECKPOINT_PATTERNS if p != "*.safetensors"]
@@ -58,6 +58,8 @@ class CheckpointReport:
     kv_cache_bytes_per_1k: dict[str, int] = field(default_factory=dict)
     cache_bytes_per_1k: dict[str, int] = field(default_factory=dict)  # full LM run_with_cache, text positions
     cache_assumptions: str = ""
+    vision_cache_bytes_per_image: dict[str, int] = field(default_factory=dict)  # vision + projector hooks, one image
+    vision_cache_note: str = ""  # what was assumed, or "unknown: <reason>"
     n_hook_points: int | None = None
     towers: list[TowerReport] = field(default_factory=list)
     image_tokens_per_image: int | None = None
@@ -121,6 +123,10 @@ def build_report(name: str, source: str, folder: Path, shapes: dict[str, tuple[i
     report.kv_cache_bytes_per_1k = {d: kv_cache_bytes(cfg.text, TOKENS, b) for d, b in DTYPE_BYTES.items()}
     per_dtype, assumptions = activation_bytes(model, TOKENS, DTYPE_BYTES)
     report.cache_bytes_per_1k, report.cache_assumptions = per_dtype, assumptions
+    if cfg.vision is not None:
+        numels, report.vision_cache_note = vision_activation_numels(model)
+        if numels is not None:
+            report.vision_cache_bytes_per_image = {d: numel_bytes(numels, b) for d, b in DTYPE_BYTES.items()}
     report.image_tokens_per_image, report.image_tokens_note = image_tokens(folder, converter, cfg)
     if shapes is not None:
         report.mapping = map_checkpoint_tensors(model, converter.make_keymap(cfg), shapes)
@@ -287,6 +293,9 @@ def format_report(r: CheckpointReport) -> str:
         lines.append(f"  KV cache per {TOKENS} tokens: " + ", ".join(f"{d} {_gib(b)}" for d, b in r.kv_cache_bytes_per_1k.items()))
         lines.append(f"  run_with_cache per {TOKENS} tokens: " + ", ".join(f"{d} {_gib(b)}" for d, b in r.cache_bytes_per_1k.items()))
         lines.append(f"    ({r.cache_assumptions})")
+    if r.vision_cache_note:
+        sizes = ", ".join(f"{d} {_gib(b)}" for d, b in r.vision_cache_bytes_per_image.items())
+        lines.append(f"  run_with_cache per image (vision side): {sizes + ' ' if sizes else ''}({r.vision_cache_note})")
     if r.n_hook_points is not None:
         lines.append(f"  hook points:    {r.n_hook_points}")
     for t in r.towers:

@@ -96,6 +96,18 @@ def test_kv_and_cache_memory_equal_a_real_run(kv_heads):
     assert report.kv_cache_bytes_per_1k["bfloat16"] == real_kv * 1000 // 11 // 2
 
 
+def test_vision_cache_memory_equals_a_real_run_with_one_image():
+    folder, hf = checkpoint()
+    model = HookedVLM.from_pretrained(str(folder))
+    inputs = tiny.llava_batch(hf, [1], [0])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(**inputs)
+    real = sum(v.numel() * v.element_size() for k, v in cache.items() if not is_lm_hook(k))
+    assert {k for k in cache.keys() if not is_lm_hook(k)} == {k for k in model.hook_dict if not is_lm_hook(k)}
+    report = inspect_checkpoint(str(folder))
+    assert report.vision_cache_bytes_per_image["float32"] == real and "not sized" not in report.vision_cache_note
+
+
 def test_cli_prints_the_report_and_exits_zero(capsys):
     folder, _ = checkpoint()
     assert main(["inspect", str(folder)]) == 0
