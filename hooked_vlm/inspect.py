@@ -179,7 +179,7 @@ def image_tokens(folder: Path, converter: Any, cfg: Any) -> tuple[int | None, st
         return None, f"unknown: the processor could not be loaded ({type(err).__name__}: {err})"
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is None:
-        return None, "unknown: the checkpoint has no image processor files"
+        return None, "unknown: no image processor could be loaded from the checkpoint's files"
     (h, w), how = default_image_size(image_processor)
     from PIL import Image
 
@@ -189,7 +189,7 @@ def image_tokens(folder: Path, converter: Any, cfg: Any) -> tuple[int | None, st
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
         return None, f"unknown: the processor failed on a {w}x{h} image ({type(err).__name__}: {err})"
     n = int((out["input_ids"] == cfg.roles.image_token_id).sum())
-    return n, f"a {w}x{h} image ({how}), counted from the processor's output"
+    return n, f"a {w}x{h} image ({how}): the placeholder positions it fills in the prompt, counted from the processor's output"
 
 
 def default_image_size(image_processor: Any) -> tuple[tuple[int, int], str]:
