@@ -89,8 +89,17 @@ def inspect_checkpoint(name_or_path: str, revision: str | None = None) -> Checkp
             folder, source = toy, f"shipped toy {toy}"
             shapes, dtypes = _local_headers(folder)
         else:
-            folder, source = _hub_metadata_folder(str(name_or_path), revision), "hub (json files and safetensors headers only)"
-            shapes, dtypes = _hub_headers(str(name_or_path), revision)
+            source = "hub (json files and safetensors headers only)"
+            try:
+                folder = _hub_metadata_folder(str(name_or_path), revision)
+                shapes, dtypes = _hub_headers(str(name_or_path), revision)
+            except (OSError, ValueError) as err:  # hub errors are OSErrors; a malformed repo id is a ValueError
+                from converters import supported_architectures
+
+                problem = (f"{name_or_path} is not a local folder, not a shipped toy, and the hub could not give its "
+                           f"files ({type(err).__name__}: {err})")
+                return CheckpointReport(name=str(name_or_path), source=source, problems=[problem],
+                                        supported_architectures=supported_architectures())
     return build_report(str(name_or_path), source, folder, shapes, dtypes)
 
 
@@ -109,7 +118,7 @@ def build_report(name: str, source: str, folder: Path, shapes: dict[str, tuple[i
             report.checkpoint_dtypes[d] = report.checkpoint_dtypes.get(d, 0) + 1
     try:
         hf_config, converter, cfg = converter_for(folder)
-    except ValueError as err:  # UnsupportedConfigError and config errors: the load would stop the same way
+    except (ValueError, OSError) as err:  # UnsupportedConfigError, a missing or unreadable config: loading stops alike
         report.problems.insert(0, str(err))
         report.architecture = _architecture_of(folder)
         return report

@@ -203,6 +203,24 @@ def test_hub_id_reads_headers_only(monkeypatch, tmp_path):
     assert report.mapping.plan == local.mapping.plan
 
 
+def test_unreachable_name_exits_nonzero_with_the_hub_error(monkeypatch, capsys):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(repo_id, **kwargs):
+        raise LocalEntryNotFoundError(f"cannot find {repo_id} in the local cache and outgoing traffic is disabled")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
+    assert main(["inspect", "toy-chamelon"]) == 1  # a typo of a shipped toy: not a folder, not a toy, not on the hub
+    err = capsys.readouterr().err
+    assert "toy-chamelon is not a local folder, not a shipped toy, and the hub could not give its files" in err
+    assert "LocalEntryNotFoundError" in err
+
+
+def test_folder_without_config_json_exits_nonzero(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert "has no config.json" in capsys.readouterr().err
+
+
 FAMILIES = {  # tiny checkpoints written by HF's save_pretrained: (folder, hf model)
     "janus": tiny_native.make_janus,
     "chameleon": tiny_native.make_chameleon,
