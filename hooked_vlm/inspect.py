@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from .loading import (CHECKPOINT_PATTERNS, SAFETENSORS_DTYPES, SafetensorsFile, TensorMapping, load_auto_processor,
-                      load_hf_config, map_checkpoint_tensors, safetensors_files)
+from .loading import (CHECKPOINT_PATTERNS, SAFETENSORS_DTYPES, SafetensorsFile, load_auto_processor, load_hf_config,
+                      safetensors_files)
+from .tensor_mapping import TensorMapping, map_checkpoint_tensors
 from .memory import activation_bytes, kv_cache_bytes, numel_bytes, vision_activation_numels
 
 #: what a hub inspect downloads: everything a checkpoint folder holds except its weights

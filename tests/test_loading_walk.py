@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from converters.base import KeyMap
-from hooked_vlm.loading import fill_from_safetensors, map_checkpoint_tensors
+from hooked_vlm.loading import fill_from_safetensors
+from hooked_vlm.tensor_mapping import map_checkpoint_tensors
 
 
 class TwoTieGroups(nn.Module):

@@ -25,7 +25,8 @@ import torch
 
 from converters import supported_architectures
 from hooked_vlm.inspect import build_report, converter_for, meta_model
-from hooked_vlm.loading import TensorMapping, load_hf_config, map_checkpoint_tensors
+from hooked_vlm.loading import load_hf_config
+from hooked_vlm.tensor_mapping import TensorMapping, map_checkpoint_tensors
 
 HERE = Path(__file__).resolve().parent
 REAL = HERE / "real_configs"
