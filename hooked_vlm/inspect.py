@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .loading import (CHECKPOINT_PATTERNS, SAFETENSORS_DTYPES, SafetensorsFile, load_auto_processor, load_hf_config,
+from .loading import (CHECKPOINT_PATTERNS, SAFETENSORS_DTYPES, SafetensorsFile, converter_for, load_auto_processor,
                       safetensors_files)
 from .tensor_mapping import TensorMapping, map_checkpoint_tensors
 from .memory import activation_bytes, kv_cache_bytes, numel_bytes, vision_activation_numels
@@ -145,18 +145,6 @@ def build_report(name: str, source: str, folder: Path, shapes: dict[str, tuple[i
         except (KeyError, ValueError) as err:
             report.problems.append(str(err.args[0]) if isinstance(err, KeyError) else str(err))
     return report
-
-
-def converter_for(folder: Path) -> tuple[Any, Any, Any]:
-    """(HF config, converter, our config) exactly as loading makes them; raises the loader's errors."""
-    from converters import get_converter
-
-    hf_config = load_hf_config(folder)
-    architectures = getattr(hf_config, "architectures", None) or []
-    if not architectures:
-        raise ValueError(f"{folder}/config.json names no architectures; cannot tell which converter to use")
-    converter = get_converter(architectures[0])
-    return hf_config, converter, converter.make_config(hf_config)
 
 
 def meta_model(cfg: Any) -> Any:

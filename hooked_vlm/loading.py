@@ -60,17 +60,22 @@ def load_hf_config(folder: Path) -> Any:
     return AutoConfig.from_pretrained(str(folder))
 
 
-def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                    processor: Any = "auto", revision: str | None = None, local_files_only: bool = False):
+def converter_for(folder: Path) -> tuple[Any, Any, Any]:
+    """(HF config, converter, our config) of a checkpoint folder; raises when no converter takes it."""
     from converters import get_converter
 
-    folder = resolve_checkpoint(name_or_path, revision=revision, local_files_only=local_files_only)
     hf_config = load_hf_config(folder)
     architectures = getattr(hf_config, "architectures", None) or []
     if not architectures:
         raise ValueError(f"{folder}/config.json names no architectures; cannot tell which converter to use")
     converter = get_converter(architectures[0])
-    cfg = converter.make_config(hf_config)
+    return hf_config, converter, converter.make_config(hf_config)
+
+
+def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                    processor: Any = "auto", revision: str | None = None, local_files_only: bool = False):
+    folder = resolve_checkpoint(name_or_path, revision=revision, local_files_only=local_files_only)
+    _, converter, cfg = converter_for(folder)
     cfg.dtype, cfg.device = dtype, str(device)
 
     with torch.device("meta"):

@@ -203,6 +203,16 @@ def test_hub_id_reads_headers_only(monkeypatch, tmp_path):
     assert report.mapping.plan == local.mapping.plan
 
 
+def test_refused_config_field_exits_nonzero_naming_it(capsys):
+    folder = _variant(lambda t: None)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["use_fancy_norm"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["inspect", str(folder)]) == 1
+    out = capsys.readouterr()
+    assert "does not handle the config field(s) use_fancy_norm=True" in out.err and "WOULD NOT LOAD" in out.out
+
+
 def test_unreachable_name_exits_nonzero_with_the_hub_error(monkeypatch, capsys):
     from huggingface_hub.errors import LocalEntryNotFoundError
 

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from converters import supported_architectures
-from hooked_vlm.inspect import build_report, converter_for, meta_model
-from hooked_vlm.loading import load_hf_config
+from hooked_vlm.inspect import build_report, meta_model
+from hooked_vlm.loading import converter_for, load_hf_config
 from hooked_vlm.tensor_mapping import TensorMapping, map_checkpoint_tensors
 
 HERE = Path(__file__).resolve().parent
