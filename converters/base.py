@@ -1,7 +1,11 @@
 """What every converter is: an HF config -> HookedVLMConfig function and a tensor-name mapping.
 
-A converter refuses HF config fields it does not handle (when they differ from the HF default),
-and loading fails if a checkpoint tensor maps to nothing or a parameter of ours gets no tensor.
+A converter refuses a config field only when it changes the numbers and is not implemented: fields it reads are
+``handled``; fields HF's forward never reads are accepted (``IGNORED_FIELDS`` and per-converter tables, each with the
+reason); fields HF never reads but whose other values would describe a different model are accepted at the value HF
+computes with (``PINNED_FIELDS``); legacy copies are accepted when they equal the field HF reads (``check_copy``).
+Every refusal names the field, its value and why it changes the numbers. Loading fails if a checkpoint tensor maps
+to nothing or a parameter of ours gets no tensor.
 """
 
 from __future__ import annotations
@@ -50,14 +54,27 @@ PINNED_FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
+#: sub-configs (dict values) that change the numbers and are not implemented; every other ``*_config`` dict is either
+#: checked by its converter (text_config, vision_config, vq_config) or unused (SmolVLM's perceiver_config when
+#: use_resampler is False, transformers.js_config for the JavaScript runtime)
+REFUSED_SUB_CONFIGS = {
+    "quantization_config": "the checkpoint's weights are quantized: HF dequantizes them or runs quantized kernels, "
+                           "and this converter reads plain floating-point tensors only",
+}
+
+
+def _sub_config(key: str, value: Any) -> bool:
+    return key.endswith("_config") and (value is None or isinstance(value, dict)) and key not in REFUSED_SUB_CONFIGS
+
+
 class UnsupportedConfigError(ValueError):
     pass
 
 
 def _reason(key: str, default: dict[str, Any], cls: str) -> str:
     if key in default:
-        return (f"{cls} declares it with default {default[key]!r} and HF's model reads it; this converter implements "
-                "only the default")
+        return (f"{cls} declares it with default {default[key]!r}, so HF's model code reads it; this converter "
+                "implements only the default")
     return (f"not a field of {cls}, yet HF's model code may read it with getattr(config, {key!r}) (HF's Qwen2 reads "
             "head_dim that way), so it may change the numbers; nobody has checked it for this converter")
 
@@ -76,9 +93,11 @@ def check_fields(hf_config: Any, handled: set[str] | frozenset[str], where: str,
     cls = type(hf_config).__name__
     unhandled = {}
     for key, value in hf_config.to_dict().items():
-        if key in handled or key in GENERIC_FIELDS or key.endswith("_config") or key in ignored:
+        if key in handled or key in GENERIC_FIELDS or key in ignored or _sub_config(key, value):
             continue
-        if key in pinned:
+        if key in REFUSED_SUB_CONFIGS:
+            unhandled[key] = f"{key}={value!r} ({REFUSED_SUB_CONFIGS[key]})"
+        elif key in pinned:
             if value == pinned[key][0]:
                 continue
             unhandled[key] = f"{key}={value!r} (only {pinned[key][0]!r} is what HF computes: {pinned[key][1]})"

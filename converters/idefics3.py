@@ -30,15 +30,15 @@ _PROCESSOR_COPY = ("an image-processor setting copied into the model config; the
                    "(the processor's preprocessor_config.json does the resizing)")
 VISION_IGNORED = {
     "max_image_size": _PROCESSOR_COPY, "size": _PROCESSOR_COPY,
-    "use_base_siglip": "picks a SigLIP implementation in the original training code; HF's vision model has one and "
-                       "never reads it",
+    "use_base_siglip": "a switch of the original (m4) training code; HF's Idefics3 / SmolVLM vision model has one "
+                       "implementation and never reads it",
     "tie_word_embeddings": "a vision tower has no word embeddings",
 }
 # the original (m4) training code's Llama settings, written into SmolVLM text configs
 TEXT_IGNORED = {"is_llama_config": "a marker of the original training code; HF's Llama never reads it",
                 "pixel_shuffle_factor": "a copy of the top-level scale_factor, which HF reads (checked equal)"}
 TEXT_PINNED = {
-    "qk_layer_norms": (False, "True means the checkpoint's own code normalises q and k per head; HF's Llama has no "
+    "qk_layer_norms": (False, "True would mean layer norms on q and k in the original code; HF's Llama has no "
                               "q/k norm"),
     "rope_interleaved": (False, "True rotates interleaved (even, odd) pairs; HF's Llama rotates the two halves of "
                                 "each head"),
