@@ -312,6 +312,8 @@ def format_report(r: CheckpointReport) -> str:
         lines += [f"    missing {k}" for k in m.missing[:20]]
         lines += [f"    misshaped {k} -> {ours}: {tuple(s)} vs {tuple(e)}" for k, ours, s, e, _ in m.misshaped[:20]]
         lines += [f"    duplicate {ours}: {', '.join(keys)}" for ours, keys in m.duplicates[:20]]
+        lines += [f"    tied in config.json, but the checkpoint has {', '.join(g.values())}: loading compares them and "
+                  "unties them if they differ (as HF does)" for g in m.tied_twice]
     lines.append("  result:         " + ("loads" if r.loadable else "WOULD NOT LOAD"))
     lines += [f"  problem: {p}" for p in r.problems]
     return "\n".join(lines)

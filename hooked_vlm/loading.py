@@ -186,6 +186,8 @@ def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any) -> 
     file_of = {key: sf for sf in files for key in sf.keys()}
     mapping = map_checkpoint_tensors(model, keymap, {key: sf.shape(key) for key, sf in file_of.items()})
     mapping.raise_if_bad(folder)
+    if any(_untie_if_different(model, group, file_of, keymap) for group in mapping.tied_twice):
+        targets = loadable_tensors(model)
     with torch.no_grad():
         for sf in files:
             items = [(key, ours) for key, ours in mapping.plan if file_of[key] is sf]
@@ -201,3 +203,32 @@ def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any) -> 
                     if tensor is not param.data:
                         param.copy_(tensor)
     return mapping
+
+
+def _read(sf: SafetensorsFile, key: str, keymap: Any, ours: str) -> torch.Tensor:
+    with open(sf.path, "rb") as handle:
+        tensor = sf.read_into(handle, key)
+    fn = keymap.transform(ours)
+    return tensor if fn is None else fn(tensor)
+
+
+def _untie_if_different(model: torch.nn.Module, group: dict[str, str], file_of: dict, keymap: Any) -> bool:
+    """The config ties these parameters but the checkpoint holds a tensor for several of them. Equal values: keep
+    them tied. Different values: untie, each name gets its own parameter (HF's from_pretrained does the same: a
+    config that does not state tie_word_embeddings may default to True while the checkpoint has its own lm_head)."""
+    (first, first_key), *rest = group.items()
+    reference = _read(file_of[first_key], first_key, keymap, first)
+    if all(torch.equal(reference, _read(file_of[key], key, keymap, ours)) for ours, key in rest):
+        return False
+    warnings.warn(f"config.json ties {', '.join(group)} but the checkpoint holds different tensors for them "
+                  f"({', '.join(group.values())}); they are NOT tied (as HF's from_pretrained does). Set "
+                  "tie_word_embeddings=false in config.json to silence this")
+    for ours, _ in rest:
+        module_name, _, attr = ours.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        old = getattr(module, attr)
+        setattr(module, attr, torch.nn.Parameter(torch.empty_like(old), requires_grad=old.requires_grad))
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "tie_word_embeddings", False):  # HookedVLM's only tie is W_E / W_U: record that it is gone
+        cfg.tie_word_embeddings = False
+    return True

@@ -31,6 +31,10 @@ class TensorMapping:
     # (checkpoint tensor, our parameter, shape after the transform, our shape, whether a transform ran)
     misshaped: list[tuple[str, str, tuple[int, ...], tuple[int, ...], bool]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # our parameters (or whole tie groups) that get no tensor
+    # tie groups (one tensor under several of our names) given a checkpoint tensor under 2+ of those names, e.g.
+    # embed_tokens AND lm_head while the config ties them: {our name: checkpoint tensor} per group. The loader compares
+    # the values and unties the group when they differ, as HF's from_pretrained does (modeling_utils.tie_weights).
+    tied_twice: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -110,6 +114,8 @@ def map_checkpoint_tensors(model: torch.nn.Module, keymap: Any, shapes: Mapping[
     for name, tensor in targets.items():
         groups.setdefault(id(tensor), []).append(name)
     out.missing = [name for names in groups.values() if not any(n in sources for n in names) for name in names]
+    out.tied_twice = [{n: sources[n][0] for n in names if n in sources} for names in groups.values()
+                      if sum(n in sources for n in names) > 1]
     return out
 
 

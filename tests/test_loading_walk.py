@@ -66,3 +66,25 @@ def test_shapes_after_a_transform_are_checked_on_meta():
     assert bad.misshaped == [("e.weight", "e.weight", (4, 3), (3, 3), True)]
     with pytest.raises(ValueError, match=r"checkpoint tensor 'e.weight' becomes shape \(4, 3\); e.weight expects \(3, 3\)"):
         bad.raise_if_bad("ckpt")
+
+
+def test_tie_group_given_equal_tensors_stays_tied(tmp_path):
+    model = TwoTieGroups()
+    same = torch.full((3, 3), 5.0)
+    tensors = {"a.weight": same, "b.weight": same.clone(), "c.weight": torch.ones(3, 3), "e.weight": torch.zeros(3, 3)}
+    m = fill_from_safetensors(model, _save(tmp_path, tensors), IDENTITY)
+    assert m.tied_twice == [{"a.weight": "a.weight", "b.weight": "b.weight"}]
+    assert model.a.weight is model.b.weight and model.a.weight.eq(5).all()
+
+
+def test_tie_group_given_different_tensors_is_untied_like_hf(tmp_path):
+    """HF's from_pretrained does not tie when the checkpoint holds different values for both names (modeling_utils
+    tie_weights); loading both into one shared tensor would silently keep whichever came last."""
+    model = TwoTieGroups()
+    tensors = {"a.weight": torch.full((3, 3), 1.0), "b.weight": torch.full((3, 3), 2.0), "c.weight": torch.ones(3, 3),
+               "e.weight": torch.zeros(3, 3)}
+    with pytest.warns(UserWarning, match=r"ties a.weight, b.weight but the checkpoint holds different tensors"):
+        fill_from_safetensors(model, _save(tmp_path, tensors), IDENTITY)
+    assert model.a.weight is not model.b.weight
+    assert model.a.weight.eq(1).all() and model.b.weight.eq(2).all()
+    assert model.c.weight is model.d.weight  # the other group is untouched
