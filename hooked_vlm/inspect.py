@@ -81,7 +81,12 @@ def inspect_checkpoint(name_or_path: str, revision: str | None = None) -> Checkp
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         folder, source = path, f"local folder {path}"
-        shapes, dtypes = _local_headers(folder)
+        try:
+            shapes, dtypes = _local_headers(folder)
+        except OSError as err:  # a missing shard, a truncated or corrupt header: loading would stop the same way
+            report = build_report(str(name_or_path), source, folder, None, {})
+            report.problems = [p for p in report.problems if not p.startswith("no .safetensors")] + [str(err)]
+            return report
     else:
         from .toy import toy_checkpoint_path
 
@@ -241,6 +246,10 @@ def _local_headers(folder: Path) -> tuple[dict[str, tuple[int, ...]] | None, dic
         files = safetensors_files(folder)
     except FileNotFoundError:
         return None, {}
+    absent = [f.name for f in files if not f.exists()]
+    if absent:  # an index naming shards that are not there: the load would stop on the first one
+        raise FileNotFoundError(f"{folder}/model.safetensors.index.json names shard(s) that are not in the folder: "
+                                f"{', '.join(absent)}; download them (or remove the stale index)")
     shapes, dtypes = {}, {}
     for path in files:
         sf = SafetensorsFile(path)

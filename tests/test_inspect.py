@@ -213,6 +213,21 @@ def test_refused_config_field_exits_nonzero_naming_it(capsys):
     assert "does not handle the config field(s) use_fancy_norm=True" in out.err and "WOULD NOT LOAD" in out.out
 
 
+def test_missing_shard_and_truncated_file_exit_nonzero(tmp_path, capsys):
+    _, hf = checkpoint()
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    shards = sorted(tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[-1].unlink()
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert f"names shard(s) that are not in the folder: {shards[-1].name}" in capsys.readouterr().err
+    folder = _variant(lambda t: None)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert main(["inspect", str(folder)]) == 1
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+
 def test_unreachable_name_exits_nonzero_with_the_hub_error(monkeypatch, capsys):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
