@@ -216,7 +216,7 @@ def _untie_if_different(model: torch.nn.Module, group: dict[str, str], file_of: 
     """The config ties these parameters but the checkpoint holds a tensor for several of them. Equal values: keep
     them tied. Different values: untie, each name gets its own parameter (HF's from_pretrained does the same: a
     config that does not state tie_word_embeddings may default to True while the checkpoint has its own lm_head)."""
-    import warnings  # here, not in the import block: the module-level one is going away on another branch
+    import warnings
 
     (first, first_key), *rest = group.items()
     reference = _read(file_of[first_key], first_key, keymap, first)
