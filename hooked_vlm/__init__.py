@@ -2,9 +2,10 @@
 
 from .config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
 from .hook_points import HookPoint
+from .inspect import CheckpointReport, inspect_checkpoint
 from .model import HookedVLM, KVCache
 from .spans import ImageLayout, TokenSpans
 
 __all__ = ["HookedVLM", "HookedVLMConfig", "TowerConfig", "VisionConfig", "ProjectorConfig", "TokenRoles",
-           "HookPoint", "KVCache", "TokenSpans", "ImageLayout"]
+           "HookPoint", "KVCache", "inspect_checkpoint", "CheckpointReport", "TokenSpans", "ImageLayout"]
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@
     hooked-vlm ablate   --model ID --image F --prompt T [--span image] [--how zero|mean]
     hooked-vlm knockout --model ID --image F --prompt T [--src image] [--dst text] [--layers 0-7] [--mode mask|zero]
     hooked-vlm patch    --model ID --image F --prompt T --source-image F2 [--span image_last] [--layers 0-3]
+    hooked-vlm inspect  MODEL                         will it load, will it fit (json + safetensors headers only)
 
 ``--model`` is a hub id, a local checkpoint folder or a shipped toy (``toy-llava``, ``toy-chameleon``). The prompt must hold the
 model's image placeholder (``<image>`` for LLaVA); if it does not, one is put in front.
@@ -61,6 +62,17 @@ def _top(model: Any, logits: torch.Tensor, k: int = 5) -> str:
     p, ids = probs.topk(k)
     toks = model.tokenizer.convert_ids_to_tokens(ids.tolist())
     return "  ".join(f"{t!r} {v:.3f}" for t, v in zip(toks, p.tolist()))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from hooked_vlm.inspect import inspect_checkpoint
+
+    report = inspect_checkpoint(args.model, revision=args.revision)
+    print(report.format())
+    if not report.loadable:
+        print(f"error: {args.model} would not load: {report.problems[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -144,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=200, help="scenes per measurement")
     demo.set_defaults(fn=cmd_demo)
 
+    ins = sub.add_parser("inspect", help="check that a checkpoint loads and what memory it needs, without its weights")
+    ins.add_argument("model", help="hub id, local checkpoint folder or shipped toy")
+    ins.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    ins.set_defaults(fn=cmd_inspect)
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="hub id, local checkpoint folder, toy-llava or toy-chameleon")
         p.add_argument("--image", required=True)
@@ -188,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.fn(args)
-    return 0
+    return args.fn(args) or 0
 
 
 if __name__ == "__main__":

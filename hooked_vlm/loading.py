@@ -91,17 +91,22 @@ def load_hf_config(folder: Path) -> Any:
     return AutoConfig.from_pretrained(str(folder))
 
 
-def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                    processor: Any = "auto", revision: str | None = None, local_files_only: bool = False):
+def converter_for(folder: Path) -> tuple[Any, Any, Any]:
+    """(HF config, converter, our config) of a checkpoint folder; raises when no converter takes it."""
     from converters import get_converter
 
-    folder = resolve_checkpoint(name_or_path, revision=revision, local_files_only=local_files_only)
     hf_config = load_hf_config(folder)
     architectures = getattr(hf_config, "architectures", None) or []
     if not architectures:
         raise ValueError(f"{folder}/config.json names no architectures; cannot tell which converter to use")
     converter = get_converter(architectures[0])
-    cfg = converter.make_config(hf_config)
+    return hf_config, converter, converter.make_config(hf_config)
+
+
+def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                    processor: Any = "auto", revision: str | None = None, local_files_only: bool = False):
+    folder = resolve_checkpoint(name_or_path, revision=revision, local_files_only=local_files_only)
+    _, converter, cfg = converter_for(folder)
     cfg.dtype, cfg.device = dtype, str(device)
 
     with torch.device("meta"):
@@ -196,62 +201,64 @@ class SafetensorsFile:
         return out
 
 
-def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any) -> None:
-    """Copy every checkpoint tensor into its parameter; fail on unused tensors and unset parameters."""
-    targets = dict(model.named_parameters(remove_duplicate=False))
-    targets.update({n: b for n, b in model.named_buffers() if _is_persistent(model, n)})
-    tied = {n for n, p in targets.items() if any(p is q and m != n for m, q in targets.items())}
+from .tensor_mapping import TensorMapping, loadable_tensors, map_checkpoint_tensors  # noqa: E402  (the walk)
+
+
+def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any) -> TensorMapping:
+    """Copy every checkpoint tensor into its parameter; fail on unused tensors, misshaped ones and unset parameters.
+
+    The checks are the KeyMap walk :func:`hooked_vlm.tensor_mapping.map_checkpoint_tensors` (``inspect`` runs the
+    same one on headers), done on the headers before any weight is read."""
+    targets = loadable_tensors(model)
     files = [SafetensorsFile(f) for f in safetensors_files(folder)]
-    unused, plan = [], []
-    for sf in files:
-        for key in sf.keys():
-            try:
-                ours = keymap.target(key)
-            except KeyError:
-                unused.append(key)
-                continue
-            if ours is not None:
-                if ours not in targets:
-                    raise KeyError(f"converter maps checkpoint tensor {key!r} to {ours!r}, which the model does not have")
-                plan.append((sf, key, ours))
-    if unused:
-        raise ValueError(
-            f"{len(unused)} checkpoint tensor(s) in {folder} are not used by the converter: "
-            f"{', '.join(unused[:10])}{' ...' if len(unused) > 10 else ''}. The checkpoint does not match the "
-            "architecture in config.json, or the converter is incomplete; refusing to load silently wrong weights."
-        )
-    loaded: set[str] = set()
+    file_of = {key: sf for sf in files for key in sf.keys()}
+    mapping = map_checkpoint_tensors(model, keymap, {key: sf.shape(key) for key, sf in file_of.items()})
+    mapping.raise_if_bad(folder)
+    if any(_untie_if_different(model, group, file_of, keymap) for group in mapping.tied_twice):
+        targets = loadable_tensors(model)
     with torch.no_grad():
         for sf in files:
-            items = [(key, ours) for f, key, ours in plan if f is sf]
+            items = [(key, ours) for key, ours in mapping.plan if file_of[key] is sf]
             if not items:
                 continue
             with open(sf.path, "rb") as handle:
                 for key, ours in items:
                     param = targets[ours]
                     fn = keymap.transform(ours)
-                    if fn is None and sf.shape(key) != tuple(param.shape):
-                        raise ValueError(f"checkpoint tensor {key!r} has shape {sf.shape(key)}; "
-                                         f"{ours} expects {tuple(param.shape)} (config.json does not match the weights)")
                     tensor = sf.read_into(handle, key, dest=param.data if fn is None else None)
                     if fn is not None:
                         tensor = fn(tensor)
-                        if tuple(tensor.shape) != tuple(param.shape):
-                            raise ValueError(f"checkpoint tensor {key!r} becomes shape {tuple(tensor.shape)}; "
-                                             f"{ours} expects {tuple(param.shape)} (config.json does not match the weights)")
                     if tensor is not param.data:
                         param.copy_(tensor)
-                    loaded.add(ours)
-    missing = [n for n in targets if n not in loaded and not (n in tied and any(t in loaded for t in tied))]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} parameter(s) got no tensor from the checkpoint in {folder}: "
-            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. The checkpoint is incomplete "
-            "(a shard missing?) or does not match config.json."
-        )
+    return mapping
 
 
-def _is_persistent(model: torch.nn.Module, name: str) -> bool:
-    module_name, _, buffer_name = name.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    return buffer_name not in module._non_persistent_buffers_set
+def _read(sf: SafetensorsFile, key: str, keymap: Any, ours: str) -> torch.Tensor:
+    with open(sf.path, "rb") as handle:
+        tensor = sf.read_into(handle, key)
+    fn = keymap.transform(ours)
+    return tensor if fn is None else fn(tensor)
+
+
+def _untie_if_different(model: torch.nn.Module, group: dict[str, str], file_of: dict, keymap: Any) -> bool:
+    """The config ties these parameters but the checkpoint holds a tensor for several of them. Equal values: keep
+    them tied. Different values: untie, each name gets its own parameter (HF's from_pretrained does the same: a
+    config that does not state tie_word_embeddings may default to True while the checkpoint has its own lm_head)."""
+    import warnings
+
+    (first, first_key), *rest = group.items()
+    reference = _read(file_of[first_key], first_key, keymap, first)
+    if all(torch.equal(reference, _read(file_of[key], key, keymap, ours)) for ours, key in rest):
+        return False
+    warnings.warn(f"config.json ties {', '.join(group)} but the checkpoint holds different tensors for them "
+                  f"({', '.join(group.values())}); they are NOT tied (as HF's from_pretrained does). Set "
+                  "tie_word_embeddings=false in config.json to silence this")
+    for ours, _ in rest:
+        module_name, _, attr = ours.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        old = getattr(module, attr)
+        setattr(module, attr, torch.nn.Parameter(torch.empty_like(old), requires_grad=old.requires_grad))
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "tie_word_embeddings", False):  # HookedVLM's only tie is W_E / W_U: record that it is gone
+        cfg.tie_word_embeddings = False
+    return True

@@ -222,15 +222,12 @@ NESTED_REAL = {  # real file -> (tiny builder, batch builder)
 }
 
 
-TIED_BY_DEFAULT_BUG = (
-    "transformers 5.23 defaults Mistral3Config / JanusConfig.tie_word_embeddings to True, and a hub config that does "
-    "not state it ties; HF's from_pretrained then finds embed_tokens and a different lm_head in the checkpoint and does "
-    "NOT tie them (modeling_utils.tie_weights), while hooked_vlm/loading.py loads both tensors into the one tied "
-    "parameter (the last one wins): silently wrong logits. Needs the loader to untie like HF")
+# transformers 5.23 defaults Mistral3Config / JanusConfig.tie_word_embeddings to True, so a hub config that does not
+# state it ties; HF's from_pretrained then finds embed_tokens and a different lm_head in the checkpoint and does NOT
+# tie them (modeling_utils.tie_weights). The loader does the same (hooked_vlm/loading.py _untie_if_different).
 
 
-@pytest.mark.parametrize("real_file", [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=TIED_BY_DEFAULT_BUG))
-                                       if "FLUX" in f else f for f in NESTED_REAL])
+@pytest.mark.parametrize("real_file", list(NESTED_REAL))
 def test_nested_hub_configs_on_tiny_sizes_load_and_match_hf(real_file):
     real = json.loads((REAL / real_file).read_text())
     build, batch = NESTED_REAL[real_file]
@@ -397,7 +394,6 @@ def test_head_dim_wider_than_hidden_over_heads_generates_like_hf():
     assert torch.equal(ref, model.generate(**inputs, max_new_tokens=6, return_type="tokens"))
 
 
-@pytest.mark.xfail(strict=True, reason=TIED_BY_DEFAULT_BUG)
 @pytest.mark.parametrize("family", ["mistral3", "janus"])
 def test_default_tied_config_with_its_own_lm_head_matches_hf(family):
     from tests import tiny_native
