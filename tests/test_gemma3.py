@@ -23,7 +23,7 @@ from tests import tiny_gemma3 as tg
 
 ATOL = 1e-4
 GOLDEN = Path(__file__).parent / "golden"
-REAL_CONFIGS = sorted((GOLDEN / "gemma3_real_configs").glob("*.json"))
+REAL_CONFIGS = sorted((Path(__file__).parent / "real_configs").glob("google__gemma-3-*.json"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -323,7 +323,7 @@ def test_real_gemma3_4b_settings():
     embeddings x sqrt(2560), global rope 1e6 linear x8 on every 6th layer, local 10k with a 1024 window."""
     from transformers import AutoConfig
 
-    path = GOLDEN / "gemma3_real_configs" / "google__gemma-3-4b-it.json"
+    path = Path(__file__).parent / "real_configs" / "google__gemma-3-4b-it.json"
     hf_config = AutoConfig.for_model(**json.loads(path.read_text()))
     t = get_converter("Gemma3ForConditionalGeneration").make_config(hf_config).text
     assert (t.d_head, t.n_heads, t.n_key_value_heads, t.norm_offset, t.sliding_window) == (256, 8, 4, 1.0, 1024)
