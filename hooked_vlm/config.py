@@ -59,6 +59,9 @@ class TowerConfig:
     # forward input whose presence switches the policy on (HF Gemma 3: token_type_ids); None = always on.
     mask_policy: str = "causal"
     mask_policy_input: str | None = None
+    # DeepStack (Qwen3-VL): blocks 0 .. deepstack_layers-1 each get one more image feature ADDED to the image
+    # positions of their output, after hook_resid_post, at blocks.{l}.hook_deepstack [n_image_tokens, d_model]
+    deepstack_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -85,6 +88,8 @@ class TowerConfig:
                 raise ValueError(f"layer_rope_parameters has no entry for {sorted(set(self.layer_types) - set(self.layer_rope_parameters))}")
         elif self.layer_rope_parameters is not None:
             raise ValueError("layer_rope_parameters needs layer_types (which layers use which table)")
+        if not 0 <= self.deepstack_layers <= self.n_layers:
+            raise ValueError(f"deepstack_layers={self.deepstack_layers} must be between 0 and n_layers={self.n_layers}")
         if self.normalization_type not in ("RMS", "LN"):
             raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
 
