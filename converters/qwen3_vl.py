@@ -1,10 +1,12 @@
-"""Qwen3VLForConditionalGeneration (images; videos are refused).
+"""Qwen3VLForConditionalGeneration and Qwen3VLMoeForConditionalGeneration (images; videos are refused).
 
 Vision: the Qwen2-VL packed-patch ViT (LayerNorm, GELU-tanh MLP, fused qkv with bias, 2-D axial rotary) plus a
 learned position embedding resized bilinearly to each image's grid; the patch merger maps the last layer to LM tokens
 and one more merger per ``deepstack_visual_indexes`` layer makes the DeepStack features, added to the image positions
 of LM blocks 0 .. n-1 (``blocks.{l}.hook_deepstack``). LM: Qwen3 (per-head RMS q/k norm, ``head_dim`` independent of
 the width) with interleaved M-RoPE (HF's Qwen3-VL text rotary always interleaves the t/h/w frequency pairs).
+Qwen3-VL-MoE: the same, with top-k routed experts (``mlp_kind="moe"``, components/moe.py) in every layer that is not in
+``mlp_only_layers`` and whose ``layer + 1`` is a multiple of ``decoder_sparse_step`` (HF's rule).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ TOP_FIELDS = {"image_token_id", "video_token_id", "vision_start_token_id", "visi
 TEXT_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                "rope_parameters", "attention_bias", "tie_word_embeddings"}
+MOE_TEXT_FIELDS = {"decoder_sparse_step", "moe_intermediate_size", "num_experts_per_tok", "num_local_experts",
+                   "mlp_only_layers"}  # num_experts is an alias of num_local_experts
+MOE_IGNORED = {"output_router_logits": "returns the router logits / adds the auxiliary loss: training outputs only",
+               "router_aux_loss_coef": "weight of the load-balancing loss, used in training only"}
+# norm_topk_prob is no Qwen3VLMoeTextConfig field (hub configs carry it): HF's router always renormalises the top-k
+MOE_PINNED = {"norm_topk_prob": (True, "HF's Qwen3-VL-MoE router always renormalises the top-k weights to sum to 1")}
 VISION_FIELDS = {"depth", "hidden_size", "hidden_act", "intermediate_size", "num_heads", "in_channels", "patch_size",
                  "spatial_merge_size", "temporal_patch_size", "out_hidden_size", "num_position_embeddings",
                  "deepstack_visual_indexes", "rope_parameters"}
@@ -30,7 +38,11 @@ HF_MROPE_SECTION = [24, 20, 20]  # Qwen3VLTextRotaryEmbedding's default
 
 def text_config(tc: Any, n_deepstack: int) -> TowerConfig:
     where = f"text_config ({tc.model_type})"
-    check_fields(tc, TEXT_FIELDS, where)
+    moe = hasattr(tc, "num_experts")
+    if moe:
+        check_fields(tc, TEXT_FIELDS | MOE_TEXT_FIELDS, where, MOE_IGNORED, MOE_PINNED)
+    else:
+        check_fields(tc, TEXT_FIELDS, where)
     rope = dict(tc.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
     check_rope_type(rope, where)
     d_head = tc.head_dim or tc.hidden_size // tc.num_attention_heads
@@ -52,7 +64,19 @@ def text_config(tc: Any, n_deepstack: int) -> TowerConfig:
         gated_mlp=True, normalization_type="RMS", norm_eps=tc.rms_norm_eps, attn_bias=bool(tc.attention_bias),
         attn_out_bias=bool(tc.attention_bias), mlp_bias=False, causal=True, positional="rope", rope_parameters=rope,
         max_position_embeddings=tc.max_position_embeddings, qk_norm="RMS", deepstack_layers=n_deepstack,
+        **(moe_fields(tc) if moe else {}),
     )
+
+
+def moe_fields(tc: Any) -> dict[str, Any]:
+    """TowerConfig MoE fields; HF: layer l is sparse iff l not in mlp_only_layers and (l + 1) % decoder_sparse_step == 0."""
+    only = set(tc.mlp_only_layers or [])
+    layers = tuple(l for l in range(tc.num_hidden_layers)
+                   if tc.num_experts > 0 and l not in only and (l + 1) % tc.decoder_sparse_step == 0)
+    if not layers:
+        return {}
+    return dict(mlp_kind="moe", n_experts=tc.num_experts, n_experts_per_tok=tc.num_experts_per_tok,
+                d_mlp_expert=tc.moe_intermediate_size, moe_layers=layers)
 
 
 def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
@@ -139,6 +163,8 @@ def text_rules(prefix: str) -> list[tuple[str, str]]:
     p = re.escape(prefix)
     return decoder_rules(prefix) + [
         (rf"{p}\.layers\.(\d+)\.self_attn\.(q|k)_norm\.weight", r"blocks.\1.attn.\2_norm.w"),
+        (rf"{p}\.layers\.(\d+)\.mlp\.gate\.weight", r"blocks.\1.mlp.router.weight"),  # MoE layers
+        (rf"{p}\.layers\.(\d+)\.mlp\.experts\.(gate_up|down)_proj", r"blocks.\1.mlp.\2_proj"),
     ]
 
 
@@ -154,7 +180,7 @@ def qwen3_vl_keymap(cfg: HookedVLMConfig) -> KeyMap:
 
 
 CONVERTER = Converter(
-    architectures=("Qwen3VLForConditionalGeneration",),
+    architectures=("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"),
     make_config=qwen3_vl_config,
     make_keymap=qwen3_vl_keymap,
     load_processor=load_qwen_inputs,

@@ -62,7 +62,7 @@ class HookedVLM(HookedRootModule):
         self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model] (projector output, before splicing)
         self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
         self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
-        self.blocks = nn.ModuleList([TransformerBlock(t) for _ in range(t.n_layers)])
+        self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
         for block in self.blocks[: t.deepstack_layers]:  # [n_image_tokens, d_model], added after hook_resid_post
             block.hook_deepstack = HookPoint()
         self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset)

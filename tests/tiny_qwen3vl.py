@@ -58,3 +58,33 @@ def batch(grids: list[list[tuple[int, int, int]]] | None = None, pad_left: list[
           seed: int = 0) -> dict:
     grids = GRIDS if grids is None else grids
     return qwen_batch(grids, pad_left if pad_left is not None else [0, 3][: len(grids)], seed=seed)
+
+
+# ---------------------------------------------------------------- Qwen3-VL-MoE
+MOE_LAYERS = (0, 2)  # layer 1 is in mlp_only_layers: a dense MLP between two MoE layers
+
+
+def moe_text_config(**overrides: Any) -> dict:
+    cfg = text_config(moe_intermediate_size=8, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
+                      mlp_only_layers=[1], tie_word_embeddings=False)
+    cfg.update(overrides)
+    return cfg
+
+
+def moe_hf_config(text: dict | None = None, vision: dict | None = None, **top: Any) -> Any:
+    from transformers import Qwen3VLMoeConfig
+
+    return Qwen3VLMoeConfig(text_config=text or moe_text_config(), vision_config=vision or vision_config(),
+                            image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VSTART,
+                            vision_end_token_id=VEND, **top)
+
+
+def make_qwen3vl_moe(folder: Path | None = None, seed: int = 0, **kwargs: Any) -> tuple[Path, Any]:
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Qwen3VLMoeForConditionalGeneration(moe_hf_config(**kwargs)).eval()
+    with torch.no_grad():  # routers start at zero (every expert tied): give them real preferences
+        for layer in MOE_LAYERS:
+            model.model.language_model.layers[layer].mlp.gate.weight.normal_(0.0, 0.5)
+    return _perturb_and_save(model, "tiny_qwen3vl_moe_", folder), model
