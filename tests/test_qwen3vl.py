@@ -24,7 +24,6 @@ from tests.tiny_qwen_idefics import IMAGE, VEND, VIDEO, VSTART
 ATOL = 1e-4
 GOLDEN = Path(__file__).parent / "golden"
 REAL_CONFIGS = sorted((Path(__file__).parent / "real_configs").glob("Qwen__Qwen3-VL-*.json"))
-DENSE_CONFIGS = [p for p in REAL_CONFIGS if "A3B" not in p.stem]
 
 
 @functools.lru_cache(maxsize=None)
@@ -280,7 +279,7 @@ def _real_config_folder(path: Path, tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("path", DENSE_CONFIGS, ids=[p.stem for p in DENSE_CONFIGS])
+@pytest.mark.parametrize("path", REAL_CONFIGS, ids=[p.stem for p in REAL_CONFIGS])
 def test_real_config_maps_one_to_one_onto_hf(path, tmp_path):
     """The published config is accepted; HF's meta model's tensors (in-memory AND save_pretrained names) map through
     our KeyMap onto our meta model's parameters, shape for shape, all of ours covered; parameter counts equal."""
