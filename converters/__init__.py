@@ -18,6 +18,7 @@ FAMILY_MODULES = [
     "converters.emu3",
     "converters.janus",
     "converters.gemma3",
+    "converters.qwen3_vl",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

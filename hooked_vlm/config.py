@@ -18,6 +18,7 @@ import torch
 NORM_PLACEMENTS = ("pre", "post_sublayer", "sandwich")
 MASK_POLICIES = ("causal", "causal+image_bidirectional")
 LAYER_TYPES = ("sliding_attention", "full_attention")
+MLP_KINDS = ("dense", "moe")
 
 
 @dataclass
@@ -59,6 +60,16 @@ class TowerConfig:
     # forward input whose presence switches the policy on (HF Gemma 3: token_type_ids); None = always on.
     mask_policy: str = "causal"
     mask_policy_input: str | None = None
+    # DeepStack (Qwen3-VL): blocks 0 .. deepstack_layers-1 each get one more image feature ADDED to the image
+    # positions of their output, after hook_resid_post, at blocks.{l}.hook_deepstack [n_image_tokens, d_model]
+    deepstack_layers: int = 0
+    # feed-forward kind: "dense" (MLP) or "moe" (components/moe.py: top-k routed experts of width d_mlp_expert in the
+    # layers listed in moe_layers, None = all; the other layers keep the dense MLP of width d_mlp)
+    mlp_kind: str = "dense"
+    n_experts: int = 0
+    n_experts_per_tok: int = 0
+    d_mlp_expert: int | None = None
+    moe_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -85,6 +96,18 @@ class TowerConfig:
                 raise ValueError(f"layer_rope_parameters has no entry for {sorted(set(self.layer_types) - set(self.layer_rope_parameters))}")
         elif self.layer_rope_parameters is not None:
             raise ValueError("layer_rope_parameters needs layer_types (which layers use which table)")
+        if self.mlp_kind not in MLP_KINDS:
+            raise ValueError(f"mlp_kind must be one of {MLP_KINDS}, got {self.mlp_kind!r}")
+        if self.mlp_kind == "moe":
+            if not 0 < self.n_experts_per_tok <= self.n_experts or not self.d_mlp_expert:
+                raise ValueError(f"mlp_kind='moe' needs 0 < n_experts_per_tok ({self.n_experts_per_tok}) <= n_experts "
+                                 f"({self.n_experts}) and d_mlp_expert ({self.d_mlp_expert})")
+            if self.moe_layers is not None:
+                self.moe_layers = tuple(self.moe_layers)
+                if any(not 0 <= l < self.n_layers for l in self.moe_layers):
+                    raise ValueError(f"moe_layers {self.moe_layers} must be layers of the {self.n_layers}-layer tower")
+        if not 0 <= self.deepstack_layers <= self.n_layers:
+            raise ValueError(f"deepstack_layers={self.deepstack_layers} must be between 0 and n_layers={self.n_layers}")
         if self.normalization_type not in ("RMS", "LN"):
             raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
 

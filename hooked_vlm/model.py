@@ -62,7 +62,9 @@ class HookedVLM(HookedRootModule):
         self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model] (projector output, before splicing)
         self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
         self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
-        self.blocks = nn.ModuleList([TransformerBlock(t) for _ in range(t.n_layers)])
+        self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
+        for block in self.blocks[: t.deepstack_layers]:  # [n_image_tokens, d_model], added after hook_resid_post
+            block.hook_deepstack = HookPoint()
         self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset)
         self.unembed = Unembed(t.d_model, cfg.d_vocab)
         self.tie_weights()
@@ -178,9 +180,13 @@ class HookedVLM(HookedRootModule):
             attention_mask = attention_mask.to(self.device)
 
         resid = self.embed(tokens)
-        layouts = []
+        layouts, deepstack = [], []
         if pixel_values is not None:
-            image_embeds, layouts = self.encode_images(pixel_values, {**extras, "input_ids": tokens})
+            image_embeds, layouts, *more = self.encode_images(pixel_values, {**extras, "input_ids": tokens})
+            deepstack = more[0] if more else []  # DeepStack features, one per early block
+            if len(deepstack) != self.cfg.text.deepstack_layers:
+                raise ValueError(f"the image pipeline gave {len(deepstack)} DeepStack features for "
+                                 f"{self.cfg.text.deepstack_layers} DeepStack blocks (text.deepstack_layers)")
             resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
         elif self.cfg.roles is not None and past == 0 and (tokens == self.cfg.roles.image_token_id).any():
             raise ValueError(
@@ -216,6 +222,8 @@ class HookedVLM(HookedRootModule):
         n_run = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
         for l, block in enumerate(self.blocks[:n_run]):
             resid = block(resid, masks[l], rotaries[l], kv_cache.layers[l] if kv_cache is not None else None)
+            if l < len(deepstack):
+                resid = self._splice_add(tokens, resid, block.hook_deepstack(deepstack[l]))
         if stop_at_layer is not None:
             return resid
         logits = self.unembed(self.ln_final(resid))
@@ -260,6 +268,7 @@ class HookedVLM(HookedRootModule):
             raise ValueError("input_ids is required (use model.prepare_inputs(images=..., text=...))")
         if not isinstance(input_ids, Tensor) or input_ids.ndim != 2:
             raise ValueError(f"input_ids must be a [batch, pos] LongTensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+<<<<<<< HEAD
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
             raise ValueError(f"input_ids must hold integer token ids (a LongTensor), got dtype {input_ids.dtype}")
         if input_ids.numel():
@@ -276,6 +285,12 @@ class HookedVLM(HookedRootModule):
                                  f"shape {(b, q_len)} it must be [batch, pos] = {(b, q_len)}"
                                  + (f" or [batch, past + pos] = {(b, past + q_len)}" if past else ""))
         allowed = set(self.cfg.extra.get("input_keys", ())) | {"token_type_ids"}
+=======
+        refused = {k: why for k, why in self.cfg.extra.get("refused_inputs", {}).items() if extras.get(k) is not None}
+        if refused:  # inputs HF takes that this family's converter does not implement (e.g. Qwen3-VL videos)
+            raise ValueError("; ".join(f"{k}: {why}" for k, why in sorted(refused.items())))
+        allowed = set(self.cfg.extra.get("input_keys", ())) | set(self.cfg.extra.get("refused_inputs", {})) | {"token_type_ids"}
+>>>>>>> qwen3vl
         unknown = sorted(set(extras) - allowed)
         if unknown:
             raise TypeError(
@@ -299,6 +314,11 @@ class HookedVLM(HookedRootModule):
                 "token count (use model.prepare_inputs or the checkpoint's processor)"
             )
         return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
+
+    def _splice_add(self, tokens: Tensor, resid: Tensor, features: Tensor) -> Tensor:
+        """resid with ``features`` [n_image_tokens, d_model] added at the image positions (in splice order)."""
+        is_image = (tokens == self.cfg.roles.image_token_id)[..., None]
+        return resid.masked_scatter(is_image, resid[is_image[..., 0]] + features.to(resid.dtype))
 
     def spans_for(self, tokens: Tensor, attention_mask: Tensor | None, layouts: list) -> TokenSpans:
         from .config import TokenRoles

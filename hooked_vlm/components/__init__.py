@@ -14,6 +14,7 @@ from torch import nn
 VISION_KINDS = {
     "vit": "hooked_vlm.components.vision:VisionTower",
     "qwen_vit": "hooked_vlm.components.qwen_vision:QwenVisionTower",
+    "qwen3_vit": "hooked_vlm.components.qwen3_vision:Qwen3VisionTower",
     "navit": "hooked_vlm.components.navit_vision:NaViTVisionTower",
     "pixtral": "hooked_vlm.components.pixtral_vision:PixtralVisionTower",
     "vq": "hooked_vlm.components.vq:VQTokenizer",
@@ -22,6 +23,7 @@ VISION_KINDS = {
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
     "patch_merger": "hooked_vlm.components.patch_merger:PatchMerger",
+    "deepstack_patch_merger": "hooked_vlm.components.deepstack:DeepStackMerger",
     "pixel_shuffle": "hooked_vlm.components.pixel_shuffle:PixelShuffleProjector",
     "anyres_mlp": "hooked_vlm.components.anyres_projector:AnyresProjector",
     "unfold_merge_mlp": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",

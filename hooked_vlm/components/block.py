@@ -10,18 +10,18 @@ from ..config import TowerConfig
 from ..hook_points import HookPoint
 from .attention import Attention, LayerKVCache
 from .masks import AttentionMask
-from .mlp import MLP
+from .moe import build_mlp
 from .norms import make_norm
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: TowerConfig):
+    def __init__(self, cfg: TowerConfig, layer: int = 0):
         super().__init__()
         norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
         self.ln1 = norm()
         self.attn = Attention(cfg)
         self.ln2 = norm()
-        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)
+        self.mlp = build_mlp(cfg, layer)  # dense MLP unless cfg.mlp_kind == "moe" (components/moe.py)
         self.post_sublayer_norm = cfg.norm_placement == "post_sublayer"
         if cfg.norm_placement == "sandwich":  # Gemma: the sublayer outputs are normed too (TL's ln1_post / ln2_post)
             self.ln1_post, self.ln2_post = norm(), norm()

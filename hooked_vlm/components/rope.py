@@ -61,7 +61,9 @@ class Rotary(nn.Module):
         """
         freqs = position_ids[..., None].float() * self.inv_freq.float().to(position_ids.device)
         if position_ids.ndim == 3:
-            freqs = mrope_select(freqs, self._args[0].get("mrope_section"))
+            rope = self._args[0]
+            select = mrope_interleave if rope.get("mrope_interleaved") else mrope_select
+            freqs = select(freqs, rope.get("mrope_section"))
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.scaling).to(dtype)
         sin = (emb.sin() * self.scaling).to(dtype)
@@ -76,6 +78,22 @@ def mrope_select(freqs: torch.Tensor, section: Any) -> torch.Tensor:
         raise ValueError(f"mrope_section {list(section)} must sum to d_head // 2 = {freqs.shape[-1]} "
                          f"and positions must be [3, batch, pos]; got {tuple(freqs.shape[:-1])}")
     return torch.cat([chunk[i % 3] for i, chunk in enumerate(freqs.split(list(section), dim=-1))], dim=-1)
+
+
+def mrope_interleave(freqs: torch.Tensor, section: Any) -> torch.Tensor:
+    """Interleaved M-RoPE (Qwen3-VL, ``rope_parameters["mrope_interleaved"]``): freqs [3, batch, pos, d_head // 2]
+    -> [batch, pos, d_head // 2]. Pair j follows height when ``j % 3 == 1 and j < 3 * section[1]``, width when
+    ``j % 3 == 2 and j < 3 * section[2]``, time otherwise (HF's ``recomposition_frequencies``)."""
+    if not section or len(section) != 3 or freqs.shape[0] != 3:
+        raise ValueError(f"interleaved M-RoPE needs a 3-entry rope_parameters['mrope_section'] and positions "
+                         f"[3, batch, pos]; got section {section!r} and positions {tuple(freqs.shape[:-1])}")
+    if sum(section) != freqs.shape[-1]:
+        raise ValueError(f"mrope_section {list(section)} must sum to d_head // 2 = {freqs.shape[-1]}")
+    j = torch.arange(freqs.shape[-1], device=freqs.device)
+    axis = torch.zeros_like(j)
+    axis[(j % 3 == 1) & (j < 3 * section[1])] = 1
+    axis[(j % 3 == 2) & (j < 3 * section[2])] = 2
+    return freqs.gather(0, axis.view(1, 1, 1, -1).expand(1, *freqs.shape[1:]))[0]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 @register_pipeline("qwen_vl")
 def qwen_vl(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
     """Every image is ``t x (h / merge) x (w / merge)`` LM tokens (one tile per frame), row-major."""
+    grid = check_qwen_inputs(model, pixel_values, extras)
+    merge = model.cfg.vision.extra["spatial_merge_size"]
+    embeds = model.projector(model.vision(pixel_values, grid.to(pixel_values.device)))
+    layouts = [ImageLayout(rows=h // merge, cols=w // merge, tiles=t) for t, h, w in grid.tolist()]
+    return embeds.reshape(-1, embeds.shape[-1]), layouts
+
+
+def check_qwen_inputs(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> torch.Tensor:
+    """image_grid_thw as a LongTensor, after checking it against the packed pixel_values."""
     vcfg = model.cfg.vision
     grid = extras.get("image_grid_thw")
     if grid is None:
@@ -32,6 +41,4 @@ def qwen_vl(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tup
     if pixel_values.ndim != 2 or pixel_values.shape[1] != width or pixel_values.shape[0] != n_patches:
         raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; with image_grid_thw={grid.tolist()} "
                          f"this model expects flattened patches [{n_patches}, {width}] (the Qwen2-VL image processor's output)")
-    embeds = model.projector(model.vision(pixel_values, grid.to(pixel_values.device)))
-    layouts = [ImageLayout(rows=h // merge, cols=w // merge, tiles=t) for t, h, w in grid.tolist()]
-    return embeds.reshape(-1, embeds.shape[-1]), layouts
+    return grid

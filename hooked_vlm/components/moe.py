@@ -1,0 +1,72 @@
+"""Sparse mixture-of-experts feed-forward (``TowerConfig.mlp_kind="moe"``; Qwen3-MoE-style top-k routing).
+
+A linear router gives each token ``n_experts`` logits; softmax (float32) -> the ``n_experts_per_tok`` largest
+probabilities (``torch.topk``, so ties break as in HF) -> renormalised to sum to 1 -> cast back. Each chosen expert is
+a gated MLP ``down(act(gate(x)) * up(x))``; the block output is the weighted sum of the chosen experts' outputs.
+Expert weights are stored fused as in the checkpoints: ``gate_up_proj`` [expert, 2 * d_mlp, d_model] (gate rows
+first) and ``down_proj`` [expert, d_model, d_mlp].
+
+Hooks: ``hook_router_logits`` [batch, pos, n_experts]; ``hook_expert_indices`` [batch, pos, k] (the chosen experts,
+in top-k order, long); ``hook_expert_weights`` [batch, pos, k] (their normalised weights: zero one to drop that
+expert for that token); ``hook_expert_out`` [batch, pos, k, d_model] (each chosen expert's output, before weighting).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..config import TowerConfig
+from ..hook_points import HookPoint
+from .mlp import MLP
+
+
+class MoEMLP(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        e, d, dm = cfg.n_experts, cfg.d_model, cfg.d_mlp_expert
+        self.n_experts, self.top_k, self.d_mlp = e, cfg.n_experts_per_tok, dm
+        self.router = nn.Linear(d, e, bias=False)  # weight [expert, d_model]
+        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * dm, d))
+        self.down_proj = nn.Parameter(torch.empty(e, d, dm))
+        self.act = ACT2FN[cfg.act_fn]
+        self.hook_router_logits = HookPoint()  # [batch, pos, n_experts]
+        self.hook_expert_indices = HookPoint()  # [batch, pos, k]
+        self.hook_expert_weights = HookPoint()  # [batch, pos, k]
+        self.hook_expert_out = HookPoint()  # [batch, pos, k, d_model]
+
+    @property
+    def b_out(self) -> torch.Tensor:
+        return torch.zeros(self.down_proj.shape[1], device=self.down_proj.device, dtype=self.down_proj.dtype)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [batch, pos, d_model] -> (expert indices [batch, pos, k], weights [batch, pos, k]), as HF's top-k router."""
+        logits = self.hook_router_logits(self.router(x))
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float)
+        top, indices = torch.topk(probs, self.top_k, dim=-1)
+        top = top / top.sum(dim=-1, keepdim=True)
+        return self.hook_expert_indices(indices), self.hook_expert_weights(top.to(logits.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        indices, weights = self.route(x)
+        b, p, d = x.shape
+        flat, flat_idx = x.reshape(-1, d), indices.reshape(-1, self.top_k)
+        if bool(((flat_idx < 0) | (flat_idx >= self.n_experts)).any()):
+            raise ValueError(f"hook_expert_indices must hold expert ids in [0, {self.n_experts})")
+        out = flat.new_zeros(flat.shape[0], self.top_k, d)
+        for e in flat_idx.unique().tolist():
+            tok, slot = torch.where(flat_idx == e)
+            gate, up = F.linear(flat[tok], self.gate_up_proj[e]).chunk(2, dim=-1)
+            out[tok, slot] = F.linear(self.act(gate) * up, self.down_proj[e])
+        out = self.hook_expert_out(out.view(b, p, self.top_k, d))
+        return (out * weights[..., None].to(out.dtype)).sum(-2)
+
+
+def build_mlp(cfg: TowerConfig, layer: int) -> nn.Module:
+    """The feed-forward of block ``layer``: MoE where ``cfg.mlp_kind == "moe"`` and the layer is in ``cfg.moe_layers``
+    (None = every layer), else the dense gated / plain MLP."""
+    if cfg.mlp_kind == "moe" and (cfg.moe_layers is None or layer in cfg.moe_layers):
+        return MoEMLP(cfg)
+    return MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)
