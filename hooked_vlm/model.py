@@ -268,7 +268,6 @@ class HookedVLM(HookedRootModule):
             raise ValueError("input_ids is required (use model.prepare_inputs(images=..., text=...))")
         if not isinstance(input_ids, Tensor) or input_ids.ndim != 2:
             raise ValueError(f"input_ids must be a [batch, pos] LongTensor, got {getattr(input_ids, 'shape', type(input_ids))}")
-<<<<<<< HEAD
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
             raise ValueError(f"input_ids must hold integer token ids (a LongTensor), got dtype {input_ids.dtype}")
         if input_ids.numel():
@@ -284,13 +283,10 @@ class HookedVLM(HookedRootModule):
                 raise ValueError(f"attention_mask has shape {tuple(getattr(attention_mask, 'shape', ()))}; for input_ids of "
                                  f"shape {(b, q_len)} it must be [batch, pos] = {(b, q_len)}"
                                  + (f" or [batch, past + pos] = {(b, past + q_len)}" if past else ""))
-        allowed = set(self.cfg.extra.get("input_keys", ())) | {"token_type_ids"}
-=======
         refused = {k: why for k, why in self.cfg.extra.get("refused_inputs", {}).items() if extras.get(k) is not None}
         if refused:  # inputs HF takes that this family's converter does not implement (e.g. Qwen3-VL videos)
             raise ValueError("; ".join(f"{k}: {why}" for k, why in sorted(refused.items())))
         allowed = set(self.cfg.extra.get("input_keys", ())) | set(self.cfg.extra.get("refused_inputs", {})) | {"token_type_ids"}
->>>>>>> qwen3vl
         unknown = sorted(set(extras) - allowed)
         if unknown:
             raise TypeError(
