@@ -17,6 +17,7 @@ FAMILY_MODULES = [
     "converters.chameleon",
     "converters.emu3",
     "converters.janus",
+    "converters.gemma3",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -28,13 +28,16 @@ def anyres_config(hf: Any, architecture: str, more_fields: set[str], extra: dict
     layers, select = feature_layers(hf), hf.vision_feature_select_strategy
     if vc.model_type == "clip_vision_model":
         if select != "default":
-            raise UnsupportedConfigError("anyres with a CLIP tower needs vision_feature_select_strategy='default' "
-                                         "(the tile grid has no room for the class token)")
+            raise UnsupportedConfigError(
+                f"{type(hf).__name__}: vision_feature_select_strategy={select!r} with a CLIP tower; anyres needs "
+                "'default': 'full' keeps CLIP's class token, and the tile grid has no room for it (HF's own "
+                "reshape into tiles fails)")
         vision = clip_vision_config(vc, layers, select)
     elif vc.model_type == "siglip_vision_model":
         vision = siglip_vision_config(vc, layers, select)
     else:
-        raise UnsupportedConfigError(f"vision model type {vc.model_type!r}; supported: clip_vision_model, siglip_vision_model")
+        raise UnsupportedConfigError(f"{type(hf).__name__}: vision_config.model_type={vc.model_type!r} is a tower this "
+                                     "converter does not build; supported: clip_vision_model, siglip_vision_model")
     text = decoder_config(hf.text_config)
     tc = hf.text_config
     return HookedVLMConfig(

@@ -20,7 +20,8 @@ def clip_vision_config(vc: Any, feature_layers: tuple[int, ...], feature_select:
     check_fields(vc, CLIP_VISION_FIELDS, "vision_config (clip_vision_model)")
     check_feature_layers(vc, feature_layers)
     if feature_select not in ("default", "full"):
-        raise UnsupportedConfigError(f"vision_feature_select_strategy {feature_select!r}; supported: 'default', 'full'")
+        raise UnsupportedConfigError(f"vision_feature_select_strategy={feature_select!r}: HF selects image features by "
+                                     "it and this converter knows only 'default' (drop the class token) and 'full'")
     tower = vit_tower(vc)
     return VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, n_channels=vc.num_channels,
                         class_token=True, patch_bias=False, ln_pre=True, feature_layers=tuple(feature_layers),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 from hooked_vlm.components.rope import STATIC_ROPE_TYPES
 from hooked_vlm.config import TowerConfig
@@ -17,8 +17,9 @@ DECODER_FIELDS = {
     "mistral": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                 "rope_parameters", "sliding_window", "tie_word_embeddings"},
+    # head_dim is no Qwen2Config field, but HF's Qwen2 attention and rotary read getattr(config, "head_dim", ...)
     "qwen2": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
+              "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
               "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "tie_word_embeddings"},
     "emu3_text_model": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                         "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
@@ -26,26 +27,22 @@ DECODER_FIELDS = {
 }
 
 
-def decoder_config(tc: Any) -> TowerConfig:
-    """A Llama-style decoder's HF text config -> our TowerConfig."""
+def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
+                   pinned: dict[str, tuple[Any, str]] | None = None) -> TowerConfig:
+    """A Llama-style decoder's HF text config -> our TowerConfig (``ignored`` / ``pinned``: see check_fields)."""
     kind = tc.model_type
     if kind not in DECODER_FIELDS:
         raise UnsupportedConfigError(
-            f"text model type {kind!r} is not supported inside this VLM; supported: {', '.join(sorted(DECODER_FIELDS))}"
+            f"text_config.model_type={kind!r}: a language model this converter does not build; supported: "
+            f"{', '.join(sorted(DECODER_FIELDS))}"
         )
-    check_fields(tc, DECODER_FIELDS[kind], f"text_config ({kind})")
+    check_fields(tc, DECODER_FIELDS[kind], f"text_config ({kind})", ignored, pinned)
     rope = dict(tc.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
-    if rope.get("rope_type", "default") not in STATIC_ROPE_TYPES:
-        raise UnsupportedConfigError(f"rope_type {rope.get('rope_type')!r} is not supported; supported: {STATIC_ROPE_TYPES}")
-    if getattr(tc, "pretraining_tp", 1) not in (1, None):
-        raise UnsupportedConfigError("pretraining_tp != 1 is not supported")
+    check_rope_type(rope, f"text_config ({kind})")
+    # pretraining_tp: transformers 5 never reads it (4.x only split the matmuls into slices: the same numbers)
     sliding = getattr(tc, "sliding_window", None)
     if kind == "qwen2":
-        layer_types = getattr(tc, "layer_types", None) or []
-        if not getattr(tc, "use_sliding_window", False) or all(t == "full_attention" for t in layer_types):
-            sliding = None
-        else:
-            raise UnsupportedConfigError("Qwen2 with use_sliding_window=True (per-layer windows) is not supported")
+        sliding = None if uniform_full_attention(tc) else refuse_layer_windows(tc, f"text_config ({kind})")
     qkv_bias = kind == "qwen2" or bool(getattr(tc, "attention_bias", False))
     return TowerConfig(
         n_layers=tc.num_hidden_layers,
@@ -67,6 +64,32 @@ def decoder_config(tc: Any) -> TowerConfig:
         max_position_embeddings=tc.max_position_embeddings,
         sliding_window=sliding,
     )
+
+
+def check_rope_type(rope: dict[str, Any], where: str) -> None:
+    kind = rope.get("rope_type", "default")
+    if kind not in STATIC_ROPE_TYPES:
+        raise UnsupportedConfigError(
+            f"{where}: rope_parameters.rope_type={kind!r}: rope_type {kind!r} is not supported; supported: "
+            f"{', '.join(STATIC_ROPE_TYPES)}. It changes the numbers: HF computes the rotary frequencies with it "
+            "(dynamic types rescale them with the sequence length at run time), this converter only precomputes "
+            "the static types")
+
+
+def uniform_full_attention(tc: Any) -> bool:
+    """True when HF's Qwen2-style ``layer_types`` give every layer full attention (``sliding_window`` then unused:
+    HF sets it to None unless use_sliding_window, and only layers >= max_window_layers would slide)."""
+    layer_types = getattr(tc, "layer_types", None) or []
+    return not getattr(tc, "use_sliding_window", False) or all(t == "full_attention" for t in layer_types)
+
+
+def refuse_layer_windows(tc: Any, where: str) -> NoReturn:
+    sliding = [i for i, t in enumerate(tc.layer_types) if t != "full_attention"]
+    raise UnsupportedConfigError(
+        f"{where}: use_sliding_window=True with sliding_window={tc.sliding_window} and max_window_layers="
+        f"{getattr(tc, 'max_window_layers', None)} gives layer_types with sliding attention in layer(s) {sliding}: HF "
+        f"masks keys more than {tc.sliding_window} positions back in those layers only, and this converter has one "
+        "attention window for all layers, so per-layer windows are not supported")
 
 
 def decoder_rules(prefix: str) -> list[tuple[str, str]]:

@@ -24,11 +24,13 @@ def pixtral_vision_config(vc: Any, feature_layers: tuple[int, ...]) -> VisionCon
     check_fields(vc, PIXTRAL_VISION_FIELDS, "vision_config (pixtral)")
     d_head = vc.hidden_size // vc.num_attention_heads
     if getattr(vc, "head_dim", None) not in (None, d_head):
-        raise UnsupportedConfigError(f"pixtral head_dim={vc.head_dim} differs from hidden_size // num_attention_heads "
-                                     f"= {d_head} (HF's attention and rotary would disagree)")
+        raise UnsupportedConfigError(f"vision_config (pixtral): head_dim={vc.head_dim} differs from hidden_size // "
+                                     f"num_attention_heads = {d_head}: HF's pixtral attention splits heads of {d_head} "
+                                     f"while its rotary is {vc.head_dim} wide, so HF's own forward cannot run it")
     rope = dict(vc.rope_parameters or {})
     if rope.get("rope_type", "axial") != "axial":
-        raise UnsupportedConfigError(f"pixtral rope_type {rope.get('rope_type')!r}; supported: 'axial'")
+        raise UnsupportedConfigError(f"vision_config (pixtral): rope_parameters.rope_type={rope.get('rope_type')!r}; "
+                                     "supported: 'axial' (the 2-D rotary over patch rows and columns implemented here)")
     check_feature_layers(vc, feature_layers)
     tower = TowerConfig(
         n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads, d_mlp=vc.intermediate_size,

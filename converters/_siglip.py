@@ -23,8 +23,9 @@ def siglip_vision_config(vc: Any, feature_layers: tuple[int, ...], feature_selec
     check_fields(vc, SIGLIP_VISION_FIELDS, "vision_config (siglip_vision_model)")
     check_feature_layers(vc, feature_layers)
     if feature_select != "full":
-        raise UnsupportedConfigError(f"vision_feature_select_strategy {feature_select!r} with a SigLIP tower (no class "
-                                     "token: 'default' would drop a real patch); supported: 'full'")
+        raise UnsupportedConfigError(f"vision_feature_select_strategy={feature_select!r} with a SigLIP tower (no class "
+                                     "token: 'default' would drop a real patch and HF's tile reshape fails); "
+                                     "supported: 'full'")
     tower = vit_tower(vc)
     return VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, n_channels=vc.num_channels,
                         class_token=False, patch_bias=True, ln_pre=False, feature_layers=tuple(feature_layers),

@@ -16,7 +16,8 @@ def check_feature_layers(vc: Any, feature_layers: tuple[int, ...]) -> None:
     n_hidden = vc.num_hidden_layers + 1
     for layer in feature_layers:
         if not -n_hidden <= layer < n_hidden:
-            raise UnsupportedConfigError(f"vision_feature_layer {layer} is out of range for a {vc.num_hidden_layers}-layer tower")
+            raise UnsupportedConfigError(f"vision_feature_layer={layer} is out of range for a {vc.num_hidden_layers}-layer "
+                                         f"tower (hidden states {-n_hidden}..{n_hidden - 1}): HF's indexing would fail")
 
 
 def vit_tower(vc: Any, d_mlp: int | None = None, attn_bias: bool = True) -> TowerConfig:

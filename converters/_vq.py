@@ -13,7 +13,8 @@ def vq_config(vq: Any, hf_class: str, code_to_token: list[int], encode: str, row
     """The whole HF VQ config is handed to HF's own VQ module, so every field of it is honoured."""
     for name in ("base_channels",):
         if getattr(vq, name, 32) % 32:
-            raise UnsupportedConfigError(f"vq_config.{name}={getattr(vq, name)} is not a multiple of 32 (GroupNorm(32))")
+            raise UnsupportedConfigError(f"vq_config.{name}={getattr(vq, name)} is not a multiple of 32: HF's VQ-VAE "
+                                         "normalises with GroupNorm(32 groups), which cannot split it")
     conf = vq.to_dict()
     for key in ("architectures", "transformers_version", "_name_or_path", "model_type", "dtype", "torch_dtype"):
         conf.pop(key, None)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hooked_vlm.components.rope import STATIC_ROPE_TYPES
 from hooked_vlm.config import HookedVLMConfig, TokenRoles, TowerConfig
 
-from ._decoder import decoder_rules
+from ._decoder import check_rope_type, decoder_rules
 from ._vq import check_codes, vq_config
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
@@ -29,11 +28,11 @@ def image_code_tokens(vocabulary_map: dict[str, int]) -> dict[int, int]:
 def chameleon_config(hf: Any) -> HookedVLMConfig:
     check_fields(hf, CHAMELEON_FIELDS, "ChameleonConfig")
     rope = dict(hf.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
-    if rope.get("rope_type", "default") not in STATIC_ROPE_TYPES:
-        raise UnsupportedConfigError(f"rope_type {rope.get('rope_type')!r} is not supported; supported: {STATIC_ROPE_TYPES}")
+    check_rope_type(rope, "ChameleonConfig")
     vmap = hf.vocabulary_map or {}
     if "<image>" not in vmap:
-        raise UnsupportedConfigError("ChameleonConfig.vocabulary_map has no '<image>' token")
+        raise UnsupportedConfigError("ChameleonConfig: vocabulary_map has no '<image>' token, so the image placeholder "
+                                     "positions (where HF splices the VQ codes) cannot be found")
     codes = image_code_tokens(vmap)
     code_ids = sorted(codes.values())
     text = TowerConfig(

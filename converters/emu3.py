@@ -31,7 +31,8 @@ def emu3_config(hf: Any) -> HookedVLMConfig:
     vmap = hf.vocabulary_map or {}
     for name in ("<image>", EOL):
         if name not in vmap:
-            raise UnsupportedConfigError(f"Emu3Config.vocabulary_map has no {name!r} token")
+            raise UnsupportedConfigError(f"Emu3Config: vocabulary_map has no {name!r} token, which HF needs to place the "
+                                         "image codes (image placeholder / end of each row of codes)")
     tc = hf.text_config
     text = decoder_config(tc)
     codes = visual_code_tokens(vmap)

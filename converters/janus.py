@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, VisionConfig
+from hooked_vlm.processors import marker_vocab
 from hooked_vlm.vocab import resolve_marker_tokens
 
 from ._decoder import decoder_config, decoder_rules
@@ -19,7 +20,8 @@ from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 JANUS_FIELDS = {"image_token_id", "tie_word_embeddings"}
 JANUS_VISION_FIELDS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_channels", "image_size",
                        "patch_size", "hidden_act", "layer_norm_eps", "mlp_ratio", "attention_bias", "projection_dim",
-                       "depth", "num_image_tokens", "use_qk_norm", "hidden_dropout_rate", "projection_dropout"}
+                       "depth", "use_qk_norm", "hidden_dropout_rate", "projection_dropout",
+                       "num_image_tokens"}  # read only by HF's image generation (the prompt's token count is checked)
 BOI, EOI = "<begin_of_image>", "<end_of_image>"
 NOT_CONVERTED = ("Janus image generation (VQ-VAE encoder/decoder, generation_embeddings, generation_aligner, "
                  "generation_head) is not converted: HookedVLM runs the understanding path (text output) only")
@@ -28,11 +30,15 @@ NOT_CONVERTED = ("Janus image generation (VQ-VAE encoder/decoder, generation_emb
 def janus_vision_config(vc: Any) -> VisionConfig:
     check_fields(vc, JANUS_VISION_FIELDS, "vision_config (janus_vision_model)")
     if vc.use_qk_norm:
-        raise UnsupportedConfigError("Janus vision_config.use_qk_norm=True is not supported")
+        raise UnsupportedConfigError("vision_config (janus_vision_model): use_qk_norm=True: HF's Janus ViT then "
+                                     "layer-normalises q and k, which this converter does not implement")
     if not isinstance(vc.image_size, int) or not isinstance(vc.patch_size, int):
-        raise UnsupportedConfigError(f"non-square Janus image_size/patch_size ({vc.image_size}, {vc.patch_size}) is not supported")
+        raise UnsupportedConfigError(f"vision_config (janus_vision_model): image_size={vc.image_size!r}, patch_size="
+                                     f"{vc.patch_size!r}: non-square images or patches change the patch grid, and only "
+                                     "square ones are implemented")
     if vc.depth != 2:
-        raise UnsupportedConfigError(f"Janus aligner depth={vc.depth} is not supported; supported: 2 (fc1, act, fc2)")
+        raise UnsupportedConfigError(f"vision_config (janus_vision_model): depth={vc.depth}: HF's aligner has depth - 1 "
+                                     "hidden layers and this converter implements depth 2 (fc1, act, fc2)")
     tower = vit_tower(vc, d_mlp=int(vc.hidden_size * vc.mlp_ratio), attn_bias=bool(vc.attention_bias))
     return VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, kind="vit_post_norm",
                         n_channels=vc.num_channels, class_token=False, patch_bias=True, ln_pre=False,
@@ -43,11 +49,11 @@ def janus_config(hf: Any) -> HookedVLMConfig:
     check_fields(hf, JANUS_FIELDS, "JanusConfig")
     vc, tc = hf.vision_config, hf.text_config
     vision = janus_vision_config(vc)
-    if vision.n_patches != vc.num_image_tokens:
-        raise UnsupportedConfigError(f"Janus num_image_tokens={vc.num_image_tokens} but the ViT gives {vision.n_patches} patches")
     text = decoder_config(tc)
     if vc.projection_dim != text.d_model:
-        raise UnsupportedConfigError(f"Janus aligner projection_dim={vc.projection_dim} != LM hidden size {text.d_model}")
+        raise UnsupportedConfigError(f"vision_config (janus_vision_model): projection_dim={vc.projection_dim} differs "
+                                     f"from the LM hidden_size={text.d_model}: the aligner output could not be spliced "
+                                     "into the LM (HF's forward fails)")
     return HookedVLMConfig(
         architecture="JanusForConditionalGeneration",
         text=text,
@@ -80,5 +86,12 @@ def janus_keymap(cfg: HookedVLMConfig) -> KeyMap:
     )
 
 
+def janus_finalize(cfg: HookedVLMConfig, processor: Any) -> None:
+    """<begin_of_image> / <end_of_image> ids live only in the tokenizer: from the processor's, or, when the processor
+    failed to load, from the checkpoint's tokenizer (files read directly if its class cannot load); raises if
+    those files exist but give nothing."""
+    resolve_marker_tokens(cfg, marker_vocab(processor))
+
+
 CONVERTER = Converter(architectures=("JanusForConditionalGeneration",), make_config=janus_config, make_keymap=janus_keymap,
-                      finalize=resolve_marker_tokens)  # <begin_of_image> / <end_of_image> ids live in the tokenizer
+                      finalize=janus_finalize)

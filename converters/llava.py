@@ -35,14 +35,16 @@ def llava_config(hf: Any) -> HookedVLMConfig:
     check_legacy_vocab_size(hf)
     if hf.vision_config.model_type not in ("clip_vision_model", "pixtral"):
         raise UnsupportedConfigError(
-            f"LLaVA with a {hf.vision_config.model_type!r} vision tower is not supported yet; supported: clip_vision_model, pixtral"
+            f"LlavaConfig: vision_config.model_type={hf.vision_config.model_type!r} is a tower this converter does not "
+            "build yet; supported: clip_vision_model, pixtral"
         )
     text = decoder_config(hf.text_config)
     extra = {"image_pipeline": "vit_mlp"}
     if hf.vision_config.model_type == "pixtral":  # mistral-community/pixtral-12b: images of any size
         if hf.vision_feature_select_strategy != "full":
-            raise UnsupportedConfigError("LLaVA with a pixtral tower needs vision_feature_select_strategy='full' "
-                                         "(pixtral has no class token)")
+            raise UnsupportedConfigError(f"LlavaConfig: vision_feature_select_strategy={hf.vision_feature_select_strategy!r}"
+                                         " with a pixtral tower; supported: 'full' (pixtral has no class token: "
+                                         "'default' would drop a real patch)")
         vision = pixtral_vision_config(hf.vision_config, feature_layers(hf))
         extra = {"image_pipeline": "pixtral", "input_keys": ("image_sizes",)}
     else:

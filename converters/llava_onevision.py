@@ -16,7 +16,8 @@ from .base import Converter, UnsupportedConfigError
 def llava_onevision_config(hf: Any) -> HookedVLMConfig:
     aspect = hf.vision_aspect_ratio
     if not (isinstance(aspect, str) and aspect.startswith("anyres_max_") and aspect[len("anyres_max_"):].isdigit()):
-        raise UnsupportedConfigError(f"vision_aspect_ratio {aspect!r}; supported: 'anyres_max_<N>'")
+        raise UnsupportedConfigError(f"LlavaOnevisionConfig: vision_aspect_ratio={aspect!r}; supported: 'anyres_max_<N>' "
+                                     "(HF reads N, the most tiles before the grid is shrunk, from it)")
     cfg = anyres_config(hf, "LlavaOnevisionForConditionalGeneration", {"video_token_index", "video_token_id",
                                                                         "vision_aspect_ratio"},
                         {"input_keys": ("image_sizes", "batch_num_images"), "vision_aspect_ratio": aspect,

@@ -18,9 +18,12 @@ MISTRAL3_FIELDS = {"image_token_index", "image_token_id", "projector_hidden_act"
 def mistral3_config(hf: Any) -> HookedVLMConfig:
     check_fields(hf, MISTRAL3_FIELDS, "Mistral3Config")
     if hf.vision_config.model_type != "pixtral":
-        raise UnsupportedConfigError(f"Mistral3 with a {hf.vision_config.model_type!r} tower; supported: pixtral")
+        raise UnsupportedConfigError(f"Mistral3Config: vision_config.model_type={hf.vision_config.model_type!r} is a tower "
+                                     "this converter does not build; supported: pixtral")
     if not isinstance(hf.vision_feature_layer, int):
-        raise UnsupportedConfigError("Mistral3 with a list vision_feature_layer (HF's projector norm takes one layer)")
+        raise UnsupportedConfigError(f"Mistral3Config: vision_feature_layer={hf.vision_feature_layer!r}: HF's projector "
+                                     "norm and patch merger are one vision layer wide, so HF's own forward fails on "
+                                     "concatenated layers; supported: one int, not a list")
     vision = pixtral_vision_config(hf.vision_config, (hf.vision_feature_layer,))
     text = decoder_config(hf.text_config)
     tc = hf.text_config

@@ -13,18 +13,21 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hooked_vlm.components.rope import STATIC_ROPE_TYPES
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
 
-from ._decoder import decoder_rules
+from ._decoder import check_rope_type, decoder_rules, refuse_layer_windows, uniform_full_attention
 from ._qwen_inputs import load_qwen_inputs
-from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
+from .base import Converter, KeyMap, UnsupportedConfigError, check_copy, check_fields
 
 # vision_token_id appears in hub configs but no HF code reads it
 TOP_FIELDS = {"image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "tie_word_embeddings",
               "vision_token_id"}
+TOP_IGNORED = {  # hub configs are flat: HF moves only the text config's own fields (and rope ones) into text_config
+    "head_dim": "in a flat config head_dim is no Qwen2(.5)-VL text-config field, so HF leaves it at the top level, "
+                "where no code reads it (the text model uses hidden_size // num_attention_heads)",
+}
 TEXT_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
+               "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
                "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "tie_word_embeddings"}
 VISION_FIELDS = {
     "qwen2_vl_vision": {"depth", "embed_dim", "hidden_size", "hidden_act", "mlp_ratio", "num_heads", "in_channels",
@@ -44,16 +47,25 @@ ALIASES = [
 
 
 def text_config(tc: Any) -> TowerConfig:
-    check_fields(tc, TEXT_FIELDS, f"text_config ({tc.model_type})")
+    where = f"text_config ({tc.model_type})"
+    check_fields(tc, TEXT_FIELDS, where)
     rope = dict(tc.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
-    if rope.get("rope_type", "default") not in STATIC_ROPE_TYPES:
-        raise UnsupportedConfigError(f"rope_type {rope.get('rope_type')!r} is not supported; supported: {STATIC_ROPE_TYPES}")
+    check_rope_type(rope, where)
+    # HF's Qwen2(.5)-VL text attention always uses hidden_size // num_attention_heads; only its rotary reads head_dim
     d_head = tc.hidden_size // tc.num_attention_heads
+    if getattr(tc, "head_dim", None) not in (None, d_head):
+        raise UnsupportedConfigError(
+            f"{where}: head_dim={tc.head_dim} differs from hidden_size // num_attention_heads = {d_head}. HF's "
+            f"{tc.model_type} attention splits q/k/v into {d_head}-wide heads while its rotary embedding is "
+            f"{tc.head_dim} wide, so HF's own forward cannot run this config")
     rope.setdefault("mrope_section", [16, 24, 24])  # HF's default
     if sum(rope["mrope_section"]) != d_head // 2:
-        raise UnsupportedConfigError(f"mrope_section {rope['mrope_section']} does not sum to head_dim // 2 = {d_head // 2}")
-    if getattr(tc, "use_sliding_window", False) and any(t != "full_attention" for t in (tc.layer_types or [])):
-        raise UnsupportedConfigError("use_sliding_window=True (per-layer sliding windows) is not supported")
+        raise UnsupportedConfigError(
+            f"{where}: rope_parameters.mrope_section={rope['mrope_section']} does not sum to head_dim // 2 = "
+            f"{d_head // 2}: M-RoPE gives each of its (t, h, w) sections that many rotary frequencies of a "
+            f"{d_head}-wide head, so HF's own forward cannot run this config")
+    if not uniform_full_attention(tc):
+        refuse_layer_windows(tc, where)
     return TowerConfig(
         n_layers=tc.num_hidden_layers, d_model=tc.hidden_size, n_heads=tc.num_attention_heads,
         n_key_value_heads=tc.num_key_value_heads, d_head=d_head, d_mlp=tc.intermediate_size, act_fn=tc.hidden_act,
@@ -69,10 +81,12 @@ def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
     check_fields(vc, VISION_FIELDS[vc.model_type] | set(LEGACY_VISION_ALIASES), f"vision_config ({vc.model_type})")
     for legacy, field in LEGACY_VISION_ALIASES.items():  # hub configs repeat these; HF reads only the new name
         if getattr(vc, legacy, None) not in (None, getattr(vc, field)):
-            raise UnsupportedConfigError(f"vision_config {legacy}={getattr(vc, legacy)} differs from {field}={getattr(vc, field)}")
+            check_copy(vc, legacy, getattr(vc, field), field, f"vision_config ({vc.model_type})")
     rope = dict(vc.rope_parameters or {"rope_type": "axial", "rope_theta": 10000.0})
     if rope.get("rope_type", "axial") != "axial":
-        raise UnsupportedConfigError(f"vision rope_type {rope.get('rope_type')!r}; supported: 'axial'")
+        raise UnsupportedConfigError(
+            f"vision_config ({vc.model_type}): rope_parameters.rope_type={rope.get('rope_type')!r}; supported: 'axial' "
+            "(the 2-D rotary over patch rows and columns the vision tower implements)")
     qwen25 = vc.model_type == "qwen2_5_vl_vision"
     width = vc.hidden_size if qwen25 else vc.embed_dim
     tower = TowerConfig(
@@ -95,12 +109,14 @@ def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
 
 
 def qwen_vl_config(hf: Any) -> HookedVLMConfig:
-    check_fields(hf, TOP_FIELDS, type(hf).__name__)
+    check_fields(hf, TOP_FIELDS, type(hf).__name__, TOP_IGNORED)
     tc = hf.text_config
     text = text_config(tc)
     vision, projector = vision_config(hf.vision_config)
     if projector.d_out != text.d_model:
-        raise UnsupportedConfigError(f"the merger outputs {projector.d_out} features but the LM width is {text.d_model}")
+        raise UnsupportedConfigError(
+            f"vision_config: the merger outputs {projector.d_out} features (Qwen2-VL hidden_size / Qwen2.5-VL "
+            f"out_hidden_size) but the LM width is text hidden_size={text.d_model}: HF's model could not add them")
     return HookedVLMConfig(
         architecture=hf.architectures[0] if getattr(hf, "architectures", None) else "Qwen2VLForConditionalGeneration",
         text=text, d_vocab=tc.vocab_size, vision=vision, projector=projector,

@@ -15,6 +15,11 @@ from typing import Any
 import torch
 
 
+NORM_PLACEMENTS = ("pre", "post_sublayer", "sandwich")
+MASK_POLICIES = ("causal", "causal+image_bidirectional")
+LAYER_TYPES = ("sliding_attention", "full_attention")
+
+
 @dataclass
 class TowerConfig:
     """One stack of pre-norm transformer blocks (language model or vision tower)."""
@@ -41,7 +46,19 @@ class TowerConfig:
     qk_norm: str | None = None  # "LN" | "RMS": normalise each head's q and k over d_head, before rope
     qk_norm_per_head: bool = False  # q/k norm weights [head, d_head] (Chameleon) instead of shared [d_head]
     qk_norm_eps: float | None = None  # None = norm_eps
-    norm_placement: str = "pre"  # "pre": x + f(ln(x)); "post_sublayer": x + ln(f(x)) (Swin-style; Chameleon swin_norm)
+    norm_placement: str = "pre"  # "pre": x + f(ln(x)); "post_sublayer": x + ln(f(x)) (Swin-style; Chameleon swin_norm);
+    #                              "sandwich": x + ln_post(f(ln(x))) (Gemma 2/3: ln1, ln1_post, ln2, ln2_post)
+    norm_offset: float = 0.0  # RMS norms (q/k norms included) scale by (offset + w); Gemma: 1.0, in float32 as HF
+    embed_scale: float | None = None  # token embeddings are multiplied by it (Gemma: sqrt(d_model), cast to the weight dtype)
+    # per-layer attention kinds: "sliding_attention" layers use sliding_window, "full_attention" layers do not;
+    # layer_rope_parameters[kind] then gives each kind its own RoPE table (Gemma 3: local 10k, global 1M linear x8)
+    layer_types: tuple[str, ...] | None = None
+    layer_rope_parameters: dict[str, dict[str, Any]] | None = None
+    # which keys a query may see beyond the causal ones: "causal" (none), "causal+image_bidirectional" (the
+    # tokens of the same image attend to each other in both directions; Gemma 3). mask_policy_input names the
+    # forward input whose presence switches the policy on (HF Gemma 3: token_type_ids); None = always on.
+    mask_policy: str = "causal"
+    mask_policy_input: str | None = None
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -50,8 +67,24 @@ class TowerConfig:
             self.n_key_value_heads = self.n_heads
         if self.n_heads % self.n_key_value_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}")
-        if self.norm_placement not in ("pre", "post_sublayer"):
-            raise ValueError(f"norm_placement must be 'pre' or 'post_sublayer', got {self.norm_placement!r}")
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(f"norm_placement must be one of {NORM_PLACEMENTS}, got {self.norm_placement!r}")
+        if self.mask_policy not in MASK_POLICIES:
+            raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, got {self.mask_policy!r}")
+        if self.mask_policy != "causal" and not self.causal:
+            raise ValueError(f"mask_policy {self.mask_policy!r} widens a causal mask; this tower is not causal")
+        if self.layer_types is not None:
+            self.layer_types = tuple(self.layer_types)
+            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if bad or len(self.layer_types) != self.n_layers:
+                raise ValueError(f"layer_types must list one of {LAYER_TYPES} per layer ({self.n_layers}); got "
+                                 f"{len(self.layer_types)} entries, unknown kinds {bad}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
+            if self.layer_rope_parameters is not None and set(self.layer_types) - set(self.layer_rope_parameters):
+                raise ValueError(f"layer_rope_parameters has no entry for {sorted(set(self.layer_types) - set(self.layer_rope_parameters))}")
+        elif self.layer_rope_parameters is not None:
+            raise ValueError("layer_rope_parameters needs layer_types (which layers use which table)")
         if self.normalization_type not in ("RMS", "LN"):
             raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
 

@@ -47,6 +47,14 @@ def generate(
     return_type: "tokens" (HF-style [batch, prompt + new] ids), "str" (decoded new text per item)
     or "auto" (str when the model has a tokenizer). Position ids follow HF's generate
     (cumulative sum of the attention mask), so left-padded batches give HF's tokens.
+
+    Right-padded (or otherwise not left-padded) prompts are first re-laid-out left-padded: each row's
+    real tokens move to the end of the row in their order, per-position inputs (``mm_token_type_ids``,
+    ``token_type_ids``) move with them, images and M-RoPE positions (computed from the real tokens)
+    are unchanged. New tokens then follow each row's real tokens, and the result equals generating
+    from the left-padded batch token for token. Hooks, ``hook.spans`` and the returned
+    ``return_type="tokens"`` ids use that left-padded layout: ``out[:, input_ids.shape[1]:]`` are the
+    new tokens of every row, whichever side the prompt was padded on.
     """
     from .model import KVCache
 
@@ -59,9 +67,9 @@ def generate(
     tokens = input_ids.to(model.device)
     b = tokens.shape[0]
     mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.to(model.device).long()
-    if bool((mask[:, -1] == 0).any()):
-        warnings.warn("right padding detected: generated tokens would follow padding. Pad prompts on the left "
-                      "for generation (e.g. model.prepare_inputs(..., padding_side='left')).")
+    relaid = not is_left_padded(mask)
+    if relaid:
+        tokens, mask, extras = to_left_padding(tokens, mask, extras)
     roles = model.cfg.roles
     if eos_token_id is None and roles is not None:
         eos_token_id = roles.eos_token_id
@@ -70,10 +78,14 @@ def generate(
         pad_token_id = (roles.pad_token_id if roles is not None else None)
         if pad_token_id is None:
             pad_token_id = int(eos[0]) if len(eos) else 0
+    check_sampling(do_sample, temperature, top_k, top_p)
     generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None
 
     hooks_ctx = model.hooks(fwd_hooks=fwd_hooks) if fwd_hooks else contextlib.nullcontext()
     with hooks_ctx:
+        if relaid and any(hp.fwd_hooks for hp in model.hook_dict.values()):
+            warnings.warn("the prompts are not left-padded: generate re-lays them out left-padded, and hooks see "
+                          "positions in that layout (use hook.spans, or pad on the left: padding_side='left')")
         cache = KVCache(model.cfg.n_layers) if use_kv_cache else None
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         spans = None
@@ -107,16 +119,71 @@ def generate(
     return [model.tokenizer.decode(row[tokens.shape[1]:], skip_special_tokens=True) for row in out]
 
 
-def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
+#: inputs with one entry per token position ([batch, pos, ...]); they move with the tokens when re-laying out
+PER_POSITION_INPUTS = ("mm_token_type_ids", "token_type_ids")
+
+
+def is_left_padded(mask: Tensor) -> bool:
+    """True when every row's padding (0) comes before all its real tokens (1)."""
+    return bool((mask[:, 1:] >= mask[:, :-1]).all())
+
+
+def to_left_padding(tokens: Tensor, mask: Tensor, extras: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Move each row's real tokens (in order) after its padding; per-position inputs move with them."""
+    order = torch.sort(mask, dim=1, stable=True).indices  # padding (0) first, real tokens (1) after, order kept
+    moved = dict(extras)
+    for key in PER_POSITION_INPUTS:
+        value = extras.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, Tensor) or tuple(value.shape[:2]) != tuple(tokens.shape):
+            raise ValueError(f"{key} must be [batch, pos] like input_ids {tuple(tokens.shape)}, got "
+                             f"{tuple(getattr(value, 'shape', ()))}")
+        index = order.to(value.device).reshape(*order.shape, *([1] * (value.ndim - 2))).expand_as(value)
+        moved[key] = value.gather(1, index)
+    return tokens.gather(1, order), mask.gather(1, order), moved
+
+
+def check_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """HF's checks: temperature > 0, top_k >= 0 (0 = off), 0 <= top_p <= 1; a warning when sampling arguments
+    are given without do_sample=True (they are then ignored: greedy decoding)."""
     if not do_sample:
-        return logits.argmax(-1)
-    logits = logits / max(temperature, 1e-8)
-    if top_k is not None:
+        given = [f"{n}={v}" for n, v, off in (("temperature", temperature, 1.0), ("top_k", top_k, None), ("top_p", top_p, None))
+                 if v != off]
+        if given:
+            warnings.warn(f"{', '.join(given)} ignored: do_sample=False decodes greedily (pass do_sample=True to sample)")
+        return
+    if not temperature > 0:
+        raise ValueError(f"temperature must be a positive float when sampling, got {temperature}; use do_sample=False "
+                         "for greedy decoding")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be a non-negative int (0 or None: no top-k filter), got {top_k!r}")
+    if top_p is not None and not 0.0 <= float(top_p) <= 1.0:
+        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
+
+
+def warp_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """HF's sampling warpers in HF's order: TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    (min_tokens_to_keep=1; top_k 0/None and top_p 1.0/None are off). Filtered logits become -inf.
+
+    top_p keeps the smallest set of most probable tokens whose probability reaches top_p (HF: a token goes when
+    the cumulative probability of it and all less probable tokens is <= 1 - top_p)."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k:
         kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        sorted_logits, idx = logits.sort(-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, idx, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, idx = logits.sort(-1, descending=False)
+        remove = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+        remove[..., -1:] = False  # keep at least the most probable token
+        logits = logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))
+    return logits
+
+
+def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
+    """The next token of each row: argmax, or a sample from softmax(warp_logits(...)) as HF's generate draws it."""
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = warp_logits(logits, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from .processors import ProcessorUnavailableError, UnavailableProcessor
+
 if TYPE_CHECKING:
     from .model import HookedVLM
 
@@ -16,11 +18,15 @@ def prepare_inputs(model: "HookedVLM", images: Any = None, text: str | Sequence[
     The prompts must contain the family's image placeholder (e.g. ``<image>`` for LLaVA) once per
     image. Extra keyword arguments go to the processor (e.g. ``padding_side="left"``).
     """
-    if model.processor is None:
-        raise ValueError(
-            "this model has no HF processor (the checkpoint folder had no processor files); build inputs "
-            "with the family's processor and call model(**inputs), or load with processor=..."
+    processor = model.processor
+    if processor is None:
+        raise ProcessorUnavailableError(
+            "this model has no HF processor (it was loaded or built with processor=None); pass processor=... to "
+            "from_pretrained or set model.processor = AutoProcessor.from_pretrained(...), or build inputs with the "
+            "family's processor and call model(**inputs)"
         )
+    if isinstance(processor, UnavailableProcessor):
+        processor.raise_error()
     if text is None:
         raise ValueError("text is required: the prompt(s), with one image placeholder per image")
     prompts = [text] if isinstance(text, str) else list(text)
@@ -30,8 +36,17 @@ def prepare_inputs(model: "HookedVLM", images: Any = None, text: str | Sequence[
     hook = model.cfg.extra.get("prepare_inputs_fn")
     if hook is not None:
         out = hook(model, images=images, text=prompts, **kwargs)
+    elif _is_tokenizer(processor):  # the checkpoint ships a tokenizer but no image processor
+        if images is not None:
+            raise ProcessorUnavailableError(
+                "this model's processor is only a tokenizer (the checkpoint has no preprocessor_config.json / "
+                "processor_config.json), so it cannot turn images into pixel_values. Text-only prompts work; for "
+                "images pass processor=AutoProcessor.from_pretrained('<hub id>') to from_pretrained (or set "
+                "model.processor), or build inputs with the family's processor and call model(**inputs)"
+            )
+        out = processor(prompts, return_tensors="pt", **kwargs)
     else:
-        out = model.processor(images=images, text=prompts, return_tensors="pt", **kwargs)
+        out = processor(images=images, text=prompts, return_tensors="pt", **kwargs)
     result: dict[str, torch.Tensor] = {}
     for k, v in dict(out).items():
         if isinstance(v, torch.Tensor):
@@ -40,3 +55,9 @@ def prepare_inputs(model: "HookedVLM", images: Any = None, text: str | Sequence[
                 v = v.to(model.dtype)
         result[k] = v
     return result
+
+
+def _is_tokenizer(processor: Any) -> bool:
+    from transformers import PreTrainedTokenizerBase
+
+    return isinstance(processor, PreTrainedTokenizerBase)

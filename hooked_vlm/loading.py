@@ -8,20 +8,27 @@ no full-precision copy of the weights is made. Hub ids and local folders take th
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import struct
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .processors import PROCESSOR_FILES, TOKENIZER_FILES, has_files, load_processor_or_standin
+
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 
 
+class CheckpointNotFoundError(FileNotFoundError):
+    """A name that is neither a local folder, a shipped toy, nor a checkpoint reachable on the HF hub."""
+
+
 def resolve_checkpoint(name_or_path: str, revision: str | None = None, local_files_only: bool = False) -> Path:
-    """A local folder as is; otherwise a hub id, downloaded (safetensors + configs only) to the HF cache."""
+    """A local folder as is; a shipped toy name; otherwise a hub id, downloaded (safetensors + configs only) to the
+    HF cache. A name that is none of the three raises :class:`CheckpointNotFoundError` saying what was tried."""
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         return path
@@ -33,10 +40,34 @@ def resolve_checkpoint(name_or_path: str, revision: str | None = None, local_fil
     if toy is not None:
         return toy
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RevisionNotFoundError
 
-    folder = snapshot_download(str(name_or_path), revision=revision, allow_patterns=CHECKPOINT_PATTERNS,
-                               local_files_only=local_files_only)
+    try:
+        folder = snapshot_download(str(name_or_path), revision=revision, allow_patterns=CHECKPOINT_PATTERNS,
+                                   local_files_only=local_files_only)
+    except GatedRepoError as err:  # the repo exists: access, not the name, is the problem
+        raise PermissionError(f"{name_or_path} is a gated hub repository: accept its terms on huggingface.co and log "
+                              f"in (`hf auth login`), then retry ({err})") from err
+    except RevisionNotFoundError as err:
+        raise CheckpointNotFoundError(f"hub repository {name_or_path} has no revision {revision!r} ({err})") from err
+    except (HFValidationError, OSError) as err:  # RepositoryNotFound, LocalEntryNotFound, offline, connection errors
+        raise CheckpointNotFoundError(_not_found_message(str(name_or_path), path, err, local_files_only)) from err
     return Path(folder)
+
+
+def _not_found_message(name: str, path: Path, err: Exception, local_files_only: bool) -> str:
+    from .toy import closest_toy, shipped_toys
+
+    hub = (f"not a valid hub id ({err})" if isinstance(err, ValueError)
+           else f"not found in the local HF cache (local_files_only=True: {type(err).__name__})" if local_files_only
+           else f"not reachable on the HF hub ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})")
+    toy = closest_toy(name)
+    parent = path.parent if str(path.parent) not in ("", ".") else Path(".")
+    near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir() if p.is_dir()], n=1, cutoff=0.75) \
+        if parent.is_dir() else []
+    hint = (f" Did you mean {toy!r}?" if toy else "") + (f" Did you mean the folder {str(parent / near[0])!r}?" if near else "")
+    return (f"{name!r} is not a checkpoint: it is not a local folder (no directory {path.absolute()}), not a shipped toy "
+            f"({', '.join(shipped_toys()) or 'none installed'}), and {hub}.{hint}")
 
 
 def safetensors_files(folder: Path) -> list[Path]:
@@ -82,8 +113,8 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
             module.reset_buffers()
     fill_from_safetensors(model, folder, converter.make_keymap(cfg))
     model.eval()
-    if processor == "auto":
-        processor = (converter.load_processor or load_auto_processor)(str(folder))
+    if processor == "auto":  # a missing / failing processor gives a stand-in that says why (hooked_vlm.processors)
+        processor = load_processor_or_standin(folder, converter.load_processor or load_auto_processor)
     model.processor = processor
     if getattr(converter, "finalize", None) is not None:
         converter.finalize(model.cfg, processor)
@@ -91,20 +122,17 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
 
 
 def load_auto_processor(folder: str) -> Any:
-    """The checkpoint's HF processor; its tokenizer alone when it has no image processor; else None."""
+    """The checkpoint's HF processor; its tokenizer alone when it has no image processor; None without either.
+
+    Failures propagate (``load_processor_or_standin`` turns them into a stand-in that names the cause)."""
     from transformers import AutoProcessor, AutoTokenizer
 
     path = Path(folder)
-    has_processor = (path / "processor_config.json").exists() or (path / "preprocessor_config.json").exists()
-    has_tokenizer = (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists()
-    if not has_processor and not has_tokenizer:
-        return None
-    try:
-        return AutoProcessor.from_pretrained(folder) if has_processor else AutoTokenizer.from_pretrained(folder)
-    except Exception as err:  # a checkpoint without processor files is still usable with model(**inputs)
-        warnings.warn(f"no HF processor could be loaded from {folder} ({type(err).__name__}: {err}); "
-                      "model.prepare_inputs will not work, model(**inputs) will")
-        return None
+    if has_files(path, PROCESSOR_FILES):
+        return AutoProcessor.from_pretrained(folder)
+    if has_files(path, TOKENIZER_FILES):
+        return AutoTokenizer.from_pretrained(folder)
+    return None
 
 
 SAFETENSORS_DTYPES = {

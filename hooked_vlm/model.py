@@ -20,10 +20,11 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from .components.attention import LayerKVCache
 from .components.block import TransformerBlock
 from .components.embed import Embed, Unembed
+from .components.layer_rotary import build_rotary
+from .components.mask_policy import layer_masks, policy_block_ids
 from .components.masks import AttentionMask
 from .components.norms import make_norm
 from .components import build_projector, build_vision
-from .components.rope import Rotary
 from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
 from .pipelines import PIPELINES
@@ -55,14 +56,14 @@ class HookedVLM(HookedRootModule):
         self.cfg = cfg
         self.processor = processor
         t = cfg.text
-        self.embed = Embed(cfg.d_vocab, t.d_model)
+        self.embed = Embed(cfg.d_vocab, t.d_model, scale=t.embed_scale)
         self.vision = build_vision(cfg.vision)
         self.projector = build_projector(cfg.projector)
         self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model] (projector output, before splicing)
         self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
-        self.rotary = Rotary(t.d_head, t.rope_parameters, t.max_position_embeddings) if t.positional == "rope" else None
+        self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
         self.blocks = nn.ModuleList([TransformerBlock(t) for _ in range(t.n_layers)])
-        self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps)
+        self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset)
         self.unembed = Unembed(t.d_model, cfg.d_vocab)
         self.tie_weights()
         self.setup()
@@ -209,10 +210,12 @@ class HookedVLM(HookedRootModule):
             k_len=past + q_len,
             sliding_window=self.cfg.text.sliding_window,
         )
+        masks = layer_masks(self.cfg.text, mask, policy_block_ids(self.cfg.text, spans, extras))
         rotary = self.rotary(position_ids, resid.dtype) if self.rotary is not None else None
+        rotaries = rotary if isinstance(rotary, list) else [rotary] * self.cfg.n_layers
         n_run = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
         for l, block in enumerate(self.blocks[:n_run]):
-            resid = block(resid, mask, rotary, kv_cache.layers[l] if kv_cache is not None else None)
+            resid = block(resid, masks[l], rotaries[l], kv_cache.layers[l] if kv_cache is not None else None)
         if stop_at_layer is not None:
             return resid
         logits = self.unembed(self.ln_final(resid))

@@ -125,3 +125,51 @@ def test_span_edit_on_an_activation_without_positions_is_refused():
     model, hf = ta.model_and_hf()
     with pytest.raises(ValueError, match="hook_embed instead of hook_image_embeds"):
         span_ablation(model, ta.example(hf, 1), "image", "zero", hook_name="hook_image_embeds")
+
+
+def _steps(model, inputs, hooks, n=5, **kw):
+    """(tokens, final-norm state of the row that predicts each new token) of a greedy generate."""
+    seen = []
+    rec = lambda t, hook: seen.append(t[:, -1].clone())
+    tokens = model.generate(**inputs, fwd_hooks=hooks + [("ln_final.hook_normalized", rec)], max_new_tokens=n,
+                            return_type="tokens", stop_at_eos=False, **kw)
+    return tokens, torch.stack(seen, 1)
+
+
+def test_ablation_hook_in_generation_edits_the_prompt_image_once_and_every_new_text_row():
+    from hooked_vlm.analysis import ablation_hook
+
+    model, hf = ta.model_and_hf()
+    inputs = ta.batch(hf, [1, 2], [5, 3])
+    length = inputs["input_ids"].shape[1]
+    ids, real = inputs["input_ids"].tolist(), inputs["attention_mask"].tolist()
+    image = [[p for p, t in enumerate(row) if t == ta.tiny.IMAGE_TOKEN] for row in ids]
+    mean = torch.randn(model.cfg.d_model)
+
+    def mean_by_hand(t, hook):  # the image rows exist only in the prompt pass (all `length` rows at once)
+        if t.shape[1] != length:
+            return t
+        out = t.clone()
+        for b in range(t.shape[0]):
+            out[b, image[b]] = mean
+        return out
+
+    ours_tok, ours = _steps(model, inputs, [("hook_embed", ablation_hook("image", "mean", mean))])
+    hand_tok, hand = _steps(model, inputs, [("hook_embed", mean_by_hand)])
+    plain_tok, plain = _steps(model, inputs, [])
+    assert torch.equal(ours_tok, hand_tok) and (ours - hand).abs().max().item() <= ATOL
+    assert (ours - plain).abs().max().item() > 1e-3 and not torch.equal(ours_tok, plain_tok)
+
+    def zero_text_by_hand(t, hook):  # no KV cache: every step recomputes the whole sequence
+        out = t.clone()
+        for b in range(t.shape[0]):
+            boi, eoi = ids[b].index(ta.BOI), ids[b].index(ta.EOI)
+            text = [p for p in range(t.shape[1]) if p >= length or (real[b][p] and not boi <= p <= eoi)]
+            out[b, text] = 0
+        return out
+
+    site = "blocks.1.hook_resid_pre"
+    ours_tok, ours = _steps(model, inputs, [(site, ablation_hook("text", "zero"))])
+    hand_tok, hand = _steps(model, inputs, [(site, zero_text_by_hand)], use_kv_cache=False)
+    assert torch.equal(ours_tok, hand_tok) and (ours - hand).abs().max().item() <= ATOL
+    assert (ours - plain).abs().max().item() > 1e-3

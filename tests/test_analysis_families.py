@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,9 +42,22 @@ def test_analyses_on_family(family):
 
     hand = forward_with_hooks(model, inputs, [("blocks.0.attn.hook_attn_scores", by_hand)])
     assert (ko - hand)[real].abs().max().item() <= ATOL
-    # attention flow: shares of each layer sum to 1 over the roles found in this family's spans
-    flow = attention_flow(model, inputs, layers=[0])
-    assert abs(flow.share.sum() - 1) <= 1e-5 and "image_last" in set(flow.role)
+    # attention flow vs the cached pattern: the roles split the whole text -> image-region mass (disjoint, nothing
+    # left out), and the eoi / image_last roles hold the mass at those positions
+    flow = attention_flow(model, inputs, layers=[0]).set_index("role")
+    _, cache = model.run_with_cache(**inputs, names_filter="blocks.0.attn.hook_pattern")
+    per_key = []  # per item with text after the image: mean over those query rows of the head-summed pattern
+    for b in range(spans.batch):
+        q = span_mask(spans, "after_image")[b]
+        if q.any():
+            per_key.append((b, cache["blocks.0.attn.hook_pattern"][b].sum(0)[q].mean(0)))
+    mass = lambda span: float(np.mean([row[span_mask(spans, span)[b]].sum().item() for b, row in per_key]))
+    total = mass("image_region")
+    assert abs(flow.weight.sum() - total) <= ATOL and abs(flow.loc["image_last", "weight"] - mass("image_last")) <= ATOL
+    if "eoi" in spans:
+        assert abs(flow.loc["eoi", "weight"] - mass("eoi")) <= ATOL
+    assert np.abs(flow.share.values - flow.weight.values / total).max() <= ATOL
+    assert (flow.n == len(per_key)).all() and len(per_key) >= 1
     # patching every position of the residual from run A into a run with other pixels reproduces A
     other = dict(inputs)
     other["pixel_values"] = inputs["pixel_values"] + 0.5 * torch.randn_like(inputs["pixel_values"].float()).to(inputs["pixel_values"].dtype)

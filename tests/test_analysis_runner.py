@@ -52,4 +52,7 @@ def test_image_prompt_pairs_go_through_the_processor():
     lens = logit_lens(model, inputs[0], targets=["red", "circle"], top_k=2)
     df = lens.to_dataframe("targets")
     assert set(df.token) == {"red", "circle"} and lens.target_ids.tolist() == [3, 6]
-    assert torch.isfinite(lens.top_probs).all()
+    # the last readout (final norm + unembedding) is the model's own next-token distribution at those positions
+    probs = forward_with_hooks(model, inputs[0])[0].float().softmax(-1)[lens.positions]
+    assert (lens.target_probs[-1] - probs[:, [3, 6]]).abs().max().item() <= 1e-5
+    assert torch.equal(lens.top_ids[-1], probs.topk(2, -1).indices)

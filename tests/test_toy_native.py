@@ -80,12 +80,20 @@ def test_processor_pixels_spans_and_generation(model):
 
 
 def test_held_out_accuracy(model):
-    acc = accuracy(hooked_logits_fn(model), ToyEncoder(model.processor), make_scenes(150, 4242), tuple(MIN_ACCURACY))
+    """Measured on the model, on the first 150 of the 1,000 held-out scenes that toy_training.json reports on
+    (measured 99.3 / 100 / 61.3); the shipped claim must hold there: no more errors than it claims on all 1,000."""
+    from hooked_vlm.toy.train import HELD_OUT_SEED
+
+    n = 150
+    acc = accuracy(hooked_logits_fn(model), ToyEncoder(model.processor), make_scenes(n, HELD_OUT_SEED),
+                   tuple(MIN_ACCURACY))  # make_scenes(150, seed) == make_scenes(1000, seed)[:150]
     for kind, floor in MIN_ACCURACY.items():
         assert acc[kind] >= floor, acc
-    shipped = INFO["held_out_accuracy"]  # 1,000 held-out scenes, measured at training time
-    for kind, floor in MIN_ACCURACY.items():
-        assert shipped[kind] >= floor, shipped
+    assert INFO["held_out_seed"] == HELD_OUT_SEED and INFO["held_out_n"] == 1000, INFO
+    for kind in MIN_ACCURACY:
+        wrong_here = round(n * (100 - acc[kind]) / 100)
+        wrong_claimed = round(INFO["held_out_n"] * (100 - INFO["held_out_accuracy"][kind]) / 100)
+        assert wrong_here <= wrong_claimed, (kind, acc, INFO["held_out_accuracy"])
 
 
 def test_tokenizer_codes_separate_colour_from_background(model):

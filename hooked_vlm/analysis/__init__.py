@@ -10,8 +10,8 @@ from ._common import (DERIVED, SpanLike, forward_with_hooks, grid_cells_mask, im
 from .attention_flow import (attention_flow, attention_flow_frame, default_key_roles, flow_hook, plot_attention_flow,
                              role_masks, summarise_flow)
 from .gate import candidate_span, find_gate, gate_frame
-from .modality import (abs_cosine, cluster_homogeneity, collect_span_vectors, label_overlap, modality_separation,
-                       neighbourhood_overlap)
+from .modality import (abs_cosine, adp_clusters, cluster_homogeneity, collect_span_vectors, label_overlap,
+                       modality_separation, neighbourhood_overlap)
 from .ablation import ablation_hook, high_norm_span, mean_activation, span_ablation, span_activations
 from .knockout import (attention_knockout, blocked_edges, knockout_generate, knockout_hooks, layer_windows,
                        mask_knockout_hook, zero_knockout_hook)
@@ -27,8 +27,8 @@ __all__ = [
     "attention_flow", "attention_flow_frame", "default_key_roles", "flow_hook", "plot_attention_flow", "role_masks",
     "summarise_flow",
     "candidate_span", "find_gate", "gate_frame",
-    "abs_cosine", "cluster_homogeneity", "collect_span_vectors", "label_overlap", "modality_separation",
-    "neighbourhood_overlap",
+    "abs_cosine", "adp_clusters", "cluster_homogeneity", "collect_span_vectors", "label_overlap",
+    "modality_separation", "neighbourhood_overlap",
     "ablation_hook", "high_norm_span", "mean_activation", "span_ablation", "span_activations",
     "attention_knockout", "blocked_edges", "knockout_generate", "knockout_hooks", "layer_windows",
     "mask_knockout_hook", "zero_knockout_hook",

@@ -121,6 +121,15 @@ def knockout_generate(model: Any, inputs: dict, src: SpanLike = "image", dst: Sp
 
 def layer_windows(n_layers: int, size: int, stride: int | None = None) -> list[list[int]]:
     """Consecutive layer windows (Neo et al. use ~10-layer windows; the Narrow Gate's progressive
-    variant is ``[list(range(n - k, n)) for k in (8, 16, ...)]``)."""
-    stride = stride or size
-    return [list(range(s, min(s + size, n_layers))) for s in range(0, max(1, n_layers - size + stride), stride)]
+    variant is ``[list(range(n - k, n)) for k in (8, 16, ...)]``): windows of ``size`` layers starting
+    every ``stride`` layers (default ``size``), the last one cut at ``n_layers``; they stop at the first
+    window that reaches the last layer. With ``stride > size`` the windows leave gaps."""
+    stride = size if stride is None else stride
+    if size < 1 or stride < 1:
+        raise ValueError(f"layer_windows needs size and stride >= 1, got size={size}, stride={stride}")
+    windows = []
+    for s in range(0, n_layers, stride):
+        windows.append(list(range(s, min(s + size, n_layers))))
+        if s + size >= n_layers:  # this window reaches the last layer
+            break
+    return windows

@@ -12,8 +12,12 @@ The Narrow Gate paper's measures on the residual stream (decoder layer outputs,
   neighbours (cosine) that share its label.
 
 The paper clusters with DADApy's Advanced Density Peaks; DADApy is optional here: with
-``method="adp"`` it is used if installed, the default is scikit-learn k-means on unit vectors
-with one cluster per modality (a different, simpler clustering: compare trends, not values).
+``method="adp"`` it is used with the paper's settings (:func:`adp_clusters`; the ``dadapy`` extra),
+the default is scikit-learn k-means on unit vectors with one cluster per modality (a different,
+simpler clustering: compare trends, not values). The paper's label overlap (DADApy
+``return_label_overlap``) uses Euclidean neighbours and weights each point by 1 / its class size;
+:func:`neighbourhood_overlap` uses cosine neighbours and an unweighted mean (the same number for
+balanced classes and unit-norm vectors).
 """
 
 from __future__ import annotations
@@ -92,7 +96,8 @@ def cluster_homogeneity(vectors: Tensor | np.ndarray, labels: Sequence[Any] | np
     """Homogeneity (scikit-learn) of a clustering of ``vectors`` (cosine geometry) w.r.t. ``labels``.
 
     method: "kmeans" (on unit vectors, ``n_clusters`` default = number of labels), "agglomerative"
-    (cosine, average linkage) or "adp" (DADApy Advanced Density Peaks, Z = 1.65, if installed).
+    (cosine, average linkage) or "adp" (DADApy Advanced Density Peaks with the paper's settings, see
+    :func:`adp_clusters`; needs DADApy and more than 16 points).
     """
     from sklearn.metrics import homogeneity_score
 
@@ -108,18 +113,38 @@ def cluster_homogeneity(vectors: Tensor | np.ndarray, labels: Sequence[Any] | np
 
         clusters = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(x)
     elif method == "adp":
-        try:
-            from dadapy import Data
-        except ImportError as e:
-            raise ImportError("method='adp' needs DADApy (pip install dadapy); use 'kmeans' or 'agglomerative'") from e
-        d = Data(x, maxk=min(128, len(x) - 1))
-        d.compute_distances(metric="cosine")
-        d.compute_id_2NN()
-        d.compute_density_kNN(k=min(16, len(x) - 1))
-        clusters = d.compute_clustering_ADP(Z=1.65)
+        clusters = adp_clusters(x)
     else:
         raise ValueError(f"method must be 'kmeans', 'agglomerative' or 'adp', got {method!r}")
     return float(homogeneity_score(list(labels), clusters))
+
+
+#: The Narrow Gate paper's Advanced Density Peaks recipe (their paper_experiments/Fig2_CosSim_Hom.py)
+ADP_MAXK, ADP_GRIDE_SCALE, ADP_DENSITY_K, ADP_Z = 128, 3, 16, 1.65
+
+
+def adp_clusters(vectors: Tensor | np.ndarray, z: float = ADP_Z) -> np.ndarray:
+    """DADApy Advanced Density Peaks cluster labels, as in the Narrow Gate paper: cosine distances to the
+    ``ADP_MAXK`` (128) nearest neighbours (zero distances regularised), intrinsic dimension = the Gride estimate
+    at scale ``ADP_GRIDE_SCALE`` (neighbour ranks 8 -> 16), kNN density with k = 16, merging factor Z = 1.65.
+    With fewer than 129 points the neighbour lists hold every other point."""
+    try:
+        from dadapy import Data
+    except ImportError as e:
+        raise ImportError("method='adp' needs DADApy (pip install dadapy, or the 'dadapy' extra); "
+                          "use 'kmeans' or 'agglomerative'") from e
+    x = np.asarray(vectors, dtype=np.float64)
+    if len(x) <= ADP_DENSITY_K:
+        raise ValueError(f"ADP clustering needs more than {ADP_DENSITY_K} points (kNN density with k = {ADP_DENSITY_K}), "
+                         f"got {len(x)}: sample more tokens or examples")
+    maxk = min(ADP_MAXK, len(x) - 1)
+    d = Data(x, maxk=maxk, verbose=False)
+    d.compute_distances(maxk=maxk, metric="cosine")
+    d.distances = d.remove_zero_dists(d.distances)
+    ids, _, _ = d.return_id_scaling_gride(range_max=maxk)
+    d.set_id(ids[ADP_GRIDE_SCALE])
+    d.compute_density_kNN(k=ADP_DENSITY_K)
+    return np.asarray(d.compute_clustering_ADP(Z=z))
 
 
 def neighbourhood_overlap(vectors: Tensor | np.ndarray, labels: Sequence[Any] | np.ndarray, k: int = 30) -> float:

@@ -25,6 +25,7 @@ PROJECTOR_KINDS = {
     "pixel_shuffle": "hooked_vlm.components.pixel_shuffle:PixelShuffleProjector",
     "anyres_mlp": "hooked_vlm.components.anyres_projector:AnyresProjector",
     "unfold_merge_mlp": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",
+    "pooled_norm_matmul": "hooked_vlm.components.pooled_projector:PooledNormProjector",
 }
 
 

@@ -1,4 +1,5 @@
-"""A pre-norm transformer block, readable top to bottom (used by the LM and the vision tower)."""
+"""A transformer block, readable top to bottom (used by the LM and the vision tower): pre-norm, Swin-style
+post-sublayer norm, or Gemma's sandwich (``cfg.norm_placement``)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,16 @@ from .norms import make_norm
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: TowerConfig):
         super().__init__()
-        self.ln1 = make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps)
+        norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        self.ln1 = norm()
         self.attn = Attention(cfg)
-        self.ln2 = make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps)
+        self.ln2 = norm()
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)
         self.post_sublayer_norm = cfg.norm_placement == "post_sublayer"
+        if cfg.norm_placement == "sandwich":  # Gemma: the sublayer outputs are normed too (TL's ln1_post / ln2_post)
+            self.ln1_post, self.ln2_post = norm(), norm()
+        else:
+            self.ln1_post = self.ln2_post = None
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
@@ -40,6 +46,10 @@ class TransformerBlock(nn.Module):
             attn_out = self.hook_attn_out(self.ln1(self.attn(resid, mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
             return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2(self.mlp(resid))))
+        if self.ln1_post is not None:  # sandwich: hook_attn_out / hook_mlp_out are what is added (after ln*_post)
+            attn_out = self.hook_attn_out(self.ln1_post(self.attn(self.ln1(resid), mask, rotary, kv_cache)))
+            resid = self.hook_resid_mid(resid + attn_out)
+            return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid)))))
         attn_out = self.hook_attn_out(self.attn(self.ln1(resid), mask, rotary, kv_cache))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))

@@ -7,12 +7,19 @@ from torch import nn
 
 
 class Embed(nn.Module):
-    def __init__(self, d_vocab: int, d_model: int):
+    """``scale`` (Gemma: sqrt(d_model)) multiplies the looked-up rows; it is rounded to float32, then to the
+    weight's dtype, as HF's Gemma3TextScaledWordEmbedding does. ``W_E`` stays the unscaled table."""
+
+    def __init__(self, d_vocab: int, d_model: int, scale: float | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(d_vocab, d_model))  # W_E [d_vocab, d_model]
+        self.scale = scale
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(tokens, self.weight)
+        out = nn.functional.embedding(tokens, self.weight)
+        if self.scale is None:
+            return out
+        return out * torch.tensor(self.scale, dtype=torch.float32, device=out.device).to(self.weight.dtype)
 
 
 class Unembed(nn.Module):

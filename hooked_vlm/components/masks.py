@@ -21,6 +21,9 @@ class AttentionMask:
     k_len: int
     sliding_window: int | None = None
     segment_ids: torch.Tensor | None = None  # [batch, k_len]: attend only within a segment (packed images, windows)
+    # [batch, k_len]: positions with the same id >= 0 also attend to each other bidirectionally (OR-ed onto the
+    # causal mask BEFORE the sliding window is applied, as HF's Gemma 3 mask does); -1 = no block
+    block_ids: torch.Tensor | None = None
 
     @property
     def q_len(self) -> int:
@@ -31,7 +34,7 @@ class AttentionMask:
         """True when SDPA's ``is_causal`` (or no mask at all) gives exactly this mask."""
         if self.sliding_window is not None and self.k_len > self.sliding_window:
             return False
-        if self.segment_ids is not None:
+        if self.segment_ids is not None or self.block_ids is not None:
             return False
         return self.key_padding is None and (self.q_len == self.k_len or self.q_len == 1 or not self.causal)
 
@@ -46,9 +49,14 @@ class AttentionMask:
             allowed = keys[None, :] <= self.query_positions[:, None]
         else:
             allowed = torch.ones(self.q_len, self.k_len, dtype=torch.bool, device=device)
+        if self.block_ids is not None:
+            blk = self.block_ids.to(device)
+            q_blk = blk[:, self.query_positions, None]  # [batch, q, 1]
+            allowed = allowed[None] | ((q_blk == blk[:, None, :]) & (q_blk >= 0))  # [batch, q, k]
         if self.sliding_window is not None:
             allowed = allowed & (self.query_positions[:, None] - keys[None, :] < self.sliding_window)
-        allowed = allowed[None, None].expand(batch, 1, self.q_len, self.k_len)
+        allowed = allowed[:, None] if allowed.ndim == 3 else allowed[None, None]
+        allowed = allowed.expand(batch, 1, self.q_len, self.k_len)
         if self.key_padding is not None:
             allowed = allowed & self.key_padding[:, None, None, :].to(device)
         if self.segment_ids is not None:

@@ -28,15 +28,19 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x32 = x.float()
         scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
-        return self.hook_normalized((self.w + self.weight_offset) * (x32 / scale).to(dtype))
+        if self.weight_offset:  # Gemma: (x * (offset + w)) in float32, then cast (HF Gemma3RMSNorm's order)
+            return self.hook_normalized(((x32 / scale) * (self.w.float() + self.weight_offset)).to(dtype))
+        return self.hook_normalized(self.w * (x32 / scale).to(dtype))
 
 
 class LayerNorm(nn.Module):
     """LayerNorm over the last dimension; ``center=False`` makes it an RMSNorm with a float32 weight
     (the q/k norms of :mod:`.qk_norm`). ``shape`` may be ``(head, d_head)`` for a per-head weight."""
 
-    def __init__(self, shape: int | tuple[int, ...], eps: float, bias: bool = True, center: bool = True):
+    def __init__(self, shape: int | tuple[int, ...], eps: float, bias: bool = True, center: bool = True,
+                 weight_offset: float = 0.0):
         super().__init__()
+        self.weight_offset = weight_offset  # the weight applied is (offset + w) (Gemma's q/k norms: 1.0)
         self.w = nn.Parameter(torch.ones(shape))
         self.b = nn.Parameter(torch.zeros(shape)) if bias else None
         self.eps = eps
@@ -50,15 +54,18 @@ class LayerNorm(nn.Module):
         if self.center:
             x32 = x32 - x32.mean(-1, keepdim=True)
         scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
-        out = (x32 / scale) * self.w.float()
+        w = self.w.float()
+        out = (x32 / scale) * (w + self.weight_offset if self.weight_offset else w)
         if self.b is not None:
             out = out + self.b.float()
         return self.hook_normalized(out.to(dtype))
 
 
-def make_norm(kind: str, d: int, eps: float) -> nn.Module:
+def make_norm(kind: str, d: int, eps: float, offset: float = 0.0) -> nn.Module:
     if kind == "RMS":
-        return RMSNorm(d, eps)
+        return RMSNorm(d, eps, offset)
+    if offset:
+        raise ValueError(f"norm_offset={offset} is only supported for RMS norms, not {kind!r}")
     if kind == "LN":
         return LayerNorm(d, eps)
     raise ValueError(f"unknown normalization_type {kind!r}; expected 'RMS' or 'LN'")

@@ -17,11 +17,11 @@ from .norms import LayerNorm
 class HeadNorm(LayerNorm):
     """LayerNorm ("LN") or RMSNorm ("RMS") of each head's vector over d_head, weights in float32."""
 
-    def __init__(self, kind: str, n_heads: int, d_head: int, eps: float, per_head: bool):
+    def __init__(self, kind: str, n_heads: int, d_head: int, eps: float, per_head: bool, offset: float = 0.0):
         if kind not in ("LN", "RMS"):
             raise ValueError(f"qk_norm must be 'LN' or 'RMS', got {kind!r}")
         shape = (n_heads, d_head) if per_head else (d_head,)
-        super().__init__(shape, eps, bias=kind == "LN", center=kind == "LN")
+        super().__init__(shape, eps, bias=kind == "LN", center=kind == "LN", weight_offset=offset)
         self.kind = kind
         self.hook_scale = HookPoint()  # [batch, pos, head, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, head, d_head]
@@ -32,5 +32,6 @@ def make_qk_norms(cfg: TowerConfig) -> tuple[HeadNorm | None, HeadNorm | None]:
     if cfg.qk_norm is None:
         return None, None
     eps = cfg.norm_eps if cfg.qk_norm_eps is None else cfg.qk_norm_eps
-    return (HeadNorm(cfg.qk_norm, cfg.n_heads, cfg.d_head, eps, cfg.qk_norm_per_head),
-            HeadNorm(cfg.qk_norm, cfg.n_key_value_heads, cfg.d_head, eps, cfg.qk_norm_per_head))
+    offset = cfg.norm_offset if cfg.qk_norm == "RMS" else 0.0  # Gemma 3: RMS q/k norms with (1 + w), like its other norms
+    return (HeadNorm(cfg.qk_norm, cfg.n_heads, cfg.d_head, eps, cfg.qk_norm_per_head, offset),
+            HeadNorm(cfg.qk_norm, cfg.n_key_value_heads, cfg.d_head, eps, cfg.qk_norm_per_head, offset))

@@ -12,3 +12,4 @@ from . import idefics3  # noqa: F401,E402
 from . import anyres  # noqa: F401,E402
 from . import pixtral  # noqa: F401,E402
 from . import vq_tokens  # noqa: F401,E402
+from . import pooled  # noqa: F401,E402

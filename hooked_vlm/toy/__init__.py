@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 TOY_DIR = Path(__file__).parent / "checkpoints"
 
 
+def shipped_toys() -> list[str]:
+    """Names of the toy checkpoints shipped with the package (folders of TOY_DIR holding a config.json)."""
+    if not TOY_DIR.is_dir():
+        return []
+    return sorted(p.name for p in TOY_DIR.iterdir() if (p / "config.json").exists())
+
+
 def toy_checkpoint_path(name: str) -> Path | None:
     """A shipped toy name ('toy-llava', 'toy-chameleon') -> its packaged checkpoint folder, else None."""
-    folder = TOY_DIR / name
-    return folder if (folder / "config.json").exists() else None
+    return TOY_DIR / name if name in shipped_toys() else None
+
+
+def closest_toy(name: str) -> str | None:
+    """The shipped toy name closest to ``name`` (a typo such as 'toy-chamelon'), or None when none is close."""
+    close = difflib.get_close_matches(name.lower(), shipped_toys(), n=1, cutoff=0.6)
+    return close[0] if close else None

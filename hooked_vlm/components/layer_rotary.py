@@ -1,0 +1,33 @@
+"""RoPE tables per layer kind (``TowerConfig.layer_rope_parameters``; Gemma 3: local and global layers).
+
+``forward`` returns one (cos, sin) pair per layer, in layer order; layers of one kind share the table.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import TowerConfig
+from .rope import Rotary
+
+
+class LayerTypeRotary(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.layer_types = tuple(cfg.layer_types)
+        self.tables = nn.ModuleDict({kind: Rotary(cfg.d_head, cfg.layer_rope_parameters[kind], cfg.max_position_embeddings)
+                                     for kind in sorted(set(self.layer_types))})
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        per_kind = {kind: table(position_ids, dtype) for kind, table in self.tables.items()}
+        return [per_kind[kind] for kind in self.layer_types]
+
+
+def build_rotary(cfg: TowerConfig) -> nn.Module | None:
+    """Rotary (one table), LayerTypeRotary (a table per layer kind) or None for towers without RoPE."""
+    if cfg.positional != "rope":
+        return None
+    if cfg.layer_rope_parameters is not None:
+        return LayerTypeRotary(cfg)
+    return Rotary(cfg.d_head, cfg.rope_parameters, cfg.max_position_embeddings)

@@ -1,0 +1,65 @@
+"""Mask policy: which keys each layer's queries may see, from the config and the token spans.
+
+``TowerConfig.mask_policy``:
+- ``"causal"``: the causal (+ padding, + sliding window) mask every decoder uses.
+- ``"causal+image_bidirectional"``: additionally the tokens of one image attend to each other in both
+  directions (HF Gemma 3). The image of each position comes from the spans (``image.{i}``); the block is
+  OR-ed onto the causal mask before a sliding window is applied (HF: ``AND(window, OR(causal, block))``).
+
+``TowerConfig.layer_types`` gives each layer its kind: ``"sliding_attention"`` layers get the sliding window,
+``"full_attention"`` layers do not. Every layer's mask is shown at ``blocks.{l}.attn.hook_mask``, so attention
+knockout (which edits that hook) works on every policy unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..config import TowerConfig
+from .masks import AttentionMask
+
+
+def image_block_ids(spans: Any) -> torch.Tensor:
+    """[batch, pos]: the image index (within its batch item) of every image-content token, -1 elsewhere."""
+    return torch.where(spans.mask("image"), spans.grid[..., 0], torch.full_like(spans.grid[..., 0], -1))
+
+
+def policy_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any]) -> torch.Tensor | None:
+    """Bidirectional blocks of this forward, or None when the policy adds none.
+
+    With ``cfg.mask_policy_input`` set (HF Gemma 3: ``token_type_ids``), the policy is on only when that input is
+    given -- as in HF, whose forward builds the bidirectional mask only then -- and the input must mark exactly the
+    image tokens (1) of the spans: HF groups by that input, we by the spans, so a mismatch would mean other numbers.
+    """
+    if cfg.mask_policy == "causal":
+        return None
+    if cfg.mask_policy_input is not None:
+        marks = inputs.get(cfg.mask_policy_input)
+        if marks is None:
+            return None
+        marks = torch.as_tensor(marks).to(spans.grid.device)
+        image = spans.mask("image")
+        n = marks.shape[-1]
+        if marks.ndim != 2 or marks.shape[0] != image.shape[0] or n > image.shape[1]:
+            raise ValueError(f"{cfg.mask_policy_input} has shape {tuple(marks.shape)}; expected [batch, pos] like "
+                             f"input_ids {tuple(image.shape)}")
+        real = spans.mask("pad")[:, :n].logical_not()
+        if not torch.equal((marks == 1) & real, image[:, :n] & real):
+            raise ValueError(f"{cfg.mask_policy_input} does not mark exactly the image tokens (1 at every image "
+                             f"token, 0 elsewhere); the bidirectional image mask is built from it. Pass the "
+                             "processor's output unchanged (model.prepare_inputs) or omit it for a causal mask.")
+    return image_block_ids(spans)
+
+
+def layer_masks(cfg: TowerConfig, base: AttentionMask, block_ids: torch.Tensor | None) -> list[AttentionMask]:
+    """One mask per layer; with no layer_types and no blocks every layer gets ``base`` itself."""
+    mask = base if block_ids is None else dataclasses.replace(base, block_ids=block_ids)
+    if cfg.layer_types is None:
+        return [mask] * cfg.n_layers
+    full = dataclasses.replace(mask, sliding_window=None)
+    sliding = dataclasses.replace(mask, sliding_window=cfg.sliding_window)
+    return [sliding if kind == "sliding_attention" else full for kind in cfg.layer_types]
