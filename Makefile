@@ -19,7 +19,7 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip check
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
-# Lowest bounds: transformers 5.17.0, transformer-lens 3.9.0 (via sae-lens), huggingface_hub 1.5.0,
+# Lowest bounds: transformers 5.20.0, transformer-lens 3.9.0 (via sae-lens), huggingface_hub 1.31.0,
 # safetensors 0.8.0, plus the sae and dadapy extras (dadapy needs numpy<2, so only this venv has it).
 $(MIN_STAMP): setup.py constraints-min.txt
 	test -x $(MIN_PY) || python3 -m venv $(MIN_VENV)

@@ -17,10 +17,10 @@ setup(
     # (`make test-min`). torch: only 2.13.0 (CPU) is tested; >=2.6 is what transformer-lens asks for.
     install_requires=[
         "torch>=2.6",
-        "transformers>=5.17,<6",
+        "transformers>=5.20,<6",
         "transformer-lens>=3.9,<5",
         "safetensors>=0.8",
-        "huggingface_hub>=1.5",
+        "huggingface_hub>=1.31",
         "einops>=0.7",
         "jaxtyping>=0.2.30",
         "tqdm>=4.60",
