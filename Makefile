@@ -1,18 +1,38 @@
 # One command to set up and run the demo, one to set up and run the tests (see README).
+# `make test-min` runs the same suite in a second venv with the lowest versions setup.py allows.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py constraints.txt | cksum | cut -d' ' -f1)
+MIN_VENV ?= .venv-min
+MIN_PY := $(MIN_VENV)/bin/python
+MIN_STAMP := $(MIN_VENV)/.installed-$(shell cat setup.py constraints-min.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test bench clean
+.PHONY: install install-min demo test test-min bench clean
 
+# A stamp named after the checksum of setup.py and the venv's constraints file: editing either
+# re-installs. `pip check` fails the install (and so CI) on a broken resolver state.
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first, CPU build, exact version: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip check
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
+# Lowest bounds: transformers 5.20.0, transformer-lens 3.9.0 (via sae-lens), huggingface_hub 1.31.0,
+# safetensors 0.8.0, plus the sae and dadapy extras (dadapy needs numpy<2, so only this venv has it).
+$(MIN_STAMP): setup.py constraints-min.txt
+	test -x $(MIN_PY) || python3 -m venv $(MIN_VENV)
+	$(MIN_PY) -m pip install -q torch==2.13.0
+	$(MIN_PY) -m pip install -q -c constraints-min.txt -e ".[dev,sae,dadapy]"
+	$(MIN_PY) -m pip check
+	# pip check reads metadata only; a package that refuses its neighbours at import (pyarrow 26 with numpy 1) fails here
+	$(MIN_PY) -c "import dadapy, sae_lens, transformer_lens, transformers, hooked_vlm"
+	rm -f $(MIN_VENV)/.installed-*; touch $(MIN_STAMP)
+
 install: $(STAMP)
+
+install-min: $(MIN_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/hooked-vlm demo --out demo_report
@@ -20,8 +40,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+test-min: $(MIN_STAMP)
+	$(MIN_PY) -m pytest -q tests
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) demo_report
+	rm -rf $(VENV) $(MIN_VENV) demo_report

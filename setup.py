@@ -12,13 +12,15 @@ setup(
     packages=find_packages(include=["hooked_vlm", "hooked_vlm.*", "converters", "converters.*"]),
     package_data={"hooked_vlm": ["toy/checkpoints/*/*"]},
     include_package_data=True,
-    # Loose ranges for Colab; CI pins exact versions with constraints.txt.
+    # Loose ranges for Colab; CI pins exact versions with constraints.txt (newest) and tests the lower
+    # bounds of transformers, transformer-lens, huggingface_hub and safetensors with constraints-min.txt
+    # (`make test-min`). torch: only 2.13.0 (CPU) is tested; >=2.6 is what transformer-lens asks for.
     install_requires=[
-        "torch>=2.4",
-        "transformers>=5.9,<6",
-        "transformer-lens>=4.3,<5",
-        "safetensors>=0.4",
-        "huggingface_hub>=0.30",
+        "torch>=2.6",
+        "transformers>=5.20,<6",
+        "transformer-lens>=3.9,<5",
+        "safetensors>=0.8",
+        "huggingface_hub>=1.31",
         "einops>=0.7",
         "jaxtyping>=0.2.30",
         "tqdm>=4.60",
@@ -30,7 +32,10 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "beartype>=0.18", "hypothesis>=6.100"],
+        # dadapy 0.3.4 pins numpy<2, jax==0.4.30, flax==0.8.5: not installable beside numpy 2.
         "dadapy": ["dadapy>=0.3.4"],
+        # sae-lens 6.54 requires transformer-lens<4, so this extra resolves transformer-lens 3.9.
+        "sae": ["sae-lens>=6.54"],
     },
     entry_points={"console_scripts": ["hooked-vlm = hooked_vlm.cli:main"]},
 )

@@ -3,8 +3,10 @@ these tests raise huggingface_hub's own exceptions and never touch the network).
 
 from __future__ import annotations
 
-import httpx2
+import importlib
+
 import huggingface_hub
+import huggingface_hub.errors
 import pytest
 from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled,
                                     RepositoryNotFoundError)
@@ -14,8 +16,12 @@ from hooked_vlm.loading import CheckpointNotFoundError, resolve_checkpoint
 from hooked_vlm.toy import TOY_DIR, closest_toy, shipped_toys, toy_checkpoint_path
 
 
-def _response(status: int) -> httpx2.Response:
-    return httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x/revision/main"))
+# The HTTP library huggingface_hub itself uses: httpx2 from hub 2.0, httpx before (make test-min has hub 1.31).
+http = importlib.import_module(huggingface_hub.errors.Response.__module__.split(".")[0])
+
+
+def _response(status: int):
+    return http.Response(status, request=http.Request("GET", "https://huggingface.co/api/models/x/revision/main"))
 
 
 HUB_ERRORS = {
