@@ -7,8 +7,6 @@ mechanics, and spans of inputs made by each family's real HF processor.
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
@@ -45,14 +43,19 @@ def _hf_vision_call(hf, inputs):
     return seen, out
 
 
+@pytest.mark.parametrize("path", ["fast", "explicit"])
 @pytest.mark.parametrize("case_id", FAMILIES)
-def test_vision_tower_states_and_image_embeds_match_hf(case_id):
+def test_vision_tower_states_and_image_embeds_match_hf(case_id, path):
     hf, model, inputs = _built(case_id)
     seen, out = _hf_vision_call(hf, inputs)
     kwargs = {k: v for k, v in seen["kwargs"].items() if k == "image_sizes"}
+    # fast: no hook on any hook_pattern (SDPA everywhere); explicit: every hook point cached, patterns included
+    names = None if path == "explicit" else (lambda n: n.startswith("vision.") and "hook_attn" not in n
+                                             and "hook_pattern" not in n or n == "hook_image_embeds")
     with torch.no_grad():
         ref = hf.model.vision_tower(*seen["args"], output_hidden_states=True, **kwargs).hidden_states
-        _, cache = model.run_with_cache(**inputs)
+        _, cache = model.run_with_cache(**inputs, names_filter=names)
+    assert ("vision.blocks.0.attn.hook_pattern" in cache.keys()) == (path == "explicit")
     first = "vision.ln_pre.hook_normalized" if model.vision.ln_pre is not None else "vision.hook_embed"
     assert _max_diff(ref[0], cache[first]) <= ATOL
     n = model.cfg.vision.tower.n_layers
@@ -164,17 +167,10 @@ def _runs(ids: torch.Tensor, token: int) -> list[int]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
 def _with_processor(kind: str):
-    if kind == "next":
-        (folder, hf), proc = tnp.make_llava_next(), tnp.next_processor()
-    elif kind == "onevision":
-        (folder, hf), proc = tnp.make_onevision(), tnp.onevision_processor()
-    elif kind == "pixtral":
-        (folder, hf), proc = tnp.make_pixtral_llava(), tnp.pixtral_processor()
-    else:
-        (folder, hf), proc = tnp.make_mistral3(), tnp.pixtral_processor(spatial_merge_size=2)
-    return hf, HookedVLM.from_pretrained(str(folder), processor=proc), proc
+    """(hf, model, processor): the shared tiny build of the family, loaded with its offline HF processor."""
+    b = {"next": tnp.llava_next, "onevision": tnp.onevision, "pixtral": tnp.pixtral, "mistral3": tnp.mistral3}[kind]()
+    return b.hf, b.model, b.model.processor
 
 
 IMAGES = [(20, 13), (9, 30), (16, 16)]
