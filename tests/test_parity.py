@@ -125,17 +125,20 @@ PATHS = {"fast": _text_residuals,  # no hook on hook_pattern / hook_attn_scores:
          "explicit": None}  # every hook point cached, hook_pattern included: the explicit path in every layer
 
 
+@pytest.mark.parametrize("batch", ["padded", "unpadded"])
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_default_forward_logits_match_hf(case_id, monkeypatch):
-    """model(**inputs), no hooks at all: the SDPA path users get by default."""
+def test_default_forward_logits_match_hf(case_id, batch, monkeypatch):
+    """model(**inputs), no hooks at all: the SDPA path users get by default (unpadded: SDPA without a mask)."""
     b = built(case_id)
+    inputs = b.inputs if batch == "padded" else b.unpadded
     calls = count_attention_paths(monkeypatch)
     with torch.no_grad():
-        logits = b.model(**b.inputs)
+        logits = b.model(**inputs)
+        ref = _hf_reference(case_id).logits if batch == "padded" else b.hf(**inputs).logits
     assert calls["explicit"] == 0 and calls["fast"] >= b.model.cfg.n_layers
-    real = _real(b.inputs)
+    real = _real(inputs)
     assert torch.isfinite(logits).all()
-    assert _max_diff(_hf_reference(case_id).logits[real], logits[real]) <= ATOL
+    assert _max_diff(ref[real], logits[real]) <= ATOL
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
@@ -210,14 +213,16 @@ def test_greedy_generate_matches_hf(case_id):
     assert torch.equal(ref, ours)
 
 
+@pytest.mark.parametrize("batch", ["padded", "unpadded"])
 @pytest.mark.parametrize("case_id", ["llava-llama-gqa", "llava-mistral-window"])
-def test_generate_without_kv_cache_matches(case_id):
+def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window."""
     b = built(case_id)
+    inputs = b.inputs if batch == "padded" else b.unpadded
     with torch.no_grad():
-        ref = b.hf.generate(**b.inputs, max_new_tokens=12, do_sample=False)
-    a = b.model.generate(**b.inputs, max_new_tokens=12, return_type="tokens")
-    c = b.model.generate(**b.inputs, max_new_tokens=12, return_type="tokens", use_kv_cache=False)
+        ref = b.hf.generate(**inputs, max_new_tokens=12, do_sample=False)
+    a = b.model.generate(**inputs, max_new_tokens=12, return_type="tokens")
+    c = b.model.generate(**inputs, max_new_tokens=12, return_type="tokens", use_kv_cache=False)
     assert torch.equal(a, c) and torch.equal(a, ref)
 
 
