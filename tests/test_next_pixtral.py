@@ -7,6 +7,8 @@ mechanics, and spans of inputs made by each family's real HF processor.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from converters import get_converter
 from converters.base import UnsupportedConfigError
 from hooked_vlm import HookedVLM
 from tests import tiny_next_pixtral as tnp
-from tests.test_parity import _built
+from tests.test_parity import _built, ours_run
 
 ATOL = 1e-4
 FAMILIES = ["next-mistral-clip", "onevision-qwen2-siglip", "pixtral-llava", "mistral3-pixtral"]
@@ -43,26 +45,30 @@ def _hf_vision_call(hf, inputs):
     return seen, out
 
 
+@functools.lru_cache(maxsize=None)
+def _hf_vision_states(case_id):
+    """(HF's vision hidden states, HF's image embeddings) for the case's batch, the tower called as HF's forward does."""
+    hf, _, inputs = _built(case_id)
+    seen, out = _hf_vision_call(hf, inputs)
+    kwargs = {k: v for k, v in seen["kwargs"].items() if k == "image_sizes"}
+    with torch.no_grad():
+        ref = hf.model.vision_tower(*seen["args"], output_hidden_states=True, **kwargs).hidden_states
+    return ref, out.image_hidden_states
+
+
 @pytest.mark.parametrize("path", ["fast", "explicit"])
 @pytest.mark.parametrize("case_id", FAMILIES)
 def test_vision_tower_states_and_image_embeds_match_hf(case_id, path):
-    hf, model, inputs = _built(case_id)
-    seen, out = _hf_vision_call(hf, inputs)
-    kwargs = {k: v for k, v in seen["kwargs"].items() if k == "image_sizes"}
-    # fast: no hook on any hook_pattern (SDPA everywhere); explicit: every hook point cached, patterns included
-    names = None if path == "explicit" else (lambda n: n.startswith("vision.") and "hook_attn" not in n
-                                             and "hook_pattern" not in n or n == "hook_image_embeds")
-    with torch.no_grad():
-        ref = hf.model.vision_tower(*seen["args"], output_hidden_states=True, **kwargs).hidden_states
-        _, cache = model.run_with_cache(**inputs, names_filter=names)
-    assert ("vision.blocks.0.attn.hook_pattern" in cache.keys()) == (path == "explicit")
+    _, model, _ = _built(case_id)
+    ref, ref_embeds = _hf_vision_states(case_id)
+    _, cache, calls = ours_run(case_id, "padded", path)  # every residual cached; explicit: hook_pattern hooked too
+    assert calls["explicit" if path == "fast" else "fast"] == 0
     first = "vision.ln_pre.hook_normalized" if model.vision.ln_pre is not None else "vision.hook_embed"
     assert _max_diff(ref[0], cache[first]) <= ATOL
     n = model.cfg.vision.tower.n_layers
     assert len(ref) == n + 1
     for layer in range(n):
         assert _max_diff(ref[layer + 1], cache[f"vision.blocks.{layer}.hook_resid_post"]) <= ATOL, f"vision layer {layer}"
-    ref_embeds = out.image_hidden_states
     ref_embeds = torch.cat(list(ref_embeds)) if isinstance(ref_embeds, (list, tuple)) else ref_embeds
     assert _max_diff(ref_embeds.reshape(-1, model.cfg.d_model), cache["hook_image_embeds"]) <= ATOL
 

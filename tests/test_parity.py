@@ -74,11 +74,78 @@ def _built(case_id):
     return b.hf, b.model, b.inputs
 
 
+def _batch(b: tiny.Built, batch: str) -> dict:
+    return b.inputs if batch == "padded" else b.unpadded
+
+
+# Each forward below runs once per (case, batch[, path]) and is shared by the tests that check it.
 @functools.lru_cache(maxsize=None)
-def _hf_reference(case_id: str):
+def hf_run(case_id: str, batch: str = "padded"):
+    """HF's forward (logits, hidden_states) on the case's padded or unpadded batch."""
     b = built(case_id)
     with torch.no_grad():
-        return b.hf(**b.inputs, output_hidden_states=True)
+        return b.hf(**_batch(b, batch), output_hidden_states=True)
+
+
+@functools.lru_cache(maxsize=None)
+def hf_generate(case_id: str, batch: str = "padded", n: int = 10) -> torch.Tensor:
+    b = built(case_id)
+    with torch.no_grad():
+        return b.hf.generate(**_batch(b, batch), max_new_tokens=n, do_sample=False)
+
+
+@functools.lru_cache(maxsize=None)
+def our_generate(case_id: str, batch: str = "padded", n: int = 10, use_kv_cache: bool = True) -> torch.Tensor:
+    b = built(case_id)
+    return b.model.generate(**_batch(b, batch), max_new_tokens=n, return_type="tokens", use_kv_cache=use_kv_cache)
+
+
+class AttentionPaths:
+    """While active, counts calls of every Attention module's fast path (``fast_unmasked``: SDPA without a
+    mask, its ``is_causal`` / no-mask branch) and of its explicit path."""
+
+    def __enter__(self) -> dict:
+        self.calls = calls = {"fast": 0, "fast_unmasked": 0, "explicit": 0}
+        self.saved = fast, explicit = Attention._fast_attention, Attention._explicit_attention
+
+        def counted_fast(module, q, k, v, mask, allowed):
+            calls["fast"] += 1
+            calls["fast_unmasked"] += allowed is None
+            return fast(module, q, k, v, mask, allowed)
+
+        def counted_explicit(module, *args):
+            calls["explicit"] += 1
+            return explicit(module, *args)
+
+        Attention._fast_attention, Attention._explicit_attention = counted_fast, counted_explicit
+        return calls
+
+    def __exit__(self, *exc) -> None:
+        Attention._fast_attention, Attention._explicit_attention = self.saved
+
+
+def _every_residual(name: str) -> bool:
+    """Residual streams of both towers (and the vision stream entering block 0) plus what connects them."""
+    return name.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed", "hook_image_embeds")) \
+        or name in ("ln_final.hook_normalized", "vision.ln_pre.hook_normalized", "projector.hook_in", "projector.hook_out")
+
+
+#: what each path hooks: "default" nothing (model(**inputs)); "fast" every residual, no hook_pattern /
+#: hook_attn_scores (SDPA in every layer); "explicit" the same plus every hook_pattern (explicit in every layer)
+PATHS = {"default": None, "fast": _every_residual,
+         "explicit": lambda n: _every_residual(n) or n.endswith("hook_pattern")}
+
+
+@functools.lru_cache(maxsize=None)
+def ours_run(case_id: str, batch: str = "padded", path: str = "default"):
+    """(logits, cache or None, attention-path call counts) of our model on one path."""
+    b = built(case_id)
+    with AttentionPaths() as calls, torch.no_grad():
+        if path == "default":
+            logits, cache = b.model(**_batch(b, batch)), None
+        else:
+            logits, cache = b.model.run_with_cache(**_batch(b, batch), names_filter=PATHS[path])
+    return logits, cache, dict(calls)
 
 
 def _real(inputs):
@@ -90,66 +157,32 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def count_attention_paths(monkeypatch) -> dict:
-    """Count, from now to the end of the test, calls of every Attention module's fast path (and how many
-    of them ran SDPA without a mask: its ``is_causal`` / no-mask branch) and of its explicit path."""
-    calls = {"fast": 0, "fast_unmasked": 0, "explicit": 0}
-    fast, explicit = Attention._fast_attention, Attention._explicit_attention
-
-    def counted_fast(self, q, k, v, mask, allowed):
-        calls["fast"] += 1
-        calls["fast_unmasked"] += allowed is None
-        return fast(self, q, k, v, mask, allowed)
-
-    def counted_explicit(self, *args):
-        calls["explicit"] += 1
-        return explicit(self, *args)
-
-    monkeypatch.setattr(Attention, "_fast_attention", counted_fast)
-    monkeypatch.setattr(Attention, "_explicit_attention", counted_explicit)
-    return calls
+def _assert_path(calls: dict, path: str, n_attention: int) -> None:
+    """Every one of the >= n_attention attention calls took ``path``."""
+    took, other = ("explicit", "fast") if path == "explicit" else ("fast", "explicit")
+    assert calls[took] >= n_attention and calls[other] == 0, calls
 
 
-def _text_residuals(name: str) -> bool:
-    return name == "hook_embed" or (name.startswith("blocks.") and name.endswith("hook_resid_post")) \
-        or name == "ln_final.hook_normalized"
-
-
-def _every_residual(name: str) -> bool:
-    """Residual streams of both towers plus what connects them."""
-    return name.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed", "hook_image_embeds")) \
-        or name in ("ln_final.hook_normalized", "projector.hook_in", "projector.hook_out")
-
-
-PATHS = {"fast": _text_residuals,  # no hook on hook_pattern / hook_attn_scores: SDPA in every layer
-         "explicit": None}  # every hook point cached, hook_pattern included: the explicit path in every layer
-
-
-@pytest.mark.parametrize("batch", ["padded", "unpadded"])
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_default_forward_logits_match_hf(case_id, batch, monkeypatch):
-    """model(**inputs), no hooks at all: the SDPA path users get by default (unpadded: SDPA without a mask)."""
+def test_default_forward_logits_match_hf(case_id):
+    """model(**inputs), no hooks at all: the SDPA path users get by default. (Unpadded batches, where SDPA runs
+    without a mask, are compared with the explicit path in test_fast_and_explicit_paths_agree.)"""
     b = built(case_id)
-    inputs = b.inputs if batch == "padded" else b.unpadded
-    calls = count_attention_paths(monkeypatch)
-    with torch.no_grad():
-        logits = b.model(**inputs)
-        ref = _hf_reference(case_id).logits if batch == "padded" else b.hf(**inputs).logits
-    assert calls["explicit"] == 0 and calls["fast"] >= b.model.cfg.n_layers
-    real = _real(inputs)
+    logits, _, calls = ours_run(case_id, "padded", "default")
+    _assert_path(calls, "default", b.model.cfg.n_layers)
+    real = _real(b.inputs)
     assert torch.isfinite(logits).all()
-    assert _max_diff(ref[real], logits[real]) <= ATOL
+    assert _max_diff(hf_run(case_id).logits[real], logits[real]) <= ATOL
 
 
-@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("path", ["fast", "explicit"])
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_logits_and_residuals_match_hf(case_id, path, monkeypatch):
+def test_logits_and_residuals_match_hf(case_id, path):
     b = built(case_id)
     model, inputs = b.model, b.inputs
-    ref = _hf_reference(case_id)
-    calls = count_attention_paths(monkeypatch)
-    logits, cache = model.run_with_cache(**inputs, names_filter=PATHS[path])
-    assert calls[path] >= model.cfg.n_layers and calls["explicit" if path == "fast" else "fast"] == 0
+    ref = hf_run(case_id)
+    logits, cache, calls = ours_run(case_id, "padded", path)
+    _assert_path(calls, path, model.cfg.n_layers)
     real = _real(inputs)
     assert torch.isfinite(logits).all()
     assert _max_diff(ref.logits[real], logits[real]) <= ATOL
@@ -163,18 +196,20 @@ def test_logits_and_residuals_match_hf(case_id, path, monkeypatch):
     assert _max_diff(ref.hidden_states[n][real], cache["ln_final.hook_normalized"][real]) <= ATOL
 
 
-@pytest.mark.parametrize("path", sorted(PATHS))
-@pytest.mark.parametrize("case_id", [c for c in CASE_IDS if c.startswith("llava")])
-def test_vision_tower_states_match_hf(case_id, path, monkeypatch):
+@functools.lru_cache(maxsize=None)
+def _hf_clip_states(case_id: str):
     b = built(case_id)
-    model, inputs = b.model, b.inputs
     with torch.no_grad():
-        ref = b.hf.model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
-    names = (lambda n: n.startswith("vision.") and "resid" in n or n == "vision.ln_pre.hook_normalized") if path == "fast" \
-        else (lambda n: n.startswith("vision."))
-    calls = count_attention_paths(monkeypatch)
-    _, cache = model.run_with_cache(**inputs, names_filter=names)
-    assert calls["explicit"] == (model.cfg.vision.tower.n_layers if path == "explicit" else 0)  # the LM runs fast anyway
+        return b.hf.model.vision_tower(b.inputs["pixel_values"], output_hidden_states=True).hidden_states
+
+
+@pytest.mark.parametrize("path", ["fast", "explicit"])
+@pytest.mark.parametrize("case_id", [c for c in CASE_IDS if c.startswith("llava")])
+def test_vision_tower_states_match_hf(case_id, path):
+    model = built(case_id).model
+    ref = _hf_clip_states(case_id)
+    _, cache, calls = ours_run(case_id, "padded", path)
+    _assert_path(calls, path, model.cfg.n_layers + model.cfg.vision.tower.n_layers)
     assert _max_diff(ref[0], cache["vision.ln_pre.hook_normalized"]) <= ATOL
     for layer in range(model.cfg.vision.tower.n_layers):
         assert _max_diff(ref[layer + 1], cache[f"vision.blocks.{layer}.hook_resid_post"]) <= ATOL
@@ -182,20 +217,16 @@ def test_vision_tower_states_match_hf(case_id, path, monkeypatch):
 
 @pytest.mark.parametrize("batch", ["padded", "unpadded"])
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_fast_and_explicit_paths_agree(case_id, batch, monkeypatch):
+def test_fast_and_explicit_paths_agree(case_id, batch):
     """Logits and every residual of both towers, at every position, padding included. The unpadded batch runs
     SDPA without a mask (``is_causal`` in the LM) unless a sliding window shorter than the prompt needs one."""
-    b = built(case_id)
-    model = b.model
-    inputs = b.inputs if batch == "padded" else b.unpadded
-    calls = count_attention_paths(monkeypatch)
-    fast_logits, fast = model.run_with_cache(**inputs, names_filter=_every_residual)
-    assert calls["explicit"] == 0 and calls["fast"] >= model.cfg.n_layers
+    model = built(case_id).model
+    fast_logits, fast, fast_calls = ours_run(case_id, batch, "fast")
+    slow_logits, slow, slow_calls = ours_run(case_id, batch, "explicit")
+    _assert_path(fast_calls, "fast", model.cfg.n_layers)
+    _assert_path(slow_calls, "explicit", fast_calls["fast"])  # every attention call took the explicit path
     if batch == "unpadded" and model.cfg.text.sliding_window is None:
-        assert calls["fast_unmasked"] >= model.cfg.n_layers
-    n_fast = calls["fast"]
-    slow_logits, slow = model.run_with_cache(**inputs, names_filter=lambda n: _every_residual(n) or n.endswith("hook_pattern"))
-    assert calls["fast"] == n_fast and calls["explicit"] == n_fast  # every attention call took the explicit path
+        assert fast_calls["fast_unmasked"] >= model.cfg.n_layers
     assert _max_diff(fast_logits, slow_logits) <= PATH_ATOL
     names = sorted(fast.keys())
     has_vision_attention = any(n.startswith("vision.blocks.") for n in model.hook_dict)
@@ -206,24 +237,19 @@ def test_fast_and_explicit_paths_agree(case_id, batch, monkeypatch):
 
 @pytest.mark.parametrize("case_id", [c for c in CASE_IDS if "right-padding" not in c])  # HF warns: generate needs left padding
 def test_greedy_generate_matches_hf(case_id):
-    b = built(case_id)
-    with torch.no_grad():
-        ref = b.hf.generate(**b.inputs, max_new_tokens=10, do_sample=False)
-    ours = b.model.generate(**b.inputs, max_new_tokens=10, return_type="tokens")
-    assert torch.equal(ref, ours)
+    assert torch.equal(hf_generate(case_id), our_generate(case_id))
 
 
-@pytest.mark.parametrize("batch", ["padded", "unpadded"])
-@pytest.mark.parametrize("case_id", ["llava-llama-gqa", "llava-mistral-window"])
+@pytest.mark.parametrize("case_id, batch", [("llava-llama-gqa", "padded"), ("llava-mistral-window", "padded"),
+                                            ("llava-mistral-window", "unpadded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
-    """With and without our KV cache, and HF's generate; the window case generates beyond its window."""
-    b = built(case_id)
-    inputs = b.inputs if batch == "padded" else b.unpadded
-    with torch.no_grad():
-        ref = b.hf.generate(**inputs, max_new_tokens=12, do_sample=False)
-    a = b.model.generate(**inputs, max_new_tokens=12, return_type="tokens")
-    c = b.model.generate(**inputs, max_new_tokens=12, return_type="tokens", use_kv_cache=False)
-    assert torch.equal(a, c) and torch.equal(a, ref)
+    """With and without our KV cache, and HF's generate; the window case generates beyond its window.
+    Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""
+    ref = hf_generate(case_id, batch)
+    assert torch.equal(our_generate(case_id, batch), ref)
+    no_cache = our_generate(case_id, batch, n=6, use_kv_cache=False)
+    assert no_cache.shape[1] == min(ref.shape[1], _batch(built(case_id), batch)["input_ids"].shape[1] + 6)
+    assert torch.equal(no_cache, ref[:, : no_cache.shape[1]])
 
 
 # ---------------------------------------------------------------- the options above really act
@@ -237,7 +263,7 @@ def test_sliding_window_is_shorter_than_the_prompt_and_hf_applies_it(monkeypatch
     assert int(inputs["attention_mask"].sum(1).min()) > 2 * WINDOW
     assert int(b.unpadded["attention_mask"].sum(1).min()) > 2 * WINDOW
     real = _real(inputs)
-    ref = _hf_reference("llava-mistral-window").logits
+    ref = hf_run("llava-mistral-window").logits
     assert hf.config.text_config._attn_implementation == "sdpa"
     try:
         hf.set_attn_implementation("eager")
@@ -267,4 +293,4 @@ def test_rope_scaling_is_converted_and_changes_the_logits(case_id, monkeypatch):
         unscaled = model(**inputs)
     real = _real(inputs)
     # measured: linear 2.3e-2, yarn 3.3e-2, llama3 5.2e-3 (llama3 with the default init and 5-word prompts: 1.5e-5 < ATOL)
-    assert _max_diff(_hf_reference(case_id).logits[real], unscaled[real]) > 10 * ATOL
+    assert _max_diff(hf_run(case_id).logits[real], unscaled[real]) > 10 * ATOL
