@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
-from hooked_vlm import HookedVLM
 from tests import tiny
 
 
-@functools.lru_cache(maxsize=None)
 def base():
-    folder, hf = tiny.make_llava(text=tiny.llama_text_config(num_key_value_heads=2))
-    tiny.save_llava_processor(folder)
-    model = HookedVLM.from_pretrained(str(folder))
-    return model, hf, tiny.llava_batch(hf, [1, 2], [3, 0])
+    """(model, hf, inputs): the shared tiny GQA LLaVA (parity case llava-llama-gqa; saved with its processor)."""
+    b = tiny.llava(text=tiny.llama_text_config(num_key_value_heads=2), images=(1, 2), pads=(3, 0))
+    return b.model, b.hf, b.inputs
 
 
 def test_weight_views_share_storage_and_compute_q():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import tempfile
@@ -17,10 +16,11 @@ from hooked_vlm import HookedVLM
 from tests import tiny
 
 
-@functools.lru_cache(maxsize=None)
 def base():
-    folder, hf = tiny.make_llava(text=tiny.llama_text_config(num_hidden_layers=2))
-    return folder, HookedVLM.from_pretrained(str(folder)), tiny.llava_batch(hf, [1, 1], [2, 0])
+    """(folder, model, inputs): the shared 2-layer tiny LLaVA of tests/test_hooks.py, with its own batch."""
+    b = tiny.llava(text=tiny.llama_text_config(num_hidden_layers=2, num_key_value_heads=2),
+                   vision=tiny.clip_vision_config(num_hidden_layers=2), images=(1, 1), pads=(2, 0))
+    return b.folder, b.model, b.inputs
 
 
 def _variant(edit_config=None, edit_weights=None) -> Path:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from hooked_vlm import HookedVLM
 from tests import tiny, tiny_native
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen_idefics as tqi
@@ -17,38 +16,36 @@ from tests import tiny_qwen_idefics as tqi
 GOLDEN = Path(__file__).parent / "golden"
 
 
-@functools.lru_cache(maxsize=None)
 def llava():
-    folder, hf = tiny.make_llava(text=tiny.llama_text_config(num_hidden_layers=2, num_key_value_heads=2),
-                                 vision=tiny.clip_vision_config(num_hidden_layers=2))
-    model = HookedVLM.from_pretrained(str(folder))
-    return model, tiny.llava_batch(hf, [1, 2], [4, 0])
+    """(model, inputs): the shared 2-layer tiny LLaVA (2-layer CLIP tower), one and two images, 4 left pads."""
+    b = tiny.llava(text=tiny.llama_text_config(num_hidden_layers=2, num_key_value_heads=2),
+                   vision=tiny.clip_vision_config(num_hidden_layers=2), images=(1, 2), pads=(4, 0))
+    return b.model, b.inputs
 
 
-def _from_case(case):
-    """A parity-test builder (folder, hf, inputs) -> (model, inputs), built once."""
-    @functools.lru_cache(maxsize=None)
+def _from_factory(factory):
+    """A cached tests.tiny factory -> a builder of (model, inputs)."""
     def build():
-        folder, _, inputs = case()
-        return HookedVLM.from_pretrained(str(folder)), inputs
+        b = factory()
+        return b.model, b.inputs
 
     return build
 
 
-#: golden file -> builder of (model, inputs); one entry per family
+#: golden file -> builder of (model, inputs); one entry per family (the shared builds of tests/tiny*.py)
 FAMILIES = {
     "llava": llava,
-    "llava_next": _from_case(tnp.next_case),
-    "llava_onevision": _from_case(tnp.onevision_case),
-    "pixtral_llava": _from_case(tnp.pixtral_case),
-    "mistral3": _from_case(tnp.mistral3_case),
-    "qwen2_vl": _from_case(functools.partial(tqi.qwen_case, "2")),
-    "qwen2_5_vl": _from_case(functools.partial(tqi.qwen_case, "2.5")),
-    "idefics3": _from_case(functools.partial(tqi.idefics_case, "idefics3")),
-    "smolvlm": _from_case(functools.partial(tqi.idefics_case, "smolvlm")),
-    "chameleon": _from_case(tiny_native.chameleon_case),
-    "emu3": _from_case(tiny_native.emu3_case),
-    "janus": _from_case(tiny_native.janus_case),
+    "llava_next": _from_factory(tnp.llava_next),
+    "llava_onevision": _from_factory(tnp.onevision),
+    "pixtral_llava": _from_factory(tnp.pixtral),
+    "mistral3": _from_factory(tnp.mistral3),
+    "qwen2_vl": _from_factory(functools.partial(tqi.qwen, "2")),
+    "qwen2_5_vl": _from_factory(functools.partial(tqi.qwen, "2.5")),
+    "idefics3": _from_factory(functools.partial(tqi.idefics, "idefics3")),
+    "smolvlm": _from_factory(functools.partial(tqi.idefics, "smolvlm")),
+    "chameleon": _from_factory(tiny_native.chameleon),
+    "emu3": _from_factory(tiny_native.emu3),
+    "janus": _from_factory(tiny_native.janus),
 }
 
 

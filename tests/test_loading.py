@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,11 +14,10 @@ from hooked_vlm import HookedVLM
 from tests import tiny
 
 
-@functools.lru_cache(maxsize=None)
 def base():
-    folder, hf = tiny.make_llava(text=tiny.llama_text_config(num_key_value_heads=2))
-    tiny.save_llava_processor(folder)
-    return folder, hf, tiny.llava_batch(hf, [1, 2], [3, 0])
+    """(folder, hf, inputs): the shared tiny GQA LLaVA (parity case llava-llama-gqa; saved with its processor)."""
+    b = tiny.llava(text=tiny.llama_text_config(num_key_value_heads=2), images=(1, 2), pads=(3, 0))
+    return b.folder, b.hf, b.inputs
 
 
 def _max_diff(a, b, inputs):

@@ -4,7 +4,6 @@ vocabulary roles, Janus' vision tower, bad input. Logit / residual / generate pa
 
 from __future__ import annotations
 
-import functools
 import re
 import shutil
 import tempfile
@@ -21,14 +20,10 @@ from tests import tiny_native as tn
 ATOL = 1e-4
 
 
-@functools.lru_cache(maxsize=None)
 def _family(name: str):
-    """(hf model, our model loaded with the offline processor, processor)."""
-    make, proc = {"chameleon": (tn.make_chameleon, tn.chameleon_processor), "emu3": (tn.make_emu3, tn.emu3_processor),
-                  "janus": (functools.partial(tn.make_janus, tie_word_embeddings=False), tn.janus_processor)}[name]
-    folder, hf = make()
-    processor = proc()
-    return hf, HookedVLM.from_pretrained(str(folder), processor=processor), processor
+    """(hf model, our model loaded with the offline processor, processor): the shared tiny build of the family."""
+    b = {"chameleon": tn.chameleon, "emu3": tn.emu3, "janus": tn.janus}[name]()
+    return b.hf, b.model, b.model.processor
 
 
 def _runs(ids: torch.Tensor, token: int) -> list[torch.Tensor]:
@@ -41,12 +36,16 @@ def _runs(ids: torch.Tensor, token: int) -> list[torch.Tensor]:
 
 
 def _cache_checked_against_hf(model, hf, inputs: dict):
-    """Run with cache, assert the logits at real (unpadded) positions equal HF's within ATOL, return the cache."""
+    """Assert the logits at real (unpadded) positions equal HF's within ATOL on both attention paths (the default
+    forward: SDPA; a full cache: hook_pattern hooked, explicit), return the full cache."""
     logits, cache = model.run_with_cache(**inputs)
+    assert "blocks.0.attn.hook_pattern" in cache.keys()
     with torch.no_grad():
         ref = hf(**inputs).logits
+        default = model(**inputs)
     real = inputs["attention_mask"].bool()
     assert (ref[real] - logits[real]).abs().max().item() <= ATOL
+    assert (ref[real] - default[real]).abs().max().item() <= ATOL
     return cache
 
 

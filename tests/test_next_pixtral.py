@@ -16,7 +16,7 @@ from converters import get_converter
 from converters.base import UnsupportedConfigError
 from hooked_vlm import HookedVLM
 from tests import tiny_next_pixtral as tnp
-from tests.test_parity import _built
+from tests.test_parity import _built, ours_run
 
 ATOL = 1e-4
 FAMILIES = ["next-mistral-clip", "onevision-qwen2-siglip", "pixtral-llava", "mistral3-pixtral"]
@@ -45,21 +45,30 @@ def _hf_vision_call(hf, inputs):
     return seen, out
 
 
-@pytest.mark.parametrize("case_id", FAMILIES)
-def test_vision_tower_states_and_image_embeds_match_hf(case_id):
-    hf, model, inputs = _built(case_id)
+@functools.lru_cache(maxsize=None)
+def _hf_vision_states(case_id):
+    """(HF's vision hidden states, HF's image embeddings) for the case's batch, the tower called as HF's forward does."""
+    hf, _, inputs = _built(case_id)
     seen, out = _hf_vision_call(hf, inputs)
     kwargs = {k: v for k, v in seen["kwargs"].items() if k == "image_sizes"}
     with torch.no_grad():
         ref = hf.model.vision_tower(*seen["args"], output_hidden_states=True, **kwargs).hidden_states
-        _, cache = model.run_with_cache(**inputs)
+    return ref, out.image_hidden_states
+
+
+@pytest.mark.parametrize("path", ["fast", "explicit"])
+@pytest.mark.parametrize("case_id", FAMILIES)
+def test_vision_tower_states_and_image_embeds_match_hf(case_id, path):
+    _, model, _ = _built(case_id)
+    ref, ref_embeds = _hf_vision_states(case_id)
+    _, cache, calls = ours_run(case_id, "padded", path)  # every residual cached; explicit: hook_pattern hooked too
+    assert calls["explicit" if path == "fast" else "fast"] == 0
     first = "vision.ln_pre.hook_normalized" if model.vision.ln_pre is not None else "vision.hook_embed"
     assert _max_diff(ref[0], cache[first]) <= ATOL
     n = model.cfg.vision.tower.n_layers
     assert len(ref) == n + 1
     for layer in range(n):
         assert _max_diff(ref[layer + 1], cache[f"vision.blocks.{layer}.hook_resid_post"]) <= ATOL, f"vision layer {layer}"
-    ref_embeds = out.image_hidden_states
     ref_embeds = torch.cat(list(ref_embeds)) if isinstance(ref_embeds, (list, tuple)) else ref_embeds
     assert _max_diff(ref_embeds.reshape(-1, model.cfg.d_model), cache["hook_image_embeds"]) <= ATOL
 
@@ -164,17 +173,10 @@ def _runs(ids: torch.Tensor, token: int) -> list[int]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
 def _with_processor(kind: str):
-    if kind == "next":
-        (folder, hf), proc = tnp.make_llava_next(), tnp.next_processor()
-    elif kind == "onevision":
-        (folder, hf), proc = tnp.make_onevision(), tnp.onevision_processor()
-    elif kind == "pixtral":
-        (folder, hf), proc = tnp.make_pixtral_llava(), tnp.pixtral_processor()
-    else:
-        (folder, hf), proc = tnp.make_mistral3(), tnp.pixtral_processor(spatial_merge_size=2)
-    return hf, HookedVLM.from_pretrained(str(folder), processor=proc), proc
+    """(hf, model, processor): the shared tiny build of the family, loaded with its offline HF processor."""
+    b = {"next": tnp.llava_next, "onevision": tnp.onevision, "pixtral": tnp.pixtral, "mistral3": tnp.mistral3}[kind]()
+    return b.hf, b.model, b.model.processor
 
 
 IMAGES = [(20, 13), (9, 30), (16, 16)]

@@ -7,7 +7,6 @@ of inputs shaped by the real HF image processors.
 
 from __future__ import annotations
 
-import functools
 import json
 
 import numpy as np
@@ -22,16 +21,14 @@ from tests import tiny_qwen_idefics as T
 ATOL = 1e-4
 
 
-@functools.lru_cache(maxsize=None)
 def _qwen(version):
-    folder, hf, inputs = T.qwen_case(version)
-    return folder, hf, HookedVLM.from_pretrained(str(folder)), inputs
+    """(folder, hf, model, inputs) of the shared tiny build (tests.tiny_qwen_idefics.qwen)."""
+    return T.qwen(version)[:4]
 
 
-@functools.lru_cache(maxsize=None)
 def _idefics(arch):
-    folder, hf, inputs = T.idefics_case(arch)
-    return folder, hf, HookedVLM.from_pretrained(str(folder)), inputs
+    """(folder, hf, model, inputs) of the shared tiny build (tests.tiny_qwen_idefics.idefics)."""
+    return T.idefics(arch)[:4]
 
 
 def _maxdiff(a, b):
@@ -139,7 +136,9 @@ def test_qwen_generate_without_kv_cache_and_explicit_attention_agree():
     with torch.no_grad():
         fast = model(**inputs)
         slow = model.run_with_hooks(**inputs, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda x, hook: x)])
-    assert _maxdiff(fast, slow) <= ATOL
+    # measured 9e-8 (windowed ViT included): the paths agree as closely as on every family (test_parity,
+    # test_fast_and_explicit_paths_agree, checks every residual); this test only ever asked for ATOL
+    assert _maxdiff(fast, slow) <= 1e-5
 
 
 def test_qwen_in_memory_key_layout_loads(tmp_path):

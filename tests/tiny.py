@@ -1,10 +1,19 @@
-"""Tiny random HF checkpoints built offline (no downloads), shared by the tests."""
+"""Tiny random HF checkpoints built offline (no downloads), shared by the tests.
+
+Every family has ONE cached factory returning a :class:`Built` (folder, hf, model, inputs, unpadded):
+``llava(**variant)`` here, ``qwen`` / ``idefics`` in tiny_qwen_idefics, ``llava_next`` / ``onevision`` /
+``pixtral`` / ``mistral3`` in tiny_next_pixtral, ``chameleon`` / ``emu3`` / ``janus`` in tiny_native.
+Builds are cached with functools.lru_cache, so parity, hooks, span and error tests in different files
+share one model per variant. Do not mutate what they return (copy a dict before editing it).
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -129,3 +138,63 @@ def pil_image(seed: int, size: int = 24):
 
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+# ---------------------------------------------------------------- the shared, cached factories
+class Built(NamedTuple):
+    """A tiny checkpoint and our conversion of it."""
+
+    folder: Path  # the save_pretrained folder (processor files beside it where the family has one offline)
+    hf: Any  # the HF model, eval mode
+    model: Any  # HookedVLM.from_pretrained(folder)
+    inputs: dict  # a padded batch (>= 2 items) HF's forward accepts
+    unpadded: dict  # a batch of >= 2 items of equal length: attention_mask all ones (SDPA's is_causal branch)
+
+
+def checked(built: Built) -> Built:
+    """The batches are what the tests rely on: ``inputs`` padded, ``unpadded`` not, both with >= 2 items."""
+    assert built.inputs["input_ids"].shape[0] >= 2 and not bool(built.inputs["attention_mask"].bool().all())
+    assert built.unpadded["input_ids"].shape[0] >= 2 and bool(built.unpadded["attention_mask"].bool().all())
+    return built
+
+
+def load(folder: Path, hf: Any, inputs: dict, unpadded: dict, processor: Any = "auto") -> Built:
+    """Convert the checkpoint in ``folder`` (with ``processor``, or the one saved beside it)."""
+    from hooked_vlm import HookedVLM
+
+    return checked(Built(folder, hf, HookedVLM.from_pretrained(str(folder), processor=processor), inputs, unpadded))
+
+
+def _frozen(**kwargs: Any) -> str:
+    return json.dumps(kwargs, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _llava_checkpoint(key: str) -> tuple[Path, Any, Any]:
+    from hooked_vlm import HookedVLM
+
+    spec = json.loads(key)
+    folder, hf = make_llava(text=spec["text"], vision=spec["vision"], seed=spec["seed"], **spec["top"])
+    vc = hf.config.vision_config
+    save_llava_processor(folder, image_size=vc.image_size, patch_size=vc.patch_size,
+                         strategy=hf.config.vision_feature_select_strategy)
+    return folder, hf, HookedVLM.from_pretrained(str(folder))
+
+
+@functools.lru_cache(maxsize=None)
+def _llava_built(key: str, images: tuple[int, ...], pads: tuple[int, ...], right: bool, text_len: int) -> Built:
+    folder, hf, model = _llava_checkpoint(key)
+    inputs = llava_batch(hf, list(images), list(pads), right=right, text_len=text_len)
+    unpadded = llava_batch(hf, [1, 1], [0, 0], seed=1, text_len=text_len)
+    return checked(Built(folder, hf, model, inputs, unpadded))
+
+
+def llava(text: dict | None = None, vision: dict | None = None, images: tuple[int, ...] = (1, 1, 2),
+          pads: tuple[int, ...] = (3, 0, 0), right: bool = False, text_len: int = 5, seed: int = 0, **top: Any) -> Built:
+    """A tiny LLaVA (saved with its LlavaProcessor) and its conversion, built once per (text, vision, seed, top).
+
+    ``images[i]`` images and ``pads[i]`` pads in batch item i (on the right when ``right``); ``text_len``
+    words after the images. Models are shared between batches that differ only in these.
+    """
+    key = _frozen(text=text or llama_text_config(), vision=vision or clip_vision_config(), seed=seed, top=top)
+    return _llava_built(key, tuple(images), tuple(pads), right, text_len)

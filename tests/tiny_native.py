@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tests.tiny import Built, load
 
 PAD, BOS, EOS = 0, 1, 2
 N_WORDS = 40
@@ -251,3 +254,23 @@ def emu3_case() -> tuple[Path, Any, dict]:
 def janus_case() -> tuple[Path, Any, dict]:
     folder, hf = make_janus(tie_word_embeddings=False)
     return folder, hf, janus_batch(hf, [1, 2], [3, 0])
+
+
+# ---------------------------------------------------------------- cached factories (tests/tiny.py: Built)
+# One build per family, loaded with the family's offline processor; unpadded: items of equal length.
+@functools.lru_cache(maxsize=None)
+def chameleon(swin_norm: bool = False) -> Built:
+    folder, hf, inputs = chameleon_swin_case() if swin_norm else chameleon_case()
+    return load(folder, hf, inputs, chameleon_batch(hf, [1, 1], [0, 0], seed=1), chameleon_processor())
+
+
+@functools.lru_cache(maxsize=None)
+def emu3() -> Built:
+    folder, hf, inputs = emu3_case()
+    return load(folder, hf, inputs, emu3_batch(hf, [[(16, 16)], [(16, 16)]], [0, 0], seed=1), emu3_processor())
+
+
+@functools.lru_cache(maxsize=None)
+def janus() -> Built:
+    folder, hf, inputs = janus_case()
+    return load(folder, hf, inputs, janus_batch(hf, [1, 1], [0, 0], seed=1), janus_processor())

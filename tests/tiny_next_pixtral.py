@@ -6,13 +6,14 @@ different sizes) that HF's forward accepts: the contract of tests/test_parity.py
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tests.tiny import BOS, IMAGE_TOKEN, PAD, VOCAB, llama_text_config, pad_rows  # noqa: F401
+from tests.tiny import BOS, IMAGE_TOKEN, PAD, VOCAB, Built, llama_text_config, load, pad_rows  # noqa: F401
 
 IMG_BREAK = 101
 IMG_END = 102
@@ -256,3 +257,31 @@ def select_best(h: int, w: int) -> tuple[int, int]:
     from transformers.image_processing_utils import select_best_resolution
 
     return select_best_resolution([h, w], PINPOINTS)
+
+
+# ----------------------------------------------------------------------------- cached factories (tests/tiny.py: Built)
+# One build per family, loaded with the family's offline processor; unpadded: two images of one size.
+@functools.lru_cache(maxsize=None)
+def llava_next() -> Built:
+    folder, hf, inputs = next_case()
+    return load(folder, hf, inputs, anyres_batch(hf, [(8, 13), (8, 13)], [1, 1], [0, 0], seed=1), next_processor())
+
+
+@functools.lru_cache(maxsize=None)
+def onevision() -> Built:
+    folder, hf, inputs = onevision_case()
+    unpadded = anyres_batch(hf, [(8, 13), (8, 13)], [1, 1], [0, 0], seed=1, with_batch_num_images=True)
+    return load(folder, hf, inputs, unpadded, onevision_processor())
+
+
+@functools.lru_cache(maxsize=None)
+def pixtral() -> Built:
+    folder, hf, inputs = pixtral_case()
+    return load(folder, hf, inputs, pixtral_batch(hf, [(16, 10), (16, 10)], [1, 1], [0, 0], seed=1), pixtral_processor())
+
+
+@functools.lru_cache(maxsize=None)
+def mistral3() -> Built:
+    folder, hf, inputs = mistral3_case()
+    unpadded = pixtral_batch(hf, [(16, 8), (16, 8)], [1, 1], [0, 0], seed=1, merge=2)
+    return load(folder, hf, inputs, unpadded, pixtral_processor(spatial_merge_size=2))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tests.tiny import BOS, EOS, PAD, VOCAB, llama_text_config, pad_rows
+from tests.tiny import BOS, EOS, PAD, VOCAB, Built, llama_text_config, load, pad_rows
 
 IMAGE, VIDEO, VSTART, VEND = 100, 101, 102, 103
 # Idefics3 / SmolVLM special tokens
@@ -126,20 +127,28 @@ def idefics_image_tokens(rows: int, cols: int, side: int = IDEFICS_SIDE) -> list
     return ids + [FAKE, GLOBAL] + [IMAGE] * n + [FAKE]
 
 
-def idefics_batch(seed: int = 0, text_len: int = 5) -> dict:
-    """Item 0: one image in 2 x 2 tiles + global (5 tiles); item 1: one unsplit image 8 x 6 padded to 8 x 8."""
+def idefics_batch(seed: int = 0, text_len: int = 5, tiles: tuple = ((2, 2), (0, 0)), pads: tuple = (0, 3),
+                  pad_last_image: bool = True) -> dict:
+    """One image per item, split into tiles[i] = (rows, cols) tiles + global ((0, 0): not split, one tile).
+
+    Default: item 0 in 2 x 2 tiles + global (5 tiles); item 1 one unsplit image 8 x 6 padded to 8 x 8
+    (``pad_last_image``: NaViT patch mask); left pads ``pads``."""
     g = torch.Generator().manual_seed(seed)
     rows = []
-    for tiles in [(2, 2), (0, 0)]:
-        rows.append([BOS] + torch.randint(3, 90, (2,), generator=g).tolist() + idefics_image_tokens(*tiles)
+    for r, c in tiles:
+        rows.append([BOS] + torch.randint(3, 90, (2,), generator=g).tolist() + idefics_image_tokens(r, c)
                     + torch.randint(3, 90, (text_len,), generator=g).tolist())
-    input_ids, mask = pad_rows(rows, [0, 3])
-    pixel_values = torch.zeros(2, 5, 3, 8, 8)
-    pixel_mask = torch.zeros(2, 5, 8, 8, dtype=torch.long)
-    pixel_values[0] = torch.randn(5, 3, 8, 8, generator=g)
-    pixel_mask[0] = 1
-    pixel_values[1, 0, :, :, :6] = torch.randn(3, 8, 6, generator=g)
-    pixel_mask[1, 0, :, :6] = 1
+    input_ids, mask = pad_rows(rows, list(pads))
+    n_tiles = [r * c + 1 for r, c in tiles]
+    pixel_values = torch.zeros(len(tiles), max(n_tiles), 3, 8, 8)
+    pixel_mask = torch.zeros(len(tiles), max(n_tiles), 8, 8, dtype=torch.long)
+    for i, n in enumerate(n_tiles):
+        if pad_last_image and i == len(tiles) - 1:
+            pixel_values[i, :n, :, :, :6] = torch.randn(n, 3, 8, 6, generator=g)
+            pixel_mask[i, :n, :, :6] = 1
+        else:
+            pixel_values[i, :n] = torch.randn(n, 3, 8, 8, generator=g)
+            pixel_mask[i, :n] = 1
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, pixel_attention_mask=pixel_mask)
 
 
@@ -153,3 +162,18 @@ def qwen_case(version: str) -> tuple[Path, Any, dict]:
 def idefics_case(arch: str) -> tuple[Path, Any, dict]:
     folder, hf = make_idefics(arch)
     return folder, hf, idefics_batch()
+
+
+# ---------------------------------------------------------------- cached factories (tests/tiny.py: Built)
+@functools.lru_cache(maxsize=None)
+def qwen(version: str = "2") -> Built:
+    """qwen_case; unpadded: two images of equal token count (16 each; 4 windows each in 2.5)."""
+    folder, hf, inputs = qwen_case(version)
+    return load(folder, hf, inputs, qwen_batch([[(1, 8, 8)], [(1, 4, 16)]], [0, 0], seed=1))
+
+
+@functools.lru_cache(maxsize=None)
+def idefics(arch: str = "idefics3") -> Built:
+    """idefics_case; unpadded: two items of 2 x 2 tiles + global, no padded pixels (no NaViT patch mask)."""
+    folder, hf, inputs = idefics_case(arch)
+    return load(folder, hf, inputs, idefics_batch(seed=1, tiles=((2, 2), (2, 2)), pads=(0, 0), pad_last_image=False))
