@@ -9,14 +9,13 @@ the tables). The kernel imports this checkout's ``hooked_vlm`` (PYTHONPATH), whi
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 
-import pytest
-
-nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[dev]' (nbformat, nbclient, ipykernel)")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+import nbclient  # the dev extra: pip install -e ".[dev]" (nbclient, nbformat, ipykernel)
+import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -49,10 +48,17 @@ def execute(name: str, params: dict, checks: str, tmp_path: Path, monkeypatch) -
         if c.cell_type == "code":
             assert not c.outputs and c.execution_count is None, f"{name} is committed with outputs; clear them"
     nb = with_parameters(nb, params, checks)
+    # a kernel spec of our own, so the kernel is this interpreter whatever other "python3" specs exist
+    spec = tmp_path / "jupyter" / "kernels" / "hooked-vlm-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "hooked_vlm test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # toys load from the package; nothing may touch the hub
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="hooked-vlm-test",
                                      resources={"metadata": {"path": str(tmp_path)}})
     t0 = time.perf_counter()
     client.execute()  # raises CellExecutionError on the first cell that fails
@@ -72,7 +78,8 @@ def mime_types(outputs: list[dict]) -> list[str]:
 
 
 SOURCE_CHECK = f"""
-import os
+import os, sys
+assert os.path.realpath(sys.executable) == os.path.realpath({sys.executable!r}), sys.executable
 assert os.path.realpath(hooked_vlm.__file__).startswith(os.path.realpath({str(ROOT)!r})), hooked_vlm.__file__
 """
 
@@ -125,7 +132,8 @@ assert fig_patch.axes[0].get_xlabel().startswith("layer") and "logit" in fig_pat
 def test_colab_narrow_gate_notebook_runs_on_toy(tmp_path, monkeypatch):
     params = {"MODEL_ID": "toy-chameleon", "DTYPE": "float32", "DEVICE": "cpu", "IMAGE": "toy:red",
               "SOURCE_IMAGE": "toy:blue", "ANSWERS": ("red", "blue"),
-              "PROMPT": "USER: <image>\nwhat colour is the shape ? ASSISTANT:", "MAX_NEW_TOKENS": 1, "INSTALL": False}
+              "PROMPT": "USER: <image>\nwhat colour is the shape ? ASSISTANT:", "MAX_NEW_TOKENS": 1,
+              "INSTALL": True}  # True: the install cell must see that hooked_vlm imports and install nothing
     nb, seconds = execute("colab_narrow_gate.ipynb", params, GATE_CHECKS, tmp_path, monkeypatch)
     print(f"colab_narrow_gate.ipynb executed in {seconds:.1f} s")
     assert mime_types(outputs_of(nb, "figure")).count("image/png") == 2
