@@ -30,7 +30,7 @@ bench: $(STAMP)
 
 wheel: $(STAMP)
 	rm -rf dist build hooked_vlm.egg-info  # a stale egg-info SOURCES.txt would hide a missing package_data entry
-	$(PY) -m build --no-isolation --outdir dist .
+	$(PY) -m build --no-isolation --quiet --outdir dist .
 	$(PY) .ci/wheel_smoke.py contents dist/hooked_vlm-*.whl dist/hooked_vlm-*.tar.gz
 
 test-wheel: wheel
