@@ -46,5 +46,26 @@ test-min: $(MIN_STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 
+# `make wheel`: sdist + wheel into dist/ (setuptools from the pinned dev venv, no isolated build env).
+# `make test-wheel`: install that wheel as a user would (not editable) into a fresh venv outside the checkout,
+# torch first then the wheel with the pinned stack, and smoke-test it there (.ci/wheel_smoke.py).
+.PHONY: wheel test-wheel
+
+wheel: $(STAMP)
+	rm -rf dist build hooked_vlm.egg-info  # a stale egg-info SOURCES.txt would hide a missing package_data entry
+	$(PY) -m build --no-isolation --quiet --outdir dist .
+	$(PY) .ci/wheel_smoke.py contents dist/hooked_vlm-*.whl dist/hooked_vlm-*.tar.gz
+
+test-wheel: wheel
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; t0=$$(date +%s); \
+	python3 -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q --no-compile torch==2.13.0; \
+	"$$tmp/venv/bin/python" -m pip install -q --no-compile -c "$(CURDIR)/constraints.txt" "$(CURDIR)"/dist/hooked_vlm-*.whl; \
+	"$$tmp/venv/bin/python" -m pip check; \
+	echo "test-wheel: fresh venv installed in $$(( $$(date +%s) - t0 )) s"; \
+	cp .ci/wheel_smoke.py "$$tmp/"; \
+	cd "$$tmp" && "$$tmp/venv/bin/python" wheel_smoke.py installed "$$tmp/demo"; \
+	echo "test-wheel: passed in $$(( $$(date +%s) - t0 )) s (after the build)"
+
 clean:
 	rm -rf $(VENV) $(MIN_VENV) demo_report

@@ -1,14 +1,30 @@
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# dev: executing the notebooks in tests (nbclient, nbformat, ipykernel) and `make wheel` (build, setuptools)
+NOTEBOOK_AND_BUILD_TOOLS = ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "build>=1.2", "setuptools>=70.1"]
+
 setup(
     name="hooked_vlm",
-    version="0.1.0",
+    # one source for the version: hooked_vlm.__version__ (what `hooked-vlm --version` prints)
+    version=re.search(r'^__version__ = "([^"]+)"', Path(__file__).with_name("hooked_vlm").joinpath("__init__.py")
+                      .read_text(encoding="utf-8"), re.M).group(1),
     description="TransformerLens-style hooks, token spans and interpretability analyses for vision-language models",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    # No license is declared: the repository has no license file or terms yet. No project URLs either:
+    # the project has no confirmed public address (install from a wheel or a clone, see README).
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+    keywords=["interpretability", "vision-language models", "transformer-lens", "hooks", "llava", "chameleon"],
     packages=find_packages(include=["hooked_vlm", "hooked_vlm.*", "converters", "converters.*"]),
     package_data={"hooked_vlm": ["toy/checkpoints/*/*"]},
     include_package_data=True,
@@ -31,7 +47,7 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "beartype>=0.18", "hypothesis>=6.100"],
+        "dev": ["pytest>=8", "beartype>=0.18", "hypothesis>=6.100", *NOTEBOOK_AND_BUILD_TOOLS],
         # dadapy 0.3.4 pins numpy<2, jax==0.4.30, flax==0.8.5: not installable beside numpy 2.
         "dadapy": ["dadapy>=0.3.4"],
         # sae-lens 6.54 requires transformer-lens<4, so this extra resolves transformer-lens 3.9.

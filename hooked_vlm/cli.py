@@ -1,5 +1,6 @@
 """The ``hooked-vlm`` command.
 
+    hooked-vlm --version                              the package version
     hooked-vlm demo [--out DIR]                       every analysis on the shipped toy model -> HTML report
     hooked-vlm lens     --model ID --image F --prompt T [--target WORD] [--out FIG.png]
     hooked-vlm ablate   --model ID --image F --prompt T [--span image] [--how zero|mean]
@@ -150,6 +151,9 @@ def cmd_patch(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hooked-vlm", description="Hooks, spans and analyses for vision-language models.")
+    from hooked_vlm import __version__
+
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main analyses on the shipped toy model and write an HTML report")
     demo.add_argument("--out", default="hooked_vlm_demo", help="output folder (default: ./hooked_vlm_demo)")

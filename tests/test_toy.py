@@ -4,7 +4,6 @@ the reproduction scripts run end to end on it. Nothing is trained here."""
 
 from __future__ import annotations
 
-import json
 import runpy
 import sys
 from pathlib import Path
@@ -173,19 +172,6 @@ def test_cli_single_analyses(tmp_path, capsys):
     top = {l.split(" ", 1)[0].rstrip(":"): l.split(": ", 1)[1].split("  ")[0].split(" ")[0]
            for l in out.splitlines() if l.startswith(("target:", "source:", "patched"))}
     assert top == {"target": "'red'", "source": "'blue'", "patched": "'blue'"}, out
-
-
-def test_colab_notebook_is_valid():
-    nb = json.loads((ROOT / "docs" / "colab_llava15.ipynb").read_text())
-    assert nb["nbformat"] == 4 and isinstance(nb["metadata"], dict) and nb["cells"]
-    for cell in nb["cells"]:
-        assert cell["cell_type"] in ("markdown", "code") and isinstance(cell["source"], list)
-        if cell["cell_type"] == "code":
-            assert cell["outputs"] == [] and "execution_count" in cell
-            src = "".join(l for l in cell["source"] if not l.lstrip().startswith("!"))
-            compile(src, "<cell>", "exec")
-    text = json.dumps(nb)
-    assert "llava-hf/llava-1.5-7b-hf" in text and "torch.float16" in text and "logit_lens" in text
 
 
 def test_colour_words_are_single_tokens(model):
