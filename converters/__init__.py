@@ -18,6 +18,7 @@ FAMILY_MODULES = [
     "converters.emu3",
     "converters.janus",
     "converters.gemma3",
+    "converters.paligemma",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None
