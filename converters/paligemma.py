@@ -105,8 +105,15 @@ def paligemma_config(hf: Any) -> HookedVLMConfig:
         roles=TokenRoles(image_token_id=hf.image_token_index, pad_token_id=tc.pad_token_id,
                          bos_token_id=tc.bos_token_id, eos_token_id=eos),
         tie_word_embeddings=bool(hf.tie_word_embeddings),  # HF ties from the top-level config
-        extra={"image_pipeline": "vit_mlp", "input_keys": ("token_type_ids",)},
+        extra={"image_pipeline": "vit_mlp", "input_keys": ("token_type_ids",), "prepare_inputs_fn": paligemma_prepare_inputs},
     )
+
+
+def paligemma_prepare_inputs(model: Any, images: Any = None, text: list[str] | None = None, **kwargs: Any) -> Any:
+    """The processor's output without ``labels`` (HF's training targets: input_ids with the prefix set to -100, made
+    when ``suffix=`` is given); ``token_type_ids`` (prefix 0 / suffix 1) carry the same split into the mask and spans."""
+    out = model.processor(images=images, text=text, return_tensors="pt", **kwargs)
+    return {k: v for k, v in dict(out).items() if k != "labels"}
 
 
 def paligemma_keymap(cfg: HookedVLMConfig) -> KeyMap:

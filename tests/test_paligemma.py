@@ -210,11 +210,10 @@ def _processor_inputs(model):
 def test_spans_from_the_real_processor():
     _, hf, model, _ = built()
     inputs = _processor_inputs(model)
-    assert {"input_ids", "attention_mask", "pixel_values", "token_type_ids"} <= set(inputs)
-    hf_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values", "token_type_ids"}  # HF's labels dropped
     with torch.no_grad():
-        ref = hf(**hf_inputs).logits
-    logits, cache = model.run_with_cache(**hf_inputs, names_filter="hook_embed")
+        ref = hf(**inputs).logits
+    logits, cache = model.run_with_cache(**inputs, names_filter="hook_embed")
     assert _max(ref, logits, _real(inputs)) <= ATOL
     spans, ids = cache.spans, inputs["input_ids"]
     for b, n_suffix in ((0, 4), (1, 2)):  # suffix words + <eos>
