@@ -34,12 +34,22 @@ GEMMA2_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
                  "num_key_value_heads", "head_dim", "hidden_activation", "max_position_embeddings", "rms_norm_eps",
                  "tie_word_embeddings", "rope_parameters", "attention_bias", "query_pre_attn_scalar", "sliding_window",
                  "layer_types", "final_logit_softcapping", "attn_logit_softcapping"}
+GEMMA_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+                "tie_word_embeddings", "rope_parameters", "attention_bias"}
 GEMMA2_IGNORED = {
     "num_image_tokens": "PaliGemmaConfig writes (image_size // patch_size) ** 2 into the text config; Gemma 2 never "
                         "reads it (the placeholder count is checked against the image features instead)",
     "use_bidirectional_attention": "PaliGemmaConfig sets it True; Gemma 2's eager attention (the only one HF allows "
                                    "with soft-capping) always receives a materialised mask, so only that mask "
                                    "(the prefix-LM policy, built from token_type_ids) decides what is attended to",
+}
+GEMMA_IGNORED = {
+    "num_image_tokens": GEMMA2_IGNORED["num_image_tokens"],
+    "use_bidirectional_attention": "PaliGemmaConfig sets it True; it only switches SDPA's is_causal when HF skips the "
+                                   "mask (no token_type_ids, no padding: HF's SDPA then attends bidirectionally, its "
+                                   "eager path causally); with token_type_ids, as the processor gives, the prefix-LM "
+                                   "mask decides on every HF path -- see docs/families.md",
 }
 VISION_IGNORED = {"projection_dim": "PaliGemmaConfig copies its projection_dim here; the SigLIP tower never reads it"}
 
@@ -52,14 +62,36 @@ PALIGEMMA_ALIASES = [
 ]
 
 
-def gemma2_text_config(tc: Any) -> TowerConfig:
-    if tc.model_type != "gemma2":
-        raise UnsupportedConfigError(f"PaliGemma with a {tc.model_type!r} language model; supported: gemma2 "
-                                     "(PaliGemma 2). PaliGemma 1's Gemma LM is not verified against HF here")
-    check_fields(tc, GEMMA2_FIELDS, "text_config (gemma2)", ignored=GEMMA2_IGNORED)
+def _rope(tc: Any) -> dict:
     rope = dict(tc.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
     if rope.get("rope_type", "default") not in STATIC_ROPE_TYPES:
         raise UnsupportedConfigError(f"rope_parameters={rope!r}; supported rope types: {STATIC_ROPE_TYPES}")
+    return rope
+
+
+def gemma_text_config(tc: Any) -> TowerConfig:
+    """PaliGemma 1's Gemma LM: pre-norm blocks, (1 + w) RMSNorm, embeddings x sqrt(d_model), attention scale
+    head_dim ** -0.5, no soft-capping, no sliding window."""
+    check_fields(tc, GEMMA_FIELDS, "text_config (gemma)", ignored=GEMMA_IGNORED)
+    return TowerConfig(
+        n_layers=tc.num_hidden_layers, d_model=tc.hidden_size, n_heads=tc.num_attention_heads,
+        n_key_value_heads=tc.num_key_value_heads, d_head=tc.head_dim, d_mlp=tc.intermediate_size,
+        act_fn=tc.hidden_act, gated_mlp=True, normalization_type="RMS", norm_eps=tc.rms_norm_eps,
+        attn_bias=bool(tc.attention_bias), attn_out_bias=bool(tc.attention_bias), causal=True, positional="rope",
+        rope_parameters=_rope(tc), max_position_embeddings=tc.max_position_embeddings, norm_offset=1.0,
+        embed_scale=float(tc.hidden_size) ** 0.5, mask_policy="prefix", mask_policy_input="token_type_ids",
+        position_offset=1,
+    )
+
+
+def gemma2_text_config(tc: Any) -> TowerConfig:
+    if tc.model_type == "gemma":
+        return gemma_text_config(tc)
+    if tc.model_type != "gemma2":
+        raise UnsupportedConfigError(f"PaliGemma with a {tc.model_type!r} language model; supported: gemma2 "
+                                     "(PaliGemma 2), gemma (PaliGemma 1)")
+    check_fields(tc, GEMMA2_FIELDS, "text_config (gemma2)", ignored=GEMMA2_IGNORED)
+    rope = _rope(tc)
     layer_types = tuple(tc.layer_types)
     return TowerConfig(
         n_layers=tc.num_hidden_layers, d_model=tc.hidden_size, n_heads=tc.num_attention_heads,
@@ -120,8 +152,11 @@ def paligemma_keymap(cfg: HookedVLMConfig) -> KeyMap:
     lm, vt = "model.language_model", "model.vision_tower"
     p = re.escape(lm)
     layer = rf"{p}\.layers\.(\d+)"
-    norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post", "pre_feedforward_layernorm": "ln2",
-             "post_feedforward_layernorm": "ln2_post"}
+    if cfg.text.norm_placement == "sandwich":  # Gemma 2
+        norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post", "pre_feedforward_layernorm": "ln2",
+                 "post_feedforward_layernorm": "ln2_post"}
+    else:  # Gemma 1: pre-norm
+        norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
     rules = [
         (rf"{p}\.embed_tokens\.weight", "embed.weight"),
         (rf"{layer}\.self_attn\.(q|k|v|o)_proj\.(weight|bias)", r"blocks.\1.attn.\2_proj.\3"),

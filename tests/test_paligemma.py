@@ -274,17 +274,17 @@ def test_mask_knockout_equals_hf_with_the_edges_removed_by_hand():
     assert _max(base, ours, is_suffix) > 1e-3  # the knockout changed the suffix
 
 
-@pytest.mark.parametrize("field,value,match", [("model_type", "gemma", "supported: gemma2"),
+@pytest.mark.parametrize("field,value,match", [("model_type", "gemma3_text", "supported: gemma2"),
                                                ("projection_dim", 16, "projection_dim"),
                                                ("image_token_index", 500, "outside the vocabulary")])
 def test_unsupported_configs_are_refused(field, value, match):
-    from transformers import GemmaConfig, PaliGemmaConfig
+    from transformers import PaliGemmaConfig
 
     text = tp.gemma2_text_config()
     top = dict(image_token_index=tp.IMAGE_TOKEN, projection_dim=32)
     if field == "model_type":
-        text = GemmaConfig(vocab_size=tp.VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=8).to_dict()
+        text = dict(model_type="gemma3_text", vocab_size=tp.VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=8)
     else:
         top[field] = value
     hf_config = PaliGemmaConfig(text_config=text, vision_config=tp.siglip_vision_config(), **top)
@@ -302,3 +302,57 @@ def test_bad_tower_fields_are_explained(fields, match):
 
     with pytest.raises(ValueError, match=match):
         TowerConfig(n_layers=2, d_model=8, n_heads=2, d_mlp=16, **fields)
+
+
+# ---------------------------------------------------------------- PaliGemma 1 (Gemma LM, pre-norm, HF runs SDPA)
+@functools.lru_cache(maxsize=None)
+def built1():
+    folder, hf, inputs = tp.paligemma1_case()
+    return folder, hf, HookedVLM.from_pretrained(str(folder)), inputs
+
+
+def test_paligemma1_logits_and_residuals_match_hf():
+    _, hf, model, inputs = built1()
+    assert hf.config.text_config._attn_implementation == "sdpa" and model.cfg.text.norm_placement == "pre"
+    real = _real(inputs)
+    with torch.no_grad():
+        out = hf(**inputs, output_hidden_states=True)
+        logits, cache = model.run_with_cache(**inputs)
+        explicit = model.run_with_hooks(**inputs, fwd_hooks=_pattern_hooks(model))
+    assert _max(out.logits, logits, real) <= ATOL and _max(out.logits, explicit, real) <= ATOL
+    for layer in range(model.cfg.n_layers - 1):
+        assert _max(out.hidden_states[layer + 1], cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, layer
+    no_types = {k: v for k, v in inputs.items() if k != "token_type_ids"}  # padded: HF materialises a causal mask
+    with torch.no_grad():
+        assert _max(hf(**no_types).logits, model(**no_types), real) <= ATOL
+
+
+@pytest.mark.parametrize("use_kv_cache", [True, False])
+def test_paligemma1_greedy_generate_matches_hf(use_kv_cache):
+    _, hf, model, inputs = built1()
+    with torch.no_grad():
+        ref = hf.generate(**inputs, max_new_tokens=10, do_sample=False, min_new_tokens=10)
+    ours = model.generate(**inputs, max_new_tokens=10, return_type="tokens", use_kv_cache=use_kv_cache,
+                          stop_at_eos=False)
+    assert torch.equal(ref, ours)
+
+
+def test_paligemma1_hf_sdpa_quirk_without_token_type_ids_is_documented():
+    """HF quirk (docs/families.md): PaliGemmaConfig sets use_bidirectional_attention=True, so Gemma's attention has
+    is_causal=False; with no token_type_ids and no padding HF skips the mask and SDPA then attends BIDIRECTIONALLY
+    (HF's eager path: causally). We stay causal without token_type_ids (HF eager's numbers); HF SDPA's numbers are
+    ours with every position marked prefix."""
+    import copy
+
+    _, hf, model, _ = built1()
+    one = tp.paligemma_batch(hf, [7], [3], [0], seed=2)
+    no_types = {k: v for k, v in one.items() if k != "token_type_ids"}
+    eager = copy.deepcopy(hf)
+    eager.config.text_config._attn_implementation = "eager"
+    with torch.no_grad():
+        sdpa_ref, eager_ref = hf(**no_types).logits, eager(**no_types).logits
+        ours = model(**no_types)
+        all_prefix = model(**no_types, token_type_ids=torch.zeros_like(one["input_ids"]))
+    assert _max(eager_ref, ours) <= ATOL
+    assert _max(sdpa_ref, all_prefix) <= ATOL
+    assert _max(sdpa_ref, ours) > 1e-2

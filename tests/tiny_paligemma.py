@@ -35,6 +35,15 @@ def gemma2_text_config(**overrides: Any) -> dict:
     return cfg
 
 
+def gemma_text_config(**overrides: Any) -> dict:
+    """PaliGemma 1's Gemma LM (pre-norm, no soft-caps, no sliding window; HF runs it with SDPA): 3 layers, MQA."""
+    cfg = dict(model_type="gemma", vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+               num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+               hidden_act="gelu_pytorch_tanh", pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    cfg.update(overrides)
+    return cfg
+
+
 def siglip_vision_config(**overrides: Any) -> dict:
     cfg = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                num_attention_heads=4, image_size=16, patch_size=4, num_channels=3, vision_use_head=False)
@@ -121,6 +130,12 @@ def paligemma_batch(hf_model: Any, prefix_lens: list[int], suffix_lens: list[int
     vc = hf_model.config.vision_config
     pixel_values = torch.randn(len(rows), 3, vc.image_size, vc.image_size, generator=g)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, token_type_ids=token_type_ids)
+
+
+def paligemma1_case(**kwargs: Any) -> tuple[Path, Any, dict]:
+    """As :func:`paligemma_case` with PaliGemma 1's Gemma LM."""
+    folder, hf = make_paligemma(text=gemma_text_config(), processor=False, **kwargs)
+    return folder, hf, paligemma_batch(hf, [7, 5, 9], [0, 4, 3], [2, 0, 5])
 
 
 def paligemma_case(**kwargs: Any) -> tuple[Path, Any, dict]:
