@@ -359,3 +359,62 @@ def test_paligemma1_hf_sdpa_quirk_without_token_type_ids_is_documented():
     assert _max(eager_ref, ours) <= ATOL
     assert _max(sdpa_ref, all_prefix) <= ATOL
     assert _max(sdpa_ref, ours) > 1e-2
+
+
+@pytest.mark.parametrize("use_kv_cache", [True, False])
+def test_generate_positions_start_at_one_as_hf(use_kv_cache):
+    """During generate our cos/sin tables equal HF's at every real position of every step (HF's generate adds 1 to
+    the cumsum positions; RoPE is relative, so the tokens alone would not show a missing offset)."""
+    _, hf, model, inputs = built()
+    seen = {"hf": [], "ours": []}
+    h1 = hf.model.language_model.rotary_emb.register_forward_hook(lambda m, a, out: seen["hf"].append(out[0]))
+    h2 = model.rotary.register_forward_hook(lambda m, a, out: seen["ours"].append(out[0][:, :, 0]))
+    try:
+        with torch.no_grad():
+            hf.generate(**inputs, max_new_tokens=3, do_sample=False, min_new_tokens=3, use_cache=use_kv_cache)
+        model.generate(**inputs, max_new_tokens=3, return_type="tokens", use_kv_cache=use_kv_cache, stop_at_eos=False)
+    finally:
+        h1.remove()
+        h2.remove()
+    assert len(seen["hf"]) == len(seen["ours"]) == 3
+    mask = inputs["attention_mask"].bool()
+    for step, (ref, ours) in enumerate(zip(seen["hf"], seen["ours"])):
+        n = ours.shape[1]
+        real = torch.cat([mask, torch.ones(mask.shape[0], step, dtype=torch.bool)], 1)[:, -n:]
+        assert _max(ref.expand_as(ours), ours, real) <= 1e-6, step
+
+
+@pytest.mark.parametrize("text", ["gemma2", "gemma"])
+def test_keymap_maps_hf_in_memory_and_saved_names_one_to_one(text, tmp_path):
+    """HF's meta model's tensors (in-memory AND save_pretrained names) map through our KeyMap onto our parameters,
+    shape for shape, all of ours covered; parameter counts equal."""
+    import transformers
+    from transformers.core_model_loading import revert_weight_conversion
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    text_config = tp.gemma2_text_config() if text == "gemma2" else tp.gemma_text_config()
+    hf_config = transformers.PaliGemmaConfig(text_config=text_config, vision_config=tp.siglip_vision_config(),
+                                             image_token_index=tp.IMAGE_TOKEN, projection_dim=32)
+    converter = get_converter("PaliGemmaForConditionalGeneration")
+    cfg = converter.make_config(hf_config)
+    keymap = converter.make_keymap(cfg)
+    with torch.device("meta"):
+        ours = HookedVLM(cfg)
+        hf = transformers.PaliGemmaForConditionalGeneration._from_config(hf_config)
+    targets = {n: tuple(p.shape) for n, p in ours.named_parameters(remove_duplicate=False)}
+    memory = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in
+             revert_weight_conversion(hf, remove_tied_weights_from_state_dict(dict(hf.state_dict()), hf)).items()}
+    assert any(k.startswith("language_model.model.") for k in saved)  # the legacy layout really is exercised
+    tied = {"unembed.weight"} if cfg.tie_word_embeddings else set()
+    for names in (memory, saved):
+        mapped = {}
+        for key, shape in names.items():
+            ours_name = keymap.target(key)  # KeyError = a tensor the converter does not know
+            if ours_name is None:
+                continue
+            assert targets[ours_name] == shape, (key, ours_name)
+            assert ours_name not in mapped, f"{key} and {mapped.get(ours_name)} both map to {ours_name}"
+            mapped[ours_name] = key
+        assert set(targets) - set(mapped) <= tied
+    assert sum(p.numel() for p in ours.parameters()) == hf.num_parameters()
