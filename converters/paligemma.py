@@ -27,6 +27,8 @@ from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
 PALIGEMMA_FIELDS = {"image_token_index", "projection_dim", "tie_word_embeddings"}
 PALIGEMMA_IGNORED = {
+    "ignore_index": "a legacy training field of PaliGemma configs (-100 in the published files); HF 5.23's PaliGemma "
+                    "code never reads it (the loss uses the labels' own -100)",
     "vocab_size": "a top-level copy (default 257152); HF's PaliGemma reads text_config.vocab_size only",
     "hidden_size": "a top-level copy (default 2048); HF's PaliGemma reads text_config.hidden_size only",
 }
@@ -51,7 +53,13 @@ GEMMA_IGNORED = {
                                    "eager path causally); with token_type_ids, as the processor gives, the prefix-LM "
                                    "mask decides on every HF path -- see docs/families.md",
 }
-VISION_IGNORED = {"projection_dim": "PaliGemmaConfig copies its projection_dim here; the SigLIP tower never reads it"}
+VISION_IGNORED = {
+    "projection_dim": "PaliGemmaConfig copies its projection_dim here; the SigLIP tower never reads it",
+    "num_image_tokens": "a legacy copy of (image_size // patch_size) ** 2 in published PaliGemma configs; SigLIP and "
+                        "PaliGemma in HF 5.23 never read it",
+    "projector_hidden_act": "a legacy field of published PaliGemma configs; the projector is one linear layer with no "
+                            "activation, and HF 5.23 never reads it",
+}
 
 # save_pretrained writes the legacy layout; the in-memory (and newer hub) layout is under "model."
 PALIGEMMA_ALIASES = [

@@ -418,3 +418,35 @@ def test_keymap_maps_hf_in_memory_and_saved_names_one_to_one(text, tmp_path):
             mapped[ours_name] = key
         assert set(targets) - set(mapped) <= tied
     assert sum(p.numel() for p in ours.parameters()) == hf.num_parameters()
+
+
+def test_real_paligemma_448_config_maps_one_to_one_onto_hf(tmp_path):
+    """A published PaliGemma 1 config (colpaligemma-3b-pt-448-base, tests/real_configs/SOURCES.md), legacy fields
+    included, is accepted; HF's meta model maps 1:1 onto ours; what the converter reads from it."""
+    import json
+
+    import transformers
+    from transformers.core_model_loading import revert_weight_conversion
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    raw = json.loads((Path(__file__).parent / "real_configs" / "vidore__colpali-v1.2-merged.json").read_text())
+    assert raw["ignore_index"] == -100 and raw["vision_config"]["projector_hidden_act"] == "gelu_fast"
+    hf_config = transformers.PaliGemmaConfig.from_dict(raw)
+    converter = get_converter("PaliGemmaForConditionalGeneration")
+    cfg = converter.make_config(hf_config)
+    keymap = converter.make_keymap(cfg)
+    with torch.device("meta"):
+        ours = HookedVLM(cfg)
+        hf = transformers.PaliGemmaForConditionalGeneration._from_config(hf_config)
+    targets = {n: tuple(p.shape) for n, p in ours.named_parameters(remove_duplicate=False)}
+    saved = {k: tuple(v.shape) for k, v in
+             revert_weight_conversion(hf, remove_tied_weights_from_state_dict(dict(hf.state_dict()), hf)).items()}
+    mapped = {keymap.target(k): shape for k, shape in saved.items() if keymap.target(k) is not None}
+    assert all(targets[name] == shape for name, shape in mapped.items())
+    assert set(targets) - set(mapped) <= {"unembed.weight"}
+    assert sum(p.numel() for p in ours.parameters()) == hf.num_parameters()
+    t = cfg.text
+    assert (t.n_layers, t.d_model, t.n_heads, t.n_key_value_heads, t.d_head) == (18, 2048, 8, 1, 256)
+    assert t.norm_placement == "pre" and t.attn_scale is None and t.position_offset == 1 and t.mask_policy == "prefix"
+    assert t.embed_scale == 2048 ** 0.5 and cfg.d_vocab == 257216 and cfg.roles.image_token_id == 257152
+    assert cfg.vision.grid_size == 32 and cfg.tie_word_embeddings  # 448 / 14: 1024 image tokens
