@@ -40,6 +40,9 @@ GEMMA_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_la
                 "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                 "tie_word_embeddings", "rope_parameters", "attention_bias"}
 GEMMA2_IGNORED = {
+    "hidden_act": "published Gemma 2 configs carry it beside hidden_activation; HF 5.23's Gemma 2 reads "
+                  "hidden_activation only",
+    "cache_implementation": "a generation setting of published Gemma 2 configs ('hybrid'); the forward never reads it",
     "num_image_tokens": "PaliGemmaConfig writes (image_size // patch_size) ** 2 into the text config; Gemma 2 never "
                         "reads it (the placeholder count is checked against the image features instead)",
     "use_bidirectional_attention": "PaliGemmaConfig sets it True; Gemma 2's eager attention (the only one HF allows "

@@ -450,3 +450,43 @@ def test_real_paligemma_448_config_maps_one_to_one_onto_hf(tmp_path):
     assert t.norm_placement == "pre" and t.attn_scale is None and t.position_offset == 1 and t.mask_policy == "prefix"
     assert t.embed_scale == 2048 ** 0.5 and cfg.d_vocab == 257216 and cfg.roles.image_token_id == 257152
     assert cfg.vision.grid_size == 32 and cfg.tie_word_embeddings  # 448 / 14: 1024 image tokens
+
+
+# google/gemma-2-2b-it's config.json (the LM of PaliGemma 2 3B), as copied into a public ONNX-export script
+# ("copy https://huggingface.co/google/gemma-2-2b-it/blob/main/config.json here"); PaliGemma 2 adds num_image_tokens
+GEMMA2_2B = {"architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+             "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 107],
+             "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+             "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304, "initializer_range": 0.02,
+             "intermediate_size": 9216, "max_position_embeddings": 8192, "model_type": "gemma2",
+             "num_attention_heads": 8, "num_hidden_layers": 26, "num_key_value_heads": 4, "pad_token_id": 0,
+             "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+             "torch_dtype": "bfloat16", "transformers_version": "4.42.4", "use_cache": True, "vocab_size": 256000}
+
+
+def test_paligemma2_3b_shaped_config_from_published_parts():
+    """NOT a published PaliGemma 2 file (none was found): gemma-2-2b-it's published LM config (with its hidden_act and
+    cache_implementation) + the published 448-px SigLIP tower at 224 px, as PaliGemma 2 3B-224 combines them. The
+    converter accepts the published Gemma 2 fields and reads the Gemma 2 settings; HF's meta model maps 1:1."""
+    import json
+
+    import transformers
+
+    raw = json.loads((Path(__file__).parent / "real_configs" / "vidore__colpali-v1.2-merged.json").read_text())
+    vision = dict(raw["vision_config"], image_size=224, num_image_tokens=256, projection_dim=2304)
+    text = dict(GEMMA2_2B, vocab_size=257216, num_image_tokens=256)
+    hf_config = transformers.PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=257152,
+                                             projection_dim=2304, hidden_size=2304, ignore_index=-100)
+    converter = get_converter("PaliGemmaForConditionalGeneration")
+    cfg = converter.make_config(hf_config)
+    t = cfg.text
+    assert (t.n_layers, t.d_model, t.n_heads, t.n_key_value_heads, t.d_head, t.sliding_window) == (26, 2304, 8, 4, 256, 4096)
+    assert (t.attn_logit_softcap, t.final_logit_softcap, t.attn_scale) == (50.0, 30.0, 256 ** -0.5)
+    assert t.layer_types == ("sliding_attention", "full_attention") * 13 and t.norm_placement == "sandwich"
+    keymap = converter.make_keymap(cfg)
+    with torch.device("meta"):
+        ours = HookedVLM(cfg)
+        hf = transformers.PaliGemmaForConditionalGeneration._from_config(hf_config)
+    mapped = {keymap.target(k) for k in hf.state_dict()} - {None}
+    assert set(dict(ours.named_parameters(remove_duplicate=False))) - mapped <= {"unembed.weight"}
+    assert sum(p.numel() for p in ours.parameters()) == hf.num_parameters()
