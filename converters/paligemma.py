@@ -27,6 +27,7 @@ from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
 PALIGEMMA_FIELDS = {"image_token_index", "projection_dim", "tie_word_embeddings"}
 PALIGEMMA_IGNORED = {
+    "hidden_activation": "older PaliGemma / Gemma configs carry it; HF 5.23's Gemma MLP reads hidden_act only",
     "ignore_index": "a legacy training field of PaliGemma configs (-100 in the published files); HF 5.23's PaliGemma "
                     "code never reads it (the loss uses the labels' own -100)",
     "vocab_size": "a top-level copy (default 257152); HF's PaliGemma reads text_config.vocab_size only",
@@ -50,6 +51,7 @@ GEMMA2_IGNORED = {
                                    "(the prefix-LM policy, built from token_type_ids) decides what is attended to",
 }
 GEMMA_IGNORED = {
+    "hidden_activation": "older PaliGemma / Gemma configs carry it; HF 5.23's Gemma MLP reads hidden_act only",
     "num_image_tokens": GEMMA2_IGNORED["num_image_tokens"],
     "use_bidirectional_attention": "PaliGemmaConfig sets it True; it only switches SDPA's is_causal when HF skips the "
                                    "mask (no token_type_ids, no padding: HF's SDPA then attends bidirectionally, its "

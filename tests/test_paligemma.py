@@ -434,6 +434,9 @@ def test_real_paligemma_448_config_maps_one_to_one_onto_hf(tmp_path):
     hf_config = transformers.PaliGemmaConfig.from_dict(raw)
     converter = get_converter("PaliGemmaForConditionalGeneration")
     cfg = converter.make_config(hf_config)
+    # pi0-style PaliGemma configs add text_config.hidden_activation (HF's Gemma reads hidden_act): accepted too
+    with_act = dict(raw, text_config=dict(raw["text_config"], hidden_activation="gelu_pytorch_tanh"))
+    assert converter.make_config(transformers.PaliGemmaConfig.from_dict(with_act)).text == cfg.text
     keymap = converter.make_keymap(cfg)
     with torch.device("meta"):
         ours = HookedVLM(cfg)
