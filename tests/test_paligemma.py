@@ -421,15 +421,15 @@ def test_keymap_maps_hf_in_memory_and_saved_names_one_to_one(text, tmp_path):
 
 
 def test_real_paligemma_448_config_maps_one_to_one_onto_hf(tmp_path):
-    """A published PaliGemma 1 config (colpaligemma-3b-pt-448-base, tests/real_configs/SOURCES.md), legacy fields
-    included, is accepted; HF's meta model maps 1:1 onto ours; what the converter reads from it."""
+    """A published PaliGemma 1 config (colpaligemma-3b-pt-448-base, tests/golden/paligemma_real_configs/SOURCES.md),
+    legacy fields included, is accepted; HF's meta model maps 1:1 onto ours; what the converter reads from it."""
     import json
 
     import transformers
     from transformers.core_model_loading import revert_weight_conversion
     from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
-    raw = json.loads((Path(__file__).parent / "real_configs" / "vidore__colpali-v1.2-merged.json").read_text())
+    raw = json.loads((GOLDEN / "paligemma_real_configs" / "vidore__colpali-v1.2-merged.json").read_text())
     assert raw["ignore_index"] == -100 and raw["vision_config"]["projector_hidden_act"] == "gelu_fast"
     hf_config = transformers.PaliGemmaConfig.from_dict(raw)
     converter = get_converter("PaliGemmaForConditionalGeneration")
@@ -475,7 +475,7 @@ def test_paligemma2_3b_shaped_config_from_published_parts():
 
     import transformers
 
-    raw = json.loads((Path(__file__).parent / "real_configs" / "vidore__colpali-v1.2-merged.json").read_text())
+    raw = json.loads((GOLDEN / "paligemma_real_configs" / "vidore__colpali-v1.2-merged.json").read_text())
     vision = dict(raw["vision_config"], image_size=224, num_image_tokens=256, projection_dim=2304)
     text = dict(GEMMA2_2B, vocab_size=257216, num_image_tokens=256)
     hf_config = transformers.PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=257152,
