@@ -19,6 +19,7 @@ FAMILY_MODULES = [
     "converters.janus",
     "converters.gemma3",
     "converters.qwen3_vl",
+    "converters.paligemma",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

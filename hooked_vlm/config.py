@@ -16,7 +16,7 @@ import torch
 
 
 NORM_PLACEMENTS = ("pre", "post_sublayer", "sandwich")
-MASK_POLICIES = ("causal", "causal+image_bidirectional")
+MASK_POLICIES = ("causal", "causal+image_bidirectional", "prefix")
 LAYER_TYPES = ("sliding_attention", "full_attention")
 MLP_KINDS = ("dense", "moe")
 
@@ -70,6 +70,14 @@ class TowerConfig:
     n_experts_per_tok: int = 0
     d_mlp_expert: int | None = None
     moe_layers: tuple[int, ...] | None = None
+    # "prefix" (PaliGemma's prefix-LM): positions whose mask_policy_input (token_type_ids) is 0 -- image + prefix text
+    # -- attend to each other in both directions; the rest (the suffix, type 1) is causal. The block is OR-ed on AFTER
+    # the sliding window (HF's block_sequence_ids), so the prefix sees all of itself on sliding layers too.
+    # tanh soft-capping (Gemma 2): attention scores -> tanh(s / cap) * cap before the mask (forces the explicit
+    # attention path: SDPA cannot cap), final logits -> tanh(l / cap) * cap; None = off
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    position_offset: int = 0  # added to default position ids and generate's (PaliGemma positions are 1-indexed)
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -84,6 +92,12 @@ class TowerConfig:
             raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, got {self.mask_policy!r}")
         if self.mask_policy != "causal" and not self.causal:
             raise ValueError(f"mask_policy {self.mask_policy!r} widens a causal mask; this tower is not causal")
+        if self.mask_policy == "prefix" and self.mask_policy_input is None:
+            raise ValueError("mask_policy 'prefix' needs mask_policy_input (the input marking prefix 0 / suffix 1, "
+                             "e.g. 'token_type_ids')")
+        for name in ("attn_logit_softcap", "final_logit_softcap"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number or None, got {getattr(self, name)!r}")
         if self.layer_types is not None:
             self.layer_types = tuple(self.layer_types)
             bad = sorted(set(self.layer_types) - set(LAYER_TYPES))

@@ -87,7 +87,8 @@ def generate(
             warnings.warn("the prompts are not left-padded: generate re-lays them out left-padded, and hooks see "
                           "positions in that layout (use hook.spans, or pad on the left: padding_side='left')")
         cache = KVCache(model.cfg.n_layers) if use_kv_cache else None
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        offset = model.cfg.text.position_offset  # e.g. PaliGemma: positions start at 1
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0) + offset
         spans = None
         logits = model(tokens, pixel_values=pixel_values, attention_mask=mask, position_ids=positions,
                        kv_cache=cache, **extras)
@@ -104,7 +105,7 @@ def generate(
             if step == max_new_tokens - 1 or not unfinished.any():
                 break
             mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=mask.device)], 1)
-            positions = positions[:, -1:] + 1 if use_kv_cache else (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            positions = positions[:, -1:] + 1 if use_kv_cache else (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0) + offset
             spans = prompt_spans.extend(len(new_tokens))
             if use_kv_cache:
                 logits = model(next_tok[:, None], attention_mask=mask, position_ids=positions, kv_cache=cache, spans=spans)

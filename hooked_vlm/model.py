@@ -196,6 +196,9 @@ class HookedVLM(HookedRootModule):
             )
         if spans is None:
             spans = self.spans_for(tokens, attention_mask, layouts)
+            marks = extras.get(self.cfg.text.mask_policy_input) if self.cfg.text.mask_policy == "prefix" else None
+            if marks is not None and past == 0:  # prefix-LM: prefix / suffix spans from the same input as the mask
+                spans = spans.with_prefix_suffix(marks)
         self.run_state.spans = spans
         self.run_state.query_positions = torch.arange(past, past + q_len, device=self.device)
         resid = self.hook_embed(resid)
@@ -206,7 +209,7 @@ class HookedVLM(HookedRootModule):
 
             position_ids = POSITION_FNS[position_fn](self, tokens, attention_mask, position_ids, kv_cache, extras)
         elif position_ids is None:
-            position_ids = self.run_state.query_positions[None].expand(b, -1)
+            position_ids = self.run_state.query_positions[None].expand(b, -1) + self.cfg.text.position_offset
         position_ids = position_ids.to(self.device)
         key_padding = self._key_padding(attention_mask, kv_cache, b, past + q_len)
         mask = AttentionMask(
@@ -216,7 +219,7 @@ class HookedVLM(HookedRootModule):
             k_len=past + q_len,
             sliding_window=self.cfg.text.sliding_window,
         )
-        masks = layer_masks(self.cfg.text, mask, policy_block_ids(self.cfg.text, spans, extras))
+        masks = layer_masks(self.cfg.text, mask, policy_block_ids(self.cfg.text, spans, extras, past))
         rotary = self.rotary(position_ids, resid.dtype) if self.rotary is not None else None
         rotaries = rotary if isinstance(rotary, list) else [rotary] * self.cfg.n_layers
         n_run = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
@@ -227,6 +230,9 @@ class HookedVLM(HookedRootModule):
         if stop_at_layer is not None:
             return resid
         logits = self.unembed(self.ln_final(resid))
+        cap = self.cfg.text.final_logit_softcap
+        if cap is not None:  # Gemma 2: tanh soft-capping of the final logits
+            logits = torch.tanh(logits / cap) * cap
         logits = self._postprocess_logits(logits)
         if return_type == "logits":
             return logits

@@ -94,10 +94,23 @@ class TokenSpans:
         masks.setdefault("generated", torch.zeros_like(next(iter(masks.values()))))
         masks["generated"][:, -n_new:] = True
         masks["text"][:, -n_new:] = True
+        if "suffix" in masks:  # prefix-LM: generated tokens are suffix (causal)
+            masks["suffix"][:, -n_new:] = True
         masks["last"] = torch.zeros_like(masks["last"])
         masks["last"][:, -1] = True
         grid = torch.cat([self.grid, torch.full((self.batch, n_new, 4), -1, dtype=self.grid.dtype, device=self.grid.device)], 1)
         return TokenSpans(masks, grid, self.layouts)
+
+    def with_prefix_suffix(self, token_type_ids: Tensor) -> "TokenSpans":
+        """Add ``prefix`` (token type 0: image + prefix text, bidirectional under a prefix-LM mask) and ``suffix``
+        (type 1, causal) over the real tokens, from the processor's ``token_type_ids`` (PaliGemma)."""
+        marks = torch.as_tensor(token_type_ids).to(self.grid.device)
+        if marks.ndim != 2 or tuple(marks.shape) != (self.batch, self.seq_len):
+            raise ValueError(f"token_type_ids has shape {tuple(marks.shape)}; expected [batch, pos] like input_ids "
+                             f"({self.batch}, {self.seq_len})")
+        real = ~self.masks["pad"]
+        masks = dict(self.masks, prefix=real & (marks == 0), suffix=real & (marks == 1))
+        return TokenSpans(masks, self.grid, self.layouts)
 
     def to_grid(self, values: Tensor, image: int = 0, batch: int = 0, tile: int = 0) -> Tensor:
         """Put per-position ``values`` ([pos] or [pos, ...]) of one image back on its patch grid.

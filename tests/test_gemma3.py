@@ -375,7 +375,7 @@ def test_bf16_norms_embeddings_and_projector_round_as_hf():
     (dict(layer_types=("sliding_attention", "full_attention")), "sliding_window is None"),
     (dict(layer_types=("full_attention",) * 2, layer_rope_parameters={"sliding_attention": {}}), "no entry"),
     (dict(layer_rope_parameters={"full_attention": {}}), "needs layer_types"),
-    (dict(mask_policy="prefix"), "mask_policy must be"),
+    (dict(mask_policy="prefix_lm"), "mask_policy must be"),
     (dict(mask_policy="causal+image_bidirectional", causal=False), "not causal"),
     (dict(norm_placement="post"), "norm_placement must be"),
 ])

@@ -28,6 +28,7 @@ PROJECTOR_KINDS = {
     "anyres_mlp": "hooked_vlm.components.anyres_projector:AnyresProjector",
     "unfold_merge_mlp": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",
     "pooled_norm_matmul": "hooked_vlm.components.pooled_projector:PooledNormProjector",
+    "linear": "hooked_vlm.components.linear_projector:LinearProjector",
 }
 
 

@@ -4,6 +4,8 @@ Fast path: ``F.scaled_dot_product_attention`` (no [q, k] matrix) -- used unless 
 ``hook_attn_scores`` or ``hook_pattern``. Explicit path: scores -> softmax -> pattern, each hooked.
 ``hook_mask`` (bool [batch, 1 or head, q, k], True = may attend) is materialised only when a hook
 is on it; hooks on it (e.g. attention knockout) therefore work on the fast path too.
+With ``cfg.attn_logit_softcap`` set (Gemma 2) every forward takes the explicit path (SDPA cannot soft-cap):
+scores = tanh(scores / cap) * cap, then the mask; ``hook_attn_scores`` shows the capped, masked scores.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class Attention(nn.Module):
         return self.o_proj.bias if self.o_proj.bias is not None else torch.zeros(self.cfg.d_model, device=self.o_proj.weight.device)
 
     def _explicit(self) -> bool:
-        return bool(self.hook_attn_scores.fwd_hooks or self.hook_pattern.fwd_hooks)
+        return self.cfg.attn_logit_softcap is not None or bool(self.hook_attn_scores.fwd_hooks or self.hook_pattern.fwd_hooks)
 
     def forward(
         self,
@@ -125,6 +127,9 @@ class Attention(nn.Module):
         if n_rep > 1:
             k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale)
+        cap = self.cfg.attn_logit_softcap
+        if cap is not None:  # HF Gemma 2 order: scale, cap, then the mask
+            scores = torch.tanh(scores / cap) * cap
         scores = self.hook_attn_scores(scores.masked_fill_(~allowed, float("-inf")))
         pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
         dead = scores.amax(-1, keepdim=True) == float("-inf")  # queries that may attend to nothing: zeros, not NaN

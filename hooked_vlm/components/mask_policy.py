@@ -6,6 +6,11 @@
   directions (HF Gemma 3). The image of each position comes from the spans (``image.{i}``); the block is
   OR-ed onto the causal mask before a sliding window is applied (HF: ``AND(window, OR(causal, block))``).
 
+- ``"prefix"``: prefix-LM (HF PaliGemma): the positions whose ``mask_policy_input`` (``token_type_ids``) is 0 --
+  image + prefix text, as the processor marks them -- form one block that attends to itself in both directions; the
+  suffix (1) is causal. Positions beyond the given ids (generated tokens) are suffix. As in HF the block is OR-ed on
+  AFTER the sliding window, and it applies only to a forward without a filled KV cache (HF: the first iteration).
+
 ``TowerConfig.layer_types`` gives each layer its kind: ``"sliding_attention"`` layers get the sliding window,
 ``"full_attention"`` layers do not. Every layer's mask is shown at ``blocks.{l}.attn.hook_mask``, so attention
 knockout (which edits that hook) works on every policy unchanged.
@@ -28,7 +33,25 @@ def image_block_ids(spans: Any) -> torch.Tensor:
     return torch.where(spans.mask("image"), spans.grid[..., 0], torch.full_like(spans.grid[..., 0], -1))
 
 
-def policy_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any]) -> torch.Tensor | None:
+def prefix_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], past: int) -> torch.Tensor | None:
+    """[batch, k_len]: 0 on the prefix (mask_policy_input == 0), -1 on the suffix and after the given ids."""
+    marks = inputs.get(cfg.mask_policy_input)
+    if marks is None or past > 0:
+        return None
+    marks = torch.as_tensor(marks).to(spans.grid.device)
+    n, k_len = marks.shape[-1], spans.seq_len
+    if marks.ndim != 2 or marks.shape[0] != spans.batch or n > k_len:
+        raise ValueError(f"{cfg.mask_policy_input} has shape {tuple(marks.shape)}; expected [batch, pos] like "
+                         f"input_ids ({spans.batch}, {k_len})")
+    if not bool(((marks == 0) | (marks == 1)).all()):
+        raise ValueError(f"{cfg.mask_policy_input} must be 0 (prefix: bidirectional) or 1 (suffix: causal); got the "
+                         f"values {sorted(set(marks.flatten().tolist()))}")
+    blocks = torch.full((spans.batch, k_len), -1, dtype=torch.long, device=marks.device)
+    blocks[:, :n] = torch.where(marks == 0, 0, -1)
+    return blocks
+
+
+def policy_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], past: int = 0) -> torch.Tensor | None:
     """Bidirectional blocks of this forward, or None when the policy adds none.
 
     With ``cfg.mask_policy_input`` set (HF Gemma 3: ``token_type_ids``), the policy is on only when that input is
@@ -37,6 +60,8 @@ def policy_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any]) ->
     """
     if cfg.mask_policy == "causal":
         return None
+    if cfg.mask_policy == "prefix":
+        return prefix_block_ids(cfg, spans, inputs, past)
     if cfg.mask_policy_input is not None:
         marks = inputs.get(cfg.mask_policy_input)
         if marks is None:
@@ -57,7 +82,8 @@ def policy_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any]) ->
 
 def layer_masks(cfg: TowerConfig, base: AttentionMask, block_ids: torch.Tensor | None) -> list[AttentionMask]:
     """One mask per layer; with no layer_types and no blocks every layer gets ``base`` itself."""
-    mask = base if block_ids is None else dataclasses.replace(base, block_ids=block_ids)
+    mask = base if block_ids is None else dataclasses.replace(base, block_ids=block_ids,
+                                                             block_after_window=cfg.mask_policy == "prefix")
     if cfg.layer_types is None:
         return [mask] * cfg.n_layers
     full = dataclasses.replace(mask, sliding_window=None)

@@ -24,6 +24,8 @@ class AttentionMask:
     # [batch, k_len]: positions with the same id >= 0 also attend to each other bidirectionally (OR-ed onto the
     # causal mask BEFORE the sliding window is applied, as HF's Gemma 3 mask does); -1 = no block
     block_ids: torch.Tensor | None = None
+    # True: the blocks are OR-ed on AFTER the sliding window (HF's block_sequence_ids overlay, PaliGemma's prefix)
+    block_after_window: bool = False
 
     @property
     def q_len(self) -> int:
@@ -49,12 +51,15 @@ class AttentionMask:
             allowed = keys[None, :] <= self.query_positions[:, None]
         else:
             allowed = torch.ones(self.q_len, self.k_len, dtype=torch.bool, device=device)
+        window = None if self.sliding_window is None else self.query_positions[:, None] - keys[None, :] < self.sliding_window
+        if window is not None and self.block_after_window:
+            allowed = allowed & window
         if self.block_ids is not None:
             blk = self.block_ids.to(device)
             q_blk = blk[:, self.query_positions, None]  # [batch, q, 1]
             allowed = allowed[None] | ((q_blk == blk[:, None, :]) & (q_blk >= 0))  # [batch, q, k]
-        if self.sliding_window is not None:
-            allowed = allowed & (self.query_positions[:, None] - keys[None, :] < self.sliding_window)
+        if window is not None and not self.block_after_window:
+            allowed = allowed & window
         allowed = allowed[:, None] if allowed.ndim == 3 else allowed[None, None]
         allowed = allowed.expand(batch, 1, self.q_len, self.k_len)
         if self.key_padding is not None:
