@@ -262,47 +262,16 @@ def test_mask_knockout_equals_hf_with_the_edges_removed_by_hand(src, dst):
     assert _max(base, ours, is_last) > 1e-3  # the knockout changed the answer position
 
 
-def _real_config_folder(path: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / path.stem
-    folder.mkdir()
-    (folder / "config.json").write_text(path.read_text())
-    return folder
-
-
 @pytest.mark.parametrize("path", REAL_CONFIGS, ids=[p.stem for p in REAL_CONFIGS])
-def test_real_config_maps_one_to_one_onto_hf(path, tmp_path):
-    """The published config is accepted; HF's meta model's tensors (in-memory AND save_pretrained names) map through
-    our KeyMap onto our meta model's parameters, shape for shape, all of ours covered; parameter counts equal."""
-    import transformers
-    from transformers.core_model_loading import revert_weight_conversion
-    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+def test_real_config_settings(path):
+    """tests/test_real_configs.py maps every tensor of HF's meta model for these configs onto ours (in-memory AND
+    save_pretrained names, the legacy `language_model.model.*` layout among them); here: the settings read from
+    the config are Gemma 3's."""
+    from hooked_vlm.loading import converter_for
+    from tests.test_real_configs import config_folder, hf_meta_model, saved_names
 
-    from hooked_vlm.loading import load_hf_config
-
-    hf_config = load_hf_config(_real_config_folder(path, tmp_path))
-    converter = get_converter(hf_config.architectures[0])
-    cfg = converter.make_config(hf_config)
-    keymap = converter.make_keymap(cfg)
-    with torch.device("meta"):
-        ours = HookedVLM(cfg)
-        hf = transformers.Gemma3ForConditionalGeneration._from_config(hf_config)
-    targets = {n: tuple(p.shape) for n, p in ours.named_parameters(remove_duplicate=False)}
-    memory = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
-    saved = {k: tuple(v.shape) for k, v in
-             revert_weight_conversion(hf, remove_tied_weights_from_state_dict(dict(hf.state_dict()), hf)).items()}
-    assert any(k.startswith("language_model.model.") for k in saved)  # the legacy layout really is exercised
-    tied = {"unembed.weight"} if cfg.tie_word_embeddings else set()
-    for names in (memory, saved):
-        mapped = {}
-        for key, shape in names.items():
-            ours_name = keymap.target(key)  # KeyError = a tensor the converter does not know
-            if ours_name is None:
-                continue
-            assert targets[ours_name] == shape, (key, ours_name)
-            assert ours_name not in mapped, f"{key} and {mapped.get(ours_name)} both map to {ours_name}"
-            mapped[ours_name] = key
-        assert set(targets) - set(mapped) <= tied
-    assert sum(p.numel() for p in ours.parameters()) == hf.num_parameters()
+    hf_config, _, cfg = converter_for(config_folder(path))
+    assert any(k.startswith("language_model.model.") for k in saved_names(hf_meta_model(hf_config)))
     assert cfg.text.layer_types == tuple(hf_config.text_config.layer_types)
     assert cfg.text.attn_scale == hf_config.text_config.query_pre_attn_scalar ** -0.5
 

@@ -272,47 +272,23 @@ def test_prepare_inputs_from_the_real_image_processor_match_hf():
 
 
 # ---------------------------------------------------------------- real configs
-def _real_config_folder(path: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / path.stem
-    folder.mkdir()
-    (folder / "config.json").write_text(path.read_text())
-    return folder
-
-
 @pytest.mark.parametrize("path", REAL_CONFIGS, ids=[p.stem for p in REAL_CONFIGS])
-def test_real_config_maps_one_to_one_onto_hf(path, tmp_path):
-    """The published config is accepted; HF's meta model's tensors (in-memory AND save_pretrained names) map through
-    our KeyMap onto our meta model's parameters, shape for shape, all of ours covered; parameter counts equal."""
-    import transformers
-    from transformers.core_model_loading import revert_weight_conversion
-    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+def test_real_config_settings_and_legacy_names(path):
+    """tests/test_real_configs.py maps every tensor of HF's meta model for these configs onto ours (in-memory AND
+    save_pretrained names, shapes, nothing unused or unset, parameter counts). Here, through the same loader walk:
+    the `visual.*` legacy prefix (written by hand: Qwen3-VL's save_pretrained writes the in-memory names) maps too,
+    and the settings read from the config are Qwen3-VL's."""
+    from hooked_vlm.inspect import meta_model
+    from hooked_vlm.loading import converter_for
+    from hooked_vlm.tensor_mapping import map_checkpoint_tensors
+    from tests.test_real_configs import _problems, config_folder, hf_meta_model, saved_names
 
-    from hooked_vlm.loading import load_hf_config
-
-    hf_config = load_hf_config(_real_config_folder(path, tmp_path))
-    converter = get_converter(hf_config.architectures[0])
-    cfg = converter.make_config(hf_config)
-    keymap = converter.make_keymap(cfg)
-    with torch.device("meta"):
-        ours = HookedVLM(cfg)
-        hf = getattr(transformers, hf_config.architectures[0])._from_config(hf_config)
-    targets = {n: tuple(p.shape) for n, p in ours.named_parameters(remove_duplicate=False)}
-    memory = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
-    saved = {k: tuple(v.shape) for k, v in
-             revert_weight_conversion(hf, remove_tied_weights_from_state_dict(dict(hf.state_dict()), hf)).items()}
+    hf_config, converter, cfg = converter_for(config_folder(path))
+    saved = saved_names(hf_meta_model(hf_config))
     legacy = {f"visual.{k[len('model.visual.'):]}" if k.startswith("model.visual.") else k: s for k, s in saved.items()}
-    tied = {"unembed.weight"} if cfg.tie_word_embeddings else set()
-    for names in (memory, saved, legacy):
-        mapped = {}
-        for key, shape in names.items():
-            ours_name = keymap.target(key)  # KeyError = a tensor the converter does not know
-            if ours_name is None:
-                continue
-            assert targets[ours_name] == shape, (key, ours_name)
-            assert ours_name not in mapped, f"{key} and {mapped.get(ours_name)} both map to {ours_name}"
-            mapped[ours_name] = key
-        assert set(targets) - set(mapped) <= tied
-    assert sum(p.numel() for p in ours.parameters()) == hf.num_parameters()
+    assert any(k.startswith("visual.") for k in legacy)
+    mapping = map_checkpoint_tensors(meta_model(cfg), converter.make_keymap(cfg), legacy)
+    assert _problems(mapping) == {} and len(mapping.plan) + len(mapping.ignored) == len(legacy)
     tc = hf_config.text_config
     assert (cfg.d_head, cfg.text.qk_norm, cfg.text.deepstack_layers) == (
         tc.head_dim, "RMS", len(hf_config.vision_config.deepstack_visual_indexes))
