@@ -17,8 +17,10 @@ import torch
 from hooked_vlm.components.attention import Attention
 from hooked_vlm.components.rope import Rotary
 from tests import tiny, tiny_native
-from tests import tiny_qwen_idefics as tqi
+from tests import tiny_gemma3 as tg3
 from tests import tiny_next_pixtral as tnp
+from tests import tiny_qwen3vl as tq3
+from tests import tiny_qwen_idefics as tqi
 
 ATOL = 1e-4  # ours vs HF
 PATH_ATOL = 1e-5  # our fast (SDPA) path vs our explicit path
@@ -60,6 +62,9 @@ CASES = [
     ("chameleon-swin-norm", functools.partial(tiny_native.chameleon, swin_norm=True)),
     ("emu3", tiny_native.emu3),
     ("janus", tiny_native.janus),
+    ("gemma3", tg3.gemma3),
+    ("qwen3-vl", tq3.qwen3vl),
+    ("qwen3-vl-moe", functools.partial(tq3.qwen3vl, moe=True)),
 ]
 CASE_IDS = [c[0] for c in CASES]
 

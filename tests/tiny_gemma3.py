@@ -7,6 +7,7 @@ query_pre_attn_scalar 16 (so the attention scale is not head_dim ** -0.5), linea
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,10 @@ def gemma3_case(**kwargs: Any) -> tuple[Path, Any, dict]:
     """(folder, hf, inputs): batch of 3 (1, 2 and 1 images; left padding 3, 0, 20), prompts longer than the window."""
     folder, hf = make_gemma3(**kwargs)
     return folder, hf, gemma3_batch(hf, [1, 2, 1], [3, 0, 20], text_len=6)
+
+
+@functools.lru_cache(maxsize=None)
+def gemma3() -> "tiny.Built":
+    """tests/test_parity.py's factory: gemma3_case's model and batch, plus an unpadded batch (2 x 1 image)."""
+    folder, hf, inputs = gemma3_case()
+    return tiny.load(folder, hf, inputs, gemma3_batch(hf, [1, 1], [0, 0], seed=1, text_len=6))

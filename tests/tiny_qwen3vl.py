@@ -7,11 +7,13 @@ mrope_section [4, 2, 2] (pairs 1, 4 follow the height, 2, 5 the width, 0, 3, 6, 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tests import tiny
 from tests.tiny import BOS, EOS, PAD, VOCAB
 from tests.tiny_qwen_idefics import IMAGE, VEND, VIDEO, VSTART, _perturb_and_save, qwen_batch
 
@@ -88,3 +90,11 @@ def make_qwen3vl_moe(folder: Path | None = None, seed: int = 0, **kwargs: Any) -
         for layer in MOE_LAYERS:
             model.model.language_model.layers[layer].mlp.gate.weight.normal_(0.0, 0.5)
     return _perturb_and_save(model, "tiny_qwen3vl_moe_", folder), model
+
+
+@functools.lru_cache(maxsize=None)
+def qwen3vl(moe: bool = False) -> tiny.Built:
+    """tests/test_parity.py's factory: the tiny Qwen3-VL (or -MoE), the padded batch of different image sizes, and
+    an unpadded batch (2 items with one 4 x 6 image each)."""
+    folder, hf = make_qwen3vl_moe() if moe else make_qwen3vl()
+    return tiny.load(folder, hf, batch(), batch([[(1, 4, 6)], [(1, 4, 6)]], [0, 0], seed=1))
