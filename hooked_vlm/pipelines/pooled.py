@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..spans import ImageLayout
-from .base import register_pipeline
+from .base import check_square_pixels, register_pipeline
 
 if TYPE_CHECKING:
     from ..model import HookedVLM
@@ -19,14 +19,7 @@ if TYPE_CHECKING:
 
 @register_pipeline("vit_pooled")
 def vit_pooled(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
-    vcfg = model.cfg.vision
-    expected = (vcfg.n_channels, vcfg.image_size, vcfg.image_size)
-    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-        raise ValueError(
-            f"pixel_values has shape {tuple(pixel_values.shape)}; this model's vision tower expects "
-            f"[n_images, {', '.join(map(str, expected))}]. Use model.prepare_inputs(images=..., text=...) "
-            "or the checkpoint's own processor to make pixel_values."
-        )
+    check_square_pixels(model, pixel_values)
     embeds = model.projector(model.vision(pixel_values))  # [image, tokens, d_model]
     side = int(model.cfg.projector.extra["tokens_per_side"])
     layouts = [ImageLayout(rows=side, cols=side) for _ in range(pixel_values.shape[0])]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..spans import ImageLayout
-from .base import register_pipeline
+from .base import check_square_pixels, register_pipeline
 
 if TYPE_CHECKING:
     from ..model import HookedVLM
@@ -18,13 +18,7 @@ def vit_mlp(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tup
     """LLaVA-1.5: one fixed-size square image -> ViT -> selected layers -> MLP projector."""
     vcfg = model.cfg.vision
     assert vcfg is not None
-    expected = (vcfg.n_channels, vcfg.image_size, vcfg.image_size)
-    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-        raise ValueError(
-            f"pixel_values has shape {tuple(pixel_values.shape)}; this model's vision tower expects "
-            f"[n_images, {', '.join(map(str, expected))}]. Use model.prepare_inputs(images=..., text=...) "
-            "or the checkpoint's own processor to make pixel_values."
-        )
+    check_square_pixels(model, pixel_values)
     embeds = model.projector(model.vision(pixel_values))  # [image, tokens, d_model]
     g = vcfg.grid_size
     keep_cls = int(vcfg.class_token and vcfg.feature_select == "full")
