@@ -12,8 +12,9 @@ from hooked_vlm.analysis import spans_of
 from tests.test_hooks import FAMILIES
 
 ATOL = 1e-4
-#: one family per kind of image region: markers + image codes, row breaks, tiles + newlines, 3-D rope
-CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl"]
+#: one family per kind of image region: markers + image codes, row breaks, tiles + newlines, 3-D rope; bidirectional
+#: image blocks (Gemma 3), DeepStack and experts (Qwen3-VL)
+CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "gemma3", "qwen3vl", "qwen3vl_moe"]
 
 
 @pytest.mark.parametrize("family", CASES)
@@ -61,5 +62,11 @@ def test_analyses_on_family(family):
     # patching every position of the residual from run A into a run with other pixels reproduces A
     other = dict(inputs)
     other["pixel_values"] = inputs["pixel_values"] + 0.5 * torch.randn_like(inputs["pixel_values"].float()).to(inputs["pixel_values"].dtype)
-    out = activation_patching(model, other, inputs, span="all", layers=0)
+    # (DeepStack, Qwen3-VL: image features are ADDED again after blocks 0 .. deepstack_layers-1, so the residual
+    # carries all of A only from blocks.{deepstack_layers}.hook_resid_pre on; earlier, B's features still come in)
+    first_full = model.cfg.text.deepstack_layers
+    out = activation_patching(model, other, inputs, span="all", layers=first_full)
     assert (out - logits)[real].abs().max().item() <= ATOL
+    if first_full:
+        early = activation_patching(model, other, inputs, span="all", layers=0)
+        assert (early - logits)[real].abs().max().item() > 1e-3

@@ -22,7 +22,6 @@ from tests import tiny
 from tests import tiny_gemma3 as tg
 
 ATOL = 1e-4
-GOLDEN = Path(__file__).parent / "golden"
 REAL_CONFIGS = sorted((Path(__file__).parent / "real_configs").glob("google__gemma-3-*.json"))
 
 
@@ -225,18 +224,6 @@ def test_pan_and_scan_crops_are_images_of_their_own():
     logits, cache = model.run_with_cache(**inputs, names_filter="hook_embed")
     assert _max(ref, logits) <= ATOL
     assert cache.spans.n_images(0) == n and len(cache.spans.positions("eoi")) == n
-
-
-def test_hook_names_are_golden():
-    _, _, model, _ = built()
-    assert sorted(model.hook_dict) == (GOLDEN / "hook_names_gemma3.txt").read_text().split()
-
-
-def test_every_hook_fires():
-    _, _, model, inputs = built()
-    fired = set()
-    model.run_with_hooks(**inputs, fwd_hooks=[(lambda n: True, lambda t, hook: fired.add(hook.name))])
-    assert fired == set(model.hook_dict)
 
 
 @pytest.mark.parametrize("src,dst", [("image", "last"), ("image", "image")])

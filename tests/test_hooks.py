@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from tests import tiny, tiny_native
+from tests import tiny_gemma3 as tg3
 from tests import tiny_next_pixtral as tnp
+from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen_idefics as tqi
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -46,6 +48,9 @@ FAMILIES = {
     "chameleon": _from_factory(tiny_native.chameleon),
     "emu3": _from_factory(tiny_native.emu3),
     "janus": _from_factory(tiny_native.janus),
+    "gemma3": _from_factory(tg3.gemma3),
+    "qwen3vl": _from_factory(tq3.qwen3vl),
+    "qwen3vl_moe": _from_factory(functools.partial(tq3.qwen3vl, moe=True)),
 }
 
 
