@@ -20,6 +20,7 @@ from hooked_vlm import HookedVLM
 from hooked_vlm.analysis.knockout import knockout_hooks
 from tests import tiny
 from tests import tiny_gemma3 as tg
+from tests.tiny import max_abs_diff as _max, pattern_hooks as _pattern_hooks, real_positions as _real  # the shared comparison helpers
 
 ATOL = 1e-4
 REAL_CONFIGS = sorted((Path(__file__).parent / "real_configs").glob("google__gemma-3-*.json"))
@@ -29,18 +30,6 @@ REAL_CONFIGS = sorted((Path(__file__).parent / "real_configs").glob("google__gem
 def built():
     folder, hf, inputs = tg.gemma3_case()
     return folder, hf, HookedVLM.from_pretrained(str(folder)), inputs
-
-
-def _real(inputs):
-    return inputs["attention_mask"].bool()
-
-
-def _max(a, b, where=None):
-    return ((a - b) if where is None else (a - b)[where]).abs().max().item()
-
-
-def _pattern_hooks(model):
-    return [(f"blocks.{l}.attn.hook_pattern", lambda t, hook: t) for l in range(model.cfg.n_layers)]
 
 
 def test_logits_match_hf_on_default_and_explicit_paths():

@@ -22,6 +22,7 @@ from hooked_vlm import HookedVLM
 from hooked_vlm.analysis.knockout import knockout_hooks
 from tests import tiny
 from tests import tiny_paligemma as tp
+from tests.tiny import max_abs_diff as _max, pattern_hooks as _pattern_hooks, real_positions as _real  # the shared comparison helpers
 
 
 #: HF's own PaliGemma before transformers 5.23 is not the reference: checked on 5.20.0 (the make test-min venv), its
@@ -39,18 +40,6 @@ GOLDEN = Path(__file__).parent / "golden"
 def built():
     folder, hf, inputs = tp.paligemma_case()
     return folder, hf, HookedVLM.from_pretrained(str(folder)), inputs
-
-
-def _real(inputs):
-    return inputs["attention_mask"].bool()
-
-
-def _max(a, b, where=None):
-    return ((a - b) if where is None else (a - b)[where]).abs().max().item()
-
-
-def _pattern_hooks(model):
-    return [(f"blocks.{l}.attn.hook_pattern", lambda t, hook: t) for l in range(model.cfg.n_layers)]
 
 
 @HF_PALIGEMMA_IS_RIGHT

@@ -16,6 +16,7 @@ from converters.base import UnsupportedConfigError
 from hooked_vlm import HookedVLM
 from hooked_vlm.components.moe import MoEMLP
 from tests import tiny_qwen3vl as tq
+from tests.tiny import max_abs_diff as _max, real_positions as _real  # the shared comparison helpers
 
 ATOL = 1e-4
 
@@ -24,14 +25,6 @@ ATOL = 1e-4
 def built():
     folder, hf = tq.make_qwen3vl_moe()
     return folder, hf, HookedVLM.from_pretrained(str(folder)), tq.batch()
-
-
-def _real(inputs):
-    return inputs["attention_mask"].bool()
-
-
-def _max(a, b, where=None):
-    return ((a - b) if where is None else (a - b)[where]).abs().max().item()
 
 
 def test_mlp_kind_per_layer_follows_hf():

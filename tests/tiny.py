@@ -198,3 +198,19 @@ def llava(text: dict | None = None, vision: dict | None = None, images: tuple[in
     """
     key = _frozen(text=text or llama_text_config(), vision=vision or clip_vision_config(), seed=seed, top=top)
     return _llava_built(key, tuple(images), tuple(pads), right, text_len)
+
+
+# ---------------------------------------------------------------- comparison helpers for the family test files
+def real_positions(inputs: dict) -> torch.Tensor:
+    """[batch, pos] True at the real (non-pad) tokens of a batch."""
+    return inputs["attention_mask"].bool()
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
+    """max |a - b|, over the positions ``where`` when given."""
+    return ((a - b) if where is None else (a - b)[where]).abs().max().item()
+
+
+def pattern_hooks(model: Any) -> list:
+    """Identity hooks on every layer's hook_pattern: the explicit attention path in every layer."""
+    return [(f"blocks.{l}.attn.hook_pattern", lambda t, hook: t) for l in range(model.cfg.n_layers)]
