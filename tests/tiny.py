@@ -100,6 +100,18 @@ WORDS = ["USER:", "ASSISTANT:", "what", "is", "this", "?", "a", "the", "red", "g
          "image", "describe", "color", "shape", "it", "of", "in"]
 
 
+def word_vocab(special: dict[str, int], size: int) -> dict[str, int]:
+    """A WordLevel vocabulary of ``size`` ids: the ``special`` tokens at their ids, WORDS from id 4, ``w{i}`` elsewhere."""
+    vocab = dict(special)
+    for i, w in enumerate(WORDS):
+        vocab[w] = 4 + i
+    taken = set(vocab.values())
+    for i in range(size):
+        if i not in taken:
+            vocab[f"w{i}"] = i
+    return vocab
+
+
 def word_tokenizer():
     """A WordLevel tokenizer over VOCAB ids: <pad>=0, <s>=1, </s>=2, words, <image>=IMAGE_TOKEN."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors

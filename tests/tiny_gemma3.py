@@ -74,13 +74,7 @@ def gemma_tokenizer():
 
     special = {"<pad>": PAD, "<eos>": EOS, "<bos>": BOS, "<unk>": 3, "<image_soft_token>": IMAGE_TOKEN,
                "<start_of_image>": BOI, "<end_of_image>": EOI}
-    vocab = dict(special)
-    for i, w in enumerate(tiny.WORDS):
-        vocab[w] = 4 + i
-    taken = set(vocab.values())
-    for i in range(VOCAB):
-        if i not in taken:
-            vocab[f"w{i}"] = i
+    vocab = tiny.word_vocab(special, VOCAB)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])

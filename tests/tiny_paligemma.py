@@ -84,13 +84,7 @@ def paligemma_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     special = {"<pad>": PAD, "<eos>": EOS, "<bos>": BOS, "<unk>": 3, "<image>": IMAGE_TOKEN, "\n": NEWLINE}
-    vocab = dict(special)
-    for i, w in enumerate(tiny.WORDS):
-        vocab[w] = 4 + i
-    taken = set(vocab.values())
-    for i in range(VOCAB):
-        if i not in taken:
-            vocab[f"w{i}"] = i
+    vocab = tiny.word_vocab(special, VOCAB)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(" +"), "removed"),
                                                  pre_tokenizers.Split("\n", "isolated")])
