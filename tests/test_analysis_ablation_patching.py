@@ -127,15 +127,6 @@ def test_span_edit_on_an_activation_without_positions_is_refused():
         span_ablation(model, ta.example(hf, 1), "image", "zero", hook_name="hook_image_embeds")
 
 
-def _steps(model, inputs, hooks, n=5, **kw):
-    """(tokens, final-norm state of the row that predicts each new token) of a greedy generate."""
-    seen = []
-    rec = lambda t, hook: seen.append(t[:, -1].clone())
-    tokens = model.generate(**inputs, fwd_hooks=hooks + [("ln_final.hook_normalized", rec)], max_new_tokens=n,
-                            return_type="tokens", stop_at_eos=False, **kw)
-    return tokens, torch.stack(seen, 1)
-
-
 def test_ablation_hook_in_generation_edits_the_prompt_image_once_and_every_new_text_row():
     from hooked_vlm.analysis import ablation_hook
 
@@ -154,9 +145,9 @@ def test_ablation_hook_in_generation_edits_the_prompt_image_once_and_every_new_t
             out[b, image[b]] = mean
         return out
 
-    ours_tok, ours = _steps(model, inputs, [("hook_embed", ablation_hook("image", "mean", mean))])
-    hand_tok, hand = _steps(model, inputs, [("hook_embed", mean_by_hand)])
-    plain_tok, plain = _steps(model, inputs, [])
+    ours_tok, ours = ta.generate_steps(model, inputs, [("hook_embed", ablation_hook("image", "mean", mean))])
+    hand_tok, hand = ta.generate_steps(model, inputs, [("hook_embed", mean_by_hand)])
+    plain_tok, plain = ta.generate_steps(model, inputs, [])
     assert torch.equal(ours_tok, hand_tok) and (ours - hand).abs().max().item() <= ATOL
     assert (ours - plain).abs().max().item() > 1e-3 and not torch.equal(ours_tok, plain_tok)
 
@@ -169,7 +160,7 @@ def test_ablation_hook_in_generation_edits_the_prompt_image_once_and_every_new_t
         return out
 
     site = "blocks.1.hook_resid_pre"
-    ours_tok, ours = _steps(model, inputs, [(site, ablation_hook("text", "zero"))])
-    hand_tok, hand = _steps(model, inputs, [(site, zero_text_by_hand)], use_kv_cache=False)
+    ours_tok, ours = ta.generate_steps(model, inputs, [(site, ablation_hook("text", "zero"))])
+    hand_tok, hand = ta.generate_steps(model, inputs, [(site, zero_text_by_hand)], use_kv_cache=False)
     assert torch.equal(ours_tok, hand_tok) and (ours - hand).abs().max().item() <= ATOL
     assert (ours - plain).abs().max().item() > 1e-3

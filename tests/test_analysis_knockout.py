@@ -136,15 +136,6 @@ def _block_by_hand(keys_of, queries_of, heads=None, value=float("-inf")):
     return block
 
 
-def _steps(model, inputs, hooks, n=5, **kw):
-    """(tokens, final-norm state of the row that predicts each new token) of a greedy generate."""
-    seen = []
-    rec = lambda t, hook: seen.append(t[:, -1].clone())
-    tokens = model.generate(**inputs, fwd_hooks=hooks + [("ln_final.hook_normalized", rec)], max_new_tokens=n,
-                            return_type="tokens", stop_at_eos=False, **kw)
-    return tokens, torch.stack(seen, 1)
-
-
 def test_blocked_edges_are_exactly_the_pairs_of_the_two_spans():
     from hooked_vlm.analysis import blocked_edges
 
@@ -199,9 +190,9 @@ def test_knockout_of_generated_queries_equals_blocking_them_by_hand(mode):
     hand = _block_by_hand(lambda b: pos[b][0], lambda b, k_len: range(length, k_len),
                           value=float("-inf") if mode == "mask" else 0.0)
     site = "attn.hook_attn_scores" if mode == "mask" else "attn.hook_pattern"
-    ours_tok, ours = _steps(model, inputs, knockout_hooks(model, "image", "generated", mode=mode))
-    hand_tok, by_hand = _steps(model, inputs, [(f"blocks.{l}.{site}", hand) for l in range(model.cfg.n_layers)])
-    plain_tok, plain = _steps(model, inputs, [])
+    ours_tok, ours = ta.generate_steps(model, inputs, knockout_hooks(model, "image", "generated", mode=mode))
+    hand_tok, by_hand = ta.generate_steps(model, inputs, [(f"blocks.{l}.{site}", hand) for l in range(model.cfg.n_layers)])
+    plain_tok, plain = ta.generate_steps(model, inputs, [])
     assert torch.equal(ours_tok, hand_tok)
     assert (ours - by_hand).abs().max().item() <= ATOL
     assert (ours[:, 0] - plain[:, 0]).abs().max().item() <= ATOL  # the prompt pass is untouched (no generated query)

@@ -88,3 +88,12 @@ def same_shape_pair(hf, seed_a: int = 1, seed_b: int = 2) -> tuple[dict, dict]:
     vc = hf.config.vision_config
     b["pixel_values"] = torch.randn(1, 3, vc.image_size, vc.image_size, generator=torch.Generator().manual_seed(seed_b))
     return a, b
+
+
+def generate_steps(model, inputs, hooks, n=5, **kw):
+    """(tokens, final-norm state of the row that predicts each new token) of a greedy generate with ``hooks``."""
+    seen = []
+    rec = lambda t, hook: seen.append(t[:, -1].clone())
+    tokens = model.generate(**inputs, fwd_hooks=hooks + [("ln_final.hook_normalized", rec)], max_new_tokens=n,
+                            return_type="tokens", stop_at_eos=False, **kw)
+    return tokens, torch.stack(seen, 1)
