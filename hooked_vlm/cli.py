@@ -6,6 +6,7 @@
     hooked-vlm ablate   --model ID --image F --prompt T [--span image] [--how zero|mean]
     hooked-vlm knockout --model ID --image F --prompt T [--src image] [--dst text] [--layers 0-7] [--mode mask|zero]
     hooked-vlm patch    --model ID --image F --prompt T --source-image F2 [--span image_last] [--layers 0-3]
+    hooked-vlm view     --model ID --image F --prompt T --out VIEW.html [--target WORD]   interactive lens + attention views
     hooked-vlm inspect  MODEL                         will it load, will it fit (json + safetensors headers only)
 
 ``--model`` is a hub id, a local checkpoint folder or a shipped toy (``toy-llava``, ``toy-chameleon``). The prompt must hold the
@@ -149,6 +150,33 @@ def cmd_patch(args: argparse.Namespace) -> None:
     print(f"patched ({args.span} at {args.site}, layers {layers if layers else [0]}): {_top(model, patched)}")
 
 
+# --- hooked-vlm view: interactive HTML (hooked_vlm.viz) ---------------------------------------------------------
+def cmd_view(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from hooked_vlm.viz import write_views
+
+    model = _load(args)
+    inputs = _inputs(model, args.image, args.prompt)
+    lens_path, att_path = write_views(model, inputs, args.out, image=Image.open(args.image).convert("RGB"),
+                                      targets=args.target or None, top_k=args.top_k,
+                                      layers=parse_layers(args.layers, model.cfg.n_layers + 1))
+    for path in (lens_path, att_path):
+        print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+
+
+def add_view_parser(sub: Any, common: Any) -> None:
+    view = sub.add_parser("view", help="write interactive logit-lens and attention views (self-contained HTML)")
+    common(view)
+    view.add_argument("--out", required=True, help="the lens view's .html path; the attention view goes beside it "
+                                                   "as <name>_attention.html")
+    view.add_argument("--target", action="append", help="a single-token word to colour the lens by (repeatable)")
+    view.add_argument("--layers", help="lens layers, e.g. 0-8 (default: every layer, 0 = LM input)")
+    view.add_argument("--top-k", type=int, default=5)
+    view.set_defaults(fn=cmd_view)
+# --- end hooked-vlm view ------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hooked-vlm", description="Hooks, spans and analyses for vision-language models.")
     from hooked_vlm import __version__
@@ -204,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--site", default="resid_pre")
     pa.add_argument("--layers", help="e.g. 0, or 4- for layer 4 to the end (default: 0)")
     pa.set_defaults(fn=cmd_patch)
+    add_view_parser(sub, common)
     return ap
 
 

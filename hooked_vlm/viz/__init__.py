@@ -7,14 +7,17 @@
 * :func:`compare_predictions`: next-token predictions of clean vs edited runs (``span_ablation``,
   ``attention_knockout``, ``activation_patching`` logits), with the edited span drawn on the image.
 
+:func:`write_views` writes the lens and attention views of one input side by side (``hooked-vlm view``).
+
 Every view is a :class:`View`: ``.save(path)``, ``.html``, ``.open()``; the last line of a notebook cell shows it.
 """
 
 from .attention import attention_view
-from .document import View, save_html
+from .bundle import write_views
+from .document import View, save_html, seen_image
 from .frames import AttentionFlowFrame, PatchingSweepFrame, flow_view, patching_view
 from .lens import lens_view, lens_view_for
 from .predictions import PredictionComparison, compare_predictions
 
 __all__ = ["View", "save_html", "lens_view", "lens_view_for", "attention_view", "patching_view", "flow_view",
-           "PatchingSweepFrame", "AttentionFlowFrame", "compare_predictions", "PredictionComparison"]
+           "PatchingSweepFrame", "AttentionFlowFrame", "compare_predictions", "PredictionComparison", "write_views", "seen_image"]

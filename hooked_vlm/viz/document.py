@@ -89,6 +89,12 @@ class View:
 
     def __init__(self, kind: str, data: dict, title: str, height: int = 720):
         self.kind, self.data, self.title, self.height = kind, data, title, height
+        self.links: list[tuple[str, str]] = []  # (label, href) shown under the title, e.g. to a sibling view
+
+    def link(self, label: str, href: str) -> "View":
+        """Add a link under the title (relative hrefs work between views saved in one folder); returns self."""
+        self.links.append((label, href))
+        return self
 
     @property
     def html(self) -> str:
@@ -97,12 +103,18 @@ class View:
         return (
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(self.title)}</title><style>{asset('view.css')}</style></head>"
-            f"<body><h1 id=\"title\">{html.escape(self.title)}</h1><div id=\"app\"></div>"
+            f"<body><h1 id=\"title\">{html.escape(self.title)}</h1>{self._links_html()}<div id=\"app\"></div>"
             f"<div id=\"tooltip\" class=\"tooltip\" hidden></div>"
             f"<script type=\"application/json\" id=\"hv-data\">{_json_script(payload)}</script>"
             f"<script>{asset('common.js')}</script><script>{asset(self.kind + '.js')}</script>"
             "</body></html>"
         )
+
+    def _links_html(self) -> str:
+        if not self.links:
+            return ""
+        items = " · ".join(f"<a href=\"{html.escape(h, quote=True)}\">{html.escape(t)}</a>" for t, h in self.links)
+        return f"<p class=\"links\">{items}</p>"
 
     def save(self, path: str | Path) -> Path:
         """Write the document to ``path`` (parent folders are created); returns the path."""
@@ -134,3 +146,19 @@ def save_html(obj: Any, path: str | Path) -> Path:
     """Write any view (or an object with ``.view()``) to ``path``."""
     view = obj if isinstance(obj, View) else obj.view()
     return view.save(path)
+
+
+def seen_image(model: Any, inputs: dict, fallback: Any = None, batch: int = 0) -> Any:
+    """The first image of batch item ``batch`` as the model saw it (HxWx3 floats in [0, 1]): its ``pixel_values``
+    with the image processor's normalisation undone (so a centre crop shows cropped). Layouts that are not
+    [batch, (tiles,) 3, H, W] (e.g. Qwen2-VL's flattened patches) give ``fallback``."""
+    pv = inputs.get("pixel_values")
+    if pv is None or not hasattr(pv, "ndim") or pv.ndim not in (4, 5) or pv.shape[-3] != 3:
+        return fallback
+    x = (pv[batch] if pv.ndim == 4 else pv[batch, 0]).detach().float().cpu().numpy()  # [3, H, W]
+    ip = getattr(getattr(model, "processor", None), "image_processor", None)
+    mean = np.asarray(getattr(ip, "image_mean", None) or (0.0, 0.0, 0.0), dtype=np.float64)
+    std = np.asarray(getattr(ip, "image_std", None) or (1.0, 1.0, 1.0), dtype=np.float64)
+    rescale = float(getattr(ip, "rescale_factor", None) or 1 / 255)
+    img = (x.transpose(1, 2, 0) * std + mean) / (rescale * 255)
+    return np.clip(img, 0.0, 1.0)

@@ -28,6 +28,7 @@
     if (ev === "mouseenter" || ev === "mousemove") { showKey(k); HV.showTip(e, readout.textContent); }
     else if (ev === "mouseleave") HV.hideTip();
   }) : null;
+  if (main) main.wrap.id = "attn-grid";
   document.getElementById("app").append(
     el("div", {class: "controls"}, el("label", {}, "layer", layer, layerLabel),
       el("span", {id: "query-label"}), el("span", {id: "head-label"})),
@@ -73,7 +74,10 @@
   function colourGrid(g, h) {
     let hi = 0;
     for (const k of imageKeys) hi = Math.max(hi, w(S.layer, S.q, h, k));
-    g.cells.forEach((d, k) => { d.style.background = HV.viridis(hi > 0 ? w(S.layer, S.q, h, k) / hi : 0, D.image ? 0.7 : 1); });
+    g.cells.forEach((d, k) => {
+      d.dataset.value = String(w(S.layer, S.q, h, k));
+      d.style.background = HV.viridis(hi > 0 ? w(S.layer, S.q, h, k) / hi : 0, D.image ? 0.7 : 1);
+    });
     return hi;
   }
   function draw() {

@@ -151,7 +151,8 @@
     layerLabel.textContent = ` ${D.layers[S.layer]}${S.layer === L - 1 ? " (output)" : ""}`;
     const sc = scale();
     if (grid) grid.cells.forEach((d, i) => {
-      const c = colour(value(S.layer, i), sc, D.image ? 0.65 : 1);
+      const x = value(S.layer, i), c = colour(x, sc, D.image ? 0.65 : 1);
+      d.dataset.value = Number.isNaN(x) ? "nan" : String(x);
       d.classList.toggle("na", c == null);
       d.style.background = c == null ? "" : c;
     });

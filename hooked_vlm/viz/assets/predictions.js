@@ -19,7 +19,7 @@
       const p = D.top_probs[i][j], y = box.top + 22 * j;
       root.append(svg("text", {x: box.left - 6, y: y + 14, "text-anchor": "end", text: t}),
         svg("rect", {x: box.left, y, width: Math.max(1, p * box.width), height: 16, fill: t === D.ref ? "#e15759" : "#4e79a7",
-          class: "bar", "data-token": t, onmouseenter: e => HV.showTip(e, `'${t}' ${HV.fmt(p)}`), onmouseleave: HV.hideTip}),
+          class: "bar", "data-token": t, "data-prob": p, onmouseenter: e => HV.showTip(e, `'${t}' ${HV.fmt(p)}`), onmouseleave: HV.hideTip}),
         svg("text", {x: box.left + p * box.width + 4, y: y + 13, text: HV.fmt(p)}));
     });
     bars.replaceChildren(root);
