@@ -80,36 +80,51 @@ class Page:
         self.page.close()
 
 
-def check_lens_readout(page: Page, lens: Any, row: int, vocab_index: int = 0) -> None:
+READOUT_JS = """rows => rows.map(tr => [+tr.dataset.layer,
+    [...tr.querySelectorAll('td[data-k]')].map(td => [td.querySelector('.t').textContent, td.querySelector('.p').textContent])])"""
+CELLS_JS = "cells => cells.map(e => [+e.dataset.row, +e.dataset.col, e.dataset.value, e.style.background])"
+
+
+def check_lens_readout(page: Page, lens: Any, row: int) -> None:
     """The panel (#readout) shows, at every layer, the top-k tokens and probabilities of lens row ``row``."""
-    tok = lens.tokenizer
+    shown = dict(page.page.eval_on_selector_all("#readout tr[data-layer]", READOUT_JS))
+    assert sorted(shown) == sorted(lens.layers)
     for li, layer in enumerate(lens.layers):
-        for j in range(lens.top_ids.shape[-1]):
-            cell = f"#readout tr[data-layer='{layer}'] td[data-k='{j}']"
-            want = tok.convert_ids_to_tokens(int(lens.top_ids[li, row, j]))
-            assert page.text(f"{cell} .t") == want, (layer, j)
-            shown = float(page.text(f"{cell} .p"))
-            assert abs(shown - float(lens.top_probs[li, row, j])) <= PROB_TOL, (layer, j, shown)
+        want = lens.tokenizer.convert_ids_to_tokens(lens.top_ids[li, row].tolist())
+        assert [t for t, _ in shown[layer]] == want, layer
+        for (_, p), q in zip(shown[layer], lens.top_probs[li, row].tolist()):
+            assert abs(float(p) - q) <= PROB_TOL, (layer, p, q)
 
 
-def check_lens_page(page: Page, lens: Any, cell: tuple[int, int]) -> None:
-    """Hover patch ``cell`` -> its readout; the slider recolours the grid by each layer's first-target probability."""
+def cell_values(page: Page) -> dict[tuple[int, int], tuple[float, str]]:
+    """(row, col) -> (data-value, background) of every patch cell of the page's (first) grid."""
+    out = {}
+    for r, c, v, bg in page.page.eval_on_selector_all(".cell", CELLS_JS):
+        out.setdefault((r, c), (float(v), bg))
+    return out
+
+
+def hover_patch(page: Page, lens: Any, cell: tuple[int, int]) -> int:
+    """Hover patch ``cell``; returns its row in the lens result."""
     pos = lens.spans.grid[0, lens.positions, 2:]
     row = int(((pos[:, 0] == cell[0]) & (pos[:, 1] == cell[1])).nonzero()[0, 0])
     page.page.hover(f".cell[data-row='{cell[0]}'][data-col='{cell[1]}']")
     assert f"patch ({cell[0]}, {cell[1]})" in page.text("#panel-title")
-    check_lens_readout(page, lens, row)
+    return row
+
+
+def check_lens_page(page: Page, lens: Any, cell: tuple[int, int]) -> None:
+    """Hover patch ``cell`` -> its readout; the slider recolours the grid by each layer's first-target probability."""
+    check_lens_readout(page, lens, hover_patch(page, lens, cell))
     page.page.select_option("#colour-by", "p:0")
+    pos = lens.spans.grid[0, lens.positions, 2:].tolist()
     colours = set()
     for li, layer in enumerate(lens.layers):
         page.slider("#layer", li)
         assert f"layer {layer}" in page.text("#legend .label")
-        for r in range(len(lens.positions)):
-            r_, c_ = pos[r].tolist()
-            if r_ < 0:
-                continue
-            shown = float(page.attr(f".cell[data-row='{r_}'][data-col='{c_}']", "data-value"))
-            assert abs(shown - float(lens.target_probs[li, r, 0])) <= 1 / 65534, (layer, r)
-        colours.add(page.page.eval_on_selector(f".cell[data-row='{cell[0]}'][data-col='{cell[1]}']",
-                                               "e => e.style.background"))
+        shown = cell_values(page)
+        for r, (rr, cc) in enumerate(pos):
+            if rr >= 0:
+                assert abs(shown[(rr, cc)][0] - float(lens.target_probs[li, r, 0])) <= 1 / 65534, (layer, r)
+        colours.add(shown[cell][1])
     assert len(colours) > 1, "moving the layer slider did not recolour the patch"

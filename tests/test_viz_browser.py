@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hooked_vlm.toy.data import GRID, make_scene, prompt
-from tests.browser import PROB_TOL, Page, check_lens_page, check_lens_readout, launch
+from tests.browser import Page, cell_values, check_lens_page, check_lens_readout, hover_patch, launch
 
 
 @pytest.fixture(scope="module")
@@ -52,27 +52,26 @@ def test_lens_view(browser, llava, scene_inputs, tmp_path):
     li = len(lens.layers) - 1
     page.slider("#layer", li)
     gid = llava.to_single_token("green")
+    shown = cell_values(page)
     for row, (rr, cc) in enumerate(lens.spans.grid[0, lens.positions, 2:].tolist()):
         if rr < 0:
             continue
         hit = (lens.top_ids[li, row] == gid).nonzero()
-        shown = page.attr(f".cell[data-row='{rr}'][data-col='{cc}']", "data-value")
         if len(hit):
-            assert abs(float(shown) - float(lens.top_probs[li, row, int(hit[0, 0])])) <= 1 / 65534
+            assert abs(shown[(rr, cc)][0] - float(lens.top_probs[li, row, int(hit[0, 0])])) <= 1 / 65534
         else:
-            assert shown == "nan"
+            assert shown[(rr, cc)][0] != shown[(rr, cc)][0]  # NaN: not in the top k there
     page.finish(tmp_path / "lens.png")
 
 
 def test_lens_show_image_span_and_native_vocab_toggle(browser, llava, scene_inputs, tmp_path):
     from hooked_vlm import HookedVLM
     from hooked_vlm.analysis import logit_lens
-    from hooked_vlm.viz import lens_view_for
 
     scene, inputs = scene_inputs
     lens = logit_lens(llava, inputs, targets=["blue"])  # default span: image tokens only
     page = Page(browser, lens.to_html(tmp_path / "show.html", image=scene.image))
-    check_lens_page(page, lens, (2, 3))
+    check_lens_readout(page, lens, hover_patch(page, lens, (2, 3)))
     assert "no-readout" in page.attr(".chip[data-pos='1']", "class")  # prompt tokens are outside the span
     page.finish(tmp_path / "show.png")
 
@@ -80,9 +79,8 @@ def test_lens_show_image_span_and_native_vocab_toggle(browser, llava, scene_inpu
     n_inputs = native.prepare_inputs(images=scene.pil(), text=prompt("colour"))
     text = logit_lens(native, n_inputs, span="all", vocab="text", targets=["blue"])
     image = logit_lens(native, n_inputs, span="all", vocab="image", targets=["blue"])
-    page = Page(browser, lens_view_for(native, n_inputs, scene.image, targets=["blue"]).save(tmp_path / "native.html"))
-    page.page.hover(".cell[data-row='1'][data-col='1']")
-    row = int(((text.spans.grid[0, text.positions, 2] == 1) & (text.spans.grid[0, text.positions, 3] == 1)).nonzero()[0, 0])
+    page = Page(browser, text.to_html(tmp_path / "native.html", image=scene.image, others=[image]))
+    row = hover_patch(page, text, (1, 1))
     check_lens_readout(page, text, row)
     page.page.check("#vocab-image")
     assert "image vocabulary" in page.text("#panel-title")

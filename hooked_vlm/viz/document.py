@@ -44,6 +44,11 @@ def pack_ints(a: Any) -> str:
     return _b64(np.asarray(a).astype("<i4"))
 
 
+def pack_u16(a: Any) -> str:
+    """Integers in 0..65535 -> base64 of uint16 little-endian."""
+    return _b64(np.asarray(a).astype("<u2"))
+
+
 def pack_floats(a: Any) -> str:
     """Floats -> base64 of float32 little-endian."""
     return _b64(np.asarray(a, dtype=np.float64).astype("<f4"))

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .document import View, image_data_url, pack_ints, pack_probs
+from .document import View, image_data_url, pack_ints, pack_probs, pack_u16
 
 LAYER_NOTE = "layer l = the residual stream entering block l (0 = the LM input); the last layer is the model output"
 
@@ -59,12 +59,17 @@ def position_labels(spans: Any, batch: int, input_ids: Any = None, tokenizer: An
 def _vocab_payload(lens: Any, sel: torch.Tensor, local: dict[int, int]) -> dict:
     top = lens.top_ids[:, sel].numpy()
     idx = np.vectorize(local.__getitem__, otypes=[np.int64])(top) if top.size else top
-    out = {"name": lens.vocab, "top": pack_ints(idx), "top_prob": pack_probs(lens.top_probs[:, sel].float().numpy()),
+    wide = len(local) > 65535  # local vocabulary indices fit uint16 unless the top-k holds > 65k distinct tokens
+    out = {"name": lens.vocab, "top": pack_ints(idx) if wide else pack_u16(idx), "top_dtype": "i32" if wide else "u16",
+           "top_prob": pack_probs(lens.top_probs[:, sel].float().numpy()),
            "targets": [], "target_prob": None, "target_rank": None}
     if lens.target_ids is not None:
         out["targets"] = [local[int(t)] for t in lens.target_ids.tolist()]
         out["target_prob"] = pack_probs(lens.target_probs[:, sel].float().numpy())
-        out["target_rank"] = pack_ints(lens.target_ranks[:, sel].numpy())
+        ranks = lens.target_ranks[:, sel].numpy()
+        short = ranks.max(initial=0) < 65535  # uint16 (-1 = outside the vocabulary -> 65535) unless a rank is larger
+        out["target_rank"] = pack_u16(np.where(ranks < 0, 65535, ranks)) if short else pack_ints(ranks)
+        out["rank_dtype"] = "u16" if short else "i32"
     return out
 
 

@@ -10,6 +10,7 @@ const HV = (() => {
     return u;
   }
   const i32 = b64 => (b64 == null ? null : new Int32Array(bytes(b64).buffer));
+  const u16 = b64 => (b64 == null ? null : new Uint16Array(bytes(b64).buffer));
   const f32 = b64 => (b64 == null ? null : new Float32Array(bytes(b64).buffer));
   const u8 = b64 => (b64 == null ? null : bytes(b64));
   function probs(b64) {
@@ -130,5 +131,5 @@ const HV = (() => {
     return {sx, sy};
   }
   const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
-  return {axes, PALETTE, data, i32, f32, u8, probs, viridis, el, fmt, legend, showTip, hideTip, table, svg, patchGrid};
+  return {axes, PALETTE, data, i32, u16, f32, u8, probs, viridis, el, fmt, legend, showTip, hideTip, table, svg, patchGrid};
 })();

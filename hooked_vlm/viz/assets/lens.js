@@ -3,9 +3,14 @@
 // grid, image, labels / roles per position, vocab_strings, vocabs [{name, top, top_prob, targets, target_prob, target_rank}].
 (() => {
   const D = HV.data, el = HV.el;
+  function rankArray(v) {  // uint16 with 65535 = outside the readout vocabulary, or int32 with -1
+    if (v.target_rank == null) return null;
+    if (v.rank_dtype !== "u16") return HV.i32(v.target_rank);
+    return Int32Array.from(HV.u16(v.target_rank), x => (x === 65535 ? -1 : x));
+  }
   const L = D.layers.length, K = D.k, N = D.rows.length;
-  const V = D.vocabs.map(v => ({name: v.name, top: HV.i32(v.top), prob: HV.probs(v.top_prob), targets: v.targets,
-    tprob: HV.probs(v.target_prob), trank: HV.i32(v.target_rank)}));
+  const V = D.vocabs.map(v => ({name: v.name, top: v.top_dtype === "u16" ? HV.u16(v.top) : HV.i32(v.top), prob: HV.probs(v.top_prob), targets: v.targets,
+    tprob: HV.probs(v.target_prob), trank: rankArray(v)}));
   const rowOf = new Map(D.rows.map((p, i) => [p, i]));
   const S = {vocab: 0, layer: L - 1, by: "top", search: null, row: null, pinned: false};
   const tok = i => D.vocab_strings[i];
@@ -25,7 +30,13 @@
   }
   // rows the colour scale spans: the image patches when there is a grid (prompt tokens are clipped to it)
   const scaleRows = D.grid ? D.cells.map((c, i) => (c ? i : -1)).filter(i => i >= 0) : D.rows.map((_, i) => i);
-  function scale() {  // [lo, hi] over every layer, so that moving the slider compares like with like
+  const scales = new Map();  // the scale depends on what colours the grid, not on the layer: computed once each
+  function scale() {
+    const key = `${S.vocab}|${S.by}|${S.search}`;
+    if (!scales.has(key)) scales.set(key, computeScale());
+    return scales.get(key);
+  }
+  function computeScale() {  // [lo, hi] over every layer, so that moving the slider compares like with like
     let hi = 0;
     for (let l = 0; l < L; l++) for (const r of scaleRows) { const x = value(l, r); if (x > hi) hi = x; }
     return S.by[0] === "r" ? [0, Math.max(1, hi)] : [0, hi > 0 ? hi : 1];
