@@ -128,3 +128,15 @@ def check_lens_page(page: Page, lens: Any, cell: tuple[int, int]) -> None:
                 assert abs(shown[(rr, cc)][0] - float(lens.target_probs[li, r, 0])) <= 1 / 65534, (layer, r)
         colours.add(shown[cell][1])
     assert len(colours) > 1, "moving the layer slider did not recolour the patch"
+
+
+def check_attention_weight(page: Page, cache: Any, layer: int, head: int, query: int, key: int) -> None:
+    """Hover image key ``key`` in the attention view: the readout shows the cached pattern's weight (head -1: mean)."""
+    r, c = cache.spans.grid[0, key, 2:].tolist()
+    page.page.hover(f"#attn-grid .cell[data-row='{r}'][data-col='{c}']")
+    pat = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, query]  # [head, key]
+    want = pat[:, key].mean() if head < 0 else pat[head, key]
+    tol = (pat.max(-1).values.mean() if head < 0 else pat[head].max()) / 510 + 1e-6  # uint8 of each row's maximum
+    shown = float(page.attr("#readout", "data-weight"))
+    assert abs(shown - float(want)) <= float(tol), (layer, head, query, shown, float(want))
+    assert f"(position {query})" in page.text("#readout") and f"layer {layer}," in page.text("#readout")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hooked_vlm.toy.data import GRID, make_scene, prompt
-from tests.browser import Page, cell_values, check_lens_page, check_lens_readout, hover_patch, launch
+from tests.browser import Page, cell_values, check_attention_weight, check_lens_page, check_lens_readout, hover_patch, launch
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +96,8 @@ def test_attention_view(browser, llava, scene_inputs, tmp_path):
     _, cache = llava.run_with_cache(**inputs, names_filter=lambda n: n.endswith("hook_pattern"))
     page = Page(browser, attention_view(llava, inputs, image=scene.image).save(tmp_path / "attention.html"))
     spans = cache.spans
-    img = spans.positions("image")
-    key = int(img[14])
-    r, c = spans.grid[0, key, 2:].tolist()
-
-    def check(layer: int, head: int, query: int) -> None:
-        page.page.hover(f"#attn-grid .cell[data-row='{r}'][data-col='{c}']")
-        pat = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, query]  # [head, key]
-        want = pat[:, key].mean() if head < 0 else pat[head, key]
-        tol = (pat.max(-1).values.mean() if head < 0 else pat[head].max()) / 510 + 1e-6  # uint8 of the row maximum
-        shown = float(page.attr("#readout", "data-weight"))
-        assert abs(shown - float(want)) <= float(tol), (layer, head, query, shown, float(want))
-        assert f"position {query})" in page.text("#readout")
-
+    key = int(spans.positions("image")[14])
+    check = lambda layer, head, query: check_attention_weight(page, cache, layer, head, query, key)
     last = int(spans.positions("last")[0])
     check(1, -1, last)
     page.page.click("#heads .head[data-head='2']")
