@@ -54,11 +54,8 @@ def flow_view(df: pd.DataFrame, title: str | None = None) -> View:
 
 
 class _ViewFrame(pd.DataFrame):
+    # pandas' own _constructor (DataFrame) is kept: derived frames (filters, copies, groupbys) are plain DataFrames
     _view_fn: Any = None
-
-    @property
-    def _constructor(self) -> type:  # derived frames (filters, copies, groupbys) are plain DataFrames
-        return pd.DataFrame
 
     def view(self, title: str | None = None) -> View:
         return type(self)._view_fn(self, title)
