@@ -135,7 +135,7 @@ class LogitLensResult:
         for ax in axes.flat:
             ax.axis("off")
         last = None
-        for ax, i in zip(axes.flat, idx):
+        for n_ax, (ax, i) in enumerate(zip(axes.flat, idx)):
             rows, cols = grid.shape[1:]
             ax.axis("on")
             if image is not None:
@@ -144,10 +144,13 @@ class LogitLensResult:
                              cmap=cmap + ("_r" if what == "target_rank" else ""), vmin=0, vmax=vmax)
             ax.set_title(f"layer {self.layers[i]}" + (" (output)" if self.layers[i] == max(self.layers) else ""), fontsize=8)
             ax.set_xlabel("patch column", fontsize=7)
-            ax.set_ylabel("patch row", fontsize=7)
+            if n_ax % ncols == 0:
+                ax.set_ylabel("patch row", fontsize=7)
             ax.tick_params(labelsize=6)
         label = self.value_label(what, target)
-        fig.colorbar(last, ax=axes.ravel().tolist(), shrink=0.8, label=label)
+        from matplotlib.cm import ScalarMappable
+
+        fig.colorbar(ScalarMappable(last.norm, last.cmap), ax=axes.ravel().tolist(), shrink=0.8, label=label)  # opaque
         fig.suptitle(f"logit lens: {label} at each image patch, per layer ({self.vocab} vocabulary)", fontsize=9)
         return fig
 

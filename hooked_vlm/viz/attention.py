@@ -9,6 +9,7 @@ queries x 32 heads x 650 positions = 13 MB. Pass ``layers=`` / ``queries=`` to k
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 from ..analysis._common import SpanLike, forward_with_hooks, layer_list, span_mask, spans_of
 from .document import View, image_data_url, pack_bytes, pack_floats
 from .lens import position_labels
+
+LARGE_BYTES = 64_000_000  # warn above this size (browsers open it, but slowly)
 
 
 @torch.no_grad()
@@ -33,6 +36,11 @@ def attention_view(model: Any, inputs: dict, layers: Sequence[int] | int | None 
     if len(first) == 0:
         raise ValueError(f"query={query!r} selects no position of batch item {batch}")
     q_pos = q_mask.nonzero().flatten()
+    n_bytes = len(layers) * len(q_pos) * model.cfg.n_heads * spans.seq_len * 4 // 3
+    if n_bytes > LARGE_BYTES:
+        warnings.warn(f"the attention view will be ~{n_bytes / 1e6:.0f} MB ({len(layers)} layers x {len(q_pos)} queries x "
+                      f"{model.cfg.n_heads} heads x {spans.seq_len} positions); pass layers= or queries= (e.g. "
+                      "queries='after_image') for a smaller file", stacklevel=2)
     store: dict[int, torch.Tensor] = {}
 
     def record(layer: int):

@@ -58,7 +58,7 @@ def position_labels(spans: Any, batch: int, input_ids: Any = None, tokenizer: An
 
 def _vocab_payload(lens: Any, sel: torch.Tensor, local: dict[int, int]) -> dict:
     top = lens.top_ids[:, sel].numpy()
-    idx = np.vectorize(local.__getitem__, otypes=[np.int64])(top) if top.size else top
+    idx = np.searchsorted(np.fromiter(local, dtype=np.int64, count=len(local)), top)  # local: sorted ids -> 0..n-1
     wide = len(local) > 65535  # local vocabulary indices fit uint16 unless the top-k holds > 65k distinct tokens
     out = {"name": lens.vocab, "top": pack_ints(idx) if wide else pack_u16(idx), "top_dtype": "i32" if wide else "u16",
            "top_prob": pack_probs(lens.top_probs[:, sel].float().numpy()),
