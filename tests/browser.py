@@ -18,7 +18,10 @@ PROB_TOL = 0.0005 + 1 / 65534  # a probability shown with 3 decimals, stored as 
 
 
 def chromium_path() -> str | None:
-    return os.environ.get("HOOKED_VLM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    given = os.environ.get("HOOKED_VLM_CHROMIUM")
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _unavailable(reason: str) -> None:
@@ -35,7 +38,7 @@ def launch() -> Iterator[Any]:
         _unavailable("playwright is not installed (pip install playwright==1.65.2; it is in the dev extra)")
     path = chromium_path()
     if path is None:
-        _unavailable("no chromium binary on PATH (Debian: apt-get install -y chromium; or set HOOKED_VLM_CHROMIUM)")
+        _unavailable("no chromium binary (HOOKED_VLM_CHROMIUM, else chromium on PATH; Debian: apt-get install -y chromium)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
         yield browser
