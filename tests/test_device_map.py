@@ -150,6 +150,17 @@ def test_auto_map_over_cpu_and_disk_equals_plain(built, tmp_path):
         assert (plain(**built.inputs) - model(**built.inputs)).abs().max().item() == 0.0
 
 
+def test_tied_embeddings_offloaded_to_disk_equal_plain(tmp_path):
+    """W_E is W_U: both names are written to the offload folder; the embedding on disk makes the CPU the main device."""
+    tied = tiny.llava(text=tiny.llama_text_config(tie_word_embeddings=True), tie_word_embeddings=True)
+    assert tied.model.unembed.weight is tied.model.embed.weight
+    on_disk = {**CPU_DISK, "embed": "disk", "blocks.1": "cpu", "ln_final": "cpu"}
+    model = HookedVLM.from_pretrained(str(tied.folder), device_map=on_disk, offload=tmp_path)
+    assert model.embed.weight.is_meta and model.device == torch.device("cpu")
+    with torch.no_grad():
+        assert (tied.model(**tied.inputs) - model(**tied.inputs)).abs().max().item() == 0.0
+
+
 def test_hooks_see_their_block_on_its_device_with_its_weights(built, mapped):
     """Each hook gets its activation on its block's execution device, and inside an offloaded block the block's
     weights are in place (accelerate preloads the whole block), so a hook may read them."""
