@@ -124,7 +124,11 @@ def _module(model: nn.Module, name: str) -> nn.Module:
 
 
 def _has_tensors(model: nn.Module, name: str) -> bool:
-    module = _module(model, name)
+    """False for modules without weights or buffers (hook points): they need no device hook."""
+    try:
+        module = _module(model, name)
+    except AttributeError:  # a parameter entry (accelerate splits a module with children into them)
+        return True
     return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 

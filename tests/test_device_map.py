@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from hooked_vlm import HookedVLM
-from hooked_vlm.devices import check_device_map, device_bytes, execution_device, plan_device_map
+from hooked_vlm.devices import (check_device_map, device_bytes, execution_device, plan_device_map,
+                                suggest_device_map)
 from hooked_vlm.inspect import meta_model
 from hooked_vlm.loading import converter_for
 
@@ -132,11 +133,10 @@ def test_offloaded_model_equals_plain(built, mapped, offload_dir):
     offloaded = set(json.loads((offload_dir / "index.json").read_text()))
     assert offloaded == {n for n, _ in plain.named_parameters() if n.startswith(("blocks.1.", "blocks.2.", "ln_final",
                                                                                    "unembed"))}
-    with torch.no_grad():
-        for inputs in (built.inputs, built.unpadded):
-            a, la = plain(**inputs, return_type="both")
-            b, lb = mapped(**inputs, return_type="both")
-            assert (a - b).abs().max().item() == 0.0 and (la - lb).abs().item() == 0.0  # same kernels, same weights
+    with torch.no_grad():  # a padded batch with images
+        a, la = plain(**built.inputs, return_type="both")
+        b, lb = mapped(**built.inputs, return_type="both")
+    assert (a - b).abs().max().item() == 0.0 and (la - lb).abs().item() == 0.0  # same kernels, same weights
 
 
 def test_auto_map_over_cpu_and_disk_equals_plain(built, tmp_path):
@@ -191,8 +191,8 @@ def test_generate_across_map_equals_plain(built, mapped):
     hooks = [("blocks.1.hook_resid_post", ablate)]
     out = {}
     for name, fwd_hooks in (("free", None), ("ablated", hooks)):
-        out[name] = built.model.generate(**inputs, max_new_tokens=5, return_type="tokens", fwd_hooks=fwd_hooks)
-        assert torch.equal(out[name], mapped.generate(**inputs, max_new_tokens=5, return_type="tokens",
+        out[name] = built.model.generate(**inputs, max_new_tokens=4, return_type="tokens", fwd_hooks=fwd_hooks)
+        assert torch.equal(out[name], mapped.generate(**inputs, max_new_tokens=4, return_type="tokens",
                                                       fwd_hooks=fwd_hooks))  # KV cache on the map: same tokens
     assert not torch.equal(out["free"], out["ablated"])  # the hook in the offloaded block changed the answer
 
@@ -208,6 +208,25 @@ def test_cache_device_gathers(built, mapped):
         mapped.run_with_cache(**built.inputs, cache_device="cpu", device="cpu")
 
 
+def test_masks_and_caches_follow_the_device_they_are_sent_to(built, mapped):
+    """The plumbing a second device relies on, checked without one: accelerate's send_to_device (what a block's
+    AlignDevicesHook calls on its inputs) moves an AttentionMask's tensors, and cache_device reaches TL's cache.
+    "meta" is only a destination here (nothing runs on it)."""
+    from accelerate.utils import send_to_device
+
+    from hooked_vlm.components.masks import AttentionMask
+
+    mask = AttentionMask(causal=True, key_padding=torch.ones(2, 5, dtype=torch.bool),
+                         query_positions=torch.arange(5), k_len=5, block_ids=torch.zeros(2, 5, dtype=torch.long))
+    assert mask.to("cpu") is mask
+    moved = send_to_device((torch.zeros(1), mask), "meta")[1]
+    assert isinstance(moved, AttentionMask) and moved.k_len == 5 and moved.causal
+    assert {t.device.type for t in (moved.key_padding, moved.query_positions, moved.block_ids)} == {"meta"}
+    with torch.no_grad():
+        _, cache = mapped.run_with_cache(**built.unpadded, names_filter=lambda n: "resid" in n, cache_device="meta")
+    assert len(cache.keys()) and {cache[n].device.type for n in cache.keys()} == {"meta"}
+
+
 def test_inspect_suggests_a_device_map(built, capsys):
     from hooked_vlm.cli import main
 
@@ -219,9 +238,10 @@ def test_inspect_suggests_a_device_map(built, capsys):
     out = capsys.readouterr().out
     assert "device map at float32" in out and "cuda:0: embed" in out and "\n    cuda:1: " in out
     assert "device_map='auto', max_memory={'cuda:0': " in out
-    assert main(["inspect", str(built.folder), "--max-memory", "cuda:0=1KiB", "--dtype", "float32"]) == 1
-    assert "does not fit in max_memory" in capsys.readouterr().err
+    plan, lines = suggest_device_map(model, "m", {"cuda:0": "1KiB"}, dtype=torch.float32)  # what exit 1 prints
+    assert plan is None and "does not fit in max_memory" in lines[-1]
     assert main(["inspect", str(built.folder), "--max-memory", "cuda:0"]) == 2
+    assert "is not DEVICE=SIZE" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
