@@ -1,7 +1,7 @@
 """Device maps on one machine: load time and peak RSS with and without a map, and what the map costs per forward.
 
 A random LLaVA-shaped checkpoint (bench_core's builder) is loaded in fresh subprocesses three ways:
-plain (device="cpu"), device_map="auto" with max_memory={"cpu": a third of the weights} plus disk offload
+plain (device="cpu"), device_map="auto" with max_memory={"cpu": two thirds of the weights} plus disk offload
 (the rest streams from the checkpoint into the offload folder, never held in RAM), and the same map's forward
 and greedy generate vs the plain model's (logit diff, tokens equal, time ratio). On a CPU-only machine the map's
 cost is accelerate's hooks plus re-reading the offloaded weights from the offload folder every forward.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,8 +37,9 @@ def child(folder: str, mode: str, cpu_bytes: int, offload: str) -> None:
     from hooked_vlm.devices import plan_device_map  # noqa: F401
 
     converter_for(Path(folder))
-
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # ru_maxrss survives exec (the parent's peak): reset the kernel's high-water mark to the current RSS instead
+    open("/proc/self/clear_refs", "w").write("5")
+    before = _status_kb("VmRSS") * 1024
     t0 = time.perf_counter()
     if mode == "plain":
         model = HookedVLM.from_pretrained(folder, processor=None)
@@ -47,8 +47,15 @@ def child(folder: str, mode: str, cpu_bytes: int, offload: str) -> None:
         model = HookedVLM.from_pretrained(folder, processor=None, device_map="auto", max_memory={"cpu": cpu_bytes},
                                           offload=offload)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_kb("VmHWM") * 1024
     print(json.dumps({"seconds": seconds, "rss_growth": peak - before, "device_map": model.device_map}))
+
+
+def _status_kb(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field} (peak RSS is measured on Linux only)")
 
 
 def run_child(*args: str) -> dict:
@@ -63,6 +70,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--load-only", action="store_true", help="only the load rows (time, peak RSS)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -79,9 +87,16 @@ def main() -> None:
         folder = Path(tmp) / "ckpt"
         build_checkpoint(folder, args.layers, args.hidden, args.vocab)
         weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-        cpu_bytes = weights // 3
+        cpu_bytes = weights * 2 // 3
         plain_load = run_child(str(folder), "plain", "0", "-")
         mapped_load = run_child(str(folder), "auto", str(cpu_bytes), str(Path(tmp) / "off_child"))
+        if args.load_only:
+            print(f"{weights / 2**20:.0f} MiB of fp32 weights; map for max_memory cpu={cpu_bytes / 2**20:.0f} MiB + disk:")
+            print(f"  {mapped_load['device_map']}")
+            for name, r in (("plain", plain_load), ("device map", mapped_load)):
+                print(f"| {name} | load {r['seconds']:.2f} s | peak RSS growth {r['rss_growth'] / 2**20:.0f} MiB "
+                      f"({r['rss_growth'] / weights:.2f}x weights) |")
+            return
 
         plain = HookedVLM.from_pretrained(str(folder), processor=None)
         mapped = HookedVLM.from_pretrained(str(folder), processor=None, device_map="auto",
