@@ -35,6 +35,7 @@ setup(
     # (`make test-min`). torch: only 2.13.0 (CPU) is tested; >=2.6 is what transformer-lens asks for.
     install_requires=[
         "torch>=2.6",
+        "accelerate>=1.15",  # device maps and offload (hooked_vlm.devices); the lowest version tested
         "transformers>=5.20,<6",
         "transformer-lens>=3.9,<5",
         "safetensors>=0.8",

@@ -69,10 +69,23 @@ def _top(model: Any, logits: torch.Tensor, k: int = 5) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from hooked_vlm.inspect import inspect_checkpoint
 
-    report = inspect_checkpoint(args.model, revision=args.revision)
+    max_memory = None
+    if args.max_memory is not None:
+        from hooked_vlm.devices import parse_max_memory
+
+        try:
+            max_memory = parse_max_memory(args.max_memory)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    report = inspect_checkpoint(args.model, revision=args.revision, max_memory=max_memory, offload=args.offload,
+                                dtype=DTYPES[args.dtype])
     print(report.format())
     if not report.loadable:
         print(f"error: {args.model} would not load: {report.problems[0]}", file=sys.stderr)
+        return 1
+    if max_memory is not None and report.device_map is None:
+        print(f"error: {args.model} {report.device_map_lines[-1]}", file=sys.stderr)
         return 1
     return 0
 
@@ -191,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="check that a checkpoint loads and what memory it needs, without its weights")
     ins.add_argument("model", help="hub id, local checkpoint folder or shipped toy")
     ins.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    ins.add_argument("--max-memory", help="plan a device map for this memory, e.g. cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB")
+    ins.add_argument("--offload", help="with --max-memory: 'cpu' (the rest in CPU RAM) or a folder (the rest on disk)")
+    ins.add_argument("--dtype", default="bfloat16", choices=list(DTYPES), help="with --max-memory: the load dtype")
     ins.set_defaults(fn=cmd_inspect)
 
     def common(p: argparse.ArgumentParser) -> None:
