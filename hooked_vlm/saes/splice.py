@@ -137,6 +137,13 @@ class SAESplice(HookPoint):
         rows = query_rows(self, self.span, x)  # [batch, q_pos] True = the SAE's output flows on
         return rows.reshape(*rows.shape, *([1] * (x.ndim - rows.ndim)))
 
+    def _run(self, sae: Any, sae_in: Tensor) -> Tensor:
+        """decode(encode(x)) as SAELens splices an SAE; a transcoder's own forward(x) (its config has ``d_out``),
+        which adds the skip connection of skip transcoders (their decode alone lacks it)."""
+        if self.hook_name_in is not None and hasattr(getattr(sae, "cfg", None), "d_out"):
+            return sae(sae_in)
+        return sae.decode(sae.encode(sae_in))
+
     def forward(self, x: Tensor) -> Tensor:
         sae_in, self._captured = (x if self.hook_name_in is None else self._captured), None
         if sae_in is None:
@@ -149,13 +156,13 @@ class SAESplice(HookPoint):
             raise ValueError(f"the SAE reads vectors of width d_in={d_in} but '{self.hook_name_in or self.name}' gives "
                              f"shape {tuple(sae_in.shape)}; was it trained on another hook or model?")
         rows = self._rows(x)
-        out = sae.decode(sae.encode(sae_in)).to(x.dtype)
+        out = self._run(sae, sae_in).to(x.dtype)
         if out.shape != x.shape:
             raise ValueError(f"the SAE at '{self.name}' returned shape {tuple(out.shape)} for an activation of shape "
                              f"{tuple(x.shape)}; its decoder must map back to the hook's width")
         if self.use_error_term:
             with torch.no_grad(), hooks_disabled(sae):
-                clean = sae.decode(sae.encode(sae_in)).to(x.dtype)
+                clean = self._run(sae, sae_in).to(x.dtype)
             error = x - clean
             if rows is not None:
                 error = torch.where(rows, error, torch.zeros_like(error))
@@ -215,8 +222,10 @@ class SAEMixin:
         use_error = getattr(sae, "use_error_term", False) if use_error_term is None else use_error_term
         splice = SAESplice(sae, original, use_error, spans, hook_name_in=name_in if name_in != name_out else None)
         if name_in != name_out:  # transcoder: capture the input where it is read
-            splice.capture_handle = self.hook_dict[name_in].add_hook(
-                lambda tensor, hook: splice.capture_input(tensor), is_permanent=True)
+            point = self.hook_dict[name_in]
+            before = list(point.fwd_hooks)  # TL 3.9's add_hook returns no handle: find the new one
+            point.add_hook(lambda tensor, hook: splice.capture_input(tensor), is_permanent=True)
+            splice.capture_handle = next(h for h in point.fwd_hooks if h not in before)
         _set(self, name_out, splice)
         self._sae_splices[name_in] = splice
         self.setup()
