@@ -111,7 +111,7 @@ class SAEFeatureMap:
         feats = list(self.features if features is None else features)
         ncols = min(ncols, len(feats))
         nrows = -(-len(feats) // ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.9 * nrows), squeeze=False)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.2 * ncols, 4.2), 2.9 * nrows + 0.4), squeeze=False)
         for ax in axes.flat[len(feats):]:
             ax.axis("off")
         for ax, f in zip(axes.flat, feats):
@@ -126,7 +126,8 @@ class SAEFeatureMap:
             ax.set_title(f"feature {f}", fontsize=9)
             ax.set_xlabel("patch column", fontsize=8)
             ax.set_ylabel("patch row", fontsize=8)
-        fig.suptitle(f"SAE features at {self.hook_name} (batch {batch}, image {image_index})", fontsize=9)
+        site = self.hook_name.removesuffix(".hook_sae_acts_post")
+        fig.suptitle(f"SAE features at {site}\n(batch {batch}, image {image_index})", fontsize=9)
         fig.tight_layout()
         return fig
 
@@ -218,7 +219,8 @@ class TopActivations:
             ax.set_xlabel("patch column", fontsize=7)
             ax.set_ylabel("patch row", fontsize=7)
             ax.tick_params(labelsize=6)
-        fig.suptitle(f"top {n} patches of SAE feature {self.feature} at {self.hook_name}", fontsize=9)
+        site = self.hook_name.removesuffix(".hook_sae_acts_post")
+        fig.suptitle(f"top {n} patches of SAE feature {self.feature} at {site}", fontsize=9)
         fig.tight_layout(rect=(0, 0, 0.9, 1))
         fig.colorbar(im, ax=list(axes.flat), fraction=0.03, pad=0.02, label=f"feature {self.feature} activation")
         return fig
