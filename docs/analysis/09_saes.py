@@ -18,7 +18,7 @@ from hooked_vlm.toy.tasks import ToyEncoder, accuracy, hooked_logits_fn
 
 model = HookedVLM.from_pretrained("toy-llava")
 scenes = make_scenes(96, seed=900)
-fit_scenes, held_out = scenes[:48], scenes[64:]
+fit_scenes, held_out = scenes[:32], scenes[64:]
 
 
 def batch_inputs(scenes, kind="colour"):
@@ -32,12 +32,12 @@ if (shipped / "cfg.json").exists():
 else:  # fit a small standard SAE on the image tokens of blocks.0.hook_resid_post (SAELens's encode/decode)
     hook = "blocks.0.hook_resid_post"
     _, cache = model.run_with_cache(**batch_inputs(fit_scenes), names_filter=[hook])
-    x = cache[hook][cache.spans.mask("image")]  # [48 scenes * 36 patches, d_model]
+    x = cache[hook][cache.spans.mask("image")]  # [32 scenes * 36 patches, d_model]
     torch.manual_seed(0)
     sae = StandardSAE(StandardSAEConfig(d_in=model.cfg.d_model, d_sae=256, metadata=SAEMetadata(hook_name=hook)))
     with torch.enable_grad():
         opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
-        for step in range(150):
+        for step in range(100):
             acts = sae.encode(x)
             loss = (sae.decode(acts) - x).pow(2).sum(-1).mean() + 3e-3 * (acts * sae.W_dec.norm(dim=-1)).sum(-1).mean()
             opt.zero_grad()
