@@ -95,3 +95,22 @@ def test_top_activating_contact_sheet_outlines_the_patch(setup):
         assert ax.get_xlabel() == "patch column"
     assert any(ax.get_ylabel() == "feature 5 activation" for ax in fig.axes)  # the shared colour bar
     assert top.images[0] is data[int(top.examples[0])][0]
+
+
+def test_feature_map_at_an_overridden_hook_leaves_an_attached_sae_in_place(setup):
+    model, sae, data = setup
+    image, prompt = data[2]
+    inputs = model.prepare_inputs(images=image, text=prompt)
+    attached = TinySAE(model.cfg.d_model, HOOK, lossy=True, seed=9)
+    elsewhere = TinySAE(model.cfg.d_model, "blocks.0.hook_resid_post", lossy=True)  # its own metadata names another hook
+    model.add_sae(attached, spans="image")
+    try:
+        with torch.no_grad():
+            before = model(inputs)
+            fmap = sae_feature_map(model, elsewhere, inputs, feature=4, hook_name=HOOK)
+            after = model(inputs)
+        assert model.acts_to_saes == {HOOK: attached} and torch.equal(before, after)
+    finally:
+        model.reset_saes()
+    acts, spans = _hand_acts(model, elsewhere, inputs, 4)  # the plain activation at HOOK, encoded by `elsewhere`
+    assert (fmap.values[0, 0][spans.mask("image")[0]] - acts[0][spans.mask("image")[0]]).abs().max() <= 1e-5

@@ -48,7 +48,7 @@ def feature_acts(model: Any, sae: Any, inputs: dict, feature: int | Sequence[int
     """(``hook_sae_acts_post`` of ``feature`` [batch, pos, n_features], the forward's spans, the cache name).
 
     The SAE is spliced with its error term, so the activations are those of the plain forward."""
-    name_in, name_out = sae_hook_names(sae, hook_name)
+    _, name_out = sae_hook_names(sae, hook_name)
     if name_out.startswith(NON_SEQUENCE_PREFIXES):
         raise ValueError(f"'{name_out}' is a vision-tower/projector hook: its features have no positions in the "
                          "sequence to draw. Read them from model.run_with_cache_with_saes(inputs, saes=[sae])"
@@ -57,14 +57,8 @@ def feature_acts(model: Any, sae: Any, inputs: dict, feature: int | Sequence[int
     site = f"{name_out}.hook_sae_acts_post"
     stop = _stop_layer(model, name_out)
     extra = {"return_type": None} if stop is None else {"stop_at_layer": stop}
-    with model.saes([sae] if hook_name is None else [], use_error_term=True):
-        if hook_name is not None:
-            model.add_sae(sae, hook_name=hook_name, use_error_term=True)
-        try:
-            _, cache = model.run_with_cache(**dict(inputs), names_filter=[site], **extra)
-        finally:
-            if hook_name is not None:
-                model.reset_saes(name_in)
+    with model.saes([sae], use_error_term=True, hook_name=hook_name):  # what was at the hook comes back after
+        _, cache = model.run_with_cache(**dict(inputs), names_filter=[site], **extra)
     return cache[site][..., feats].float(), cache.spans, site
 
 

@@ -257,15 +257,20 @@ class SAEMixin:
 
     @contextlib.contextmanager
     def saes(self, saes: Any = None, reset_saes_end: bool = True, use_error_term: bool | None = None,
-             spans: Any = None) -> Iterator[Any]:
-        """Splice ``saes`` (one or a list) for the block; on exit restore what each hook held before."""
+             spans: Any = None, hook_name: str | None = None) -> Iterator[Any]:
+        """Splice ``saes`` (one or a list) for the block; on exit restore what each hook held before.
+
+        ``hook_name`` (one SAE only) overrides the SAE's own hook, as in ``add_sae``."""
+        saes = _as_list(saes)
+        if hook_name is not None and len(saes) != 1:
+            raise ValueError(f"hook_name= places one SAE; {len(saes)} were given")
         restore: list[tuple[str, SAESplice | None]] = []
         try:
-            for sae in _as_list(saes):
+            for sae in saes:
                 _check_sae(sae)
-                name_in, _ = sae_hook_names(sae)
+                name_in, _ = sae_hook_names(sae, hook_name)
                 restore.append((name_in, self._sae_splices.get(name_in)))
-                self.add_sae(sae, spans=spans, use_error_term=use_error_term)
+                self.add_sae(sae, hook_name=hook_name, spans=spans, use_error_term=use_error_term)
             yield self
         finally:
             if reset_saes_end:
