@@ -22,7 +22,7 @@ PROMPTS = ["<s> USER: <boi> <image> <eoi> what colour is this ? ASSISTANT: It is
 def setup():
     model, _ = model_and_hf()
     sae = TinySAE(model.cfg.d_model, HOOK, lossy=True)
-    data = [(random_image(i), PROMPTS[i % 2]) for i in range(7)]
+    data = [(random_image(i), PROMPTS[i % 2]) for i in range(5)]
     return model, sae, data
 
 
