@@ -66,7 +66,7 @@ def test_feature_map_plot_names_the_feature_and_has_colour_bars_and_labelled_axe
 @pytest.mark.parametrize("per_example", [1, None])
 def test_top_activating_equals_a_hand_ranking_over_the_dataset(setup, per_example):
     model, sae, data = setup
-    f, k = 5, 4
+    f, k = 5, 6  # k > the 5 examples: one patch per example can fill only 5
     top = top_activating(model, sae, data, feature=f, k=k, batch_size=3, per_example=per_example, progress=False)
     pairs = []  # (activation, example, row, col) of every image patch, computed one example at a time
     for i, (image, prompt) in enumerate(data):
@@ -74,21 +74,23 @@ def test_top_activating_equals_a_hand_ranking_over_the_dataset(setup, per_exampl
         cand = [(float(acts[0, p]), i, *spans.grid[0, p, 2:].tolist()) for p in spans.positions("image").tolist()]
         pairs += sorted(cand, reverse=True)[:per_example] if per_example else cand
     pairs.sort(key=lambda t: -t[0])
-    assert len(top.values) == k
+    assert len(top.values) == (len(data) if per_example == 1 else k)
     assert (top.values - torch.tensor([p[0] for p in pairs[:k]])).abs().max() <= 1e-5
     assert top.examples.tolist() == [p[1] for p in pairs[:k]]
     assert top.cells[:, 2:].tolist() == [[p[2], p[3]] for p in pairs[:k]]
     assert all(g[r, c] == v for g, (_, _, r, c), v in zip(top.grids, top.cells.tolist(), top.values.tolist()))
     if per_example == 1:
-        assert len(set(top.examples.tolist())) == k
+        assert sorted(top.examples.tolist()) == list(range(len(data)))
 
 
 def test_top_activating_contact_sheet_outlines_the_patch(setup):
     model, sae, data = setup
-    top = top_activating(model, sae, iter(data), feature=5, k=3, batch_size=4, progress=False)  # a plain iterator
+    top = top_activating(model, sae, iter(data), feature=5, k=6, batch_size=4, per_example=None,
+                         progress=False)  # a plain iterator
     fig = top.plot(ncols=3)
     panels = [ax for ax in fig.axes if ax.get_title().startswith("#")]
-    assert len(panels) == 3 and "feature 5" in fig._suptitle.get_text()
+    assert len(panels) == 6 and "feature 5" in fig._suptitle.get_text()
+    assert any(r != c for _, _, r, c in top.cells.tolist())  # so a (row, col) swap would show
     for ax, (_, _, r, c) in zip(panels, top.cells.tolist()):
         (rect,) = ax.patches
         assert rect.get_xy() == (c, r) and rect.get_width() == 1 and rect.get_height() == 1
