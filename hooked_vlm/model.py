@@ -28,6 +28,7 @@ from .components import build_projector, build_vision
 from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
 from .pipelines import PIPELINES
+from .saes.splice import SAEMixin
 from .spans import TokenSpans, build_spans
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class KVCache:
         return self.layers[0].length
 
 
-class HookedVLM(HookedRootModule):
+class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_with_saes (hooked_vlm.saes)
     def __init__(self, cfg: HookedVLMConfig, processor: Any = None):
         super().__init__()
         self.cfg = cfg
