@@ -149,9 +149,14 @@ def attribution_patching(model: Any, clean: dict, corrupt: dict, metric: Metric,
     spans = _check_pair(model, clean, corrupt)
     names = hook_templates(model, hooks, layers)
     all_names = sorted({n for pairs in names.values() for _, n in pairs})
-    clean_acts = source_activations(model, clean, all_names, span=list(range(spans.seq_len)))
-    with torch.no_grad():
-        clean_metric = _metric_vector(metric(forward_with_hooks(model, clean)), spans.batch).detach()
+    clean_acts: dict[str, Tensor] = {}
+
+    def grab(act: Tensor, hook: Any) -> None:
+        clean_acts[hook.name] = act.detach()
+
+    with torch.no_grad():  # forward 1: the clean activations and metric
+        clean_metric = _metric_vector(metric(forward_with_hooks(model, clean, [(n, grab) for n in all_names])),
+                                      spans.batch)
 
     acts: dict[str, Tensor] = {}
 
@@ -164,7 +169,7 @@ def attribution_patching(model: Any, clean: dict, corrupt: dict, metric: Metric,
         acts[hook.name] = act
         return act
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, keep) for n in all_names]):
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, keep) for n in all_names]):  # forward 2 and the backward
         logits = model(**dict(corrupt))
         value = _metric_vector(metric(logits), spans.batch)
         grads = torch.autograd.grad(value.sum(), [acts[n] for n in all_names], allow_unused=True)
