@@ -110,8 +110,9 @@ def test_bad_input():
 PAIRS = [("red", "blue"), ("green", "yellow"), ("purple", "orange"), ("blue", "green")]
 
 
-@pytest.fixture(scope="module")
-def toy_pair():
+@functools.lru_cache(maxsize=None)
+def toy_inputs():
+    """toy-llava, clean / corrupt colour questions about the same scenes in the PAIRS' colours, the logit-diff metric."""
     from hooked_vlm import HookedVLM
     from hooked_vlm.toy.data import make_scene
     from hooked_vlm.toy.tasks import ToyEncoder
@@ -131,6 +132,11 @@ def toy_pair():
     return model, clean, corrupt, last_logit_diff_metric(model, corrupt, tokens)
 
 
+@pytest.fixture(scope="module")
+def toy_pair():
+    return toy_inputs()
+
+
 def test_toy_estimate_rank_correlates_with_real_patching(toy_pair):
     model, clean, corrupt, metric = toy_pair
     hooks = ("resid_pre", "attn_out", "mlp_out")
@@ -138,11 +144,11 @@ def test_toy_estimate_rank_correlates_with_real_patching(toy_pair):
     ex = exact_patching(model, clean, corrupt, metric, hooks=hooks, chunk=clean["input_ids"].shape[1], progress=False)
     assert float(ex.clean_metric.min()) > 5 and float(ex.corrupt_metric.max()) < -5  # the pairs answer differently
     rho = {h: rank_correlation(est, ex, h) for h in hooks}
-    # measured on these 4 pairs: resid_pre 0.87, attn_out 0.82, mlp_out 0.93 (12 pairs, docs/attribution.md:
+    # measured on these 4 pairs: resid_pre 0.79, attn_out 0.88, mlp_out 0.90 (12 pairs, docs/attribution.md:
     # 0.82 / 0.80 / 0.93)
-    assert rho["resid_pre"] >= 0.7 and rho["attn_out"] >= 0.65 and rho["mlp_out"] >= 0.8, rho
-    # the biggest real effect is patching the answering position late; the estimate ranks it first too
-    for h in ("resid_pre", "attn_out"):
+    assert rho["resid_pre"] >= 0.7 and rho["attn_out"] >= 0.7 and rho["mlp_out"] >= 0.8, rho
+    # the biggest real effect is at the answering position; the estimate puts its top entry at the same (layer, pos)
+    for h in ("resid_pre", "attn_out"):  # (for mlp_out the two top entries swap: layer 1 vs layer 0 at the last position)
         assert int(est.effects[h].sum(0).flatten().argmax()) == int(ex.effects[h].sum(0).flatten().argmax()), h
     # exact_patching batches copies of the corrupt run; one forward per entry gives the same effects
     one = exact_patching(model, clean, corrupt, metric, hooks=("attn_out",), layers=[1], positions=[3, 20, 46],
