@@ -164,7 +164,8 @@ def test_toy_plot_and_frame(toy_pair):
     est = attribution_patching(model, clean, corrupt, metric, hooks=("resid_pre", "mlp_out"))
     fig = est.plot()
     assert [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"] == [
-        "resid_pre: patching effect on the metric (linear estimate)", "mlp_out: patching effect on the metric (linear estimate)"]
+        f"{h}: patching effect on the metric (linear estimate), metric(patched) - metric(corrupt)"
+        for h in ("resid_pre", "mlp_out")]
     assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 2
     assert est.to_grid("mlp_out", 0).shape == (6, 6)
     df = est.to_dataframe()

@@ -168,9 +168,11 @@ class PatchAttributionResult:
                                vmin=-vmax, vmax=vmax)
                 ax.set_title(title, fontsize=8)
                 ax.set_xlabel("patch column", fontsize=7)
-                ax.set_ylabel("patch row", fontsize=7)
+                if c == 0:
+                    ax.set_ylabel("patch row", fontsize=7)
                 ax.tick_params(labelsize=6)
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=f"direct attribution to {self.target_label}")
+        fig.subplots_adjust(wspace=0.25, hspace=0.45)
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="direct attribution (logit units)")
         fig.suptitle(f"per-patch direct logit attribution through attention: {self.target_label} "
                      f"(query position {int(self.query_positions[batch])})", fontsize=9)
         return fig

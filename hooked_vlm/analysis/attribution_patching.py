@@ -86,8 +86,9 @@ class AttributionPatchingResult:
             im = ax.imshow(eff, aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
             ax.set_yticks(range(len(self.layers[hook])), [str(l) for l in self.layers[hook]], fontsize=7)
             ax.set_ylabel("layer", fontsize=8)
-            ax.set_title(f"{hook}: patching effect on the metric ({what})", fontsize=9)
-            fig.colorbar(im, ax=ax, label="metric(patched) - metric(corrupt)")
+            ax.set_title(f"{hook}: patching effect on the metric ({what}), metric(patched) - metric(corrupt)",
+                         fontsize=9)
+            fig.colorbar(im, ax=ax, label="metric change")
             if str_tokens is not None:
                 ax.set_xticks(range(P), list(str_tokens), rotation=90, fontsize=5)
         axes[-1, 0].set_xlabel("position (patched from the clean run)", fontsize=8)
