@@ -132,11 +132,12 @@ def test_layernorm_direction_is_centred():
     got = []
     ln.hook_scale.add_hook(lambda t, hook: got.append(t))
     try:
-        out = ln(x)
+        with torch.no_grad():
+            out = ln(x)
+            lhs = (x[0] @ through_norm(d, ln)[0]) / got[0][0, :, 0]
+            rhs = (out[0] - ln.b) @ d[0]
     finally:
         ln.hook_scale.remove_hooks()
-    lhs = (x[0] @ through_norm(d, ln)[0]) / got[0][0, :, 0]
-    rhs = (out[0] - ln.b) @ d[0]
     assert (lhs - rhs).abs().max() <= 1e-5 * float(rhs.abs().max())
 
 
