@@ -54,12 +54,15 @@ def test_estimate_is_the_gradient_by_finite_differences():
     # central difference along (clean - corrupt) at eps = 1e-2: the norms compute in float32, so a smaller step
     # drowns in rounding, a larger one in curvature. Measured max relative error over these entries: 1.2e-3.
     eps = 1e-2
-    for hook, layer, pos in [("resid_pre", 1, P - 2), ("resid_pre", 0, P - 5), ("attn_out", 0, P - 1),
-                             ("mlp_out", 1, P - 1), ("z", 1, P - 1)]:
-        name = {"resid_pre": "blocks.{l}.hook_resid_pre", "attn_out": "blocks.{l}.hook_attn_out",
-                "mlp_out": "blocks.{l}.hook_mlp_out", "z": "blocks.{l}.attn.hook_z"}[hook].format(l=layer)
-        a = source_activations(model, clean, [name], span=[pos])[name]
-        c = source_activations(model, corrupt, [name], span=[pos])[name]
+    entries = [("resid_pre", 1, P - 2), ("resid_pre", 0, P - 5), ("attn_out", 0, P - 1), ("mlp_out", 1, P - 1),
+               ("z", 1, P - 1)]
+    template = {"resid_pre": "blocks.{l}.hook_resid_pre", "attn_out": "blocks.{l}.hook_attn_out",
+                "mlp_out": "blocks.{l}.hook_mlp_out", "z": "blocks.{l}.attn.hook_z"}
+    names = [template[h].format(l=l) for h, l, _ in entries]
+    clean_acts = source_activations(model, clean, names, span=list(range(P)))
+    corrupt_acts = source_activations(model, corrupt, names, span=list(range(P)))
+    for (hook, layer, pos), name in zip(entries, names):
+        a, c = clean_acts[name][:, pos:pos + 1], corrupt_acts[name][:, pos:pos + 1]
         side = [activation_patching(model, corrupt, span=[pos], site=name, source_acts={name: c + s * eps * (a - c)})
                 for s in (1, -1)]
         fd = (metric(side[0]) - metric(side[1])) / (2 * eps)  # directional derivative along clean - corrupt, [batch]
