@@ -41,6 +41,7 @@ setup(
         "safetensors>=0.8",
         "huggingface_hub>=1.31",
         "einops>=0.7",
+        "fancy-einsum>=0.0.3",  # named einsums (hooked_vlm/analysis/attribution.py); TransformerLens needs it too
         "jaxtyping>=0.2.30",
         "tqdm>=4.60",
         "numpy>=1.24",
