@@ -4,12 +4,16 @@ toy still answers with it spliced in. Numbers: docs/toy_models.md ("toy-llava-sa
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from hooked_vlm.toy.sae_features import HELD_OUT_SEED, SAE_DIR
 
+ROOT = Path(__file__).resolve().parents[1]
 N_SCENES = 100  # held-out scenes scored here (docs: 1,000)
 # Measured on these 100 scenes (seed 12345): 172 live features of 256; 38 colour detectors (purity >= 0.9; every
 # colour has >= 3), 53 shape detectors (52 of them square), 0 position detectors; variance explained 0.929; colour
@@ -28,8 +32,12 @@ def test_shipped_sae_is_a_small_sae_lens_folder():
 
     with safe_open(str(SAE_DIR / "sae_weights.safetensors"), "pt") as f:
         assert f.get_slice("W_enc").get_shape() == [128, cfg["d_sae"]]
-    # shipped in the wheel: setup.py's package_data glob covers the folder
-    assert (SAE_DIR.parent / "toy-llava").is_dir() and SAE_DIR.parent.name == "checkpoints"
+    # shipped in the wheel: setup.py's package_data globs (relative to hooked_vlm/) cover every file of the folder
+    setup_py = (ROOT / "setup.py").read_text()
+    patterns = ast.literal_eval(re.search(r'package_data=\{"hooked_vlm": (\[[^\]]*\])', setup_py).group(1))
+    package = ROOT / "hooked_vlm"
+    packaged = {p for pattern in patterns for p in package.glob(pattern)}
+    assert set(SAE_DIR.iterdir()) <= packaged
 
 
 @pytest.fixture(scope="module")
