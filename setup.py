@@ -5,6 +5,8 @@ from setuptools import find_packages, setup
 
 # dev: executing the notebooks in tests (nbclient, nbformat, ipykernel) and `make wheel` (build, setuptools)
 NOTEBOOK_AND_BUILD_TOOLS = ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "build>=1.2", "setuptools>=70.1"]
+# dev: the view tests drive the system's Chromium (Debian `chromium`) with Playwright; its own browser download is never used
+BROWSER_TESTS = ["playwright>=1.65"]
 
 setup(
     name="hooked_vlm",
@@ -26,13 +28,14 @@ setup(
     ],
     keywords=["interpretability", "vision-language models", "transformer-lens", "hooks", "llava", "chameleon"],
     packages=find_packages(include=["hooked_vlm", "hooked_vlm.*", "converters", "converters.*"]),
-    package_data={"hooked_vlm": ["toy/checkpoints/*/*"]},
+    package_data={"hooked_vlm": ["toy/checkpoints/*/*", "viz/assets/*.js", "viz/assets/*.css"]},
     include_package_data=True,
     # Loose ranges for Colab; CI pins exact versions with constraints.txt (newest) and tests the lower
     # bounds of transformers, transformer-lens, huggingface_hub and safetensors with constraints-min.txt
     # (`make test-min`). torch: only 2.13.0 (CPU) is tested; >=2.6 is what transformer-lens asks for.
     install_requires=[
         "torch>=2.6",
+        "accelerate>=1.15",  # device maps and offload (hooked_vlm.devices); the lowest version tested
         "transformers>=5.20,<6",
         "transformer-lens>=3.9,<5",
         "safetensors>=0.8",
@@ -47,7 +50,7 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "beartype>=0.18", "hypothesis>=6.100", *NOTEBOOK_AND_BUILD_TOOLS],
+        "dev": ["pytest>=8", "beartype>=0.18", "hypothesis>=6.100", *NOTEBOOK_AND_BUILD_TOOLS, *BROWSER_TESTS],
         # dadapy 0.3.4 pins numpy<2, jax==0.4.30, flax==0.8.5: not installable beside numpy 2.
         "dadapy": ["dadapy>=0.3.4"],
         # sae-lens 6.54 requires transformer-lens<4, so this extra resolves transformer-lens 3.9.

@@ -1,7 +1,7 @@
 """Checks for `make test-wheel` (the package as users install it).
 
     python wheel_smoke.py contents dist/hooked_vlm-X-py3-none-any.whl dist/hooked_vlm-X.tar.gz
-        both archives carry the converters package and the toy checkpoints the demo needs
+        both archives carry the converters package, the toy checkpoints the demo needs and the views' JS/CSS
     python wheel_smoke.py installed DEMO_OUT
         run with a fresh venv's python, from a directory outside the checkout: hooked_vlm and converters
         import from that venv's site-packages, `hooked-vlm --version` prints the installed version,
@@ -19,11 +19,13 @@ from pathlib import Path
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                     "processor_config.json", "generation_config.json")
 TOYS = ("toy-llava", "toy-chameleon")
+VIEW_ASSETS = ("view.css", "common.js", "lens.js", "attention.js", "patching.js", "flow.js", "predictions.js")
 
 
 def required_members(prefix: str) -> list[str]:
     need = [f"{prefix}converters/__init__.py", f"{prefix}hooked_vlm/__init__.py", f"{prefix}hooked_vlm/cli.py"]
     need += [f"{prefix}hooked_vlm/toy/checkpoints/{t}/{f}" for t in TOYS for f in CHECKPOINT_FILES]
+    need += [f"{prefix}hooked_vlm/viz/assets/{a}" for a in VIEW_ASSETS]  # the views' inline JS/CSS
     return need
 
 
@@ -71,6 +73,10 @@ def check_installed(demo_out: Path) -> None:
     pngs = sorted(demo_out.glob("*.png"))
     if not report.is_file() or report.stat().st_size < 1000 or not pngs:
         sys.exit(f"the demo wrote no report / figures in {demo_out}: {sorted(p.name for p in demo_out.iterdir())}")
+    for view in ("lens_view.html", "lens_view_attention.html"):  # the interactive views carry the installed assets
+        text = (demo_out / view).read_text(encoding="utf-8") if (demo_out / view).is_file() else ""
+        if "const HV = " not in text or f'href="{view}"' not in report.read_text(encoding="utf-8"):
+            sys.exit(f"the demo's {view} is missing, lacks its inline scripts, or the report does not link it")
 
     scene = make_scenes(1, 0)[0]
     for toy in TOYS:

@@ -6,6 +6,7 @@
     hooked-vlm ablate   --model ID --image F --prompt T [--span image] [--how zero|mean]
     hooked-vlm knockout --model ID --image F --prompt T [--src image] [--dst text] [--layers 0-7] [--mode mask|zero]
     hooked-vlm patch    --model ID --image F --prompt T --source-image F2 [--span image_last] [--layers 0-3]
+    hooked-vlm view     --model ID --image F --prompt T --out VIEW.html [--target WORD]   interactive lens + attention views
     hooked-vlm inspect  MODEL                         will it load, will it fit (json + safetensors headers only)
     hooked-vlm train-sae --model ID --hook H [--span image] (--images DIR --prompt T | --toy-scenes N | --activations DIR)
 
@@ -69,10 +70,23 @@ def _top(model: Any, logits: torch.Tensor, k: int = 5) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from hooked_vlm.inspect import inspect_checkpoint
 
-    report = inspect_checkpoint(args.model, revision=args.revision)
+    max_memory = None
+    if args.max_memory is not None:
+        from hooked_vlm.devices import parse_max_memory
+
+        try:
+            max_memory = parse_max_memory(args.max_memory)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    report = inspect_checkpoint(args.model, revision=args.revision, max_memory=max_memory, offload=args.offload,
+                                dtype=DTYPES[args.dtype])
     print(report.format())
     if not report.loadable:
         print(f"error: {args.model} would not load: {report.problems[0]}", file=sys.stderr)
+        return 1
+    if max_memory is not None and report.device_map is None:
+        print(f"error: {args.model} {report.device_map_lines[-1]}", file=sys.stderr)
         return 1
     return 0
 
@@ -150,6 +164,33 @@ def cmd_patch(args: argparse.Namespace) -> None:
     print(f"patched ({args.span} at {args.site}, layers {layers if layers else [0]}): {_top(model, patched)}")
 
 
+# --- hooked-vlm view: interactive HTML (hooked_vlm.viz) ---------------------------------------------------------
+def cmd_view(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from hooked_vlm.viz import write_views
+
+    model = _load(args)
+    inputs = _inputs(model, args.image, args.prompt)
+    lens_path, att_path = write_views(model, inputs, args.out, image=Image.open(args.image).convert("RGB"),
+                                      targets=args.target or None, top_k=args.top_k,
+                                      layers=parse_layers(args.layers, model.cfg.n_layers + 1))
+    for path in (lens_path, att_path):
+        print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+
+
+def add_view_parser(sub: Any, common: Any) -> None:
+    view = sub.add_parser("view", help="write interactive logit-lens and attention views (self-contained HTML)")
+    common(view)
+    view.add_argument("--out", required=True, help="the lens view's .html path; the attention view goes beside it "
+                                                   "as <name>_attention.html")
+    view.add_argument("--target", action="append", help="a single-token word to colour the lens by (repeatable)")
+    view.add_argument("--layers", help="lens layers, e.g. 0-8 (default: every layer, 0 = LM input)")
+    view.add_argument("--top-k", type=int, default=5)
+    view.set_defaults(fn=cmd_view)
+# --- end hooked-vlm view ------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hooked-vlm", description="Hooks, spans and analyses for vision-language models.")
     from hooked_vlm import __version__
@@ -164,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="check that a checkpoint loads and what memory it needs, without its weights")
     ins.add_argument("model", help="hub id, local checkpoint folder or shipped toy")
     ins.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    ins.add_argument("--max-memory", help="plan a device map for this memory, e.g. cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB")
+    ins.add_argument("--offload", help="with --max-memory: 'cpu' (the rest in CPU RAM) or a folder (the rest on disk)")
+    ins.add_argument("--dtype", default="bfloat16", choices=list(DTYPES), help="with --max-memory: the load dtype")
     ins.set_defaults(fn=cmd_inspect)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -205,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--site", default="resid_pre")
     pa.add_argument("--layers", help="e.g. 0, or 4- for layer 4 to the end (default: 0)")
     pa.set_defaults(fn=cmd_patch)
+    add_view_parser(sub, common)
 
     # ---- train-sae: a SAELens SAE on a hook's activations at chosen spans (hooked_vlm/saes/train_cli.py)
     from hooked_vlm.saes.train_cli import add_parser as add_train_sae_parser

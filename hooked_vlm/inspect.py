@@ -47,6 +47,7 @@ class CheckpointReport:
 
     name: str
     source: str  # "local folder <path>" | "hub (headers only)"
+    folder: Path | None = None  # where the json files are (a hub id: its metadata snapshot)
     architecture: str | None = None
     converter: str | None = None  # the converter module
     supported_architectures: list[str] = field(default_factory=list)
@@ -66,6 +67,8 @@ class CheckpointReport:
     image_tokens_per_image: int | None = None
     image_tokens_note: str = ""  # the image size it was counted at, or "unknown: <reason>"
     mapping: TensorMapping | None = None
+    device_map: dict[str, str] | None = None  # with max_memory: accelerate's plan (hooked_vlm.devices)
+    device_map_lines: list[str] = field(default_factory=list)  # the plan per device, or why it does not fit
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -76,8 +79,25 @@ class CheckpointReport:
         return format_report(self)
 
 
-def inspect_checkpoint(name_or_path: str, revision: str | None = None) -> CheckpointReport:
-    """Inspect a local checkpoint folder or a hub id without reading (or downloading) any weight."""
+def inspect_checkpoint(name_or_path: str, revision: str | None = None, max_memory: dict | None = None,
+                       offload: Any = None, dtype: torch.dtype = torch.bfloat16) -> CheckpointReport:
+    """Inspect a local checkpoint folder or a hub id without reading (or downloading) any weight.
+
+    ``max_memory`` ({"cuda:0": "20GiB", "cpu": "64GiB"}; ``offload`` "cpu" or a folder): also plan a device map
+    at ``dtype`` (``report.device_map``), the one ``from_pretrained(device_map="auto", ...)`` would load."""
+    report = _inspect(name_or_path, revision)
+    if max_memory is not None and report.n_parameters is not None:
+        from .devices import suggest_device_map
+
+        _, _, cfg = converter_for(report.folder)
+        report.device_map, report.device_map_lines = suggest_device_map(meta_model(cfg), name_or_path, max_memory,
+                                                                        offload, dtype)
+        report.device_map_lines.insert(0, f"at {str(dtype).removeprefix('torch.')}, max_memory {max_memory}"
+                                       + (f", offload {offload}" if offload is not None else ""))
+    return report
+
+
+def _inspect(name_or_path: str, revision: str | None) -> CheckpointReport:
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         folder, source = path, f"local folder {path}"
@@ -114,6 +134,7 @@ def build_report(name: str, source: str, folder: Path, shapes: dict[str, tuple[i
     from converters import supported_architectures
 
     report = CheckpointReport(name=name, source=source, supported_architectures=supported_architectures())
+    report.folder = folder
     if shapes is None:
         report.problems.append(f"no .safetensors weights found for {name}")
     else:
@@ -323,6 +344,9 @@ def format_report(r: CheckpointReport) -> str:
         lines += [f"    duplicate {ours}: {', '.join(keys)}" for ours, keys in m.duplicates[:20]]
         lines += [f"    tied in config.json, but the checkpoint has {', '.join(g.values())}: loading compares them and "
                   "unties them if they differ (as HF does)" for g in m.tied_twice]
+    if r.device_map_lines:
+        lines.append(f"  device map {r.device_map_lines[0]}:")
+        lines += [f"    {line}" for line in r.device_map_lines[1:]]
     lines.append("  result:         " + ("loads" if r.loadable else "WOULD NOT LOAD"))
     lines += [f"  problem: {p}" for p in r.problems]
     return "\n".join(lines)

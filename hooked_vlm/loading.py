@@ -104,19 +104,36 @@ def converter_for(folder: Path) -> tuple[Any, Any, Any]:
 
 
 def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                    processor: Any = "auto", revision: str | None = None, local_files_only: bool = False):
+                    processor: Any = "auto", revision: str | None = None, local_files_only: bool = False,
+                    device_map: Any = None, max_memory: dict | None = None, offload: Any = None):
+    """``device_map`` ("auto" with ``max_memory`` / ``offload``, or a dict): one model over several devices, CPU RAM
+    and disk (``hooked_vlm.devices``); ``device`` is then the map's business and must stay at its default."""
+    if device_map is None and (max_memory is not None or offload is not None):
+        raise ValueError("max_memory and offload plan a device map: pass device_map='auto' (or a device_map dict)")
+    if device_map is not None and str(device) != "cpu":
+        raise ValueError(f"give device={device!r} or device_map=..., not both (a device map says where each module goes)")
     folder = resolve_checkpoint(name_or_path, revision=revision, local_files_only=local_files_only)
     _, converter, cfg = converter_for(folder)
     cfg.dtype, cfg.device = dtype, str(device)
 
     with torch.device("meta"):
         model = cls(cfg)
-    model = model.to(dtype=dtype).to_empty(device=device)
+    model = model.to(dtype=dtype)
+    placement = None
+    if device_map is None:
+        model = model.to_empty(device=device)
+    else:
+        from .devices import place
+
+        placement = place(model, device_map, max_memory=max_memory, offload=offload)  # each module on its device
     model.tie_weights()  # to_empty gives each module its own tensor; re-share tied ones
     for module in model.modules():
         if hasattr(module, "reset_buffers"):
             module.reset_buffers()
-    fill_from_safetensors(model, folder, converter.make_keymap(cfg))
+    fill_from_safetensors(model, folder, converter.make_keymap(cfg),
+                          offload=None if placement is None else placement.offload_tensor)
+    if placement is not None:
+        placement.dispatch()
     model.eval()
     if processor == "auto":  # a missing / failing processor gives a stand-in that says why (hooked_vlm.processors)
         processor = load_processor_or_standin(folder, converter.load_processor or load_auto_processor)
@@ -204,11 +221,12 @@ class SafetensorsFile:
 from .tensor_mapping import TensorMapping, loadable_tensors, map_checkpoint_tensors  # noqa: E402  (the walk)
 
 
-def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any) -> TensorMapping:
+def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any, offload: Any = None) -> TensorMapping:
     """Copy every checkpoint tensor into its parameter; fail on unused tensors, misshaped ones and unset parameters.
 
     The checks are the KeyMap walk :func:`hooked_vlm.tensor_mapping.map_checkpoint_tensors` (``inspect`` runs the
-    same one on headers), done on the headers before any weight is read."""
+    same one on headers), done on the headers before any weight is read. Parameters left on the meta device
+    (disk-offloaded modules of a device map) go to ``offload(our name, tensor, parameter)`` instead, one at a time."""
     targets = loadable_tensors(model)
     files = [SafetensorsFile(f) for f in safetensors_files(folder)]
     file_of = {key: sf for sf in files for key in sf.keys()}
@@ -225,9 +243,14 @@ def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any) -> 
                 for key, ours in items:
                     param = targets[ours]
                     fn = keymap.transform(ours)
-                    tensor = sf.read_into(handle, key, dest=param.data if fn is None else None)
+                    tensor = sf.read_into(handle, key, dest=param.data if fn is None and not param.is_meta else None)
                     if fn is not None:
                         tensor = fn(tensor)
+                    if param.is_meta:
+                        if offload is None:
+                            raise RuntimeError(f"{ours} is on the meta device; materialise the model before loading")
+                        offload(ours, tensor, param)
+                        continue
                     if tensor is not param.data:
                         param.copy_(tensor)
     return mapping

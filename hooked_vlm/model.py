@@ -28,6 +28,7 @@ from .components import build_projector, build_vision
 from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
 from .pipelines import PIPELINES
+from .saes.splice import SAEMixin
 from .spans import TokenSpans, build_spans
 
 if TYPE_CHECKING:
@@ -50,11 +51,13 @@ class KVCache:
         return self.layers[0].length
 
 
-class HookedVLM(HookedRootModule):
+class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_with_saes (hooked_vlm.saes)
     def __init__(self, cfg: HookedVLMConfig, processor: Any = None):
         super().__init__()
         self.cfg = cfg
         self.processor = processor
+        self.device_map: dict[str, str] | None = None  # {module: device} when loaded with device_map= (hooked_vlm.devices)
+        self._main_device: torch.device | None = None  # with a device map: where inputs go
         t = cfg.text
         self.embed = Embed(cfg.d_vocab, t.d_model, scale=t.embed_scale)
         self.vision = build_vision(cfg.vision)
@@ -87,7 +90,10 @@ class HookedVLM(HookedRootModule):
         device: str | torch.device = "cpu",
         **kwargs: Any,
     ) -> "HookedVLM":
-        """Load an HF checkpoint (hub id or local folder: the same code path) into a HookedVLM."""
+        """Load an HF checkpoint (hub id or local folder: the same code path) into a HookedVLM.
+
+        ``device_map="auto"`` (with ``max_memory={"cuda:0": "20GiB", ...}``, ``offload="cpu"`` or an offload folder)
+        or a dict {module: device} spreads the model over devices, CPU RAM and disk: see ``hooked_vlm.devices``."""
         from .loading import load_pretrained
 
         return load_pretrained(cls, name_or_path, dtype=dtype, device=device, **kwargs)
@@ -141,7 +147,8 @@ class HookedVLM(HookedRootModule):
 
     @property
     def device(self) -> torch.device:
-        return self.embed.weight.device
+        """Where inputs go: the embedding's device (with a device map, the map's main device)."""
+        return self._main_device if self._main_device is not None else self.embed.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -250,8 +257,8 @@ class HookedVLM(HookedRootModule):
 
     def loss(self, logits: Tensor, tokens: Tensor, spans: TokenSpans) -> Tensor:
         """Mean next-token cross-entropy over targets that are text (not image, not padding)."""
-        target_ok = spans.mask("text")[:, 1:]
-        lp = logits[:, :-1].float().log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+        target_ok = spans.mask("text")[:, 1:].to(logits.device)  # the unembed's device under a device map
+        lp = logits[:, :-1].float().log_softmax(-1).gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]
         return -(lp * target_ok).sum() / target_ok.sum().clamp(min=1)
 
     def _key_padding(self, attention_mask: Tensor | None, kv_cache: KVCache | None, b: int, k_len: int) -> Tensor | None:
@@ -315,12 +322,12 @@ class HookedVLM(HookedRootModule):
                 "there must be one image per image placeholder and each placeholder expanded to the image's "
                 "token count (use model.prepare_inputs or the checkpoint's processor)"
             )
-        return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
+        return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.device, embeds.dtype))
 
     def _splice_add(self, tokens: Tensor, resid: Tensor, features: Tensor) -> Tensor:
         """resid with ``features`` [n_image_tokens, d_model] added at the image positions (in splice order)."""
-        is_image = (tokens == self.cfg.roles.image_token_id)[..., None]
-        return resid.masked_scatter(is_image, resid[is_image[..., 0]] + features.to(resid.dtype))
+        is_image = (tokens == self.cfg.roles.image_token_id)[..., None].to(resid.device)  # the block's device
+        return resid.masked_scatter(is_image, resid[is_image[..., 0]] + features.to(resid.device, resid.dtype))
 
     def spans_for(self, tokens: Tensor, attention_mask: Tensor | None, layouts: list) -> TokenSpans:
         from .config import TokenRoles
@@ -348,8 +355,16 @@ class HookedVLM(HookedRootModule):
         self._resolve_hook_name(name)
         super()._enable_hook(name, hook, dir)
 
-    def run_with_cache(self, *args: Any, names_filter: Any = None, remove_batch_dim: bool = False, **kwargs: Any):  # type: ignore[override]
-        """Like TransformerLens: returns (output, ActivationCache); ``cache.spans`` holds the spans."""
+    def run_with_cache(self, *args: Any, names_filter: Any = None, remove_batch_dim: bool = False,  # type: ignore[override]
+                       cache_device: Any = None, **kwargs: Any):
+        """Like TransformerLens: returns (output, ActivationCache); ``cache.spans`` holds the spans.
+
+        ``cache_device`` (TL's ``device``): where cached tensors go; default where each was computed (under a device
+        map, its block's device; pass e.g. "cpu" to gather them on one device)."""
+        if cache_device is not None:
+            if kwargs.get("device") is not None:
+                raise ValueError("give cache_device or device (TransformerLens's name for it), not both")
+            kwargs["device"] = cache_device
         if isinstance(names_filter, str):
             self._resolve_hook_name(names_filter)
         elif isinstance(names_filter, (list, tuple)):

@@ -31,6 +31,12 @@ class Report:
         cls = ' class="note"' if note else ""
         self.parts.append(f"<p{cls}>{html.escape(text)}</p>")
 
+    def links(self, *pieces: str | tuple[str, str]) -> None:
+        """One paragraph of text pieces and ``(label, href)`` links (relative hrefs: files next to the report)."""
+        out = [f"<a href=\"{html.escape(p[1], quote=True)}\">{html.escape(p[0])}</a>" if isinstance(p, tuple)
+               else html.escape(p) for p in pieces]
+        self.parts.append(f"<p>{''.join(out)}</p>")
+
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)

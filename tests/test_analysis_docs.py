@@ -19,6 +19,8 @@ def test_there_is_one_example_per_analysis():
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_example_runs(name, tmp_path, monkeypatch):
+    if "from sae_lens" in (DOCS / name).read_text():  # 09_saes.py: runs where sae-lens is installed (the min venv)
+        pytest.importorskip("sae_lens")
     monkeypatch.setenv("HOOKED_VLM_EXAMPLES_OUT", str(tmp_path))
     monkeypatch.syspath_prepend(str(DOCS))
     sys.modules.pop("_setup", None)

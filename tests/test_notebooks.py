@@ -112,6 +112,8 @@ def test_colab_llava_notebook_runs_on_toy(tmp_path, monkeypatch):
     assert "image/png" in mime_types(outputs_of(nb, "figure"))
     tables = [o["data"]["text/html"] for o in outputs_of(nb, "table") if "text/html" in o.get("data", {})]
     assert len(tables) == 2 and "<table" in tables[0] and "best_rank" in tables[1]
+    views = [o["data"]["text/html"] for o in outputs_of(nb, "view") if "text/html" in o.get("data", {})]
+    assert len(views) == 1 and views[0].startswith("<iframe srcdoc=") and "logit lens" in views[0]  # lens.show() inline
 
 
 GATE_CHECKS = SOURCE_CHECK + """

@@ -118,7 +118,9 @@ def summarise_flow(per_example: Any) -> Any:
     g = per_example.dropna(subset=["weight"]).groupby(["layer", "head", "role"], sort=False)
     out = g["weight"].agg(["mean", "count"]).reset_index().rename(columns={"mean": "weight", "count": "n"})
     out["share"] = out["weight"] / out.groupby(["layer", "head"])["weight"].transform("sum")
-    return out[["layer", "head", "role", "weight", "share", "n"]]
+    from ..viz.frames import AttentionFlowFrame  # a DataFrame that displays as an interactive plot in notebooks
+
+    return AttentionFlowFrame(out[["layer", "head", "role", "weight", "share", "n"]])
 
 
 def plot_attention_flow(flow: Any, head: int = -1, ax: Any = None, roles: Sequence[str] | None = None) -> Any:

@@ -50,6 +50,7 @@ class LogitLensResult:
     spans: TokenSpans
     vocab: str = "all"
     tokenizer: Any = None
+    input_ids: Int[Tensor, "batch pos"] | None = None  # the prompt (names the tokens of the interactive view)
 
     def values(self, what: str = "target_prob", target: int = 0) -> Float[Tensor, "layer n"]:
         """A per-(layer, row) value: 'target_prob', 'target_rank', 'top_prob'."""
@@ -109,6 +110,14 @@ class LogitLensResult:
         df["vocab"] = self.vocab
         return df
 
+    def value_label(self, what: str = "target_prob", target: int = 0) -> str:
+        """What ``values(what, target)`` holds, naming the token: "p('red')", "rank of 'red'", "top-1 probability"."""
+        if what == "top_prob":
+            return "top-1 probability"
+        name = str(int(self.target_ids[target])) if self.tokenizer is None else \
+            self.tokenizer.convert_ids_to_tokens(int(self.target_ids[target]))
+        return f"p('{name}')" if what == "target_prob" else f"rank of '{name}' (0 = top)"
+
     def plot(self, image: Any = None, what: str = "target_prob", target: int = 0, batch: int = 0, image_index: int = 0,
              layers: Sequence[int] | None = None, ncols: int = 6, alpha: float = 0.6, cmap: str = "viridis") -> Any:
         """One panel per layer: the per-patch value on the image grid, drawn over ``image`` (PIL/array) if given.
@@ -121,19 +130,44 @@ class LogitLensResult:
         idx = [self.layers.index(l) for l in (layers if layers is not None else self.layers)]
         ncols = min(ncols, len(idx))
         nrows = -(-len(idx) // ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.2 * nrows), squeeze=False)
-        vmax = float(np.nanmax(grid.numpy())) if what != "target_rank" else None
+        fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols + 0.8, 2.4 * nrows), squeeze=False)
+        vmax = float(np.nanmax(grid.numpy()))
         for ax in axes.flat:
             ax.axis("off")
-        for ax, i in zip(axes.flat, idx):
+        last = None
+        for n_ax, (ax, i) in enumerate(zip(axes.flat, idx)):
             rows, cols = grid.shape[1:]
+            ax.axis("on")
             if image is not None:
                 ax.imshow(np.asarray(image), extent=(0, cols, rows, 0))
-            ax.imshow(grid[i].numpy(), extent=(0, cols, rows, 0), alpha=alpha if image is not None else 1.0,
-                      cmap=cmap, vmin=0, vmax=vmax)
-            ax.set_title(f"layer {self.layers[i]}", fontsize=8)
-        fig.suptitle(f"logit lens: {what}" + (f" of target {target}" if what.startswith("target") else ""), fontsize=9)
+            last = ax.imshow(grid[i].numpy(), extent=(0, cols, rows, 0), alpha=alpha if image is not None else 1.0,
+                             cmap=cmap + ("_r" if what == "target_rank" else ""), vmin=0, vmax=vmax)
+            ax.set_title(f"layer {self.layers[i]}" + (" (output)" if self.layers[i] == max(self.layers) else ""), fontsize=8)
+            ax.set_xlabel("patch column", fontsize=7)
+            if n_ax % ncols == 0:
+                ax.set_ylabel("patch row", fontsize=7)
+            ax.tick_params(labelsize=6)
+        label = self.value_label(what, target)
+        from matplotlib.cm import ScalarMappable
+
+        fig.colorbar(ScalarMappable(last.norm, last.cmap), ax=axes.ravel().tolist(), shrink=0.8, label=label)  # opaque
+        fig.suptitle(f"logit lens: {label} at each image patch, per layer ({self.vocab} vocabulary)", fontsize=9)
         return fig
+
+    def show(self, image: Any = None, *, others: Sequence["LogitLensResult"] = (), batch: int = 0, image_index: int = 0,
+             title: str | None = None) -> Any:
+        """Interactive view (:func:`hooked_vlm.viz.lens_view`): the last line of a notebook cell displays it;
+        ``others``: the same lens read out in other vocabularies (native models: ``vocab="image"``)."""
+        from ..viz import lens_view
+
+        return lens_view(self, image, others=others, batch=batch, image_index=image_index, title=title)
+
+    def to_html(self, path: Any, image: Any = None, **kwargs: Any) -> Any:
+        """Write the interactive view (see :meth:`show`) as one self-contained HTML file; returns its path."""
+        return self.show(image, **kwargs).save(path)
+
+    def _repr_html_(self) -> str:
+        return self.show()._repr_html_()
 
 
 def model_image_codes(model: Any) -> Tensor | None:
@@ -262,4 +296,5 @@ def logit_lens(
     return LogitLensResult(layers=layers, batch_index=rows[:, 0].cpu(), positions=rows[:, 1].cpu(), top_ids=stack(0),
                            top_probs=stack(1), target_ids=None if target_ids is None else target_ids.cpu(),
                            target_probs=stack(2), target_ranks=stack(3), spans=state["spans"], vocab=vocab,
-                           tokenizer=getattr(model, "tokenizer", None))
+                           tokenizer=getattr(model, "tokenizer", None),
+                           input_ids=None if inputs is None else inputs["input_ids"].cpu())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -26,6 +26,15 @@ class AttentionMask:
     block_ids: torch.Tensor | None = None
     # True: the blocks are OR-ed on AFTER the sliding window (HF's block_sequence_ids overlay, PaliGemma's prefix)
     block_after_window: bool = False
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "AttentionMask":
+        """This mask with its tensors on ``device`` (itself when they are there): accelerate's device hooks call it
+        when a block on another device receives the mask (``hooked_vlm.devices``)."""
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        if all(t is getattr(self, name) for name, t in moved.items()):
+            return self
+        return replace(self, **moved)
 
     @property
     def q_len(self) -> int:

@@ -19,16 +19,10 @@ from typing import Any
 
 import torch
 
+from .load import load_sae, require_sae_lens
 from .store import ActivationStore
 
-
-def require_sae_lens() -> Any:
-    try:
-        import sae_lens
-    except ImportError as e:
-        raise ImportError("SAE training needs sae-lens: pip install 'hooked_vlm[sae]' (it installs transformer-lens 3.9 "
-                          "beside sae-lens; sae-lens does not install beside transformer-lens 4)") from e
-    return sae_lens
+__all__ = ["architectures", "load_sae", "make_training_sae", "train_sae"]
 
 
 def architectures() -> list[str]:
@@ -108,11 +102,3 @@ def train_sae(store: ActivationStore, d_sae: int, total_training_samples: int, a
                       steps=trainer.n_training_steps, **(metadata or {}))
         (out / "hooked_vlm_training.json").write_text(json.dumps(record, indent=1, default=str))
     return sae, trainer
-
-
-def load_sae(path: str | Path, device: str = "cpu") -> Any:
-    """Load an SAE folder (SAELens format) through SAELens: ``SAE.load_from_disk``."""
-    require_sae_lens()
-    from sae_lens import SAE
-
-    return SAE.load_from_disk(str(path), device=device)

@@ -1,6 +1,7 @@
 """``hooked-vlm demo``: the main analyses on the shipped toy LLaVA, as one HTML report with figures.
 
-Sections: held-out accuracy; logit lens of one scene drawn on its patch grid (plus how often the
+Sections: held-out accuracy; logit lens of one scene drawn on its patch grid, with links to its interactive
+lens and attention views (lens_view.html, lens_view_attention.html next to the report; plus how often the
 object's colour is the top colour word at the object's patches, per layer); attention flow of the
 answering position per layer; object-patch vs random-patch mean ablation at the LM input; attention
 knockout from the object's patches to the answering position per layer window.
@@ -84,6 +85,15 @@ def run_demo(out: str | Path, model: Any = None, n: int = 200, progress: bool = 
     rep.figure(lens.plot(image=scene.image, what="target_prob"), "logit_lens_grid",
                f"Probability of '{scene.objects[0].colour}' read out (final norm + unembedding) at every image patch, "
                "per layer (layer l = residual entering block l; the last = model output).")
+    from hooked_vlm.viz import write_views
+
+    lens_html, att_html = write_views(model, inputs, Path(out) / "lens_view.html", image=scene.image,
+                                      targets=[scene.objects[0].colour])
+    rep.links("Explore this scene: the ", ("interactive logit lens", lens_html.name),
+              " (hover a patch for its top tokens at every layer; the slider colours the grid layer by layer) and the ",
+              ("interactive attention view", att_html.name),
+              " (each head's attention from the answering position over the image and the prompt); both are "
+              "self-contained HTML files next to this report.")
     top = object_logit_lens(model, n=n)
     top_all = object_logit_lens(model, n=n, vocab="all")
     rep.table(["layer", "object patches: top colour word = the object's colour (%)",
