@@ -8,6 +8,7 @@
     hooked-vlm patch    --model ID --image F --prompt T --source-image F2 [--span image_last] [--layers 0-3]
     hooked-vlm view     --model ID --image F --prompt T --out VIEW.html [--target WORD]   interactive lens + attention views
     hooked-vlm inspect  MODEL                         will it load, will it fit (json + safetensors headers only)
+    hooked-vlm train-sae --model ID --hook H [--span image] (--images DIR --prompt T | --toy-scenes N | --activations DIR)
 
 ``--model`` is a hub id, a local checkpoint folder or a shipped toy (``toy-llava``, ``toy-chameleon``). The prompt must hold the
 model's image placeholder (``<image>`` for LLaVA); if it does not, one is put in front.
@@ -249,7 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--layers", help="e.g. 0, or 4- for layer 4 to the end (default: 0)")
     pa.set_defaults(fn=cmd_patch)
     add_view_parser(sub, common)
+
+    # ---- train-sae: a SAELens SAE on a hook's activations at chosen spans (hooked_vlm/saes/train_cli.py)
+    from hooked_vlm.saes.train_cli import add_parser as add_train_sae_parser
+
+    tsae = add_train_sae_parser(sub, list(DTYPES), "cuda" if torch.cuda.is_available() else "cpu")
+    tsae.set_defaults(fn=cmd_train_sae)
     return ap
+
+
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    from hooked_vlm.saes.train_cli import run
+
+    return run(args, _load)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
