@@ -104,26 +104,14 @@ def reconstruction(sae: Any, acts: Tensor) -> dict[str, float]:
                 l0=float((feats > 0).float().sum(-1).mean()), mean_sq_activation=float(x.pow(2).mean()))
 
 
-def splice_hook(sae: Any, span: str = "image"):
-    """A forward hook that replaces the activation at ``span`` with the SAE's reconstruction (the rest passes)."""
-    from ..analysis._common import query_rows
-
-    @torch.no_grad()
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        rows = query_rows(hook, span, act).to(act.device)
-        out = act.clone()
-        out[rows] = sae(act[rows].to(sae.dtype)).to(act.dtype)
-        return out
-
-    return hook
-
-
 def accuracy_with_sae(model: Any, sae: Any, scenes: list[ToyScene], hook_name: str,
                       kinds: tuple[str, ...] = ("colour", "shape", "position")) -> dict[str, dict[str, float]]:
     """Held-out exact-match accuracy (%) per kind: plain, and with the SAE spliced in at the image tokens."""
     enc = ToyEncoder(model.processor)
-    return dict(plain=accuracy(hooked_logits_fn(model), enc, scenes, kinds),
-                sae=accuracy(hooked_logits_fn(model, [(hook_name, splice_hook(sae))]), enc, scenes, kinds))
+    plain = accuracy(hooked_logits_fn(model), enc, scenes, kinds)
+    with model.saes([sae], spans="image", hook_name=hook_name, use_error_term=False):
+        spliced = accuracy(hooked_logits_fn(model), enc, scenes, kinds)
+    return dict(plain=plain, sae=spliced)
 
 
 def main(argv: list[str] | None = None) -> dict:
