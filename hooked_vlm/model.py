@@ -32,6 +32,7 @@ from .saes.splice import SAEMixin
 from .spans import TokenSpans, build_spans
 
 if TYPE_CHECKING:
+    from .cache_buffers import CacheBuffers
     from .vocab import VocabRoles
 
 #: forward() keyword inputs every model takes; families add theirs in cfg.extra["input_keys"]
@@ -370,10 +371,30 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
         elif isinstance(names_filter, (list, tuple)):
             for n in names_filter:
                 self._resolve_hook_name(n)
-        out, cache_dict = super().run_with_cache(*args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs)
+        buffers = self._cache_buffers()
+        buffers.active, buffers.reused = True, 0
+        self.run_state.extra["cache_buffers"] = buffers
+        try:
+            out, cache_dict = super().run_with_cache(*args, names_filter=names_filter, remove_batch_dim=remove_batch_dim,
+                                                     **kwargs)
+        finally:
+            buffers.active = False
+            self.run_state.extra.pop("cache_buffers", None)
+        buffers.keep(cache_dict, self.hook_dict)
         cache = ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         cache.spans = self.run_state.spans
         return out, cache
+
+    def _cache_buffers(self) -> "CacheBuffers":
+        from .cache_buffers import CacheBuffers
+
+        if getattr(self, "_buffers_of_last_cache", None) is None:
+            self._buffers_of_last_cache = CacheBuffers()
+        return self._buffers_of_last_cache
+
+    def free_cache_buffers(self) -> None:
+        """Drop the last cache's attention tensors that the next ``run_with_cache`` would reuse (hooked_vlm.cache_buffers)."""
+        self._cache_buffers().clear()
 
     # ------------------------------------------------------------------ TL helpers used by ActivationCache
     def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:

@@ -30,8 +30,9 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repro_common import (add_common_args, batches, caption_refs, cider_d, clean_generation, first_field,  # noqa: E402
-                          load_hf_dataset, load_model, toy_examples, vqa_accuracy, vqa_answers)
+from repro_common import (add_common_args, caption_refs, cider_d, clean_generation, first_field,  # noqa: E402
+                          is_main, load_hf_dataset, load_model, map_batches, toy_examples, vqa_accuracy,
+                          vqa_answers)
 
 VQA_TEMPLATE = "{image}{question}\nAnswer the question using a single word or phrase. Answer:"
 LLAVA_VQA_TEMPLATE = "USER: {image}\n{question}\nAnswer the question using a single word or phrase. ASSISTANT:"
@@ -52,27 +53,27 @@ def image_to_text_span(spans: Any) -> torch.Tensor:
     return region & ~spans.mask("eoi") if "eoi" in spans else region
 
 
-def random_image_span(seed: int) -> Callable[[Any], torch.Tensor]:
-    """One random image-content token per batch item, drawn once per input (kept while generating:
-    the grown spans share the prompt's ``layouts`` list)."""
-    state: dict[str, Any] = {"key": None, "draws": 0}
+def random_image_span(seed: int, draw: int) -> Callable[[Any], torch.Tensor]:
+    """One random image-content token per batch item, drawn at the first forward of a batch (the
+    prompt) and kept while generating; ``draw`` (the batch's number) picks the random stream."""
+    state: dict[str, Any] = {}
 
     def span(spans: Any) -> torch.Tensor:
         image = spans.mask("image")
-        if state["key"] is not id(spans.layouts):
-            g = torch.Generator().manual_seed(seed * 100_003 + state["draws"])
+        if "mask" not in state:
+            g = torch.Generator().manual_seed(seed * 100_003 + draw)
             m = torch.zeros_like(image)
             for b in range(image.shape[0]):
                 pos = image[b].nonzero().flatten()
                 m[b, pos[torch.randint(len(pos), (1,), generator=g)]] = True
-            state.update(key=id(spans.layouts), mask=m, draws=state["draws"] + 1, layouts=spans.layouts)
+            state["mask"] = m
         m = state["mask"]
         return torch.cat([m, torch.zeros(m.shape[0], image.shape[1] - m.shape[1], dtype=m.dtype, device=m.device)], 1)
 
     return span
 
 
-def condition_hooks(model: Any, condition: str, seed: int) -> list:
+def condition_hooks(model: Any, condition: str, seed: int, draw: int = 0) -> list:
     from hooked_vlm.analysis import knockout_hooks
 
     if condition == "none":
@@ -82,7 +83,7 @@ def condition_hooks(model: Any, condition: str, seed: int) -> list:
     if condition == "image->text":
         return knockout_hooks(model, src=image_to_text_span, dst="text", mode="zero")
     if condition == "random":
-        return knockout_hooks(model, src=random_image_span(seed), dst="all", mode="zero")
+        return knockout_hooks(model, src=random_image_span(seed, draw), dst="all", mode="zero")
     raise ValueError(condition)
 
 
@@ -101,14 +102,18 @@ def task_examples(args: argparse.Namespace, model: Any, task: str) -> list[dict]
     return [dict(image=r["image"].convert("RGB"), prompt=tmpl.format(image=token), refs=caption_refs(r)) for r in ds]
 
 
-def run_task(model: Any, examples: list[dict], hooks: list, max_new_tokens: int, batch_size: int) -> list[str]:
-    outs: list[str] = []
-    for chunk in batches(examples, batch_size):
+def run_task(args: argparse.Namespace, model: Any, examples: list[dict], cond: str, seed: int, max_new_tokens: int,
+             first_draw: int = 0) -> list[str] | None:
+    """Greedy answers under ``cond``'s knockout, in example order (None on ranks other than 0)."""
+
+    def answer(b: int, chunk: list[dict]) -> list[str]:
+        hooks = condition_hooks(model, cond, seed, first_draw + b)
         inputs = model.prepare_inputs(images=[e["image"] for e in chunk], text=[e["prompt"] for e in chunk],
                                       padding_side="left")
         gen = model.generate(**inputs, max_new_tokens=max_new_tokens, fwd_hooks=hooks)
-        outs += [clean_generation(g) for g in ([gen] if isinstance(gen, str) else gen)]
-    return outs
+        return [clean_generation(g) for g in ([gen] if isinstance(gen, str) else gen)]
+
+    return map_batches(args, examples, answer, desc=f"{cond}")
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -127,13 +132,19 @@ def main(argv: list[str] | None = None) -> Any:
     rows = []
     conditions = ["none", "gate", "image->text"] + [f"random#{i}" for i in range(args.n_random)]
     for cond in conditions:
-        hooks = condition_hooks(model, cond.split("#")[0], args.seed + len(rows))
-        vqa = run_task(model, data["vqa"], hooks, 20 if not args.smoke else 3, args.batch_size)
-        cap = run_task(model, data["caption"], hooks, 60 if not args.smoke else 10, args.batch_size)
+        name, seed = cond.split("#")[0], args.seed + len(rows)
+        vqa = run_task(args, model, data["vqa"], name, seed, 20 if not args.smoke else 3)
+        n_vqa_batches = -(-len(data["vqa"]) // args.batch_size)  # the caption batches draw after the VQA ones
+        cap = run_task(args, model, data["caption"], name, seed, 60 if not args.smoke else 10, n_vqa_batches)
+        if not is_main(args):
+            rows.append({})
+            continue
         acc = sum(vqa_accuracy(p, e["refs"]) for p, e in zip(vqa, data["vqa"])) / len(vqa)
         cider = cider_d(cap, [e["refs"] for e in data["caption"]])
         rows.append(dict(condition=cond.split("#")[0], vqa_accuracy=acc, caption_cider=cider))
         print(f"{cond:12s} VQA {acc:.3f}  CIDEr {cider:.3f}  e.g. {vqa[0]!r} / {cap[0]!r}")
+    if not is_main(args):
+        return None
     df = pd.DataFrame(rows).groupby("condition", sort=False).mean().reset_index()
     print(df.to_string(index=False))
     if args.out:

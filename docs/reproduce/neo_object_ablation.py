@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repro_common import add_common_args, batches, clean_generation, load_hf_dataset, load_model, toy_examples  # noqa: E402
+from repro_common import (add_common_args, clean_generation, is_main, load_hf_dataset, load_model,  # noqa: E402
+                          map_batches, toy_examples)
 
 VQA_PROMPT = "USER: <image>\nWhat is the main object in this image? Answer with one word. ASSISTANT:"
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> Any:
     mean = mean_activation(model, mean_set, span="image", hook_name="hook_embed", batch_size=args.batch_size)
     rows = []
     for cond in ("none", "object", "random"):
-        for i, chunk in enumerate(batches(examples, args.batch_size)):
+        def answer(i: int, chunk: list[dict], cond: str = cond) -> list[dict]:
             hooks = []
             if cond != "none":
                 span = cells_span([e["cells"] for e in chunk], args.buffer, None if cond == "object" else args.seed + i)
@@ -124,8 +125,12 @@ def main(argv: list[str] | None = None) -> Any:
                                           padding_side="left")
             gen = model.generate(**inputs, max_new_tokens=args.max_new_tokens, fwd_hooks=hooks)
             gen = [gen] if isinstance(gen, str) else gen
-            rows += [dict(condition=cond, example=i * args.batch_size + j, label=e["label"], answer=g,
-                          correct=identified(g, e["label"])) for j, (e, g) in enumerate(zip(chunk, gen))]
+            return [dict(condition=cond, example=i * args.batch_size + j, label=e["label"], answer=g,
+                         correct=identified(g, e["label"])) for j, (e, g) in enumerate(zip(chunk, gen))]
+
+        rows += map_batches(args, examples, answer, desc=cond) or []
+    if not is_main(args):
+        return None
     df = pd.DataFrame(rows)
     base = df[df.condition == "none"].set_index("example")["correct"]
     summary = []

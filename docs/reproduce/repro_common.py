@@ -29,11 +29,14 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="llava-hf/llava-1.5-7b-hf", help="hub id, local folder, toy-llava or toy-chameleon")
     ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32", choices=list(DTYPES))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--n", type=int, default=2000, help="examples per task")
+    ap.add_argument("--n", "--num-examples", dest="n", type=int, default=2000,
+                    help="examples per task (under torchrun write --num-examples: torchrun reads --n as its own option)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results table here (CSV)")
     ap.add_argument("--smoke", action="store_true", help="tiny end-to-end run on the toy model's synthetic scenes")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data parallel under torchrun: batches round-robin over the ranks, rank 0 gathers and reports")
 
 
 def load_model(args: argparse.Namespace) -> Any:
@@ -41,7 +44,39 @@ def load_model(args: argparse.Namespace) -> Any:
 
     if args.smoke:
         args.n = min(args.n, 24)
+    if getattr(args, "distributed", False):
+        from hooked_vlm.analysis import distributed as dd
+
+        if torch.device(args.device).type == "cuda":
+            args.device = str(dd.local_device())  # one GPU per process: cuda:LOCAL_RANK
+        args.rank, args.world_size = dd.init(args.device)
     return HookedVLM.from_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device)
+
+
+def is_main(args: argparse.Namespace) -> bool:
+    """True in a single-process run and on rank 0 of a distributed one (the process that reports)."""
+    return getattr(args, "rank", 0) == 0
+
+
+def map_batches(args: argparse.Namespace, items: list[Any], fn: Any, desc: str = "batches") -> list[Any] | None:
+    """``fn(batch_index, chunk)`` -> one result per item of the chunk, over ``args.batch_size`` batches.
+
+    Returns every item's result in dataset order; with ``--distributed`` each rank runs the batches
+    ``i % world_size == rank`` and rank 0 gathers them (the other ranks get None). A batch holds the
+    same items either way, so a distributed run gives the single-process numbers.
+    """
+    from tqdm.auto import tqdm
+
+    if not getattr(args, "distributed", False):
+        plan = list(enumerate(batches(items, args.batch_size)))
+        return [r for b, chunk in tqdm(plan, desc=desc) for r in fn(b, chunk)]
+    from hooked_vlm.analysis import distributed as dd
+
+    mine = list(dd.rank_items(items, args.batch_size, args.rank, args.world_size))
+    parts = [(b, fn(b, chunk)) for b, _, chunk in tqdm(mine, desc=f"{desc} [rank {args.rank}/{args.world_size}]",
+                                                       position=args.rank)]
+    merged = dd.gather_in_order(parts, args.device)
+    return None if merged is None else [r for part in merged for r in part]
 
 
 def batches(items: list[Any], size: int) -> Iterator[list[Any]]:

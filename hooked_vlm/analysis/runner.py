@@ -85,26 +85,55 @@ def iterate_batches(model: Any, dataset: Iterable[Any], batch_size: int = 8, pro
 
 
 def run_dataset(model: Any, dataset: Iterable[Any], fn: Callable[[Any, dict], Any], batch_size: int = 8,
-                progress: bool = True, desc: str = "examples", padding_side: str = "left") -> Any:
+                progress: bool = True, desc: str = "examples", padding_side: str = "left",
+                distributed: bool = False) -> Any:
     """Apply ``fn(model, batch_inputs)`` to every batch and concatenate its tidy results.
 
     ``fn`` returns a DataFrame with a ``batch`` column (row of the batch) -- every ``*_frame``
     function of :mod:`hooked_vlm.analysis` does -- or a list of per-item dicts. The result is one
     DataFrame with an ``example`` column (index in the dataset) in place of ``batch``.
+
+    ``distributed=True`` (under ``torchrun``, see :mod:`hooked_vlm.analysis.distributed`): each
+    process runs the batches ``i`` with ``i % world_size == rank`` (the same batches a single
+    process builds) with its own progress bar; rank 0 returns the gathered DataFrame, equal to the
+    single-process one, and the other ranks return None.
     """
     import pandas as pd
 
-    frames = []
-    for idx, inputs in iterate_batches(model, dataset, batch_size, progress, desc, padding_side):
-        df = fn(model, inputs)
-        if not isinstance(df, pd.DataFrame):
-            df = pd.DataFrame(list(df))
-        if "batch" not in df.columns:
-            raise ValueError("fn must return rows with a 'batch' column (row within the batch)")
-        df = df.copy()
-        df.insert(0, "example", [idx[int(b)] for b in df["batch"]])
-        frames.append(df.drop(columns="batch"))
+    if not distributed:
+        frames = [_frame(fn(model, inputs), idx)
+                  for idx, inputs in iterate_batches(model, dataset, batch_size, progress, desc, padding_side)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    from . import distributed as dd
+
+    rank, world = dd.init(model.device)
+    total = None
+    if hasattr(dataset, "__len__"):
+        total = sum(len(idx) for _, idx in dd.batch_plan(len(dataset), batch_size, rank, world))
+    bar = tqdm(total=total, disable=not progress, desc=f"{desc} [rank {rank}/{world}]", position=rank)
+    parts = []
+    for b, idx, chunk in dd.rank_items(dataset, batch_size, rank, world):
+        parts.append((b, _frame(fn(model, _prepare(model, chunk, padding_side)), idx)))
+        bar.update(len(chunk))
+    bar.close()
+    frames = dd.gather_in_order(parts, model.device)
+    if frames is None:
+        return None
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _frame(df: Any, idx: list[int]) -> Any:
+    """``fn``'s rows with the dataset index ``example`` in place of the row within the batch."""
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        df = pd.DataFrame(list(df))
+    if "batch" not in df.columns:
+        raise ValueError("fn must return rows with a 'batch' column (row within the batch)")
+    df = df.copy()
+    df.insert(0, "example", [idx[int(b)] for b in df["batch"]])
+    return df.drop(columns="batch")
 
 
 def save_results(df: Any, path: str) -> None:

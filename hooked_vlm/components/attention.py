@@ -126,15 +126,31 @@ class Attention(nn.Module):
         n_rep = self.cfg.n_heads // self.cfg.n_key_value_heads
         if n_rep > 1:
             k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale)
+        buffers = self.hook_attn_scores.run.extra.get("cache_buffers")  # reuse the last cache's [q, k] tensors
+        shape = (*q.shape[:-1], k.shape[-2])
+        out = buffers.take(self.hook_attn_scores.name, shape, q.dtype, q.device) if buffers is not None else None
+        scores = torch.matmul(q, k.transpose(-1, -2), out=out).mul_(self.scale)
         cap = self.cfg.attn_logit_softcap
         if cap is not None:  # HF Gemma 2 order: scale, cap, then the mask
             scores = torch.tanh(scores / cap) * cap
-        scores = self.hook_attn_scores(scores.masked_fill_(~allowed, float("-inf")))
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
-        dead = scores.amax(-1, keepdim=True) == float("-inf")  # queries that may attend to nothing: zeros, not NaN
+        scores = scores.masked_fill_(~allowed, float("-inf"))
+        version = scores._version
+        hooked = self.hook_attn_scores(scores)
+        if hooked is scores and scores._version == version:
+            # untouched by hooks: a query attends to nothing exactly where the mask allows nothing (the masked
+            # scores' row maximum is -inf there; q.k at allowed keys is finite for finite q, k)
+            dead = ~allowed.any(-1, keepdim=True)
+        else:
+            dead = hooked.amax(-1, keepdim=True) == float("-inf")  # queries that may attend to nothing: zeros, not NaN
+        scores = hooked
+        out = buffers.take(self.hook_pattern.name, scores.shape, scores.dtype, scores.device) \
+            if buffers is not None and scores.dtype == torch.float32 and q.dtype == torch.float32 else None
+        if out is not None:
+            pattern = torch.ops.aten._softmax.out(scores, -1, False, out=out)  # what torch.softmax(float32) runs
+        else:
+            pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
         if bool(dead.any()):
-            pattern = pattern.masked_fill(dead, 0.0)
+            pattern = pattern.masked_fill_(dead, 0.0)
         pattern = self.hook_pattern(pattern.to(q.dtype))
         return torch.matmul(pattern, v)
 
