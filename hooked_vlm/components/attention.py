@@ -127,6 +127,8 @@ class Attention(nn.Module):
         if n_rep > 1:
             k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
         buffers = self.hook_attn_scores.run.extra.get("cache_buffers")  # reuse the last cache's [q, k] tensors
+        if q.requires_grad or k.requires_grad:  # out= ops cannot record autograd: fresh tensors when grads flow
+            buffers = None
         shape = (*q.shape[:-1], k.shape[-2])
         out = buffers.take(self.hook_attn_scores.name, shape, q.dtype, q.device) if buffers is not None else None
         scores = torch.matmul(q, k.transpose(-1, -2), out=out).mul_(self.scale)
