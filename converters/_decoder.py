@@ -1,4 +1,7 @@
-"""The decoder-only language models inside VLMs (Llama / Vicuna, Mistral, Qwen2) -> TowerConfig + key rules."""
+"""The decoder-only language models inside VLMs (Llama / Vicuna, Mistral, Qwen2, Qwen3) -> TowerConfig + key rules.
+
+Qwen3's q/k norms are parameters ``blocks.{l}.attn.q_norm.w`` / ``k_norm.w``: add :func:`qk_norm_rules` to
+:func:`decoder_rules` for a Qwen3 LM."""
 
 from __future__ import annotations
 
@@ -21,6 +24,11 @@ DECODER_FIELDS = {
     "qwen2": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
               "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "tie_word_embeddings"},
+    # Qwen3: Qwen2's fields + attention_bias (on q, k, v AND o) and RMS q/k norms over head_dim (always on)
+    "qwen3": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
+              "attention_bias", "use_sliding_window", "sliding_window", "max_window_layers", "layer_types",
+              "tie_word_embeddings"},
     "emu3_text_model": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                         "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                         "rope_parameters", "attention_bias", "mlp_bias", "tie_word_embeddings"},
@@ -41,7 +49,7 @@ def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
     check_rope_type(rope, f"text_config ({kind})")
     # pretraining_tp: transformers 5 never reads it (4.x only split the matmuls into slices: the same numbers)
     sliding = getattr(tc, "sliding_window", None)
-    if kind == "qwen2":
+    if kind in ("qwen2", "qwen3"):
         sliding = None if uniform_full_attention(tc) else refuse_layer_windows(tc, f"text_config ({kind})")
     qkv_bias = kind == "qwen2" or bool(getattr(tc, "attention_bias", False))
     return TowerConfig(
@@ -63,6 +71,7 @@ def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
         rope_parameters=rope,
         max_position_embeddings=tc.max_position_embeddings,
         sliding_window=sliding,
+        qk_norm="RMS" if kind == "qwen3" else None,  # Qwen3RMSNorm(head_dim, eps=rms_norm_eps) on q and k
     )
 
 
@@ -106,4 +115,7 @@ def decoder_rules(prefix: str) -> list[tuple[str, str]]:
     ]
 
 
-
+def qk_norm_rules(prefix: str) -> list[tuple[str, str]]:
+    """Key rules for the per-head q/k norm weights of a Qwen3-style decoder under ``prefix``."""
+    p = re.escape(prefix)
+    return [(rf"{p}\.layers\.(\d+)\.self_attn\.(q|k)_norm\.weight", r"blocks.\1.attn.\2_norm.w")]
