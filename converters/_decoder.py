@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, NoReturn
 
-from hooked_vlm.components.rope import STATIC_ROPE_TYPES
+from hooked_vlm.components.rope import BOUNDED_ROPE_TYPES, STATIC_ROPE_TYPES
 from hooked_vlm.config import TowerConfig
 
 from .base import UnsupportedConfigError, check_fields
@@ -36,8 +36,9 @@ DECODER_FIELDS = {
 
 
 def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
-                   pinned: dict[str, tuple[Any, str]] | None = None) -> TowerConfig:
-    """A Llama-style decoder's HF text config -> our TowerConfig (``ignored`` / ``pinned``: see check_fields)."""
+                   pinned: dict[str, tuple[Any, str]] | None = None, dynamic_rope: bool = False) -> TowerConfig:
+    """A Llama-style decoder's HF text config -> our TowerConfig (``ignored`` / ``pinned``: see check_fields;
+    ``dynamic_rope``: accept dynamic-NTK RoPE, exact below max_position_embeddings, refused beyond at run time)."""
     kind = tc.model_type
     if kind not in DECODER_FIELDS:
         raise UnsupportedConfigError(
@@ -46,7 +47,7 @@ def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
         )
     check_fields(tc, DECODER_FIELDS[kind], f"text_config ({kind})", ignored, pinned)
     rope = dict(tc.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
-    check_rope_type(rope, f"text_config ({kind})")
+    check_rope_type(rope, f"text_config ({kind})", dynamic_rope)
     # pretraining_tp: transformers 5 never reads it (4.x only split the matmuls into slices: the same numbers)
     sliding = getattr(tc, "sliding_window", None)
     if kind in ("qwen2", "qwen3"):
@@ -75,9 +76,9 @@ def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
     )
 
 
-def check_rope_type(rope: dict[str, Any], where: str) -> None:
+def check_rope_type(rope: dict[str, Any], where: str, dynamic: bool = False) -> None:
     kind = rope.get("rope_type", "default")
-    if kind not in STATIC_ROPE_TYPES:
+    if not (kind in STATIC_ROPE_TYPES or (dynamic and kind in BOUNDED_ROPE_TYPES)):
         raise UnsupportedConfigError(
             f"{where}: rope_parameters.rope_type={kind!r}: rope_type {kind!r} is not supported; supported: "
             f"{', '.join(STATIC_ROPE_TYPES)}. It changes the numbers: HF computes the rotary frequencies with it "

@@ -107,7 +107,9 @@ def internvl_config(hf: Any) -> HookedVLMConfig:
     if tc.model_type not in TEXT_KINDS:
         raise UnsupportedConfigError(f"{type(hf).__name__}: text_config.model_type={tc.model_type!r} is a language "
                                      f"model this converter does not build; supported: {', '.join(TEXT_KINDS)}")
-    text = decoder_config(tc)
+    # InternVL3's Qwen2.5 LMs carry rope_scaling {"rope_type": "dynamic", "factor": 2.0}: exact below
+    # max_position_embeddings (HF's table only changes beyond it), refused at run time past it
+    text = decoder_config(tc, dynamic_rope=True)
     vision = vision_config(hf)
     if not 0 <= hf.image_token_id < tc.vocab_size:
         raise UnsupportedConfigError(f"image_token_id={hf.image_token_id} is outside the vocabulary ({tc.vocab_size})")

@@ -168,3 +168,24 @@ def test_accepted_fields_that_do_not_change_the_numbers():
         vision=ti.vision_config(hidden_dropout_prob=0.3, projection_dropout=0.2, layer_scale_init_value=1e-5),
         image_seq_length=999, downsample_ratio=0.5, projector_hidden_act="silu"))
     assert cfg.projector.extra["scale_factor"] == 2 and cfg.projector.act_fn == "silu"
+
+
+def test_dynamic_rope_is_exact_below_max_positions_and_refused_beyond():
+    """InternVL3's LMs have dynamic-NTK RoPE: HF's rotary table equals ours while positions stay below
+    max_position_embeddings (the parity cases run there) and is rescaled once a sequence is longer; such a forward
+    raises here (the plain table would be wrong: HF's differs from it)."""
+    b = ti.internvl("qwen2")
+    assert b.model.cfg.text.rope_parameters["rope_type"] == "dynamic"
+    hf_rotary = b.hf.model.language_model.rotary_emb
+    x = torch.zeros(1, dtype=torch.float32)
+    short = torch.arange(ti.MAX_POSITIONS)[None]
+    long = torch.arange(ti.MAX_POSITIONS + 6)[None]
+    with torch.no_grad():
+        cos, _ = b.model.rotary(short, torch.float32)
+        assert _max(hf_rotary(x, short)[0], cos[:, :, 0]) <= 1e-6
+        rescaled = hf_rotary(x, long)[0]
+        hf_rotary(x, short)  # HF resets its table for sequences below max_position_embeddings (its own rule)
+        plain = torch.cat([long[..., None].float() * b.model.rotary.inv_freq] * 2, -1).cos()
+    assert _max(rescaled, plain) > 1e-2
+    with pytest.raises(ValueError, match=r"beyond max_position_embeddings=64 .*dynamic NTK"):
+        b.model(input_ids=torch.randint(4, 90, long.shape, generator=torch.Generator().manual_seed(0)))

@@ -2,7 +2,7 @@
 
 Vision: InternViT, 3 layers, width 16, 2 heads, 8 x 8 px tiles of 2 x 2 px patches (4 x 4 grid), layer scale;
 pixel shuffle x2 -> 4 LM tokens per tile. Variants: ``"qwen2"`` (LayerNorm ViT with q/k/v biases, Qwen2 LM with GQA,
-tied embeddings) and ``"qwen3"`` (the InternViT-6B kind: RMSNorm ViT, no q/k/v biases, RMS q/k norm over all heads;
+tied embeddings, dynamic-NTK RoPE as InternVL3's configs have) and ``"qwen3"`` (the InternViT-6B kind: RMSNorm ViT, no q/k/v biases, RMS q/k norm over all heads;
 Qwen3 LM: per-head q/k norms, head_dim 16 != 32 / 4, untied). Norms, biases and layer scales are perturbed.
 The batches come from the real processor (GotOcr2 PIL image processor, crop_to_patches, 1..4 tiles + a thumbnail).
 """
@@ -25,6 +25,7 @@ TILE = 8  # pixels per tile side
 TOKENS_PER_TILE = 4
 # images of different shapes: 16 x 8 -> 2 tiles + thumbnail, 8 x 8 -> 1 tile, 8 x 24 -> 3 tiles + thumbnail
 SIZES = [(16, 8), (8, 8), (8, 24)]  # (height, width)
+MAX_POSITIONS = 64  # the Qwen2 case's max_position_embeddings: prompts (35) + 10 generated tokens stay below it
 
 
 def text_config(kind: str = "qwen2", **overrides: Any) -> dict:
@@ -32,6 +33,9 @@ def text_config(kind: str = "qwen2", **overrides: Any) -> dict:
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6,
                pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, tie_word_embeddings=kind == "qwen2",
                rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    if kind == "qwen2":  # InternVL3's Qwen2.5 LMs: dynamic-NTK RoPE, factor 2 (exact below max_position_embeddings)
+        cfg.update(max_position_embeddings=MAX_POSITIONS,
+                   rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
     if kind == "qwen3":
         cfg.update(head_dim=16, attention_bias=True)
     cfg.update(overrides)
