@@ -124,10 +124,16 @@ def internvl_config(hf: Any) -> HookedVLMConfig:
 
 
 def internvl_finalize(cfg: HookedVLMConfig, processor: Any) -> None:
-    """``<img>`` / ``</img>`` ids from the processor's tokenizer: spans ``boi`` / ``eoi`` (none without a tokenizer)."""
-    tok = getattr(processor, "tokenizer", processor)
+    """``<img>`` / ``</img>`` ids from the tokenizer (its start/end_image_token_id; a processor that failed to load:
+    its tokenizer, else the tokenizer files read directly): spans ``boi`` / ``eoi`` (none without a tokenizer)."""
+    from hooked_vlm.processors import FileVocab, marker_vocab
+
+    vocab = marker_vocab(processor)
+    tok = getattr(vocab, "tokenizer", vocab)
     ids = {name: getattr(tok, attr, None) for name, attr in (("boi", "start_image_token_id"), ("eoi", "end_image_token_id"))}
-    if processor is None or None in ids.values():
+    if isinstance(tok, FileVocab):
+        ids = {"boi": tok.convert_tokens_to_ids(START), "eoi": tok.convert_tokens_to_ids(END)}
+    if tok is None or None in ids.values():
         return
     cfg.roles.boi_token_id, cfg.roles.eoi_token_id = ids["boi"], ids["eoi"]
     cfg.extra["image_markers"] = ("boi", "eoi")

@@ -189,3 +189,24 @@ def test_dynamic_rope_is_exact_below_max_positions_and_refused_beyond():
     assert _max(rescaled, plain) > 1e-2
     with pytest.raises(ValueError, match=r"beyond max_position_embeddings=64 .*dynamic NTK"):
         b.model(input_ids=torch.randint(4, 90, long.shape, generator=torch.Generator().manual_seed(0)))
+
+
+def test_marker_ids_come_from_the_tokenizer_or_its_files():
+    """<img> / </img> ids (spans boi / eoi) from a bare tokenizer, and from the tokenizer files when the processor
+    and the tokenizer class both failed to load."""
+    import copy
+
+    from converters.internvl import internvl_finalize
+    from hooked_vlm.processors import UnavailableProcessor
+
+    b = ti.internvl("qwen2")
+    assert (b.model.cfg.roles.boi_token_id, b.model.cfg.roles.eoi_token_id) == (ti.START, ti.END)
+    for processor in (ti.tokenizer(), UnavailableProcessor(b.folder, "failed", "a test", "none")):
+        cfg = copy.deepcopy(b.model.cfg)
+        cfg.roles.boi_token_id = cfg.roles.eoi_token_id = None
+        internvl_finalize(cfg, processor)
+        assert (cfg.roles.boi_token_id, cfg.roles.eoi_token_id) == (ti.START, ti.END), type(processor)
+    cfg = copy.deepcopy(b.model.cfg)
+    cfg.roles.boi_token_id = None
+    internvl_finalize(cfg, None)  # no tokenizer at all: no marker spans, no error
+    assert cfg.roles.boi_token_id is None
