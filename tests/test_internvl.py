@@ -114,17 +114,16 @@ def test_spans_name_each_tile_and_the_thumbnail(kind):
     assert tile.shape == (2, 2) and tile.flatten().tolist() == spans.positions("thumbnail", 1).float().tolist()
 
 
-def test_prepare_inputs_runs_hf_processor_and_generation_matches_hf():
+def test_prepare_inputs_runs_hf_processor_and_matches_hf():
     """model.prepare_inputs goes through HF's InternVLProcessor code (the folder's tokenizer + GotOcr2 PIL image
-    processor); a 24 x 8 image gives 3 tiles + a thumbnail; ten greedy tokens equal HF's."""
+    processor); a 24 x 8 image gives 3 tiles + a thumbnail; the logits equal HF's (generation: test_parity)."""
     b = ti.internvl("qwen2")
     inputs = b.model.prepare_inputs(images=[ti.tiny.pil_image(3, 24).resize((24, 8))],
                                     text=["USER: <IMG_CONTEXT> what is this ? ASSISTANT:"])
     assert inputs["pixel_values"].shape == (4, 3, ti.TILE, ti.TILE)
     assert int((inputs["input_ids"] == ti.IMAGE_TOKEN).sum()) == 4 * ti.TOKENS_PER_TILE
     with torch.no_grad():
-        ref = b.hf.generate(**inputs, max_new_tokens=10, do_sample=False)
-    assert torch.equal(ref, b.model.generate(**inputs, max_new_tokens=10, return_type="tokens"))
+        assert _max(b.hf(**inputs).logits, b.model(**inputs)) <= ATOL
 
 
 def test_final_layernorm_variant_matches_hf():
