@@ -1,11 +1,14 @@
-"""The decoder-only language models inside VLMs (Llama / Vicuna, Mistral, Qwen2) -> TowerConfig + key rules."""
+"""The decoder-only language models inside VLMs (Llama / Vicuna, Mistral, Qwen2, Qwen3) -> TowerConfig + key rules.
+
+Qwen3's q/k norms are parameters ``blocks.{l}.attn.q_norm.w`` / ``k_norm.w``: add :func:`qk_norm_rules` to
+:func:`decoder_rules` for a Qwen3 LM."""
 
 from __future__ import annotations
 
 import re
 from typing import Any, NoReturn
 
-from hooked_vlm.components.rope import STATIC_ROPE_TYPES
+from hooked_vlm.components.rope import BOUNDED_ROPE_TYPES, STATIC_ROPE_TYPES
 from hooked_vlm.config import TowerConfig
 
 from .base import UnsupportedConfigError, check_fields
@@ -21,6 +24,11 @@ DECODER_FIELDS = {
     "qwen2": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
               "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "tie_word_embeddings"},
+    # Qwen3: Qwen2's fields + attention_bias (on q, k, v AND o) and RMS q/k norms over head_dim (always on)
+    "qwen3": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
+              "attention_bias", "use_sliding_window", "sliding_window", "max_window_layers", "layer_types",
+              "tie_word_embeddings"},
     "emu3_text_model": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                         "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                         "rope_parameters", "attention_bias", "mlp_bias", "tie_word_embeddings"},
@@ -28,8 +36,9 @@ DECODER_FIELDS = {
 
 
 def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
-                   pinned: dict[str, tuple[Any, str]] | None = None) -> TowerConfig:
-    """A Llama-style decoder's HF text config -> our TowerConfig (``ignored`` / ``pinned``: see check_fields)."""
+                   pinned: dict[str, tuple[Any, str]] | None = None, dynamic_rope: bool = False) -> TowerConfig:
+    """A Llama-style decoder's HF text config -> our TowerConfig (``ignored`` / ``pinned``: see check_fields;
+    ``dynamic_rope``: accept dynamic-NTK RoPE, exact below max_position_embeddings, refused beyond at run time)."""
     kind = tc.model_type
     if kind not in DECODER_FIELDS:
         raise UnsupportedConfigError(
@@ -38,10 +47,10 @@ def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
         )
     check_fields(tc, DECODER_FIELDS[kind], f"text_config ({kind})", ignored, pinned)
     rope = dict(tc.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
-    check_rope_type(rope, f"text_config ({kind})")
+    check_rope_type(rope, f"text_config ({kind})", dynamic_rope)
     # pretraining_tp: transformers 5 never reads it (4.x only split the matmuls into slices: the same numbers)
     sliding = getattr(tc, "sliding_window", None)
-    if kind == "qwen2":
+    if kind in ("qwen2", "qwen3"):
         sliding = None if uniform_full_attention(tc) else refuse_layer_windows(tc, f"text_config ({kind})")
     qkv_bias = kind == "qwen2" or bool(getattr(tc, "attention_bias", False))
     return TowerConfig(
@@ -63,12 +72,13 @@ def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
         rope_parameters=rope,
         max_position_embeddings=tc.max_position_embeddings,
         sliding_window=sliding,
+        qk_norm="RMS" if kind == "qwen3" else None,  # Qwen3RMSNorm(head_dim, eps=rms_norm_eps) on q and k
     )
 
 
-def check_rope_type(rope: dict[str, Any], where: str) -> None:
+def check_rope_type(rope: dict[str, Any], where: str, dynamic: bool = False) -> None:
     kind = rope.get("rope_type", "default")
-    if kind not in STATIC_ROPE_TYPES:
+    if not (kind in STATIC_ROPE_TYPES or (dynamic and kind in BOUNDED_ROPE_TYPES)):
         raise UnsupportedConfigError(
             f"{where}: rope_parameters.rope_type={kind!r}: rope_type {kind!r} is not supported; supported: "
             f"{', '.join(STATIC_ROPE_TYPES)}. It changes the numbers: HF computes the rotary frequencies with it "
@@ -106,4 +116,7 @@ def decoder_rules(prefix: str) -> list[tuple[str, str]]:
     ]
 
 
-
+def qk_norm_rules(prefix: str) -> list[tuple[str, str]]:
+    """Key rules for the per-head q/k norm weights of a Qwen3-style decoder under ``prefix``."""
+    p = re.escape(prefix)
+    return [(rf"{p}\.layers\.(\d+)\.self_attn\.(q|k)_norm\.weight", r"blocks.\1.attn.\2_norm.w")]

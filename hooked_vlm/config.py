@@ -47,6 +47,12 @@ class TowerConfig:
     qk_norm: str | None = None  # "LN" | "RMS": normalise each head's q and k over d_head, before rope
     qk_norm_per_head: bool = False  # q/k norm weights [head, d_head] (Chameleon) instead of shared [d_head]
     qk_norm_eps: float | None = None  # None = norm_eps
+    # "head": each head's q / k normalised over d_head; "all": the whole q (k) projection normalised over
+    # n_heads * d_head before it is split into heads, one weight [n_heads * d_head] (InternViT-6B)
+    qk_norm_scope: str = "head"
+    # layer scale (InternViT, CaiT): learned per-channel gains ls1 / ls2 [d_model] multiply the attention / MLP output
+    # before it is added to the residual (hook_attn_out / hook_mlp_out show the scaled outputs, what is added)
+    layer_scale: bool = False
     norm_placement: str = "pre"  # "pre": x + f(ln(x)); "post_sublayer": x + ln(f(x)) (Swin-style; Chameleon swin_norm);
     #                              "sandwich": x + ln_post(f(ln(x))) (Gemma 2/3: ln1, ln1_post, ln2, ln2_post)
     norm_offset: float = 0.0  # RMS norms (q/k norms included) scale by (offset + w); Gemma: 1.0, in float32 as HF
@@ -122,6 +128,12 @@ class TowerConfig:
                     raise ValueError(f"moe_layers {self.moe_layers} must be layers of the {self.n_layers}-layer tower")
         if not 0 <= self.deepstack_layers <= self.n_layers:
             raise ValueError(f"deepstack_layers={self.deepstack_layers} must be between 0 and n_layers={self.n_layers}")
+        if self.qk_norm_scope not in ("head", "all"):
+            raise ValueError(f"qk_norm_scope must be 'head' or 'all', got {self.qk_norm_scope!r}")
+        if self.layer_scale and self.norm_placement != "pre":
+            raise ValueError(f"layer_scale is implemented for pre-norm blocks only, not norm_placement={self.norm_placement!r}")
+        if self.qk_norm_scope == "all" and self.qk_norm_per_head:
+            raise ValueError("qk_norm_scope='all' normalises all heads together; it cannot have per-head weights")
         if self.normalization_type not in ("RMS", "LN"):
             raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
 

@@ -34,6 +34,7 @@ class ImageLayout:
     tile_shapes: list[tuple[int, int]] | None = None
     n_prefix: int = 0  # content tokens before the grid (e.g. a kept class token); no grid cell
     newline_offsets: list[int] | None = None  # placeholder offsets holding a row-break embedding
+    thumbnail: bool = False  # the last tile is a downscaled view of the whole image (InternVL): span ``thumbnail``
 
     def shapes(self) -> list[tuple[int, int]]:
         return self.tile_shapes if self.tile_shapes is not None else [(self.rows, self.cols)] * self.tiles
@@ -189,6 +190,9 @@ def build_spans(
                 tile_pos = img_pos[offset : offset + r * c]
                 grid[b, tile_pos] = torch.stack([torch.full_like(cell, i), torch.full_like(cell, t), cell // c, cell % c], -1)
                 offset += r * c
+            if layout.thumbnail:
+                r, c = layout.shapes()[-1]
+                masks.setdefault("thumbnail", torch.zeros_like(real))[b, img_pos[offset - r * c: offset]] = True
             items.append(layout)
             start += n
         per_item.append(items)

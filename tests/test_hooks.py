@@ -11,6 +11,7 @@ import torch
 
 from tests import tiny, tiny_native
 from tests import tiny_gemma3 as tg3
+from tests import tiny_internvl as tiv
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen_idefics as tqi
@@ -51,6 +52,8 @@ FAMILIES = {
     "gemma3": _from_factory(tg3.gemma3),
     "qwen3vl": _from_factory(tq3.qwen3vl),
     "qwen3vl_moe": _from_factory(functools.partial(tq3.qwen3vl, moe=True)),
+    "internvl": _from_factory(tiv.internvl),
+    "internvl_qwen3": _from_factory(functools.partial(tiv.internvl, "qwen3")),
 }
 
 

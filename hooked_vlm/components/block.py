@@ -1,5 +1,6 @@
 """A transformer block, readable top to bottom (used by the LM and the vision tower): pre-norm, Swin-style
-post-sublayer norm, or Gemma's sandwich (``cfg.norm_placement``)."""
+post-sublayer norm, or Gemma's sandwich (``cfg.norm_placement``); pre-norm blocks may scale their sublayer outputs
+by learned gains ``ls1`` / ``ls2`` (``cfg.layer_scale``, InternViT)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ class TransformerBlock(nn.Module):
             self.ln1_post, self.ln2_post = norm(), norm()
         else:
             self.ln1_post = self.ln2_post = None
+        # layer scale (InternViT): per-channel gains on the sublayer outputs, before they are added (and hooked)
+        self.ls1 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.layer_scale else None
+        self.ls2 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.layer_scale else None
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
@@ -50,7 +54,11 @@ class TransformerBlock(nn.Module):
             attn_out = self.hook_attn_out(self.ln1_post(self.attn(self.ln1(resid), mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
             return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid)))))
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), mask, rotary, kv_cache))
+        attn_out = self.hook_attn_out(self._scaled(self.attn(self.ln1(resid), mask, rotary, kv_cache), self.ls1))
         resid = self.hook_resid_mid(resid + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        mlp_out = self.hook_mlp_out(self._scaled(self.mlp(self.ln2(resid)), self.ls2))
         return self.hook_resid_post(resid + mlp_out)
+
+    @staticmethod
+    def _scaled(out: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        return out if gain is None else gain * out

@@ -1,16 +1,21 @@
-"""Idefics3 / SmolVLM connector: pixel shuffle (scale x scale patches -> one token) + one linear map.
+"""Pixel-shuffle connectors: scale x scale patches -> one token, then a linear map or a normed two-layer MLP.
 
-``extra["scale_factor"]``. A square grid of ``side x side`` patches becomes ``side / scale``
-squared tokens, row-major, each the concatenation of a ``scale x scale`` block (HF's exact order).
+``extra["scale_factor"]``: patches folded per side. A square grid of ``side x side`` patches becomes ``side / scale``
+squared tokens, row-major, each the concatenation of a ``scale x scale`` block (HF's exact order: Idefics3's
+connector and InternVL's ``pixel_shuffle`` with ``downsample_ratio = 1 / scale`` give the same layout).
+``extra["mlp"]`` (default False): False = one linear map ``proj`` (Idefics3 / SmolVLM); True = ``ln`` (a LayerNorm of
+the shuffled features, eps ``extra["norm_eps"]``) -> ``linear_1`` -> activation -> ``linear_2`` (InternVL).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.activations import ACT2FN
 
 from ..config import ProjectorConfig
 from ..hook_points import HookPoint
+from .norms import LayerNorm
 
 
 def pixel_shuffle(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -28,9 +33,20 @@ class PixelShuffleProjector(nn.Module):
     def __init__(self, cfg: ProjectorConfig):
         super().__init__()
         self.scale = cfg.extra["scale_factor"]
-        self.proj = nn.Linear(cfg.d_in * self.scale**2, cfg.d_out, bias=cfg.bias)
+        d_shuffled = cfg.d_in * self.scale**2
+        self.mlp = bool(cfg.extra.get("mlp", False))
+        if self.mlp:
+            self.ln = LayerNorm(d_shuffled, cfg.extra.get("norm_eps", 1e-5))
+            self.linear_1 = nn.Linear(d_shuffled, cfg.d_out, bias=cfg.bias)
+            self.act = ACT2FN[cfg.act_fn]
+            self.linear_2 = nn.Linear(cfg.d_out, cfg.d_out, bias=cfg.bias)
+        else:
+            self.proj = nn.Linear(d_shuffled, cfg.d_out, bias=cfg.bias)
         self.hook_in = HookPoint()  # [image, patch, d_vision]
         self.hook_out = HookPoint()  # [image, image_token, d_model]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.hook_out(self.proj(pixel_shuffle(self.hook_in(features), self.scale)))
+        x = pixel_shuffle(self.hook_in(features), self.scale)  # [image, image_token, d_vision * scale**2]
+        if self.mlp:
+            return self.hook_out(self.linear_2(self.act(self.linear_1(self.ln(x)))))
+        return self.hook_out(self.proj(x))

@@ -2,7 +2,9 @@
 
 Scaled variants (``linear``, ``llama3``, ``yarn``) reuse transformers' own inverse-frequency
 functions so the numbers cannot drift from HF's. Variants that change with sequence length at
-run time (``dynamic``, ``longrope``) are refused by the converters.
+run time are refused by the converters (``longrope``), or, for ``dynamic`` (NTK), implemented where
+they are exact: HF's dynamic frequencies equal its initial table while positions stay below
+``max_position_embeddings`` and are rescaled beyond it, so a forward reaching that far raises.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+BOUNDED_ROPE_TYPES = ("dynamic",)  # exact below max_position_embeddings; Rotary refuses positions beyond it
 
 
 def rope_inv_freq(rope_parameters: dict[str, Any], d_head: int, max_position_embeddings: int) -> tuple[torch.Tensor, float]:
@@ -21,8 +24,9 @@ def rope_inv_freq(rope_parameters: dict[str, Any], d_head: int, max_position_emb
     theta = float(rope_parameters.get("rope_theta", 10000.0))
     if rope_type == "default":
         return 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head)), 1.0
-    if rope_type not in STATIC_ROPE_TYPES:
-        raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {', '.join(STATIC_ROPE_TYPES)}")
+    if rope_type not in STATIC_ROPE_TYPES + BOUNDED_ROPE_TYPES:
+        raise ValueError(f"rope_type {rope_type!r} is not supported; supported: "
+                         f"{', '.join(STATIC_ROPE_TYPES + BOUNDED_ROPE_TYPES)}")
     from transformers import PretrainedConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -59,6 +63,13 @@ class Rotary(nn.Module):
         position_ids [3, batch, pos] (temporal, height, width) is multimodal RoPE (Qwen2-VL's M-RoPE):
         ``rope_parameters["mrope_section"]`` says how many frequency pairs follow each axis.
         """
+        rope_parameters, _, max_pos = self._args
+        if rope_parameters.get("rope_type") in BOUNDED_ROPE_TYPES and position_ids.numel() \
+                and int(position_ids.max()) + 1 > max_pos:
+            raise ValueError(
+                f"position {int(position_ids.max())} is beyond max_position_embeddings={max_pos} of this model's "
+                f"{rope_parameters['rope_type']!r} RoPE: HF rescales the rotary frequencies with the sequence length "
+                "there (dynamic NTK), which is not implemented; keep prompt + generation under that length")
         freqs = position_ids[..., None].float() * self.inv_freq.float().to(position_ids.device)
         if position_ids.ndim == 3:
             rope = self._args[0]

@@ -1,0 +1,59 @@
+"""InternVL: dynamic tiles -> ViT (class token dropped) -> pixel shuffle + MLP, tiles grouped per image.
+
+``pixel_values`` [n_tiles_total, C, image_size, image_size]: every image of the batch, in prompt order, as the crops
+the processor cut from it (row-major over the tile grid it picked from the image's aspect ratio) followed, when there
+is more than one crop, by a thumbnail (the whole image resized to one tile). Every tile gives ``side x side`` LM
+tokens (``side`` = patch grid / scale factor). The tiles are grouped into images by the runs of image tokens in
+``input_ids`` (the processor writes ``<img>`` + n_tiles * tokens_per_tile image tokens + ``</img>`` per image): a run
+of ``k * side**2`` tokens is one image of ``k`` tiles. Layouts: one tile per tile in pixel order, the thumbnail last
+(span ``thumbnail``). The tile grid's shape is not in pixel_values, so tiles are numbered, not placed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..spans import ImageLayout
+from .base import check_square_pixels, register_pipeline
+
+if TYPE_CHECKING:
+    from ..model import HookedVLM
+
+
+@register_pipeline("tiles_pixel_shuffle")
+def tiles_pixel_shuffle(model: "HookedVLM", pixel_values: torch.Tensor,
+                        extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    check_square_pixels(model, pixel_values)
+    embeds = model.projector(model.vision(pixel_values))  # [tile, tokens_per_tile, d_model]
+    side = int(round(embeds.shape[1] ** 0.5))
+    tiles = tiles_per_image(model, extras.get("input_ids"), embeds.shape[1], pixel_values.shape[0])
+    layouts = [ImageLayout(rows=side, cols=side, tiles=t, thumbnail=t > 1) for t in tiles]
+    return embeds.reshape(-1, embeds.shape[-1]), layouts
+
+
+def tiles_per_image(model: "HookedVLM", input_ids: torch.Tensor | None, per_tile: int, n_tiles: int) -> list[int]:
+    """Tiles of each image, from the runs of consecutive image tokens (one run per image); without input_ids every
+    tile is its own image."""
+    if input_ids is None:
+        return [1] * n_tiles
+    image_id = model.cfg.roles.image_token_id
+    out = []
+    for b, row in enumerate(input_ids.tolist()):
+        run = 0
+        for t in row + [None]:
+            if t == image_id:
+                run += 1
+                continue
+            if run:
+                if run % per_tile:
+                    raise ValueError(f"batch item {b}: a run of {run} image tokens is not a whole number of tiles of "
+                                     f"{per_tile} tokens; build the prompt with the checkpoint's processor (it writes "
+                                     "<img>, tokens_per_tile image tokens per tile, </img>)")
+                out.append(run // per_tile)
+            run = 0
+    if sum(out) != n_tiles:
+        raise ValueError(f"the prompts' image tokens announce {sum(out)} tiles ({out} per image) but pixel_values holds "
+                         f"{n_tiles}; use the checkpoint's processor to build the prompt and pixel_values together")
+    return out
