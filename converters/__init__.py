@@ -20,6 +20,7 @@ FAMILY_MODULES = [
     "converters.gemma3",
     "converters.qwen3_vl",
     "converters.paligemma",
+    "converters.idefics2",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None
