@@ -11,6 +11,7 @@ import torch
 
 from tests import tiny, tiny_native
 from tests import tiny_gemma3 as tg3
+from tests import tiny_idefics2 as ti2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen_idefics as tqi
@@ -51,6 +52,7 @@ FAMILIES = {
     "gemma3": _from_factory(tg3.gemma3),
     "qwen3vl": _from_factory(tq3.qwen3vl),
     "qwen3vl_moe": _from_factory(functools.partial(tq3.qwen3vl, moe=True)),
+    "idefics2": _from_factory(ti2.idefics2),
 }
 
 

@@ -18,6 +18,7 @@ from hooked_vlm.components.attention import Attention
 from hooked_vlm.components.rope import Rotary
 from tests import tiny, tiny_native
 from tests import tiny_gemma3 as tg3
+from tests import tiny_idefics2 as ti2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen_idefics as tqi
@@ -65,6 +66,7 @@ CASES = [
     ("gemma3", tg3.gemma3),
     ("qwen3-vl", tq3.qwen3vl),
     ("qwen3-vl-moe", functools.partial(tq3.qwen3vl, moe=True)),
+    ("idefics2", ti2.idefics2),
 ]
 CASE_IDS = [c[0] for c in CASES]
 
