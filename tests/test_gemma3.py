@@ -170,12 +170,14 @@ def _processor_inputs(model, **kwargs):
 def test_spans_from_the_real_processor():
     _, hf, model, _ = built()
     inputs = _processor_inputs(model)
-    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values", "token_type_ids"}
+    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values", "token_type_ids", "num_crops"}
+    assert inputs["num_crops"].tolist() == [0, 0, 0]  # no pan-and-scan: no image is a crop
     with torch.no_grad():
         ref = hf(**inputs).logits
     logits, cache = model.run_with_cache(**inputs, names_filter="hook_embed")
     assert _max(ref, logits, _real(inputs)) <= ATOL
     spans = cache.spans
+    assert "crop" not in spans and all(lay.crop_of is None for item in spans.layouts for lay in item)
     ids = inputs["input_ids"]
     for b, n_images in ((0, 2), (1, 1)):
         assert spans.n_images(b) == n_images
@@ -199,20 +201,32 @@ def test_prepare_inputs_needs_one_image_per_placeholder():
 
 
 def test_pan_and_scan_crops_are_images_of_their_own():
-    """do_pan_and_scan: the original image and each crop get their own boi / 16 tokens / eoi and image.{i}."""
+    """do_pan_and_scan (the real processor): every original image and each of its crops get their own boi / 16 tokens
+    / eoi and image.{i}; each crop's layout names the image it was cut from and its crop index (span ``crop``), counted
+    within its batch item. Item 0: a wide image (3 crops) and a square one (none); item 1: a tall image (2 crops)."""
     _, hf, model, _ = built()
     from PIL import Image
 
     wide = tiny.pil_image(3, 64).resize((64, 20), Image.BILINEAR)
-    inputs = model.prepare_inputs(images=[wide], text=["USER: <start_of_image> what is this ?"], do_pan_and_scan=True,
-                                  pan_and_scan_min_crop_size=4)
-    n = inputs["pixel_values"].shape[0]
-    assert n == 4  # the original + 3 crops
+    tall = tiny.pil_image(4, 64).resize((20, 44), Image.BILINEAR)
+    inputs = model.prepare_inputs(images=[wide, tiny.pil_image(5, 24), tall], padding_side="left",
+                                  text=["USER: <start_of_image> and <start_of_image> what ?", "<start_of_image> this"],
+                                  do_pan_and_scan=True, pan_and_scan_min_crop_size=4)
+    assert inputs["num_crops"].tolist() == [3, 0, 2] and inputs["pixel_values"].shape[0] == 8
     with torch.no_grad():
         ref = hf(**inputs).logits
     logits, cache = model.run_with_cache(**inputs, names_filter="hook_embed")
-    assert _max(ref, logits) <= ATOL
-    assert cache.spans.n_images(0) == n and len(cache.spans.positions("eoi")) == n
+    assert _max(ref, logits, _real(inputs)) <= ATOL
+    spans = cache.spans
+    assert [spans.n_images(b) for b in (0, 1)] == [5, 3] and len(spans.positions("eoi", 0)) == 5
+    labels = [[(lay.crop_of, lay.crop_index) for lay in spans.layouts[b]] for b in (0, 1)]
+    assert labels == [[(None, None), (0, 0), (0, 1), (0, 2), (None, None)], [(None, None), (0, 0), (0, 1)]]
+    for b, crops in ((0, (1, 2, 3)), (1, (1, 2))):
+        in_crops = torch.zeros_like(spans.mask("crop")[b])
+        for i in crops:
+            in_crops[spans.positions(f"image.{i}", b)] = True
+        assert torch.equal(spans.mask("crop")[b], in_crops)
+        assert spans.grid[b, spans.positions(f"image.{crops[-1]}", b), 0].eq(crops[-1]).all()
 
 
 @pytest.mark.parametrize("src,dst", [("image", "last"), ("image", "image")])
