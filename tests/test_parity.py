@@ -20,6 +20,7 @@ from tests import tiny, tiny_native
 from tests import tiny_gemma3 as tg3
 from tests import tiny_idefics2 as ti2
 from tests import tiny_next_pixtral as tnp
+from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen_idefics as tqi
 
@@ -67,6 +68,7 @@ CASES = [
     ("qwen3-vl", tq3.qwen3vl),
     ("qwen3-vl-moe", functools.partial(tq3.qwen3vl, moe=True)),
     ("idefics2", ti2.idefics2),
+    ("paligemma2", tpg.paligemma),  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
 ]
 CASE_IDS = [c[0] for c in CASES]
 
