@@ -83,6 +83,31 @@ def test_vision_layers_and_projector_match_hf():
     assert _max(image_features, cache["projector.hook_out"]) <= ATOL
 
 
+def test_parity_batch_is_longer_than_the_window_with_an_image_inside_and_the_window_acts(monkeypatch):
+    """The batch tests/test_parity.py's "gemma3" case compares with HF: every real prompt is longer than twice the
+    sliding window (8), each image (16 tokens) is longer than the window and sits inside the prompt (text before and
+    after it, the last token too far back to see all of it on sliding layers); without the window our logits leave
+    HF's by far, so the parity there tests the sliding layers with an image inside the prompt."""
+    from tests.test_parity import built as parity_built
+
+    b = parity_built("gemma3")
+    model, inputs = b.model, b.inputs
+    real = _real(inputs)
+    window = model.cfg.text.sliding_window
+    assert window == tg.SLIDING_WINDOW < tg.N_IMAGE_TOKENS and int(real.sum(1).min()) > 2 * window
+    for row, mask in zip(inputs["input_ids"], real):
+        ids = row[mask]
+        image = (ids == tg.IMAGE_TOKEN).nonzero().flatten()
+        # text before and after the image; the last token's sliding layers cannot see the image's first tokens
+        assert len(image) >= tg.N_IMAGE_TOKENS and int(image[0]) > 1 and int(image[-1]) < len(ids) - 2
+        assert len(ids) - 1 - int(image[0]) >= window
+    with torch.no_grad():
+        ref = b.hf(**inputs).logits
+        assert _max(ref, model(**inputs), real) <= ATOL
+        monkeypatch.setattr(model.cfg.text, "sliding_window", 10_000)
+        assert _max(ref, model(**inputs), real) > 10 * ATOL
+
+
 def test_fast_and_explicit_paths_agree():
     _, _, model, inputs = built()
     real = _real(inputs)
