@@ -123,7 +123,10 @@ def gemma3_prepare_inputs(model: Any, images: Any = None, text: list[str] | None
     if images is not None:  # the processor drops num_crops (HF's forward ignores it): spans label the crops with it
         is_pan = lambda k: k.startswith(("do_pan_and_scan", "pan_and_scan_"))  # noqa: E731
         # HF's precedence: the processor's defaults, the image processor's saved (non-null) settings, the call's kwargs
-        pan = {k: v for k, v in getattr(processor, "images_kwargs", {}).items() if is_pan(k)}
+        defaults = getattr(processor, "images_kwargs", None)
+        if not isinstance(defaults, dict):  # transformers < 5.23 keeps them on the processor's kwargs class
+            defaults = getattr(getattr(processor, "valid_processor_kwargs", None), "_defaults", {}).get("images_kwargs", {})
+        pan = {k: v for k, v in defaults.items() if is_pan(k)}
         pan.update({k: getattr(processor.image_processor, k) for k in list(pan)
                     if getattr(processor.image_processor, k, None) is not None})
         pan.update({k: v for k, v in kwargs.items() if is_pan(k)})
