@@ -21,6 +21,7 @@ FAMILY_MODULES = [
     "converters.qwen3_vl",
     "converters.paligemma",
     "converters.internvl",
+    "converters.idefics2",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

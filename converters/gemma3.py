@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import torch
+
 from hooked_vlm.components.rope import STATIC_ROPE_TYPES
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
 
@@ -101,7 +103,7 @@ def gemma3_config(hf: Any) -> HookedVLMConfig:
                          eoi_token_id=hf.eoi_token_index, pad_token_id=tc.pad_token_id, bos_token_id=tc.bos_token_id,
                          eos_token_id=eos),
         tie_word_embeddings=bool(hf.tie_word_embeddings),  # HF ties from the top-level config
-        extra={"image_pipeline": "vit_pooled", "prepare_inputs_fn": gemma3_prepare_inputs, "input_keys": ("token_type_ids",), "image_markers": ("boi", "eoi"),
+        extra={"image_pipeline": "vit_pooled", "prepare_inputs_fn": gemma3_prepare_inputs, "input_keys": ("token_type_ids", "num_crops"), "image_markers": ("boi", "eoi"),
                "marker_names": {"boi": BOI, "eoi": EOI}},
     )
 
@@ -117,7 +119,20 @@ def gemma3_prepare_inputs(model: Any, images: Any = None, text: list[str] | None
                              f"but {len(images)} images were given; give one image per placeholder, in order")
         starts = [sum(counts[:i]) for i in range(len(counts))]
         images = [list(images[s:s + c]) for s, c in zip(starts, counts)]
-    return processor(images=images, text=text, return_tensors="pt", **kwargs)
+    out = processor(images=images, text=text, return_tensors="pt", **kwargs)
+    if images is not None:  # the processor drops num_crops (HF's forward ignores it): spans label the crops with it
+        is_pan = lambda k: k.startswith(("do_pan_and_scan", "pan_and_scan_"))  # noqa: E731
+        # HF's precedence: the processor's defaults, the image processor's saved (non-null) settings, the call's kwargs
+        defaults = getattr(processor, "images_kwargs", None)
+        if not isinstance(defaults, dict):  # transformers < 5.23 keeps them on the processor's kwargs class
+            defaults = getattr(getattr(processor, "valid_processor_kwargs", None), "_defaults", {}).get("images_kwargs", {})
+        pan = {k: v for k, v in defaults.items() if is_pan(k)}
+        pan.update({k: getattr(processor.image_processor, k) for k in list(pan)
+                    if getattr(processor.image_processor, k, None) is not None})
+        pan.update({k: v for k, v in kwargs.items() if is_pan(k)})
+        flat = [image for group in images for image in (group if isinstance(group, (list, tuple)) else [group])]
+        out["num_crops"] = torch.as_tensor(processor.image_processor(flat, **pan)["num_crops"])
+    return out
 
 
 def gemma3_keymap(cfg: HookedVLMConfig) -> KeyMap:

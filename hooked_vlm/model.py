@@ -426,7 +426,8 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
                    add_special_tokens=add_special_tokens)["input_ids"].to(self.device)
 
     def to_str_tokens(self, inputs: Any, batch: int = 0) -> list[str]:
-        """String tokens of one batch item; image tokens appear as ``<img r,c>`` (``<img t:r,c>`` with tiles)."""
+        """String tokens of one batch item; image tokens appear as ``<img r,c>`` (``<img t:r,c>`` with tiles), resampler
+        latents as ``<latent k>`` (``<latent t:k>``)."""
         if isinstance(inputs, Mapping):
             tokens, mask = inputs["input_ids"], inputs.get("attention_mask")
             spans = self.spans_for(tokens.to(self.device), None if mask is None else mask.to(self.device),
@@ -436,11 +437,14 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
             tokens = tokens[None] if tokens.ndim == 1 else tokens
             spans = self.spans_for(tokens.to(self.device), None, [])
         tok = self._require_tokenizer()
-        out = []
+        out, n_latent = [], {}
         for p, t in enumerate(tokens[batch].tolist()):
             img, tile, r, c = spans.grid[batch, p].tolist()
             if t == self.cfg.roles.image_token_id and "row_break" in spans and bool(spans.mask("row_break")[batch, p]):
                 out.append("<img newline>")  # an image placeholder holding the image_newline embedding
+            elif img >= 0 and spans.layouts[batch][img].latents:  # a resampler latent: its index, no (row, col)
+                k = n_latent[img, tile] = n_latent.get((img, tile), -1) + 1
+                out.append(f"<latent {k}>" if spans.layouts[batch][img].tiles == 1 else f"<latent {tile}:{k}>")
             elif img >= 0 and r >= 0:
                 out.append(f"<img {r},{c}>" if tile <= 0 and spans.layouts[batch][img].tiles == 1 else f"<img {tile}:{r},{c}>")
             elif img >= 0:

@@ -26,6 +26,10 @@ class ImageLayout:
     ``tile_shapes`` overrides the shape per tile when tiles differ (e.g. base image + unpadded tiles).
     ``newline_offsets`` lists offsets (within this image's placeholder tokens) that hold a row-break
     embedding (LLaVA-NeXT / OneVision ``image_newline``): they get role ``row_break``, no grid cell.
+    ``latents`` > 0: every tile is that many perceiver-resampler latents (Idefics2), not patches: a latent has no
+    (row, col) on the image (grid row = col = -1, span ``latent``) and ``rows`` / ``cols`` are 0.
+    ``crop_of`` / ``crop_index``: this image is crop ``crop_index`` (0, 1, ...) of image ``crop_of`` of the same batch
+    item (Gemma 3 pan-and-scan); its tokens get span ``crop`` (the original image's do not).
     """
 
     rows: int
@@ -35,13 +39,26 @@ class ImageLayout:
     n_prefix: int = 0  # content tokens before the grid (e.g. a kept class token); no grid cell
     newline_offsets: list[int] | None = None  # placeholder offsets holding a row-break embedding
     thumbnail: bool = False  # the last tile is a downscaled view of the whole image (InternVL): span ``thumbnail``
+    latents: int = 0  # tokens per tile when they are resampler latents (no grid); 0 = patches on a rows x cols grid
+    crop_of: int | None = None  # index of the image this one was cropped from (pan-and-scan), None = not a crop
+    crop_index: int | None = None  # which crop of crop_of it is (0-based, the processor's order)
+
+    def __post_init__(self) -> None:
+        if self.latents < 0 or (self.latents and (self.rows or self.cols or self.tile_shapes)):
+            raise ValueError(f"ImageLayout(latents={self.latents}): latent tokens have no patch grid; give rows=0, "
+                             f"cols=0 and no tile_shapes (got rows={self.rows}, cols={self.cols})")
+        if (self.crop_of is None) != (self.crop_index is None):
+            raise ValueError(f"ImageLayout: crop_of={self.crop_of} and crop_index={self.crop_index} go together")
 
     def shapes(self) -> list[tuple[int, int]]:
+        if self.latents:
+            return []
         return self.tile_shapes if self.tile_shapes is not None else [(self.rows, self.cols)] * self.tiles
 
     @property
     def n_tokens(self) -> int:
-        return self.n_prefix + sum(r * c for r, c in self.shapes()) + len(self.newline_offsets or ())
+        grid = self.tiles * self.latents if self.latents else sum(r * c for r, c in self.shapes())
+        return self.n_prefix + grid + len(self.newline_offsets or ())
 
 
 @dataclass
@@ -124,6 +141,11 @@ class TokenSpans:
         sel = (g[:, 0] == image) & (g[:, 1] == tile)
         if not sel.any():
             raise ValueError(f"batch item {batch} has no image {image} (tile {tile})")
+        if self.layouts and image < len(self.layouts[batch]) and self.layouts[batch][image].latents:
+            raise ValueError(
+                f"image {image} of batch item {batch} is {self.layouts[batch][image].latents} perceiver-resampler "
+                "latents per tile, not patches: a latent mixes the whole image and has no (row, col) to draw it at. "
+                f"Read its values by position instead: spans.positions('image.{image}', {batch}) (span 'latent')")
         rows, cols = int(g[sel, 2].max()) + 1, int(g[sel, 3].max()) + 1
         out = torch.full((rows, cols, *values.shape[1:]), float("nan"), dtype=torch.float32)
         out[g[sel, 2].cpu(), g[sel, 3].cpu()] = values[sel.to(values.device)].float().cpu()
@@ -183,8 +205,15 @@ def build_spans(
                 masks["image"][b, img_pos[is_nl]] = False
                 img_pos = img_pos[~is_nl]
             masks.setdefault(f"image.{i}", torch.zeros_like(real))[b, img_pos] = True
+            if layout.crop_of is not None:
+                masks.setdefault("crop", torch.zeros_like(real))[b, img_pos] = True
             grid[b, img_pos[: layout.n_prefix], 0] = i
             offset = layout.n_prefix
+            for t in range(layout.tiles if layout.latents else 0):  # latents: image and tile, no (row, col)
+                tile_pos = img_pos[offset : offset + layout.latents]
+                grid[b, tile_pos, 0], grid[b, tile_pos, 1] = i, t
+                masks.setdefault("latent", torch.zeros_like(real))[b, tile_pos] = True
+                offset += layout.latents
             for t, (r, c) in enumerate(layout.shapes()):
                 cell = torch.arange(r * c, device=ids.device)
                 tile_pos = img_pos[offset : offset + r * c]

@@ -13,8 +13,9 @@ from tests.test_hooks import FAMILIES
 
 ATOL = 1e-4
 #: one family per kind of image region: markers + image codes, row breaks, tiles + newlines, 3-D rope; bidirectional
-#: image blocks (Gemma 3), DeepStack and experts (Qwen3-VL)
-CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "gemma3", "qwen3vl", "qwen3vl_moe", "internvl"]
+#: image blocks (Gemma 3), DeepStack and experts (Qwen3-VL), tiles + thumbnail (InternVL), resampler latents (Idefics2)
+CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "gemma3", "qwen3vl", "qwen3vl_moe", "internvl",
+         "idefics2"]
 
 
 @pytest.mark.parametrize("family", CASES)
@@ -61,7 +62,8 @@ def test_analyses_on_family(family):
     assert (flow.n == len(per_key)).all() and len(per_key) >= 1
     # patching every position of the residual from run A into a run with other pixels reproduces A
     other = dict(inputs)
-    other["pixel_values"] = inputs["pixel_values"] + 0.5 * torch.randn_like(inputs["pixel_values"].float()).to(inputs["pixel_values"].dtype)
+    pv = inputs["pixel_values"]  # (noise only where there are pixels: all-zero entries are batch padding for Idefics)
+    other["pixel_values"] = pv + 0.5 * torch.randn_like(pv.float()).to(pv.dtype) * (pv != 0)
     # (DeepStack, Qwen3-VL: image features are ADDED again after blocks 0 .. deepstack_layers-1, so the residual
     # carries all of A only from blocks.{deepstack_layers}.hook_resid_pre on; earlier, B's features still come in)
     first_full = model.cfg.text.deepstack_layers

@@ -83,6 +83,31 @@ def test_vision_layers_and_projector_match_hf():
     assert _max(image_features, cache["projector.hook_out"]) <= ATOL
 
 
+def test_parity_batch_is_longer_than_the_window_with_an_image_inside_and_the_window_acts(monkeypatch):
+    """The batch tests/test_parity.py's "gemma3" case compares with HF: every real prompt is longer than twice the
+    sliding window (8), each image (16 tokens) is longer than the window and sits inside the prompt (text before and
+    after it, the last token too far back to see all of it on sliding layers); without the window our logits leave
+    HF's by far, so the parity there tests the sliding layers with an image inside the prompt."""
+    from tests.test_parity import built as parity_built
+
+    b = parity_built("gemma3")
+    model, inputs = b.model, b.inputs
+    real = _real(inputs)
+    window = model.cfg.text.sliding_window
+    assert window == tg.SLIDING_WINDOW < tg.N_IMAGE_TOKENS and int(real.sum(1).min()) > 2 * window
+    for row, mask in zip(inputs["input_ids"], real):
+        ids = row[mask]
+        image = (ids == tg.IMAGE_TOKEN).nonzero().flatten()
+        # text before and after the image; the last token's sliding layers cannot see the image's first tokens
+        assert len(image) >= tg.N_IMAGE_TOKENS and int(image[0]) > 1 and int(image[-1]) < len(ids) - 2
+        assert len(ids) - 1 - int(image[0]) >= window
+    with torch.no_grad():
+        ref = b.hf(**inputs).logits
+        assert _max(ref, model(**inputs), real) <= ATOL
+        monkeypatch.setattr(model.cfg.text, "sliding_window", 10_000)
+        assert _max(ref, model(**inputs), real) > 10 * ATOL
+
+
 def test_fast_and_explicit_paths_agree():
     _, _, model, inputs = built()
     real = _real(inputs)
@@ -170,12 +195,14 @@ def _processor_inputs(model, **kwargs):
 def test_spans_from_the_real_processor():
     _, hf, model, _ = built()
     inputs = _processor_inputs(model)
-    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values", "token_type_ids"}
+    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values", "token_type_ids", "num_crops"}
+    assert inputs["num_crops"].tolist() == [0, 0, 0]  # no pan-and-scan: no image is a crop
     with torch.no_grad():
         ref = hf(**inputs).logits
     logits, cache = model.run_with_cache(**inputs, names_filter="hook_embed")
     assert _max(ref, logits, _real(inputs)) <= ATOL
     spans = cache.spans
+    assert "crop" not in spans and all(lay.crop_of is None for item in spans.layouts for lay in item)
     ids = inputs["input_ids"]
     for b, n_images in ((0, 2), (1, 1)):
         assert spans.n_images(b) == n_images
@@ -199,20 +226,32 @@ def test_prepare_inputs_needs_one_image_per_placeholder():
 
 
 def test_pan_and_scan_crops_are_images_of_their_own():
-    """do_pan_and_scan: the original image and each crop get their own boi / 16 tokens / eoi and image.{i}."""
+    """do_pan_and_scan (the real processor): every original image and each of its crops get their own boi / 16 tokens
+    / eoi and image.{i}; each crop's layout names the image it was cut from and its crop index (span ``crop``), counted
+    within its batch item. Item 0: a wide image (3 crops) and a square one (none); item 1: a tall image (2 crops)."""
     _, hf, model, _ = built()
     from PIL import Image
 
     wide = tiny.pil_image(3, 64).resize((64, 20), Image.BILINEAR)
-    inputs = model.prepare_inputs(images=[wide], text=["USER: <start_of_image> what is this ?"], do_pan_and_scan=True,
-                                  pan_and_scan_min_crop_size=4)
-    n = inputs["pixel_values"].shape[0]
-    assert n == 4  # the original + 3 crops
+    tall = tiny.pil_image(4, 64).resize((20, 44), Image.BILINEAR)
+    inputs = model.prepare_inputs(images=[wide, tiny.pil_image(5, 24), tall], padding_side="left",
+                                  text=["USER: <start_of_image> and <start_of_image> what ?", "<start_of_image> this"],
+                                  do_pan_and_scan=True, pan_and_scan_min_crop_size=4)
+    assert inputs["num_crops"].tolist() == [3, 0, 2] and inputs["pixel_values"].shape[0] == 8
     with torch.no_grad():
         ref = hf(**inputs).logits
     logits, cache = model.run_with_cache(**inputs, names_filter="hook_embed")
-    assert _max(ref, logits) <= ATOL
-    assert cache.spans.n_images(0) == n and len(cache.spans.positions("eoi")) == n
+    assert _max(ref, logits, _real(inputs)) <= ATOL
+    spans = cache.spans
+    assert [spans.n_images(b) for b in (0, 1)] == [5, 3] and len(spans.positions("eoi", 0)) == 5
+    labels = [[(lay.crop_of, lay.crop_index) for lay in spans.layouts[b]] for b in (0, 1)]
+    assert labels == [[(None, None), (0, 0), (0, 1), (0, 2), (None, None)], [(None, None), (0, 0), (0, 1)]]
+    for b, crops in ((0, (1, 2, 3)), (1, (1, 2))):
+        in_crops = torch.zeros_like(spans.mask("crop")[b])
+        for i in crops:
+            in_crops[spans.positions(f"image.{i}", b)] = True
+        assert torch.equal(spans.mask("crop")[b], in_crops)
+        assert spans.grid[b, spans.positions(f"image.{crops[-1]}", b), 0].eq(crops[-1]).all()
 
 
 @pytest.mark.parametrize("src,dst", [("image", "last"), ("image", "image")])

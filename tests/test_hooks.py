@@ -12,6 +12,7 @@ import torch
 from tests import tiny, tiny_native
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
+from tests import tiny_idefics2 as ti2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen_idefics as tqi
@@ -54,6 +55,7 @@ FAMILIES = {
     "qwen3vl_moe": _from_factory(functools.partial(tq3.qwen3vl, moe=True)),
     "internvl": _from_factory(tiv.internvl),
     "internvl_qwen3": _from_factory(functools.partial(tiv.internvl, "qwen3")),
+    "idefics2": _from_factory(ti2.idefics2),
 }
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from packaging.version import Version
 
 from converters import get_converter
 from converters.base import UnsupportedConfigError
@@ -28,9 +27,7 @@ from tests.tiny import max_abs_diff as _max, pattern_hooks as _pattern_hooks, re
 #: HF's own PaliGemma before transformers 5.23 is not the reference: checked on 5.20.0 (the make test-min venv), its
 #: PaliGemmaForConditionalGeneration never applies final_logit_softcapping and Gemma 2 runs on SDPA, which drops the
 #: attention-logit soft-cap. hooked_vlm computes what 5.23 computes; the comparisons with HF run in the main venv.
-HF_PALIGEMMA_IS_RIGHT = pytest.mark.skipif(
-    Version(transformers.__version__) < Version("5.23"),
-    reason=f"transformers {transformers.__version__} < 5.23: HF's PaliGemma ignores the soft-caps (the reference is 5.23)")
+HF_PALIGEMMA_IS_RIGHT = pytest.mark.skipif(not tp.HF_IS_REFERENCE, reason=tp.HF_REFERENCE_REASON)
 
 ATOL = 1e-4
 GOLDEN = Path(__file__).parent / "golden"

@@ -19,7 +19,9 @@ from hooked_vlm.components.rope import Rotary
 from tests import tiny, tiny_native
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
+from tests import tiny_idefics2 as ti2
 from tests import tiny_next_pixtral as tnp
+from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen_idefics as tqi
 
@@ -68,6 +70,8 @@ CASES = [
     ("qwen3-vl-moe", functools.partial(tq3.qwen3vl, moe=True)),
     ("internvl-qwen2", tiv.internvl),
     ("internvl-qwen3", functools.partial(tiv.internvl, "qwen3")),
+    ("idefics2", ti2.idefics2),
+    ("paligemma2", tpg.paligemma),  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
 ]
 CASE_IDS = [c[0] for c in CASES]
 

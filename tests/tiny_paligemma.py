@@ -8,11 +8,15 @@ numbers: q/k weights are scaled up so that raw scores reach several units).
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
+import transformers
+from packaging.version import Version
 
 from tests import tiny
 
@@ -23,6 +27,10 @@ N_IMAGE_TOKENS = 16
 SLIDING_WINDOW = 6
 ATTN_CAP, FINAL_CAP = 2.0, 3.0
 LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+#: HF's own PaliGemma before transformers 5.23 is not the reference (tests/test_paligemma.py HF_PALIGEMMA_IS_RIGHT)
+HF_IS_REFERENCE = Version(transformers.__version__) >= Version("5.23")
+HF_REFERENCE_REASON = (f"transformers {transformers.__version__} < 5.23: HF's PaliGemma ignores the soft-caps "
+                       "(the reference is 5.23)")
 
 
 def gemma2_text_config(**overrides: Any) -> dict:
@@ -52,8 +60,9 @@ def siglip_vision_config(**overrides: Any) -> dict:
 
 
 def make_paligemma(folder: Path | None = None, text: dict | None = None, vision: dict | None = None, seed: int = 0,
-                   processor: bool = True, **top: Any) -> tuple[Path, Any]:
-    """Save a tiny random PaliGemmaForConditionalGeneration (and its processor); returns (folder, hf_model in eval)."""
+                   processor: bool = True, sharpen: bool = True, **top: Any) -> tuple[Path, Any]:
+    """Save a tiny random PaliGemmaForConditionalGeneration (and its processor); returns (folder, hf_model in eval).
+    ``sharpen``: q/k and embedding weights scaled up so that the soft-caps bend the numbers (logits of several units)."""
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -65,6 +74,8 @@ def make_paligemma(folder: Path | None = None, text: dict | None = None, vision:
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
+            if not sharpen:
+                continue
             if "language_model" in name and name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(25.0)  # raw scores of several units: the 2.0 attention soft-cap bends them
             if name.endswith("embed_tokens.weight"):
@@ -137,3 +148,22 @@ def paligemma_case(**kwargs: Any) -> tuple[Path, Any, dict]:
     padding 2, 0, 5."""
     folder, hf = make_paligemma(**kwargs)
     return folder, hf, paligemma_batch(hf, [7, 5, 9], [0, 4, 3], [2, 0, 5])
+
+
+@functools.lru_cache(maxsize=None)
+def _paligemma_built() -> tiny.Built:
+    folder, hf = make_paligemma(text=gemma2_text_config(attn_logit_softcapping=None, final_logit_softcapping=None),
+                                sharpen=False)
+    return tiny.load(folder, hf, paligemma_batch(hf, [7, 5, 9], [0, 4, 3], [2, 0, 5]),
+                     paligemma_batch(hf, [8, 8], [3, 3], [0, 0], seed=1))
+
+
+def paligemma() -> tiny.Built:
+    """tests/test_parity.py's factory (skipped where HF is not the reference): PaliGemma 2's Gemma 2 LM (sandwich norms,
+    sliding / full layers, window 6 shorter than every prefix) and prefix-LM mask on a prefix / suffix batch (suffixes
+    of 0, 4 and 3 words, left padding 2, 0, 5; unpadded: 2 x (8 prefix + 3 suffix words)), with the soft-caps off:
+    SDPA cannot soft-cap, so with them every LM attention takes the explicit path, which the path checks there forbid
+    (tests/test_paligemma.py tests the caps against HF); weights not sharpened (logits of scale ~1, as every case)."""
+    if not HF_IS_REFERENCE:
+        pytest.skip(HF_REFERENCE_REASON)
+    return _paligemma_built()

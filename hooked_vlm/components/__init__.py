@@ -29,6 +29,7 @@ PROJECTOR_KINDS = {
     "unfold_merge_mlp": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",
     "pooled_norm_matmul": "hooked_vlm.components.pooled_projector:PooledNormProjector",
     "linear": "hooked_vlm.components.linear_projector:LinearProjector",
+    "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
 }
 
 

@@ -12,12 +12,13 @@ from ..hook_points import HookPoint
 class MLP(nn.Module):
     """``down(act(gate(x)) * up(x))`` when gated, else ``down(act(up(x)))``."""
 
-    def __init__(self, d_model: int, d_mlp: int, act_fn: str, gated: bool, bias: bool, out_bias: bool | None = None):
+    def __init__(self, d_model: int, d_mlp: int, act_fn: str, gated: bool, bias: bool, out_bias: bool | None = None,
+                 d_out: int | None = None):  # d_out: output width when it is not d_model (Idefics2's modality MLP)
         super().__init__()
         self.gated = gated
         self.gate_proj = nn.Linear(d_model, d_mlp, bias=bias) if gated else None
         self.up_proj = nn.Linear(d_model, d_mlp, bias=bias)  # weight [d_mlp, d_model]
-        self.down_proj = nn.Linear(d_mlp, d_model, bias=bias if out_bias is None else out_bias)
+        self.down_proj = nn.Linear(d_mlp, d_model if d_out is None else d_out, bias=bias if out_bias is None else out_bias)
         self.act = ACT2FN[act_fn]
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp] (pre-activation; the gate branch when gated)
         self.hook_pre_linear = HookPoint() if gated else None  # [batch, pos, d_mlp] (the up branch)

@@ -25,12 +25,27 @@ if TYPE_CHECKING:
 
 @register_pipeline("idefics3")
 def idefics3(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    flat, patch_mask, real_per_item = real_tiles(model, pixel_values, extras, partial_patches="any")
+    embeds = model.projector(model.vision(flat, patch_mask))  # [tile, tokens, d_model]
+    side = int(embeds.shape[1] ** 0.5)
+    tiles_per_image = _tiles_per_image(model, extras.get("input_ids"), real_per_item)
+    layouts = [ImageLayout(rows=side, cols=side, tiles=t) for t in tiles_per_image]
+    return embeds.reshape(-1, embeds.shape[-1]), layouts
+
+
+def real_tiles(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict,
+               partial_patches: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """[batch, tiles, C, H, W] -> (the real tiles [n, C, H, W], their patch masks [n, H / p, W / p], real tiles per item).
+
+    ``partial_patches``: a patch only partly covered by ``pixel_attention_mask`` is real with "any" (HF Idefics3: any
+    real pixel) or padding with "all" (HF Idefics2: every pixel real; then H and W need not be multiples of the patch
+    size: the conv and the mask both drop the remainder, as HF's do)."""
     vcfg = model.cfg.vision
     if pixel_values.ndim == 4:
         pixel_values = pixel_values[None]
     if pixel_values.ndim != 5 or pixel_values.shape[2] != vcfg.n_channels:
         raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; this model expects "
-                         f"[batch, tiles, {vcfg.n_channels}, height, width] (the Idefics3 image processor's output)")
+                         f"[batch, tiles, {vcfg.n_channels}, height, width] (the Idefics image processor's output)")
     b, n_tiles = pixel_values.shape[:2]
     flat = pixel_values.reshape(b * n_tiles, *pixel_values.shape[2:])
     real = (flat != 0).flatten(1).any(-1)  # all-zero tiles are batch padding (HF's rule)
@@ -41,15 +56,12 @@ def idefics3(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tu
     else:
         pixel_mask = pixel_mask.to(flat.device).reshape(b * n_tiles, *pixel_mask.shape[2:])
     p = vcfg.patch_size
-    if flat.shape[-1] % p or flat.shape[-2] % p:
+    if partial_patches == "any" and (flat.shape[-1] % p or flat.shape[-2] % p):
         raise ValueError(f"image height and width must be multiples of the patch size {p}; got {tuple(flat.shape[-2:])}")
     flat, pixel_mask = flat[real], pixel_mask[real]
-    patch_mask = pixel_mask.unfold(1, p, p).unfold(2, p, p).sum(dim=(-1, -2)) > 0
-    embeds = model.projector(model.vision(flat, patch_mask))  # [tile, tokens, d_model]
-    side = int(embeds.shape[1] ** 0.5)
-    tiles_per_image = _tiles_per_image(model, extras.get("input_ids"), real_per_item)
-    layouts = [ImageLayout(rows=side, cols=side, tiles=t) for t in tiles_per_image]
-    return embeds.reshape(-1, embeds.shape[-1]), layouts
+    covered = pixel_mask.unfold(1, p, p).unfold(2, p, p).sum(dim=(-1, -2))
+    patch_mask = covered > 0 if partial_patches == "any" else covered == p * p
+    return flat, patch_mask, real_per_item
 
 
 def _tiles_per_image(model: "HookedVLM", input_ids: torch.Tensor | None, real_per_item: list[int]) -> list[int]:
