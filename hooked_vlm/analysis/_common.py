@@ -109,14 +109,17 @@ def _positions_mask(spans: TokenSpans, positions: list) -> Tensor:
 def query_rows(hook: Any, span: SpanLike, act: Tensor | None = None) -> Bool[Tensor, "batch q_pos"]:
     """Inside a hook: which of the rows computed now (``hook.query_positions``) belong to ``span``.
 
-    ``act`` (optional) is checked to be laid out [batch, pos, ...] like the language model's stream.
+    ``act`` (optional) is checked to be laid out [batch, pos, ...] like the language model's stream, and the
+    mask comes back on its device.
     """
     if act is not None and (act.ndim < 3 or act.shape[1] != len(hook.query_positions)):
         raise ValueError(
             f"'{hook.name}' gives shape {tuple(act.shape)}, not [batch, pos, ...] over the sequence; span edits "
             "need a language-model activation (e.g. hook_embed instead of hook_image_embeds)"
         )
-    return span_mask(hook.spans, span)[:, hook.query_positions]
+    rows = span_mask(hook.spans, span)[:, hook.query_positions]
+    # under a device map the spans live on the main device and ``act`` on its block's device
+    return rows if act is None else rows.to(act.device)
 
 
 def grid_cells_mask(spans: TokenSpans, cells: Sequence[tuple[int, int]], image: int = 0, batch: int = 0,
