@@ -224,9 +224,9 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
     return model, processor, evaluate_and_save(model, processor, info, out)
 
 
-def evaluate_and_save(model: Any, processor: Any, info: dict, out: Path | None) -> dict:
-    """Adds held-out accuracy (1,000 scenes) to ``info``; saves model, processor and ``toy_training.json``."""
-    held_out = make_scenes(1000, HELD_OUT_SEED)
+def evaluate_and_save(model: Any, processor: Any, info: dict, out: Path | None, n_held_out: int = 1000) -> dict:
+    """Adds held-out accuracy (``n_held_out`` scenes) to ``info``; saves model, processor and ``toy_training.json``."""
+    held_out = make_scenes(n_held_out, HELD_OUT_SEED)
     acc = accuracy(hf_logits_fn(model), ToyEncoder(processor), held_out)
     info = dict(info, held_out_accuracy={k: round(v, 2) for k, v in acc.items()}, held_out_seed=HELD_OUT_SEED,
                 held_out_n=len(held_out), torch=torch.__version__)
@@ -251,7 +251,16 @@ def cli(argv: list[str] | None, doc: str, defaults: dict, train_fn: Callable[...
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli(argv, __doc__, DEFAULTS, train, TOY_DIR / "toy-llava")
+    """``--recipe fast`` (default: the shipped checkpoint's recipe, above) or ``--recipe llava``
+    (:mod:`hooked_vlm.toy.recipe_llava`: text-pretrained LM, projector alignment, instruction tuning)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", choices=("fast", "llava"), default="fast")
+    known, rest = pre.parse_known_args(argv)
+    if known.recipe == "llava":
+        from .recipe_llava import main as llava_main
+
+        return llava_main(rest)
+    cli(rest, __doc__, DEFAULTS, train, TOY_DIR / "toy-llava")
 
 
 if __name__ == "__main__":
