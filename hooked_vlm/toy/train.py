@@ -241,7 +241,7 @@ def evaluate_and_save(model: Any, processor: Any, info: dict, out: Path | None, 
 def cli(argv: list[str] | None, doc: str, defaults: dict, train_fn: Callable[..., tuple], default_out: Path) -> None:
     """``--out``, ``--threads`` and one ``--option`` per entry of ``defaults``; trains and prints the info."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=default_out, help="where to save (default: the packaged checkpoint)")
+    ap.add_argument("--out", type=Path, default=default_out, help="where to save (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
     for k, v in defaults.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
