@@ -1,7 +1,7 @@
 """The toy LLaVA trained the LLaVA way: ``python -m hooked_vlm.toy.train --recipe llava [--out DIR]``.
 
 Same model, tokenizer and processor as the shipped recipe (:mod:`hooked_vlm.toy.train`); the stages
-follow how LLaVA is built (fixed seed, CPU, a few minutes on 2 cores):
+follow how LLaVA is built (fixed seed, CPU; measured time in docs/toy_models.md):
 
 0. **vision**: the tower alone learns what is where (the shipped recipe's stage 1,
    :func:`~hooked_vlm.toy.train.pretrain_vision`), standing in for a pretrained CLIP tower.
