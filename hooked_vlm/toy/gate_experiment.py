@@ -84,13 +84,14 @@ def measure(model: Any, n: int = 200, seed: int = 781) -> dict[str, Any]:
     return out
 
 
-def run(seeds: list[int], opts: dict, n: int, threads: int, workdir: Path, held_out_n: int = 1000) -> dict[str, Any]:
+def run(seeds: list[int], opts: dict, n: int, threads: int, workdir: Path, held_out_n: int = 1000,
+        objectives: tuple[str, ...] = tuple(OBJECTIVES)) -> dict[str, Any]:
     """Train both objectives per seed (same options otherwise), measure each. -> {objective: {seed: result}}."""
     from hooked_vlm import HookedVLM
 
-    results: dict[str, Any] = {o: {} for o in OBJECTIVES}
+    results: dict[str, Any] = {o: {} for o in objectives}
     for seed in seeds:
-        for objective in OBJECTIVES:
+        for objective in objectives:
             start = time.time()
             folder = workdir / f"{objective}-seed{seed}"
             _, _, info = train(dict(opts, seed=seed, objective=objective), folder, threads, held_out_n)
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="LM training steps (both objectives)")
     ap.add_argument("--lm-layers", type=int, default=EXPERIMENT["lm_layers"])
     ap.add_argument("--lm-hidden", type=int, default=DEFAULTS["lm_hidden"])
+    ap.add_argument("--objectives", default="u,ug", help="which objectives to train (default both)")
     ap.add_argument("--n", type=int, default=200, help="held-out scenes per measurement")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write results.json and table.md here")
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n = 8 if args.smoke else args.n
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        results = run(seeds, opts, n, args.threads, args.keep or Path(tmp), 20 if args.smoke else 1000)
+        results = run(seeds, opts, n, args.threads, args.keep or Path(tmp), 20 if args.smoke else 1000,
+                      tuple(args.objectives.split(",")))
     report = dict(options=opts, seeds=seeds, n=n, smoke=args.smoke, seconds=round(time.time() - start, 1), results=results)
     md = table(results)
     print(md)
