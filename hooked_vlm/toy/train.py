@@ -224,9 +224,9 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
     return model, processor, evaluate_and_save(model, processor, info, out)
 
 
-def evaluate_and_save(model: Any, processor: Any, info: dict, out: Path | None, n_held_out: int = 1000) -> dict:
-    """Adds held-out accuracy (``n_held_out`` scenes) to ``info``; saves model, processor and ``toy_training.json``."""
-    held_out = make_scenes(n_held_out, HELD_OUT_SEED)
+def evaluate_and_save(model: Any, processor: Any, info: dict, out: Path | None, held_out_n: int = 1000) -> dict:
+    """Adds held-out accuracy (``held_out_n`` scenes) to ``info``; saves model, processor and ``toy_training.json``."""
+    held_out = make_scenes(held_out_n, HELD_OUT_SEED)
     acc = accuracy(hf_logits_fn(model), ToyEncoder(processor), held_out)
     info = dict(info, held_out_accuracy={k: round(v, 2) for k, v in acc.items()}, held_out_seed=HELD_OUT_SEED,
                 held_out_n=len(held_out), torch=torch.__version__)

@@ -10,7 +10,11 @@ of image) by a ``ChameleonProcessor``. Two stages, CPU, fixed seed:
    codebook = weighted k-means of its latents; then frozen;
 2. the LM (2-layer Chameleon decoder, qk-norm) on the toy questions, loss on the answer tokens
    (every fresh scene asked every question kind), optionally plus ``--image-loss`` x next-code loss
-   on the image tokens (native models also model their images).
+   on the image tokens (native models also model their images);
+3. ``--objective ug`` (understanding + generation) adds ``gen_weight`` x the next-token loss on every
+   image code and EOI, both in the question rows and in caption -> image rows
+   (``<s> caption <racm3:break> codes <eoss>``); ``u`` (default) trains on the answers only. The
+   same scenes, steps and seed either way (:mod:`hooked_vlm.toy.gate_experiment` compares the two).
 
 Saved with ``save_pretrained`` so that ``HookedVLM.from_pretrained("toy-chameleon")`` loads it through
 the Chameleon converter like any checkpoint.
@@ -35,7 +39,8 @@ from .vq_fit import code_purity, encode, fit_codebook, train_encoder
 BOI, EOI, SEP = "<racm3:break>", "<eoss>", "<reserved08706>"
 DEFAULTS = dict(vq_steps=300, vq_batch=32, vq_lr=2e-3, n_codes=256, kmeans_scenes=2000, object_weight=5.0, probe_weight=0.0,
                 steps=1500, batch_scenes=16, lr=2e-3, warmup=100, weight_decay=0.01, image_loss=0.0, seed=0,
-                kinds="colour,shape,position,caption", lm_layers=2, lm_hidden=128)
+                kinds="colour,shape,position,caption", lm_layers=2, lm_hidden=128, objective="u", gen_weight=1.0)
+OBJECTIVES = ("u", "ug")
 _LETTERS = "ABCDEFGHIJ"
 
 
@@ -74,8 +79,8 @@ def build_model(opts: dict, tokenizer: Any) -> Any:
     return ChameleonForConditionalGeneration(config)
 
 
-def fit_tokenizer(model: Any, enc: ToyEncoder, opts: dict, rng: np.random.Generator) -> dict:
-    """Stage 1: train the VQ encoder, fit its codebook, freeze it. -> purity on 500 held-out scenes."""
+def fit_tokenizer(model: Any, enc: ToyEncoder, opts: dict, rng: np.random.Generator, purity_n: int = 500) -> dict:
+    """Stage 1: train the VQ encoder, fit its codebook, freeze it. -> purity on ``purity_n`` held-out scenes."""
     from tqdm import tqdm
 
     vq = model.model.vqmodel
@@ -88,15 +93,46 @@ def fit_tokenizer(model: Any, enc: ToyEncoder, opts: dict, rng: np.random.Genera
     scenes = [make_scene(rng) for _ in range(opts["kmeans_scenes"])]
     fit_codebook(vq, scenes, enc.pixel_values([s.image for s in scenes]), opts["object_weight"], seed=opts["seed"])
     vq.requires_grad_(False)
-    held_out = make_scenes(500, HELD_OUT_SEED + 1)
+    held_out = make_scenes(purity_n, HELD_OUT_SEED + 1)
     purity = code_purity(encode(vq, enc.pixel_values([s.image for s in held_out])), held_out)
     return dict(final_reconstruction_mse=round(float(np.mean(losses[-20:])), 5), **{k: round(v, 2) for k, v in purity.items()})
 
 
-def lm_step_loss(model: Any, batch: dict, n_kinds: int, image_loss: float) -> torch.Tensor:
-    """Answer loss (+ image_loss x next-code loss). The codes are spliced into input_ids directly (what
-    the HF model does to its <image> placeholders), so each scene is VQ-encoded once, not per question."""
-    image_id = model.config.image_token_id
+def generation_mask(ids: torch.Tensor, image_id: int, eoi_id: int, objective: str) -> torch.Tensor:
+    """Positions trained to predict the next image token: those whose next token is a code (``image_id``
+    placeholders) or EOI under ``objective="ug"``; none under ``"u"``. [rows, pos] bool."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES} ('u': answers only, 'ug': + image generation), got {objective!r}")
+    if objective == "u":
+        return torch.zeros_like(ids, dtype=torch.bool)
+    nxt = torch.roll((ids == image_id) | (ids == eoi_id), -1, 1)
+    nxt[:, -1] = False
+    return nxt
+
+
+def caption_image_rows(batch: dict, caption_kind: int, n_codes: int, ids: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption -> image examples, one per scene: ``<s> caption <racm3:break> [n_codes x image_id] <eoss>``
+    (right-padded; the codes are spliced in by the caller), the caption read off the batch's caption
+    answers. ``ids``: bos, boi, image, eoi, pad token ids. -> (input_ids, attention_mask)."""
+    rows = []
+    for r in torch.nonzero(batch["kind"] == caption_kind)[:, 0].tolist():
+        caption = batch["targets"][r][batch["answer_mask"][r]][:-1]  # the answer without its end token
+        rows.append(torch.cat([torch.tensor([ids["bos"]]), caption, torch.tensor([ids["boi"]] + [ids["image"]] * n_codes + [ids["eoi"]])]))
+    out = torch.full((len(rows), max(len(x) for x in rows)), ids["pad"], dtype=torch.long)
+    mask = torch.zeros_like(out)
+    for i, x in enumerate(rows):
+        out[i, : len(x)], mask[i, : len(x)] = x, 1
+    return out, mask
+
+
+def lm_step_loss(model: Any, batch: dict, n_kinds: int, image_loss: float, objective: str = "u", gen_weight: float = 1.0,
+                 caption_kind: int | None = None) -> torch.Tensor:
+    """Answer loss (+ image_loss x next-code loss) (+ under ``objective="ug"``, gen_weight x the next-token
+    loss on the codes and EOI of the question rows and of caption -> image rows). The codes are spliced
+    into input_ids directly (what the HF model does to its <image> placeholders), so each scene is
+    VQ-encoded once, not per question."""
+    cfg = model.config
+    image_id, eoi_id = cfg.image_token_id, cfg.vocabulary_map[EOI]
     with torch.no_grad():
         codes = model.model.get_image_tokens(batch["pixel_values"][::n_kinds])  # [scene, 36] token ids
     ids = batch["input_ids"].clone()
@@ -104,14 +140,25 @@ def lm_step_loss(model: Any, batch: dict, n_kinds: int, image_loss: float) -> to
     hidden = model.model(input_ids=ids, attention_mask=batch["attention_mask"]).last_hidden_state
     logits = model.lm_head(hidden)  # raw: the HF head would set the code logits to the dtype minimum
     loss = answer_loss(logits, batch)
+    nxt = torch.roll(ids, -1, 1)
     if image_loss > 0:
-        nxt = torch.roll(ids, -1, 1)
         is_code = torch.roll(batch["input_ids"] == image_id, -1, 1)  # positions whose next token is a code
         loss = loss + image_loss * torch.nn.functional.cross_entropy(logits[is_code], nxt[is_code])
+    gen = generation_mask(batch["input_ids"], image_id, eoi_id, objective)
+    if gen.any():
+        if caption_kind is None:
+            raise ValueError("objective 'ug' needs the 'caption' kind in --kinds (its answers are the caption -> image prompts)")
+        special = dict(bos=cfg.bos_token_id, boi=cfg.vocabulary_map[BOI], image=image_id, eoi=eoi_id, pad=cfg.pad_token_id)
+        g_ids, g_mask = caption_image_rows(batch, caption_kind, codes.shape[1], special)
+        g_sel = generation_mask(g_ids, image_id, eoi_id, objective)
+        g_ids[g_ids == image_id] = codes.reshape(-1).to(g_ids.dtype)
+        g_logits = model.lm_head(model.model(input_ids=g_ids, attention_mask=g_mask).last_hidden_state)
+        targets = torch.cat([nxt[gen], torch.roll(g_ids, -1, 1)[g_sel]])
+        loss = loss + gen_weight * torch.nn.functional.cross_entropy(torch.cat([logits[gen], g_logits[g_sel]]).float(), targets)
     return loss
 
 
-def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dict]:
+def train(opts: dict, out: Path | None, threads: int = 2, held_out_n: int = 1000) -> tuple[Any, Any, dict]:
     torch.set_num_threads(threads)
     torch.manual_seed(opts["seed"])
     rng = np.random.default_rng(opts["seed"])
@@ -119,15 +166,18 @@ def train(opts: dict, out: Path | None, threads: int = 2) -> tuple[Any, Any, dic
     processor = build_processor(opts["n_codes"])
     model = build_model(opts, processor.tokenizer)
     enc = ToyEncoder(processor)
-    tokenizer_info = fit_tokenizer(model, enc, opts, rng)
+    tokenizer_info = fit_tokenizer(model, enc, opts, rng, min(500, held_out_n))
     vq_seconds = time.time() - start
 
-    n_kinds = len(opts["kinds"].split(","))
-    train_answers(model, enc, opts, rng, lambda batch: lm_step_loss(model, batch, n_kinds, opts["image_loss"]),
+    kinds = opts["kinds"].split(",")
+    caption_kind = kinds.index("caption") if "caption" in kinds else None
+    step_loss = lambda batch: lm_step_loss(model, batch, len(kinds), opts["image_loss"], opts["objective"], opts["gen_weight"],
+                                           caption_kind)
+    train_answers(model, enc, opts, rng, step_loss,
                   "toy-chameleon LM", n_evals=5)
     info = dict(options=opts, train_seconds=round(time.time() - start, 1), vq_seconds=round(vq_seconds, 1), threads=threads,
                 tokenizer=tokenizer_info)
-    return model, processor, evaluate_and_save(model, processor, info, out)
+    return model, processor, evaluate_and_save(model, processor, info, out, held_out_n)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,161 @@
+"""The narrow-gate hypothesis under control: ``python -m hooked_vlm.toy.gate_experiment [--seeds 0,1,2]``.
+
+Two native toys (:mod:`hooked_vlm.toy.train_native`, Chameleon-style, image codes in the vocabulary)
+with the same architecture, data, steps and seeds, differing only in the objective:
+
+- ``u``: understanding only (loss on the answers and captions);
+- ``ug``: understanding + image generation (also the next-token loss on the image codes and EOI, and
+  caption -> image examples).
+
+Per model and seed (colour questions, held-out scenes): accuracy with EOI knocked out (all layers,
+``mask`` and ``zero`` knockout), with image -> text blocked (BOI + codes), with one random image code
+knocked out; the share of the attention of text after the image that goes to EOI, per layer
+(:func:`~hooked_vlm.analysis.attention_flow`); and EOI patching across images with a different
+colour (:func:`~hooked_vlm.analysis.patching_sweep`, flip fraction per layer). The hypothesis predicts
+that EOI knockout and EOI patching matter for ``ug`` and not for ``u``.
+
+``--smoke`` trains tiny models for a few steps (end to end in seconds; the numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import COLOURS, make_scenes
+from .gate_effects import gate_sources
+from .tasks import ToyEncoder, accuracy, hooked_logits_fn
+from .train_native import DEFAULTS, train
+
+OBJECTIVES = {"u": "U (understanding)", "ug": "U+G (+ generation)"}
+KNOCKOUTS = {"eoi": "eoi", "image->text": "boi+codes", "random code": "random code"}
+EXPERIMENT = dict(lm_layers=4)  # the one change from train_native.DEFAULTS (the paper's gate needs depth)
+SMOKE = dict(vq_steps=3, vq_batch=4, kmeans_scenes=40, n_codes=32, steps=1, batch_scenes=2, warmup=1, lm_layers=4, lm_hidden=32)
+
+
+def colour_pairs(n: int, seed: int) -> tuple[list, list]:
+    """(targets, sources): held-out scenes and, for each, the next scene whose object has another colour."""
+    scenes = make_scenes(2 * n, seed)
+    targets, sources = [], []
+    for i, t in enumerate(scenes[:n]):
+        src = next(s for s in scenes[i + 1:] if s.objects[0].colour != t.objects[0].colour)
+        targets.append(t)
+        sources.append(src)
+    return targets, sources
+
+
+def colour_inputs(encoder: ToyEncoder, scenes: list) -> dict[str, torch.Tensor]:
+    """The colour question on each scene, no answer (the last position predicts the colour)."""
+    ids = torch.tensor([encoder.prompt_ids("colour")] * len(scenes))
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=encoder.pixel_values([s.image for s in scenes]))
+
+
+@torch.no_grad()
+def measure(model: Any, n: int = 200, seed: int = 781) -> dict[str, Any]:
+    """The gate measurements of one model (see the module docstring)."""
+    from hooked_vlm.analysis import attention_flow, knockout_hooks, patching_sweep
+
+    encoder = ToyEncoder(model.processor)
+    scenes = make_scenes(n, seed)
+    layers = list(range(model.cfg.n_layers))
+    sources = gate_sources(encoder.first_answer_position("colour"), seed)
+    acc = lambda hooks: accuracy(hooked_logits_fn(model, hooks), encoder, scenes, ("colour",), batch_size=100)["colour"]
+    out: dict[str, Any] = {"base": acc([])}
+    for mode in ("mask", "zero"):
+        for name, key in KNOCKOUTS.items():
+            out[f"{name} ({mode})"] = acc(knockout_hooks(model, src=sources[key], dst="after_image", layers=layers, mode=mode))
+    flow = attention_flow(model, colour_inputs(encoder, scenes[:100]), query_span="after_image",
+                          keys=["eoi", "boi", "image", "text"])
+    eoi = flow[flow["role"] == "eoi"].sort_values("layer")
+    out["eoi attention share"] = [round(float(x), 4) for x in eoi["share"]]
+    targets, srcs = colour_pairs(min(n, 100), seed + 1)
+    ids = lambda ss: [model.to_single_token(s.objects[0].colour) for s in ss]
+    tokens = torch.tensor(list(zip(ids(srcs), ids(targets))))  # (A = source colour, B = target colour)
+    sweep = patching_sweep(model, colour_inputs(encoder, targets), colour_inputs(encoder, srcs), tokens, span="eoi",
+                           site="resid_pre")
+    out["eoi patching flip"] = [round(float(x), 4) for x in sweep.groupby("layer")["flipped"].mean().sort_index()]
+    return out
+
+
+def run(seeds: list[int], opts: dict, n: int, threads: int, workdir: Path, held_out_n: int = 1000,
+        objectives: tuple[str, ...] = tuple(OBJECTIVES)) -> dict[str, Any]:
+    """Train both objectives per seed (same options otherwise), measure each. -> {objective: {seed: result}}."""
+    from hooked_vlm import HookedVLM
+
+    results: dict[str, Any] = {o: {} for o in objectives}
+    for seed in seeds:
+        for objective in objectives:
+            start = time.time()
+            folder = workdir / f"{objective}-seed{seed}"
+            _, _, info = train(dict(opts, seed=seed, objective=objective), folder, threads, held_out_n)
+            model = HookedVLM.from_pretrained(str(folder))
+            res = measure(model, n)
+            res.update(held_out=info["held_out_accuracy"], train_seconds=info["train_seconds"],
+                       total_seconds=round(time.time() - start, 1))
+            results[objective][str(seed)] = res
+            print(json.dumps({"objective": objective, "seed": seed, **res}), flush=True)
+    return results
+
+
+SCALARS = ["base", "eoi (mask)", "eoi (zero)", "image->text (mask)", "image->text (zero)", "random code (mask)",
+           "random code (zero)"]
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: one row per objective and seed, then mean +- sd over seeds per objective."""
+    cols = SCALARS + ["max EOI attn share (layer)", "max EOI patch flip (layer)"]
+    lines = ["| objective | seed | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    peak = lambda xs: f"{max(xs):.3f} ({xs.index(max(xs))})"
+    for o, by_seed in results.items():
+        for seed, r in by_seed.items():
+            vals = [f"{r[c]:.1f}" for c in SCALARS] + [peak(r["eoi attention share"]), peak(r["eoi patching flip"])]
+            lines.append(f"| {o} | {seed} | " + " | ".join(vals) + " |")
+        rs = list(by_seed.values())
+        if len(rs) > 1:
+            ms = lambda xs: f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
+            ms3 = lambda xs: f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+            vals = [ms([r[c] for r in rs]) for c in SCALARS] + [ms3([max(r["eoi attention share"]) for r in rs]),
+                                                                 ms3([max(r["eoi patching flip"]) for r in rs])]
+            lines.append(f"| {o} | mean ± sd | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    ap.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="LM training steps (both objectives)")
+    ap.add_argument("--lm-layers", type=int, default=EXPERIMENT["lm_layers"])
+    ap.add_argument("--lm-hidden", type=int, default=DEFAULTS["lm_hidden"])
+    ap.add_argument("--objectives", default="u,ug", help="which objectives to train (default both)")
+    ap.add_argument("--n", type=int, default=200, help="held-out scenes per measurement")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="write results.json and table.md here")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the trained checkpoints in this folder")
+    ap.add_argument("--smoke", action="store_true", help="tiny models, a few steps: checks the pipeline only")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    opts = dict(DEFAULTS, **(SMOKE if args.smoke else dict(steps=args.steps, lm_layers=args.lm_layers, lm_hidden=args.lm_hidden)))
+    n = 8 if args.smoke else args.n
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(seeds, opts, n, args.threads, args.keep or Path(tmp), 20 if args.smoke else 1000,
+                      tuple(args.objectives.split(",")))
+    report = dict(options=opts, seeds=seeds, n=n, smoke=args.smoke, seconds=round(time.time() - start, 1), results=results)
+    md = table(results)
+    print(md)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "table.md").write_text(md + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
