@@ -32,7 +32,7 @@ from torch import Tensor
 from .data import QUESTIONS, ToyScene, make_scene
 from .tasks import ToyEncoder, answer_loss
 from .train import DEFAULTS as FAST_DEFAULTS
-from .train import build_model, build_processor, cli, evaluate_and_save, make_optimizer, pretrain_vision, train_qa
+from .train import build_model, build_processor, cli, evaluate_and_save, make_optimizer, optimise_step, pretrain_vision, train_qa
 
 DEFAULTS = dict(FAST_DEFAULTS, text_steps=600, text_batch=64, text_lr=2e-3, align_steps=300, align_batch_scenes=32,
                 align_lr=2e-3, tower_from="", held_out_n=1000)
@@ -84,11 +84,7 @@ def run_stage(model: Any, opts: dict, steps: int, lr: float, desc: str, next_los
     bar = tqdm(range(steps), desc=desc, mininterval=2.0)
     for step in bar:
         loss = next_loss()
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optim.step()
-        sched.step()
+        optimise_step(loss, optim, sched, trainable)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()

@@ -179,6 +179,15 @@ def train_qa(model: Any, processor: Any, opts: dict, rng: np.random.Generator) -
                   lr_scale=lambda name: scale if name.startswith("model.vision_tower.") else 1.0)
 
 
+def optimise_step(loss: Tensor, optim: Any, sched: Any, trainable: list) -> None:
+    """One AdamW step of the toy recipes: backward, gradient clipping at 1, optimizer and schedule steps."""
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optim.step()
+    sched.step()
+
+
 def train_answers(model: Any, enc: ToyEncoder, opts: dict, rng: np.random.Generator, loss_fn: Callable[[dict], Tensor],
                   desc: str, n_evals: int, lr_scale: Callable[[str], float] = lambda name: 1.0) -> None:
     """The question-answering loop both toy models share: ``opts["steps"]`` batches of
@@ -193,11 +202,7 @@ def train_answers(model: Any, enc: ToyEncoder, opts: dict, rng: np.random.Genera
     bar = tqdm(range(opts["steps"]), desc=desc, mininterval=2.0)
     for step in bar:
         loss = loss_fn(enc.batch([make_scene(rng) for _ in range(opts["batch_scenes"])], kinds))
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optim.step()
-        sched.step()
+        optimise_step(loss, optim, sched, trainable)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % max(opts["steps"] // n_evals, 1) == 0 and step + 1 < opts["steps"]:
