@@ -8,7 +8,8 @@
 - :func:`gate_attention`: per layer, how the answering position's attention splits between EOI,
   BOI, the object's codes, the other codes, BOS and the other text.
 - :func:`eoi_logit_lens`: how often the logit lens at EOI (final norm + unembedding, colour words
-  only) names the object's colour, per layer.
+  only) names the object's colour, per layer; :func:`span_logit_lens` the same at EOI and at the
+  mean image token.
 
 Mean-embedding ablation and the logit lens at the object's codes are :mod:`hooked_vlm.toy.effects`'
 ``object_ablation`` / ``object_logit_lens``, which work unchanged on a VQ model.
@@ -140,14 +141,25 @@ def gate_attention(model: Any, n: int = 100, seed: int = 779, kind: str = "colou
 @torch.no_grad()
 def eoi_logit_lens(model: Any, n: int = 200, seed: int = 778) -> dict[str, float]:
     """Percent of scenes whose top colour word under the logit lens at EOI is the object's colour, per layer."""
+    return span_logit_lens(model, n, seed)["eoi"]
+
+
+@torch.no_grad()
+def span_logit_lens(model: Any, n: int = 200, seed: int = 778) -> dict[str, dict[str, float]]:
+    """The colour logit lens (final norm + unembedding, colour words only) at EOI and at the mean image
+    token (the mean of the scene's 36 code positions), per layer: percent of scenes whose top colour
+    word is the object's colour. {"eoi" | "image_mean": {"embed" | "block {l}": percent}}."""
     scenes, names, cache = residual_cache(model, n, seed)
     colour_ids = torch.tensor([model.to_single_token(c) for c in COLOURS], device=model.device)
-    eoi = cache.spans.mask("eoi")
+    eoi, image = cache.spans.mask("eoi"), cache.spans.mask("image")
     want = torch.tensor([list(COLOURS).index(s.objects[0].colour) for s in scenes], device=model.device)
-    out = {}
+    out: dict[str, dict[str, float]] = {"eoi": {}, "image_mean": {}}
     for name in names:
-        resid = cache[name][eoi]  # [scene, d] (one EOI per scene)
-        top = model.unembed(model.ln_final(resid))[:, colour_ids].argmax(-1)
-        out["embed" if name == "hook_embed" else f"block {name.split('.')[1]}"] = 100.0 * float((top == want).float().mean())
+        resid = cache[name].float()
+        at = {"eoi": resid[eoi],  # [scene, d] (one EOI per scene)
+              "image_mean": (resid * image[..., None]).sum(1) / image.sum(1, keepdim=True)}  # [scene, d]
+        layer = "embed" if name == "hook_embed" else f"block {name.split('.')[1]}"
+        for where, vec in at.items():
+            top = model.unembed(model.ln_final(vec.to(model.dtype)))[:, colour_ids].argmax(-1)
+            out[where][layer] = 100.0 * float((top == want).float().mean())
     return out
-

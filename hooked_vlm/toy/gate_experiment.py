@@ -11,8 +11,14 @@ Per model and seed (colour questions, held-out scenes): accuracy with EOI knocke
 ``mask`` and ``zero`` knockout), with image -> text blocked (BOI + codes), with one random image code
 knocked out; the share of the attention of text after the image that goes to EOI, per layer
 (:func:`~hooked_vlm.analysis.attention_flow`); and EOI patching across images with a different
-colour (:func:`~hooked_vlm.analysis.patching_sweep`, flip fraction per layer). The hypothesis predicts
-that EOI knockout and EOI patching matter for ``ug`` and not for ``u``.
+colour (:func:`~hooked_vlm.analysis.patching_sweep`, flip fraction per layer); per layer, the colour
+logit lens (:func:`~hooked_vlm.toy.gate_effects.span_logit_lens`) and the neighbourhood overlap with
+the colour labels (:func:`~hooked_vlm.analysis.label_overlap`, k = 30) at EOI and at the mean image
+token. The hypothesis predicts that EOI knockout and EOI patching matter for ``ug`` and not for
+``u``, and that the gate has a high attention share AND a high label overlap.
+
+``--from DIR`` measures checkpoints kept by an earlier ``--keep DIR`` run (``{objective}-seed{seed}``
+folders) without training them again.
 
 ``--smoke`` trains tiny models for a few steps (end to end in seconds; the numbers mean nothing).
 """
@@ -30,7 +36,7 @@ from typing import Any
 import torch
 
 from .data import COLOURS, make_scenes
-from .gate_effects import gate_sources
+from .gate_effects import gate_sources, span_logit_lens
 from .tasks import ToyEncoder, accuracy, hooked_logits_fn
 from .train_native import DEFAULTS, train
 
@@ -60,7 +66,7 @@ def colour_inputs(encoder: ToyEncoder, scenes: list) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def measure(model: Any, n: int = 200, seed: int = 781) -> dict[str, Any]:
     """The gate measurements of one model (see the module docstring)."""
-    from hooked_vlm.analysis import attention_flow, knockout_hooks, patching_sweep
+    from hooked_vlm.analysis import attention_flow, knockout_hooks, label_overlap, patching_sweep
 
     encoder = ToyEncoder(model.processor)
     scenes = make_scenes(n, seed)
@@ -81,24 +87,43 @@ def measure(model: Any, n: int = 200, seed: int = 781) -> dict[str, Any]:
     sweep = patching_sweep(model, colour_inputs(encoder, targets), colour_inputs(encoder, srcs), tokens, span="eoi",
                            site="resid_pre")
     out["eoi patching flip"] = [round(float(x), 4) for x in sweep.groupby("layer")["flipped"].mean().sort_index()]
+    lens = span_logit_lens(model, n, seed - 3)  # seed 778: the toys' logit-lens scenes
+    overlap = label_overlap(model, colour_inputs(encoder, scenes), [s.objects[0].colour for s in scenes],
+                            spans={"eoi": "eoi", "image_mean": "image"}, k=30, progress=False)
+    for where in ("eoi", "image_mean"):
+        out[f"{where} lens"] = [round(lens[where][f"block {l}"], 2) for l in layers]
+        rows = overlap[overlap["span"] == where].sort_values("layer")
+        out[f"{where} overlap"] = [round(float(x), 4) for x in rows["overlap"]]
     return out
 
 
-def run(seeds: list[int], opts: dict, n: int, threads: int, workdir: Path, held_out_n: int = 1000,
-        objectives: tuple[str, ...] = tuple(OBJECTIVES)) -> dict[str, Any]:
-    """Train both objectives per seed (same options otherwise), measure each. -> {objective: {seed: result}}."""
+def measure_kept(folder: Path, n: int) -> dict[str, Any]:
+    """:func:`measure` on a checkpoint saved by :func:`run` (``--keep``), with its training record."""
     from hooked_vlm import HookedVLM
 
+    record = json.loads((folder / "toy_training.json").read_text())
+    res = measure(HookedVLM.from_pretrained(str(folder)), n)
+    res.update(held_out=record["held_out_accuracy"], train_seconds=record["train_seconds"])
+    return res
+
+
+def run(seeds: list[int], opts: dict, n: int, threads: int, workdir: Path, held_out_n: int = 1000,
+        objectives: tuple[str, ...] = tuple(OBJECTIVES), trained: bool = False) -> dict[str, Any]:
+    """Train both objectives per seed (same options otherwise), measure each. -> {objective: {seed: result}}.
+    ``trained``: the checkpoints are already in ``workdir`` (an earlier ``--keep``); measure only."""
     results: dict[str, Any] = {o: {} for o in objectives}
     for seed in seeds:
         for objective in objectives:
             start = time.time()
             folder = workdir / f"{objective}-seed{seed}"
-            _, _, info = train(dict(opts, seed=seed, objective=objective), folder, threads, held_out_n)
-            model = HookedVLM.from_pretrained(str(folder))
-            res = measure(model, n)
-            res.update(held_out=info["held_out_accuracy"], train_seconds=info["train_seconds"],
-                       total_seconds=round(time.time() - start, 1))
+            if trained:
+                torch.set_num_threads(threads)
+                if not (folder / "toy_training.json").exists():
+                    raise FileNotFoundError(f"--from {workdir}: no trained checkpoint {folder.name} there (train it with --keep)")
+            else:
+                train(dict(opts, seed=seed, objective=objective), folder, threads, held_out_n)
+            res = measure_kept(folder, n)
+            res["total_seconds"] = round(time.time() - start, 1)
             results[objective][str(seed)] = res
             print(json.dumps({"objective": objective, "seed": seed, **res}), flush=True)
     return results
@@ -127,6 +152,27 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PER_LAYER = {"eoi attention share": "EOI attn share", "eoi patching flip": "EOI patch flip", "eoi lens": "EOI lens (%)",
+             "image_mean lens": "image-mean lens (%)", "eoi overlap": "EOI overlap", "image_mean overlap": "image-mean overlap"}
+
+
+def layer_table(results: dict[str, Any]) -> str:
+    """Markdown: per objective and layer, each per-layer measure as mean ± sd over seeds (the value alone for one seed)."""
+    lines = ["| objective | layer | " + " | ".join(PER_LAYER.values()) + " |", "|---|---|" + "---|" * len(PER_LAYER)]
+    for o, by_seed in results.items():
+        rs = list(by_seed.values())
+        if not rs:
+            continue
+        for l in range(len(rs[0]["eoi attention share"])):
+            cells = []
+            for key in PER_LAYER:
+                xs = [r[key][l] for r in rs]
+                fmt = "{:.1f}" if "lens" in key else "{:.3f}"
+                cells.append(fmt.format(statistics.mean(xs)) + (" ± " + fmt.format(statistics.stdev(xs)) if len(xs) > 1 else ""))
+            lines.append(f"| {o} | {l} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
@@ -138,17 +184,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write results.json and table.md here")
     ap.add_argument("--keep", type=Path, default=None, help="keep the trained checkpoints in this folder")
+    ap.add_argument("--from", dest="from_dir", type=Path, default=None,
+                    help="measure the checkpoints an earlier --keep run left in this folder (no training)")
     ap.add_argument("--smoke", action="store_true", help="tiny models, a few steps: checks the pipeline only")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     opts = dict(DEFAULTS, **(SMOKE if args.smoke else dict(steps=args.steps, lm_layers=args.lm_layers, lm_hidden=args.lm_hidden)))
+    if args.from_dir is not None:  # the options the kept checkpoints were trained with
+        first = args.from_dir / f"{args.objectives.split(',')[0]}-seed{seeds[0]}" / "toy_training.json"
+        if first.exists():
+            opts = {k: v for k, v in json.loads(first.read_text())["options"].items() if k not in ("seed", "objective")}
     n = 8 if args.smoke else args.n
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        results = run(seeds, opts, n, args.threads, args.keep or Path(tmp), 20 if args.smoke else 1000,
-                      tuple(args.objectives.split(",")))
+        results = run(seeds, opts, n, args.threads, args.from_dir or args.keep or Path(tmp), 20 if args.smoke else 1000,
+                      tuple(args.objectives.split(",")), trained=args.from_dir is not None)
     report = dict(options=opts, seeds=seeds, n=n, smoke=args.smoke, seconds=round(time.time() - start, 1), results=results)
-    md = table(results)
+    md = table(results) + "\n\nPer layer (mean ± sd over seeds):\n\n" + layer_table(results)
     print(md)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
