@@ -64,19 +64,32 @@ def colour_inputs(encoder: ToyEncoder, scenes: list) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def measure(model: Any, n: int = 200, seed: int = 781) -> dict[str, Any]:
-    """The gate measurements of one model (see the module docstring)."""
-    from hooked_vlm.analysis import attention_flow, knockout_hooks, label_overlap, patching_sweep
+def knockout_accuracy(model: Any, n: int = 200, seed: int = 781, modes: tuple[str, ...] = ("mask", "zero")) -> dict[str, float]:
+    """Colour accuracy (%) on ``n`` held-out scenes: ``base``, and with attention from every text position
+    after the image to each of :data:`KNOCKOUTS` blocked in every layer, per knockout mode (``"eoi (mask)"``, ...)."""
+    from hooked_vlm.analysis import knockout_hooks
 
     encoder = ToyEncoder(model.processor)
     scenes = make_scenes(n, seed)
     layers = list(range(model.cfg.n_layers))
     sources = gate_sources(encoder.first_answer_position("colour"), seed)
     acc = lambda hooks: accuracy(hooked_logits_fn(model, hooks), encoder, scenes, ("colour",), batch_size=100)["colour"]
-    out: dict[str, Any] = {"base": acc([])}
-    for mode in ("mask", "zero"):
+    out = {"base": acc([])}
+    for mode in modes:
         for name, key in KNOCKOUTS.items():
             out[f"{name} ({mode})"] = acc(knockout_hooks(model, src=sources[key], dst="after_image", layers=layers, mode=mode))
+    return out
+
+
+@torch.no_grad()
+def measure(model: Any, n: int = 200, seed: int = 781) -> dict[str, Any]:
+    """The gate measurements of one model (see the module docstring)."""
+    from hooked_vlm.analysis import attention_flow, label_overlap, patching_sweep
+
+    encoder = ToyEncoder(model.processor)
+    scenes = make_scenes(n, seed)
+    layers = list(range(model.cfg.n_layers))
+    out: dict[str, Any] = knockout_accuracy(model, n, seed)
     flow = attention_flow(model, colour_inputs(encoder, scenes[:100]), query_span="after_image",
                           keys=["eoi", "boi", "image", "text"])
     eoi = flow[flow["role"] == "eoi"].sort_values("layer")
