@@ -18,7 +18,7 @@ from pathlib import Path
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                     "processor_config.json", "generation_config.json")
-TOYS = ("toy-llava", "toy-chameleon")
+TOYS = ("toy-llava", "toy-chameleon", "toy-chameleon-gen")
 VIEW_ASSETS = ("view.css", "common.js", "lens.js", "attention.js", "patching.js", "flow.js", "predictions.js")
 
 

@@ -6,7 +6,8 @@ the logit lens at the object's patches per layer (top colour word among the colo
 token of the whole vocabulary; :func:`~hooked_vlm.toy.effects.object_logit_lens`, 200 scenes), the
 colour / shape object-patch mean ablation vs random patches (:func:`~hooked_vlm.toy.effects.object_ablation`,
 300 scenes) and the object -> answer attention knockout (:func:`~hooked_vlm.toy.effects.object_knockout`,
-100 scenes, all layers).
+100 scenes, all layers), the same ablation with the paper's 1-cell buffer around the object, and the
+colour probe at the background patches (:func:`~hooked_vlm.toy.effects.background_colour_probe`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from . import toy_checkpoint_path
-from .effects import object_ablation, object_knockout, object_logit_lens
+from .effects import background_colour_probe, object_ablation, object_knockout, object_logit_lens
 
 
 def measure(model: Any, folder: Path | None) -> dict[str, str]:
@@ -31,7 +32,7 @@ def measure(model: Any, folder: Path | None) -> dict[str, str]:
     acc = info.get("held_out_accuracy", {})
     rows["held-out exact match colour / shape / position / caption (1,000 scenes)"] = (
         " / ".join(f"{acc[k]:.1f}" for k in ("colour", "shape", "position", "caption")) if acc else "n/a")
-    steps = tqdm(["lens colours", "lens all", "ablation", "knockout"], desc="effects", mininterval=2.0)
+    steps = tqdm(["lens colours", "lens all", "ablation", "knockout", "probe"], desc="effects", mininterval=2.0)
     for step in steps:
         if step.startswith("lens"):
             vocab = "colours" if step == "lens colours" else "all"
@@ -39,9 +40,12 @@ def measure(model: Any, folder: Path | None) -> dict[str, str]:
                 label = "among colour words" if vocab == "colours" else "over the whole vocabulary"
                 rows[f"lens at object patches, {layer}: colour is top {label} (%)"] = f"{v:.1f}"
         elif step == "ablation":
-            for kind, r in object_ablation(model, n=300).items():
-                rows[f"{kind} mean-ablation base -> object / random patches (%)"] = (
-                    f"{r['base']:.1f} -> {r['object']:.1f} / {r['random']:.1f}")
+            for buffer, label in ((0, ""), (1, " (+1-cell buffer)")):
+                for kind, r in object_ablation(model, n=300, buffer=buffer).items():
+                    rows[f"{kind} mean-ablation base -> object{label} / random patches (%)"] = (
+                        f"{r['base']:.1f} -> {r['object']:.1f} / {r['random']:.1f}")
+        elif step == "probe":
+            rows["colour probe from the background patches' LM input, held-out (%)"] = f"{background_colour_probe(model):.1f}"
         else:
             ko = object_knockout(model, n=100)
             for label, r in ko.items():

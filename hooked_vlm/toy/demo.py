@@ -4,7 +4,10 @@ Sections: held-out accuracy; logit lens of one scene drawn on its patch grid, wi
 lens and attention views (lens_view.html, lens_view_attention.html next to the report; plus how often the
 object's colour is the top colour word at the object's patches, per layer); attention flow of the
 answering position per layer; object-patch vs random-patch mean ablation at the LM input; attention
-knockout from the object's patches to the answering position per layer window.
+knockout from the object's patches to the answering position per layer window; the narrow gate on the
+native toys (toy-chameleon, understanding only, vs toy-chameleon-gen, also trained to generate images:
+EOI / image -> text / random-code knockout and the text's attention share on EOI) and modality
+separation per layer across the three toys.
 """
 
 from __future__ import annotations
@@ -56,6 +59,44 @@ def _flow_figure(flow: dict[str, list[float]]):
     ax.set_title("attention flow per layer\n(mean over heads and scenes)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+GATE_TOYS = {"toy-chameleon": "understanding only", "toy-chameleon-gen": "understanding + image generation"}
+
+
+def narrow_gate_section(rep: Any, n: int, say: Any) -> None:
+    """The Narrow Gate paper's knockouts and attention share on the two native toys, and modality separation."""
+    from hooked_vlm import HookedVLM
+    from hooked_vlm.analysis import attention_flow as role_flow
+
+    from .gate_experiment import colour_inputs, knockout_accuracy
+    from .separation import TOYS, figure, separation
+
+    say("narrow gate ...")
+    rep.heading("The narrow gate on toys (native, Chameleon-style)")
+    rep.text("Two native toys with image codes in the vocabulary: toy-chameleon (2 layers) is trained on the answers only; "
+             "toy-chameleon-gen (4 layers, python -m hooked_vlm.toy.gate_experiment) is also trained to generate the "
+             "images (next-code loss, caption -> image). The Narrow Gate hypothesis predicts that generation training makes "
+             "the end-of-image token (EOI) the gate through which text reads the image: knocking EOI out should then hurt "
+             "as much as blocking the whole image.")
+    models = {name: HookedVLM.from_pretrained(name) for name in GATE_TOYS}
+    ko = {name: knockout_accuracy(m, n, modes=("mask",)) for name, m in models.items()}
+    groups = {f"{name}\n({what})": {k.replace(" (mask)", ""): v for k, v in ko[name].items()} for name, what in GATE_TOYS.items()}
+    rep.figure(_bar_figure(groups, "colour accuracy, attention from text after the image to the keys blocked (all layers)"),
+               "narrow_gate", "Keys knocked out (-inf before the softmax) for every text query after the image, in every "
+               "layer: EOI, the paper's image -> text (BOI + every code), one random code (control).")
+    rows = []
+    for name, m in models.items():
+        flow = role_flow(m, colour_inputs(ToyEncoder(m.processor), make_scenes(min(n, 100), DEMO_SEED)),
+                         query_span="after_image", keys=["eoi", "boi", "image", "text"])
+        share = flow[flow["role"] == "eoi"].sort_values("layer")["share"]
+        rows.append([name, *(ko[name][k] for k in ko[name]), " / ".join(f"{x:.3f}" for x in share)])
+    rep.table(["model", *ko[next(iter(ko))], "EOI share of the text's attention, per layer"], rows)
+    say("modality separation ...")
+    frames = {name: separation(HookedVLM.from_pretrained(name), n) for name in TOYS}
+    rep.figure(figure(frames), "modality_separation",
+               "Per layer: |cos| between an image token and a text token after the image of the same scene, and the "
+               "homogeneity of a 2-means clustering of both against the modality labels (the paper's analysis 1).")
 
 
 def run_demo(out: str | Path, model: Any = None, n: int = 200, progress: bool = True) -> Path:
@@ -120,6 +161,7 @@ def run_demo(out: str | Path, model: Any = None, n: int = 200, progress: bool = 
     rep.figure(_bar_figure(ko, "colour accuracy with attention edges blocked (-inf before softmax)"), "knockout")
     rep.table(["layers", "base", "object", "random", "all image"],
               [[k, v["base"], v["object"], v["random"], v["image"]] for k, v in ko.items()])
+    narrow_gate_section(rep, n, say)
     rep.text(f"Colour words: {', '.join(COLOURS)}. Scenes are generated with fixed seeds; rerunning gives the same numbers.",
              note=True)
     path = rep.write()
