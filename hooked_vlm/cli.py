@@ -10,7 +10,7 @@
     hooked-vlm inspect  MODEL                         will it load, will it fit (json + safetensors headers only)
     hooked-vlm train-sae --model ID --hook H [--span image] (--images DIR --prompt T | --toy-scenes N | --activations DIR)
 
-``--model`` is a hub id, a local checkpoint folder or a shipped toy (``toy-llava``, ``toy-chameleon``). The prompt must hold the
+``--model`` is a hub id, a local checkpoint folder or a shipped toy (``toy-llava``, ``toy-chameleon``, ``toy-chameleon-gen``). The prompt must hold the
 model's image placeholder (``<image>`` for LLaVA); if it does not, one is put in front.
 """
 
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.set_defaults(fn=cmd_inspect)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True, help="hub id, local checkpoint folder, toy-llava or toy-chameleon")
+        p.add_argument("--model", required=True, help="hub id, local checkpoint folder, or a shipped toy (toy-llava, toy-chameleon, toy-chameleon-gen)")
         p.add_argument("--image", required=True)
         p.add_argument("--prompt", required=True)
         p.add_argument("--dtype", default="float32", choices=list(DTYPES))

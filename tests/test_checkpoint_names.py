@@ -52,7 +52,7 @@ def hub(monkeypatch):
 
 
 def test_shipped_toys_are_listed_and_found():
-    assert shipped_toys() == ["toy-chameleon", "toy-llava"]
+    assert shipped_toys() == ["toy-chameleon", "toy-chameleon-gen", "toy-llava"]
     assert toy_checkpoint_path("toy-llava") == TOY_DIR / "toy-llava"
     assert toy_checkpoint_path("checkpoints") is None and toy_checkpoint_path("toy-llava/..") is None
 
@@ -64,7 +64,7 @@ def test_typo_names_the_three_places_and_the_closest_toy(hub, kind):
         HookedVLM.from_pretrained("toy-chamelon")
     text = str(info.value)
     assert hub.calls == ["toy-chamelon"]
-    assert "not a local folder" in text and "not a shipped toy (toy-chameleon, toy-llava)" in text
+    assert "not a local folder" in text and "not a shipped toy (toy-chameleon, toy-chameleon-gen, toy-llava)" in text
     assert type(hub.error).__name__ in text and "Did you mean 'toy-chameleon'?" in text
     assert info.value.__cause__ is hub.error  # the hub's own error stays chained
     assert isinstance(info.value, FileNotFoundError)

@@ -141,13 +141,15 @@ def test_demo_report(demo_dir):
 
     tmp_path = demo_dir
     html = (tmp_path / "report.html").read_text()
-    for name in ("logit_lens_grid", "attention_flow", "ablation", "knockout"):
+    figures = ("logit_lens_grid", "attention_flow", "ablation", "knockout", "narrow_gate", "modality_separation")
+    for name in figures:
         png = tmp_path / f"{name}.png"
         assert png.stat().st_size > 5000, name
         img = np.asarray(Image.open(png).convert("L"), dtype=float)
         assert img.std() > 10 and min(img.shape) > 150, name  # a real drawing, not a blank canvas
         assert f'alt="{name}"' in html
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == len(figures)
+    assert "The narrow gate on toys" in html and "toy-chameleon-gen" in html
     assert "Held-out accuracy" in html and "colour" in html
     assert 'href="lens_view.html"' in html and 'href="lens_view_attention.html"' in html
 

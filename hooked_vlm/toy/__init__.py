@@ -1,4 +1,4 @@
-"""Toy models shipped with the package: toy-llava (hooked_vlm.toy.train) and toy-chameleon (hooked_vlm.toy.train_native)."""
+"""Toy models shipped with the package: toy-llava (hooked_vlm.toy.train), toy-chameleon and toy-chameleon-gen (hooked_vlm.toy.train_native)."""
 
 from __future__ import annotations
 

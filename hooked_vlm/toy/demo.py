@@ -61,7 +61,7 @@ def _flow_figure(flow: dict[str, list[float]]):
     return fig
 
 
-GATE_TOYS = {"toy-chameleon": "understanding only", "toy-chameleon-gen": "understanding + image generation"}
+GATE_TOYS = {"toy-chameleon": "U: understanding", "toy-chameleon-gen": "U+G: + generation"}
 
 
 def narrow_gate_section(rep: Any, n: int, say: Any) -> None:
@@ -81,7 +81,7 @@ def narrow_gate_section(rep: Any, n: int, say: Any) -> None:
              "as much as blocking the whole image.")
     models = {name: HookedVLM.from_pretrained(name) for name in GATE_TOYS}
     ko = {name: knockout_accuracy(m, n, modes=("mask",)) for name, m in models.items()}
-    groups = {f"{name}\n({what})": {k.replace(" (mask)", ""): v for k, v in ko[name].items()} for name, what in GATE_TOYS.items()}
+    groups = {f"{name}\n{what}": {k.replace(" (mask)", ""): v for k, v in ko[name].items()} for name, what in GATE_TOYS.items()}
     rep.figure(_bar_figure(groups, "colour accuracy, attention from text after the image to the keys blocked (all layers)"),
                "narrow_gate", "Keys knocked out (-inf before the softmax) for every text query after the image, in every "
                "layer: EOI, the paper's image -> text (BOI + every code), one random code (control).")
