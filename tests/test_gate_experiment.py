@@ -86,6 +86,7 @@ def test_smoke_end_to_end(tmp_path):
                 assert len(r[f"{where} lens"]) == len(r[f"{where} overlap"]) == saved["options"]["lm_layers"]
                 assert all(0.0 <= x <= 100.0 for x in r[f"{where} lens"]), r
                 assert all(0.0 <= x <= 1.0 for x in r[f"{where} overlap"]), r
+    assert (tmp_path / "gate_experiment.png").stat().st_size > 20_000  # the three-panel figure
     table = (tmp_path / "table.md").read_text()
     assert table.count("| mean ± sd |") == 2 and all(f"| {o} | 1 |" in table for o in OBJECTIVES)
     assert all(f"| {o} | {l} |" in table for o in OBJECTIVES for l in range(saved["options"]["lm_layers"]))

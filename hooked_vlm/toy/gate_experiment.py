@@ -186,6 +186,51 @@ def layer_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def figure(results: dict[str, Any]):
+    """Three panels, one colour per objective (mean over seeds, error bars = sd, dots = seeds): colour accuracy
+    under each knockout (mask); EOI's share of the text's attention per layer; label overlap at EOI (solid)
+    and at the mean image token (dashed) per layer."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    conds = ["base"] + [f"{k} (mask)" for k in KNOCKOUTS]
+    width = 0.8 / max(len(results), 1)
+    for i, (o, by_seed) in enumerate(results.items()):
+        rs = list(by_seed.values())
+        if not rs:
+            continue
+        colour = f"C{i}"
+        vals = np.array([[r[c] for c in conds] for r in rs])  # [seed, condition]
+        x = np.arange(len(conds)) + (i - (len(results) - 1) / 2) * width
+        axes[0].bar(x, vals.mean(0), width, yerr=vals.std(0, ddof=1) if len(rs) > 1 else None, color=colour,
+                    label=OBJECTIVES.get(o, o), capsize=3)
+        for row in vals:
+            axes[0].plot(x, row, "k.", ms=3)
+        for ax, keys in ((axes[1], [("eoi attention share", "-")]), (axes[2], [("eoi overlap", "-"), ("image_mean overlap", "--")])):
+            for key, style in keys:
+                ys = np.array([r[key] for r in rs])  # [seed, layer]
+                layers = np.arange(ys.shape[1])
+                label = OBJECTIVES.get(o, o) + ("" if ax is axes[1] else (", EOI" if key.startswith("eoi") else ", mean image token"))
+                ax.errorbar(layers, ys.mean(0), yerr=ys.std(0, ddof=1) if len(rs) > 1 else None, color=colour, ls=style,
+                            marker="o", capsize=3, label=label)
+    axes[0].set(xticks=np.arange(len(conds)), ylabel="colour accuracy (%)", ylim=(0, 130),
+                title="colour accuracy, text after the image\ncannot attend to the keys (all layers)")
+    axes[0].set_xticklabels([c.replace(" (mask)", "") for c in conds], fontsize=8)
+    axes[1].set(xlabel="layer", ylabel="share of the text's attention on EOI", title="attention from text after the image to EOI")
+    axes[2].set(xlabel="layer", ylabel="k-NN label overlap with the colour (k = 30)",
+                title="colour neighbourhood overlap\n(chance: 1 / 6)")
+    axes[2].axhline(1 / 6, color="grey", lw=0.8, ls=":")
+    axes[0].legend(fontsize=7, loc="upper center", ncol=2)
+    for ax in axes[1:]:
+        ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    fig.suptitle("The narrow gate under control: native toys trained with (U+G) and without (U) image generation, "
+                 f"seeds {', '.join(next(iter(results.values())))}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
@@ -219,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.out / "table.md").write_text(md + "\n")
+        figure(results).savefig(args.out / "gate_experiment.png", dpi=120)
     return report
 
 
