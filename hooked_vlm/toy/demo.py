@@ -84,7 +84,8 @@ def narrow_gate_section(rep: Any, n: int, say: Any) -> None:
     groups = {f"{name}\n{what}": {k.replace(" (mask)", ""): v for k, v in ko[name].items()} for name, what in GATE_TOYS.items()}
     rep.figure(_bar_figure(groups, "colour accuracy, attention from text after the image to the keys blocked (all layers)"),
                "narrow_gate", "Keys knocked out (-inf before the softmax) for every text query after the image, in every "
-               "layer: EOI, the paper's image -> text (BOI + every code), one random code (control).")
+               "layer: EOI, the paper's image -> text (BOI + every code), EOI + every code (all keys that hold the "
+               "image), one random code (control).")
     rows = []
     for name, m in models.items():
         flow = role_flow(m, colour_inputs(ToyEncoder(m.processor), make_scenes(min(n, 100), DEMO_SEED)),

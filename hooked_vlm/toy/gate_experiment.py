@@ -8,8 +8,8 @@ with the same architecture, data, steps and seeds, differing only in the objecti
   caption -> image examples).
 
 Per model and seed (colour questions, held-out scenes): accuracy with EOI knocked out (all layers,
-``mask`` and ``zero`` knockout), with image -> text blocked (BOI + codes), with one random image code
-knocked out; the share of the attention of text after the image that goes to EOI, per layer
+``mask`` and ``zero`` knockout), with image -> text blocked (BOI + codes), with EOI and the codes both
+blocked, with one random image code knocked out; the share of the attention of text after the image that goes to EOI, per layer
 (:func:`~hooked_vlm.analysis.attention_flow`); and EOI patching across images with a different
 colour (:func:`~hooked_vlm.analysis.patching_sweep`, flip fraction per layer); per layer, the colour
 logit lens (:func:`~hooked_vlm.toy.gate_effects.span_logit_lens`) and the neighbourhood overlap with
@@ -41,7 +41,9 @@ from .tasks import ToyEncoder, accuracy, hooked_logits_fn
 from .train_native import DEFAULTS, train
 
 OBJECTIVES = {"u": "U (understanding)", "ug": "U+G (+ generation)"}
-KNOCKOUTS = {"eoi": "eoi", "image->text": "boi+codes", "random code": "random code"}
+# keys knocked out (names of gate_effects.gate_sources); "eoi + codes" blocks every key that can hold the image
+# (BOI precedes the codes, so under causal attention it holds none): what survives it comes through the text alone
+KNOCKOUTS = {"eoi": "eoi", "image->text": "boi+codes", "eoi + codes": "eoi+codes", "random code": "random code"}
 EXPERIMENT = dict(lm_layers=4)  # the one change from train_native.DEFAULTS (the paper's gate needs depth)
 SMOKE = dict(vq_steps=3, vq_batch=4, kmeans_scenes=40, n_codes=32, steps=1, batch_scenes=2, warmup=1, lm_layers=4, lm_hidden=32)
 
@@ -142,8 +144,7 @@ def run(seeds: list[int], opts: dict, n: int, threads: int, workdir: Path, held_
     return results
 
 
-SCALARS = ["base", "eoi (mask)", "eoi (zero)", "image->text (mask)", "image->text (zero)", "random code (mask)",
-           "random code (zero)"]
+SCALARS = ["base"] + [f"{k} ({mode})" for k in KNOCKOUTS for mode in ("mask", "zero")]
 
 
 def table(results: dict[str, Any]) -> str:
@@ -216,7 +217,7 @@ def figure(results: dict[str, Any]):
                             marker="o", capsize=3, label=label)
     axes[0].set(xticks=np.arange(len(conds)), ylabel="colour accuracy (%)", ylim=(0, 130),
                 title="colour accuracy, text after the image\ncannot attend to the keys (all layers)")
-    axes[0].set_xticklabels([c.replace(" (mask)", "") for c in conds], fontsize=8)
+    axes[0].set_xticklabels([c.replace(" (mask)", "") for c in conds], fontsize=8, rotation=20, ha="right")
     axes[1].set(xlabel="layer", ylabel="share of the text's attention on EOI", title="attention from text after the image to EOI")
     axes[2].set(xlabel="layer", ylabel="k-NN label overlap with the colour (k = 30)",
                 title="colour neighbourhood overlap\n(chance: 1 / 6)")
