@@ -8,14 +8,15 @@ with the same architecture, data, steps and seeds, differing only in the objecti
   caption -> image examples).
 
 Per model and seed (colour questions, held-out scenes): accuracy with EOI knocked out (all layers,
-``mask`` and ``zero`` knockout), with image -> text blocked (BOI + codes), with EOI and the codes both
-blocked, with one random image code knocked out; the share of the attention of text after the image
-that goes to EOI, per layer (:func:`~hooked_vlm.analysis.attention_flow`); and EOI patching across
-images with a different colour (:func:`~hooked_vlm.analysis.patching_sweep`, flip fraction per layer);
-per layer, the colour logit lens (:func:`~hooked_vlm.toy.gate_effects.span_logit_lens`) and the
-neighbourhood overlap with the colour labels (:func:`~hooked_vlm.analysis.label_overlap`, k = 30) at
-EOI and at the mean image token. The hypothesis predicts that EOI knockout and EOI patching matter for ``ug`` and not for
-``u``, and that the gate has a high attention share AND a high label overlap.
+``mask`` and ``zero`` knockout), with image -> text blocked (BOI + codes), with EOI and the codes
+both blocked, with one random image code knocked out; the share of the attention of text after the
+image that goes to EOI, per layer (:func:`~hooked_vlm.analysis.attention_flow`); and EOI patching
+across images with a different colour (:func:`~hooked_vlm.analysis.patching_sweep`, flip fraction
+per layer); per layer, the colour logit lens (:func:`~hooked_vlm.toy.gate_effects.span_logit_lens`)
+and the neighbourhood overlap with the colour labels (:func:`~hooked_vlm.analysis.label_overlap`, k
+= 30) at EOI and at the mean image token. The hypothesis predicts that EOI knockout and EOI patching
+matter for ``ug`` and not for ``u``, and that the gate has a high attention share AND a high label
+overlap.
 
 ``--from DIR`` measures checkpoints kept by an earlier ``--keep DIR`` run (``{objective}-seed{seed}``
 folders) without training them again.
