@@ -86,22 +86,23 @@ def check_one_item(args: tuple, kwargs: dict) -> None:
                          "(run each item alone, or keep the batch dim and use cache.apply_slice_to_batch_dim(i))")
 
 
-class ActivationCache(_TLActivationCache):
-    """TL's cache with the VLM's batch size and spans (``cache.spans``); see the module docstring."""
+class VLMBatchMixin:
+    """Batch size, spans, batch and position slicing of a VLM cache (module docstring). A mixin, placed before
+    TransformerLens's ActivationCache (or a subclass of it) in the bases."""
 
     def __init__(self, cache_dict: dict[str, torch.Tensor], model: Any, has_batch_dim: bool = True,
                  spans: Any = None, batch_size: int | None = None):
-        super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)
+        super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)  # type: ignore[call-arg]
         self.spans = spans
         self.batch_size = batch_size if batch_size is not None else (spans.batch if spans is not None else None)
 
     def _batch_size(self) -> int:  # TL guesses it from the most common leading dim; we know it
-        return self.batch_size if self.batch_size is not None else super()._batch_size()
+        return self.batch_size if self.batch_size is not None else super()._batch_size()  # type: ignore[misc]
 
-    def remove_batch_dim(self, batch_size: int | None = None) -> "ActivationCache":
+    def remove_batch_dim(self, batch_size: int | None = None) -> Any:
         """Drop the batch axis of a one-item cache (entries whose leading dim is 1 lose it, as in TL)."""
         if not self.has_batch_dim:
-            return super().remove_batch_dim()  # TL warns that it was already removed
+            return super().remove_batch_dim()  # type: ignore[misc]  # TL warns that it was already removed
         n = batch_size if batch_size is not None else self._batch_size()
         if n != 1:
             raise ValueError(f"cannot remove the batch dimension of a cache of {n} items; select one first "
@@ -112,7 +113,7 @@ class ActivationCache(_TLActivationCache):
         self.has_batch_dim = False
         return self
 
-    def apply_slice_to_batch_dim(self, batch_slice: Any) -> "ActivationCache":
+    def apply_slice_to_batch_dim(self, batch_slice: Any) -> Any:
         """A cache of the chosen batch items: LM entries sliced on the batch axis, per-image entries on their images,
         spans sliced alike. An int slice drops the LM entries' batch axis (as in TL)."""
         batch_slice = batch_slice if isinstance(batch_slice, Slice) else Slice(batch_slice)
@@ -136,8 +137,8 @@ class ActivationCache(_TLActivationCache):
                 whole = rows is None or value.ndim == 0 or value.shape[0] != self._n_rows(per_token)
                 out[name] = value if whole else value[rows.to(value.device)]
         spans = self._slice_spans(items)
-        return ActivationCache(out, self.model, has_batch_dim=batch_slice.mode != "int", spans=spans,
-                               batch_size=None if batch_slice.mode == "int" else len(items))
+        return type(self)(out, self.model, has_batch_dim=batch_slice.mode != "int", spans=spans,
+                          batch_size=None if batch_slice.mode == "int" else len(items))
 
     # ---------------------------------------------------------------- helpers
     def _n_rows(self, per_token: bool) -> int:
@@ -169,3 +170,7 @@ class ActivationCache(_TLActivationCache):
         masks = {name: m[idx] for name, m in self.spans.masks.items()}
         layouts = [self.spans.layouts[b] for b in items] if self.spans.layouts else []
         return TokenSpans(masks, self.spans.grid[idx], layouts)
+
+
+class ActivationCache(VLMBatchMixin, _TLActivationCache):
+    """TransformerLens's ActivationCache with the VLM's batch size, spans (``cache.spans``) and slicing rules."""

@@ -12,6 +12,7 @@ activation. Ours adds two things:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -53,6 +54,14 @@ class HookPoint(_TLHookPoint):
         """Absolute positions of the query rows computed in this forward."""
         return self.run.query_positions
 
+    def layer(self) -> int:
+        """The block index in the name, as TransformerLens's ``hook.layer()``: ``blocks.3.attn.hook_z`` -> 3, and
+        also under a prefix: ``vision.blocks.3.hook_resid_post`` -> 3 (the vision tower's block 3)."""
+        found = re.search(r"(?:^|\.)blocks\.(\d+)\.", self.name or "")
+        if found is None:
+            raise ValueError(f"hook point {self.name!r} is not inside a block (no 'blocks.N.' in its name): it has no layer")
+        return int(found.group(1))
+
     def add_hook(self, hook: Callable, dir: str = "fwd", **kwargs: Any):  # type: ignore[override]
         user_hook = hook
         if dir == "fwd":
@@ -63,15 +72,6 @@ class HookPoint(_TLHookPoint):
             handle = handles[0] if kwargs.get("prepend") else handles[-1]
         handle.user_hook = user_hook  # list_hooks() shows the user's function, not our shape-checking wrapper
         return handle
-
-    def layer(self) -> int:
-        """The block index of this hook point: ``blocks.{l}.*`` in the LM, ``vision.blocks.{l}.*`` in the tower."""
-        parts = (self.name or "").split(".")
-        for i, part in enumerate(parts[:-1]):
-            if part == "blocks" and parts[i + 1].isdigit():
-                return int(parts[i + 1])
-        raise ValueError(f"hook point {self.name!r} is not inside a block (blocks.{{l}}.* or vision.blocks.{{l}}.*), "
-                         "so it has no layer")
 
     def _checked(self, hook: Callable) -> Callable:
         def checked_hook(tensor: torch.Tensor, hook: "HookPoint") -> Any:
