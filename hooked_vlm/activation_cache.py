@@ -28,8 +28,7 @@ from transformer_lens.utilities.slice import Slice
 
 #: names (prefixes / exact / suffixes) of entries indexed by image or image token, not by batch item
 PER_IMAGE_PREFIXES = ("vision.", "projector.")
-PER_IMAGE_TOKEN_NAMES = ("hook_image_embeds",)
-PER_IMAGE_TOKEN_SUFFIXES = (".hook_deepstack",)
+PER_IMAGE_TOKEN_POINTS = ("hook_image_embeds", "hook_deepstack")
 #: LM entries laid out [batch, head, q_pos, k_pos]: positions on axis 2; every other LM entry has them on axis 1
 QK_SUFFIXES = ("hook_attn_scores", "hook_pattern", "hook_mask")
 
@@ -40,8 +39,10 @@ def is_per_image(name: str) -> bool:
 
 
 def is_per_image_token(name: str) -> bool:
-    base = name[: -len("_grad")] if name.endswith("_grad") else name  # backward entries of run_with_cache(incl_bwd=True)
-    return base in PER_IMAGE_TOKEN_NAMES or base.endswith(PER_IMAGE_TOKEN_SUFFIXES)
+    """True for ``hook_image_embeds`` / ``blocks.{l}.hook_deepstack`` and what hangs below them (e.g. an SAE's
+    ``hook_image_embeds.hook_sae_acts_post``), backward entries (``..._grad``) included."""
+    base = name[: -len("_grad")] if name.endswith("_grad") else name
+    return any(part in PER_IMAGE_TOKEN_POINTS for part in base.split("."))
 
 
 def lm_pos_axis(name: str) -> int | None:

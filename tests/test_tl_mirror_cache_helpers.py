@@ -141,12 +141,14 @@ def test_get_neuron_results(run):
 
 
 def test_project_output_onto(run):
-    """Mirrors ::test_get_neuron_results_project_output_onto_1d, ::..._2d,
-    ::test_stack_neuron_results_project_output_onto_matches_unprojected, ::test_stack_neuron_results_project_incl_
-    remainder, ::test_get_full_resid_decomposition_project_output_onto_1d, ::..._2d,
-    ::test_stack_neuron_results_apply_ln_and_project_1d, ::..._2d, ::..._incl_remainder,
-    ::test_get_full_resid_decomposition_apply_ln_and_project_1d and ::..._2d: projecting onto directions equals
-    projecting the unprojected output."""
+    """Mirrors ::test_get_neuron_results_project_output_onto_1d, ::test_get_neuron_results_project_output_onto_2d,
+    ::test_stack_neuron_results_project_output_onto_matches_unprojected,
+    ::test_stack_neuron_results_project_incl_remainder, ::test_get_full_resid_decomposition_project_output_onto_1d,
+    ::test_get_full_resid_decomposition_project_output_onto_2d, ::test_stack_neuron_results_apply_ln_and_project_1d,
+    ::test_stack_neuron_results_apply_ln_and_project_2d, ::test_stack_neuron_results_apply_ln_and_project_incl_remainder,
+    ::test_get_full_resid_decomposition_apply_ln_and_project_1d and
+    ::test_get_full_resid_decomposition_apply_ln_and_project_2d: projecting onto directions equals projecting the
+    unprojected output."""
     model, _, cache = run
     g = torch.Generator().manual_seed(0)
     for dirs in (torch.randn(model.cfg.d_model, generator=g), torch.randn(model.cfg.d_model, 3, generator=g)):

@@ -165,7 +165,7 @@ def test_list_hooks_filters(model):
     assert model.list_hooks(including_permanent=True)[VISION_RESID][0].user_hook is other
 
 
-# ---------------------------------------------------------------- HookedRootModule (tests/unit/test_hooked_root_module.py)
+# ---------------------------------------------------------------- HookedRootModule (test_hooked_root_module.py)
 def test_context_hooks_get_the_context_level(model):
     """Mirrors tests/unit/test_hooked_root_module.py::test_enable_hook_with_name, ::test_enable_hooks_for_points,
     ::test_enable_hook_with_string_param and ::test_enable_hook_with_callable_param: hooks() adds a named hook, or
@@ -179,7 +179,7 @@ def test_context_hooks_get_the_context_level(model):
         assert {n for n, hp in model.hook_dict.items() if hp.fwd_hooks} == {RESID}
 
 
-# ---------------------------------------------------------------- run_with_hooks / hooks() (tests/integration/test_hooks.py)
+# ---------------------------------------------------------------- run_with_hooks / hooks() (test_hooks.py)
 def test_hook_attaches_normally(model, inputs):
     """Mirrors tests/integration/test_hooks.py::test_hook_attaches_normally (a name filter, on a VLM)."""
     c = Counter()
@@ -322,13 +322,14 @@ def test_hooks_need_existing_names(model, inputs):
         model.run_with_hooks(**inputs, fwd_hooks=[("blocks.0.attn.hook_result", identity)])
 
 
-# ---------------------------------------------------------------- pattern hooks (tests/integration/test_main_demo_pattern_hooks.py)
+# ---------------------------------------------------------------- pattern hooks (test_main_demo_pattern_hooks.py)
 def test_pattern_filter_hooks_called_once_per_layer_with_layer(model, inputs):
-    """Mirrors tests/integration/test_main_demo_pattern_hooks.py::test_pattern_filter_hook_works and
-    ::test_pattern_hooks_called_once_per_layer, plus tests/integration/model_bridge/compatibility/
-    test_bridge_hook_behavior.py::test_hook_fires_once_per_forward: a filter on "pattern" reaches every attention
-    layer once, LM and vision tower apart by prefix, and hook.layer() gives each one's block (failed before this
-    branch on vision hooks: TL's layer() reads the second name part, "blocks")."""
+    """Mirrors tests/integration/test_main_demo_pattern_hooks.py::test_pattern_filter_hook_works,
+    ::test_pattern_hooks_called_once_per_layer and ::test_hook_layer_method_works, plus
+    tests/integration/model_bridge/compatibility/test_bridge_hook_behavior.py::test_hook_fires_once_per_forward: a
+    filter on "pattern" reaches every attention layer once, LM and vision tower apart by prefix, and hook.layer() gives
+    each one's block (on main, vision hooks raised: TL's layer() reads the second name part, "blocks"; fixed
+    identically on this branch and on tl-dla)."""
     calls = []
     record = lambda p, hook: calls.append((hook.name, hook.layer(), tuple(p.shape)))  # noqa: E731
     model.run_with_hooks(**inputs, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), record)])
