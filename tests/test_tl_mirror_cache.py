@@ -209,9 +209,10 @@ def test_stack_activation(llava):
 
 
 def test_cache_device_and_model_device(toys):
-    """Mirrors tests/integration/model_bridge/test_bridge_run_with_cache_device.py::
-    test_run_with_cache_device_does_not_move_model and ActivationCache.to (TL has no test of its own for it):
-    run_with_cache(device=...) puts the entries there and leaves the model where it was."""
+    """Mirrors tests/integration/model_bridge/test_bridge_run_with_cache_device.py
+    ::test_run_with_cache_device_does_not_move_model, and ActivationCache.to (TL has no test of its own for it):
+    run_with_cache(device=...) puts the entries there and leaves the model where it was ("meta" stands for a second
+    device on a CPU-only machine)."""
     model, inputs = toys["toy-llava"]
     logits, cache = model.run_with_cache(**inputs, device="meta", names_filter=["hook_embed", "hook_image_embeds"])
     assert {v.device.type for v in cache.values()} == {"meta"} and logits.device.type == "cpu"
@@ -221,8 +222,8 @@ def test_cache_device_and_model_device(toys):
 
 
 def test_cached_activations_are_detached_and_kept(toys):
-    """Mirrors tests/integration/model_bridge/compatibility/test_bridge_cache_behavior.py::
-    test_cache_values_are_tensors and ::test_names_filter_returns_subset: entries are detached tensors, a filter
+    """Mirrors tests/integration/model_bridge/compatibility/test_bridge_cache_behavior.py
+    ::test_cache_values_are_tensors and ::test_names_filter_returns_subset: entries are detached tensors, a filter
     gives exactly its names, and a later run does not overwrite an earlier cache (incremental caching)."""
     model, inputs = toys["toy-llava"]
     names = ["blocks.0.attn.hook_pattern", "vision.blocks.0.attn.hook_pattern", "hook_image_embeds"]
