@@ -239,7 +239,7 @@ def test_incremental_forward_with_kv_cache(toys):
     """Mirrors tests/integration/test_kv_cache.py::test_single_new_token and ::test_multiple_new_tokens: running the
     prompt, then new tokens with a KV cache, gives the full forward's logits and residuals at the new positions (fp32:
     <= 1e-4, the parity bound)."""
-    from hooked_vlm.model import KVCache
+    from hooked_vlm.kv_cache import KVCache
 
     model, inputs = toys["toy-llava"]
     ids, n = inputs["input_ids"], inputs["input_ids"].shape[1]
@@ -247,7 +247,7 @@ def test_incremental_forward_with_kv_cache(toys):
     full_ids = torch.cat([ids, new], 1)
     full_logits, full = model.run_with_cache(input_ids=full_ids, pixel_values=inputs["pixel_values"],
                                              names_filter=lambda x: x.endswith("hook_resid_post"))
-    kv = KVCache(model.cfg.n_layers)
+    kv = KVCache(model.cfg)
     model(**inputs, kv_cache=kv)
     logits, step = model.run_with_cache(input_ids=new, kv_cache=kv, spans=full.spans,
                                         names_filter=lambda x: x.endswith("hook_resid_post"))
