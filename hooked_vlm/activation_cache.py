@@ -26,7 +26,7 @@ import torch
 from transformer_lens.ActivationCache import ActivationCache as _TLActivationCache
 from transformer_lens.utilities.slice import Slice
 
-#: names (prefixes / exact / suffixes) of entries indexed by image or image token, not by batch item
+#: entries indexed by image (these name prefixes) or by image token (these hook points, at any depth of a name)
 PER_IMAGE_PREFIXES = ("vision.", "projector.")
 PER_IMAGE_TOKEN_POINTS = ("hook_image_embeds", "hook_deepstack")
 #: LM entries laid out [batch, head, q_pos, k_pos]: positions on axis 2; every other LM entry has them on axis 1
