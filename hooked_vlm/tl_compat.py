@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Sequence
 
+import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -152,14 +153,24 @@ class TLCompatMixin:
         instead: its direction is ours times ``ln_final``'s weight; the products are equal.)"""
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
-        tokens = torch.as_tensor(tokens, device=self.device)
-        return self.W_U[:, tokens].T if tokens.ndim else self.W_U[:, tokens]
+        tokens = torch.as_tensor(tokens, device=self.unembed.weight.device)
+        if tokens.is_floating_point() or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be token ids (int), got dtype {tokens.dtype}")
+        if tokens.numel() == 1:  # TL: one token (a scalar, [1] or [1, 1]) gives one [d_model] direction
+            return self.W_U[:, int(tokens.item())]
+        return einops.rearrange(self.W_U[:, tokens], "d_model ... -> ... d_model")
 
     def to_single_token(self, text: str) -> int:
         ids = self._require_tokenizer().encode(text, add_special_tokens=False)
         if len(ids) != 1:
             raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {ids}")
         return ids[0]
+
+    def to_single_str_token(self, int_token: int) -> str:
+        """The string of one token id (TL's to_single_str_token)."""
+        if not isinstance(int_token, int) or not 0 <= int_token < self.cfg.d_vocab:
+            raise ValueError(f"int_token must be a token id in 0..{self.cfg.d_vocab - 1}, got {int_token!r}")
+        return self._require_tokenizer().convert_ids_to_tokens(int_token)
 
     # ------------------------------------------------------------------ token helpers
     def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None, padding_side: str | None = None,
