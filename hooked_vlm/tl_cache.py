@@ -77,10 +77,36 @@ class VLMActivationCache(ActivationCache):
                                                  project_2d: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """TL's fused LN + projection of every neuron's output: the weight goes into the projection,
         ``(x / s * g) @ p == (x / s) @ (g[:, None] * p)``, so the result equals ``apply_ln_to_stack(...) @ p``."""
+        self._check_additive("stack_neuron_results")
         mlp_input = kwargs.get("mlp_input", args[0] if args else False)
         gain = norm_gain(self.model, layer, mlp_input)
         weighted = gain.to(project_2d.device, project_2d.dtype)[:, None] * project_2d
         return super()._stack_neuron_results_apply_ln_projected(layer, pos_slice, neuron_slice, weighted, *args, **kwargs)
+
+    def compute_head_results(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_additive("per-head results (compute_head_results)")
+        return super().compute_head_results(*args, **kwargs)
+
+    def stack_head_results(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_additive("per-head results (stack_head_results)")
+        return super().stack_head_results(*args, **kwargs)
+
+    def get_neuron_results(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_additive("per-neuron results (get_neuron_results)")
+        return super().get_neuron_results(*args, **kwargs)
+
+    def stack_neuron_results(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_additive("per-neuron results (stack_neuron_results)")
+        return super().stack_neuron_results(*args, **kwargs)
+
+    def _check_additive(self, what: str) -> None:
+        t = self.model.cfg.text
+        if t.norm_placement != "pre" or t.layer_scale:
+            why = f"norm_placement={t.norm_placement!r}" if t.norm_placement != "pre" else "layer_scale"
+            raise NotImplementedError(
+                f"{what}: this model normalises (or scales) each sublayer's output before adding it ({why}), so "
+                "z @ W_O per head and post * W_out per neuron do not sum to hook_attn_out / hook_mlp_out; use "
+                "decompose_resid (whole attn_out / mlp_out per layer), which is exact")
 
     def decompose_resid(self, *args: Any, **kwargs: Any) -> Any:
         self._check_decomposable("decompose_resid")
@@ -88,6 +114,7 @@ class VLMActivationCache(ActivationCache):
 
     def get_full_resid_decomposition(self, *args: Any, **kwargs: Any) -> Any:
         self._check_decomposable("get_full_resid_decomposition")
+        self._check_additive("get_full_resid_decomposition (per-head and per-neuron results)")
         return super().get_full_resid_decomposition(*args, **kwargs)
 
     def _check_decomposable(self, what: str) -> None:

@@ -82,6 +82,53 @@ def test_intermediate_layers_apply_that_layers_input_norm(toy):
         cache.apply_ln_to_stack(cache["blocks.0.hook_resid_pre"][None], layer=model.cfg.n_layers + 1)
 
 
+def test_gemma_offset_norm_weight_is_applied():
+    """Gemma 3 (sandwich norms, RMS scaled by 1 + w, embeddings scaled): logit_attrs over decompose_resid sums to the
+    logits of a batch with images and left padding. Per-head / per-neuron results would miss the post-sublayer norms
+    (ln1_post / ln2_post act on their sum): they raise instead of giving components that do not add up."""
+    from tests import tiny_gemma3
+
+    b = tiny_gemma3.gemma3()
+    model, inputs = b.model, b.inputs
+    assert model.cfg.text.norm_offset == 1.0 and model.ln_final.w.abs().max().item() < 0.5  # (1 + w), not w
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(**inputs)
+        targets = torch.tensor([5, 9] + [3] * (inputs["input_ids"].shape[0] - 2))[: inputs["input_ids"].shape[0]]
+        want = logits[torch.arange(len(targets)), -1, targets]
+        got = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), tokens=targets, pos_slice=-1).sum(0)
+        assert (got - want).abs().max().item() <= TOL
+        for fn in ("stack_head_results", "get_full_resid_decomposition"):
+            with pytest.raises(NotImplementedError, match="norm_placement='sandwich'"):
+                getattr(cache, fn)(pos_slice=-1)
+        with pytest.raises(NotImplementedError, match="sandwich"):
+            cache.stack_neuron_results(model.cfg.n_layers, pos_slice=-1)
+
+
+def test_layernorm_final_norm_bias_is_the_constant():
+    """A LayerNorm LM (centring, weight and bias): the sum of logit_attrs is the logit minus ln_final.b @ W_U[:, t]
+    (the bias is a constant no component owns), and the recomputed lens (ln_final itself) is the logits."""
+    from hooked_vlm import HookedVLM, HookedVLMConfig, TowerConfig
+
+    torch.manual_seed(0)
+    text = TowerConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, normalization_type="LN", norm_eps=1e-5,
+                       attn_bias=True, attn_out_bias=True, mlp_bias=True, gated_mlp=False, act_fn="gelu")
+    model = HookedVLM(HookedVLMConfig(architecture="test", text=text, d_vocab=40)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    tokens = torch.randint(0, 40, (2, 7))
+    t = torch.tensor([3, 11])
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+        got = cache.logit_attrs(cache.get_full_resid_decomposition(pos_slice=-1), tokens=t, pos_slice=-1).sum(0)
+        constant = model.ln_final.b @ model.W_U[:, t]  # [2]
+        want = logits[torch.arange(2), -1, t]
+        assert (got + constant - want).abs().max().item() <= TOL
+        assert (got - want).abs().max().item() > 0.1  # the bias matters here
+        lens = cache.accumulated_resid(apply_ln=True, pos_slice=-1)[-1] @ model.W_U
+        assert (lens - logits[:, -1]).abs().max().item() <= TOL
+
+
 # ------------------------------------------------------------------ 2. against TransformerLens's HookedTransformer
 def _transformer_lens_models(built, **processing):
     HookedTransformer = pytest.importorskip("transformer_lens").__dict__.get("HookedTransformer")
