@@ -51,6 +51,12 @@ def test_toy_logit_attrs_of_decompose_resid_sum_to_the_logit(toy):
     assert abs(float(attrs.sum()) - float(logits[0, -1, red])) <= TOL
     assert abs(float(diff.sum()) - float(logits[0, -1, red] - logits[0, -1, blue])) <= TOL
     assert abs(float(diff.sum()) - 14.51) <= 1e-2
+    # a batch item sliced out keeps the convention (TL's apply_slice_to_batch_dim builds a new cache)
+    one = cache.apply_slice_to_batch_dim(0)
+    assert type(one) is type(cache) and not one.has_batch_dim
+    with torch.no_grad():
+        single = one.logit_attrs(one.decompose_resid(pos_slice=-1), tokens=red, pos_slice=-1, has_batch_dim=False)
+    assert abs(float(single.sum()) - float(logits[0, -1, red])) <= TOL
 
 
 def test_toy_every_normalised_stack_times_w_u_gives_the_logits(toy):
