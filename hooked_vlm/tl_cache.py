@@ -93,11 +93,19 @@ class VLMActivationCache(ActivationCache):
 
     def get_neuron_results(self, *args: Any, **kwargs: Any) -> Any:
         self._check_additive("per-neuron results (get_neuron_results)")
+        self._check_dense("get_neuron_results")
         return super().get_neuron_results(*args, **kwargs)
 
     def stack_neuron_results(self, *args: Any, **kwargs: Any) -> Any:
         self._check_additive("per-neuron results (stack_neuron_results)")
+        self._check_dense("stack_neuron_results")
         return super().stack_neuron_results(*args, **kwargs)
+
+    def _check_dense(self, what: str) -> None:
+        moe = [l for l, b in enumerate(self.model.blocks) if not hasattr(b.mlp, "W_out")]
+        if moe:
+            raise NotImplementedError(f"{what}: blocks {moe} are mixture-of-experts layers, whose output is not "
+                                      "post * W_out of one MLP; use expand_neurons=False / decompose_resid")
 
     def _check_additive(self, what: str) -> None:
         t = self.model.cfg.text
@@ -115,6 +123,8 @@ class VLMActivationCache(ActivationCache):
     def get_full_resid_decomposition(self, *args: Any, **kwargs: Any) -> Any:
         self._check_decomposable("get_full_resid_decomposition")
         self._check_additive("get_full_resid_decomposition (per-head and per-neuron results)")
+        if kwargs.get("expand_neurons", args[2] if len(args) > 2 else True):
+            self._check_dense("get_full_resid_decomposition(expand_neurons=True)")
         return super().get_full_resid_decomposition(*args, **kwargs)
 
     def _check_decomposable(self, what: str) -> None:

@@ -174,6 +174,8 @@ def test_moe_weight_views_and_deepstack_decomposition_raise():
         cache.decompose_resid()
     with pytest.raises(NotImplementedError, match="DeepStack"):
         cache.get_full_resid_decomposition(expand_neurons=False)
+    with pytest.raises(NotImplementedError, match="mixture-of-experts"):
+        cache.stack_neuron_results(1)
 
 
 # ------------------------------------------------------------------ hook names
