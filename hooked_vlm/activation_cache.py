@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
-from transformer_lens.ActivationCache import ActivationCache as _TLActivationCache
 from transformer_lens.utilities.slice import Slice
 
 #: entries indexed by image (these name prefixes) or by image token (these hook points, at any depth of a name)
@@ -89,7 +88,8 @@ def check_one_item(args: tuple, kwargs: dict) -> None:
 
 class VLMBatchMixin:
     """Batch size, spans, batch and position slicing of a VLM cache (module docstring). A mixin, placed before
-    TransformerLens's ActivationCache (or a subclass of it) in the bases."""
+    TransformerLens's ActivationCache in the bases: ``hooked_vlm.tl_cache.VLMActivationCache``, the cache
+    ``run_with_cache`` returns."""
 
     def __init__(self, cache_dict: dict[str, torch.Tensor], model: Any, has_batch_dim: bool = True,
                  spans: Any = None, batch_size: int | None = None):
@@ -172,6 +172,3 @@ class VLMBatchMixin:
         layouts = [self.spans.layouts[b] for b in items] if self.spans.layouts else []
         return TokenSpans(masks, self.spans.grid[idx], layouts)
 
-
-class ActivationCache(VLMBatchMixin, _TLActivationCache):
-    """TransformerLens's ActivationCache with the VLM's batch size, spans (``cache.spans``) and slicing rules."""

@@ -67,9 +67,6 @@ def test_apply_ln_recompute_ln_differs_from_cached(run):
     assert fresh.shape == cached.shape and not torch.allclose(fresh, cached, atol=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason="main's cache divides by the cached scale but leaves out ln_final's weight, "
-                   "which recompute_ln=True applies (it runs model.ln_final); branch tl-dla's VLMActivationCache applies "
-                   "the weight on both paths: remove this mark when merging it")
 def test_final_entry_is_the_final_norms_output_on_both_paths(run):
     """The identity behind ::test_apply_ln_recompute_ln_differs_from_cached and ::test_accumulated_resid_with_apply_ln:
     the last accumulated entry IS the final residual, so normalising it with the cached scale or a recomputed one
@@ -225,9 +222,6 @@ def test_logit_attrs_matches_reference_code(run):
     assert close(cache.logit_attrs(acc, pos_slice=-1, tokens=answers[:, 0]), (scaled * right).sum(-1))
 
 
-@pytest.mark.xfail(strict=True, reason="main's tokens_to_residual_directions returns W_U[:, t].T, which for a 2-D "
-                   "tensor of ids swaps its two axes; branch tl-dla (hooked_vlm/tl_compat.py) returns [..., d_model] "
-                   "as TL: remove this mark when merging it")
 def test_tokens_to_residual_directions_of_answer_pairs(run):
     """The call of ::test_logit_attrs_matches_reference_code: directions of a [batch, 2] tensor of (right, wrong)
     answer ids are [batch, 2, d_model], entry [b, j] the direction of answers[b, j]."""

@@ -328,8 +328,7 @@ def test_pattern_filter_hooks_called_once_per_layer_with_layer(model, inputs):
     ::test_pattern_hooks_called_once_per_layer and ::test_hook_layer_method_works, plus
     tests/integration/model_bridge/compatibility/test_bridge_hook_behavior.py::test_hook_fires_once_per_forward: a
     filter on "pattern" reaches every attention layer once, LM and vision tower apart by prefix, and hook.layer() gives
-    each one's block (on main, vision hooks raised: TL's layer() reads the second name part, "blocks"; fixed
-    identically on this branch and on tl-dla)."""
+    each one's block (vision hooks used to raise: TL's layer() reads the second name part, "blocks")."""
     calls = []
     record = lambda p, hook: calls.append((hook.name, hook.layer(), tuple(p.shape)))  # noqa: E731
     model.run_with_hooks(**inputs, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), record)])
