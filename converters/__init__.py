@@ -22,6 +22,8 @@ FAMILY_MODULES = [
     "converters.paligemma",
     "converters.internvl",
     "converters.idefics2",
+    "converters.aya_vision",
+    "converters.cohere2_vision",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -69,8 +69,8 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
         for block in self.blocks[: t.deepstack_layers]:  # [n_image_tokens, d_model], added after hook_resid_post
             block.hook_deepstack = HookPoint()
-        self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset)
-        self.unembed = Unembed(t.d_model, cfg.d_vocab)
+        self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset, bias=t.norm_bias)
+        self.unembed = Unembed(t.d_model, cfg.d_vocab, scale=t.logit_scale)  # logits * t.logit_scale (Cohere2)
         self.tie_weights()
         self.setup()
         self.run_state = RunState()
@@ -120,7 +120,10 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self.unembed.weight.T
+        """A view of the unembedding; with ``cfg.text.logit_scale`` != 1 (Cohere2) the scaled matrix (a new tensor),
+        so that logits = ln_final(resid) @ W_U holds and direct logit attribution sums to the logits."""
+        scale = self.unembed.scale
+        return self.unembed.weight.T if scale == 1.0 else self.unembed.weight.T * scale
 
     @property
     def W_Q(self) -> Tensor:

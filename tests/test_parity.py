@@ -17,6 +17,7 @@ import torch
 from hooked_vlm.components.attention import Attention
 from hooked_vlm.components.rope import Rotary
 from tests import tiny, tiny_native
+from tests import tiny_cohere as tco
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
@@ -72,6 +73,8 @@ CASES = [
     ("internvl-qwen3", functools.partial(tiv.internvl, "qwen3")),
     ("idefics2", ti2.idefics2),
     ("paligemma2", tpg.paligemma),  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
+    ("aya-vision", tco.aya),
+    ("cohere2-vision", tco.cohere2_vision),
 ]
 CASE_IDS = [c[0] for c in CASES]
 

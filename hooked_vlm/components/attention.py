@@ -29,7 +29,9 @@ def _mask_shape_ok(new: torch.Tensor, old: torch.Tensor) -> bool:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TowerConfig):
+    def __init__(self, cfg: TowerConfig, use_rope: bool = True):
+        """``use_rope=False``: this layer never rotates q / k (a NoPE layer of a RoPE tower, ``cfg.layer_uses_rope``),
+        so it has no hook_rot_q / hook_rot_k."""
         super().__init__()
         self.cfg = cfg
         h, kvh, dh, d = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
@@ -43,7 +45,7 @@ class Attention(nn.Module):
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
-        if cfg.positional not in ("learned", "none"):  # rotary towers only: hooks that never fire do not exist
+        if use_rope and cfg.positional not in ("learned", "none"):  # rotary layers only: hooks that never fire do not exist
             self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
             self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_mask = HookPoint(_mask_shape_ok, "a bool mask [batch, 1 or head, q, k] like")  # [batch, 1, q_pos, k_pos]
@@ -91,8 +93,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             cos, sin = rotary
-            q = self.hook_rot_q(apply_rotary(q, cos, sin))
-            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+            q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved))
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)
 

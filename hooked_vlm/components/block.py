@@ -1,6 +1,11 @@
 """A transformer block, readable top to bottom (used by the LM and the vision tower): pre-norm, Swin-style
 post-sublayer norm, or Gemma's sandwich (``cfg.norm_placement``); pre-norm blocks may scale their sublayer outputs
-by learned gains ``ls1`` / ``ls2`` (``cfg.layer_scale``, InternViT)."""
+by learned gains ``ls1`` / ``ls2`` (``cfg.layer_scale``, InternViT).
+
+Parallel blocks (``cfg.parallel_block``, Cohere / Command R): one norm ``ln1`` feeds attention AND the MLP, and
+``resid_post = resid_pre + attn_out + mlp_out``. Such a block has no ``ln2`` and no ``hook_resid_mid`` (no residual
+exists between the sublayers, and a hook that never fires is not created); ``blocks.{l}.ln1.hook_normalized`` is the
+input of both sublayers (analyses' "mlp_in" is ln1's output there)."""
 
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ from .norms import make_norm
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: TowerConfig, layer: int = 0):
         super().__init__()
-        norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset,  # noqa: E731
+                                 bias=cfg.norm_bias)
         self.ln1 = norm()
-        self.attn = Attention(cfg)
-        self.ln2 = norm()
+        self.attn = Attention(cfg, use_rope=cfg.layer_uses_rope(layer))
+        self.parallel = cfg.parallel_block
+        self.ln2 = None if self.parallel else norm()
         self.mlp = build_mlp(cfg, layer)  # dense MLP unless cfg.mlp_kind == "moe" (components/moe.py)
         self.post_sublayer_norm = cfg.norm_placement == "post_sublayer"
         if cfg.norm_placement == "sandwich":  # Gemma: the sublayer outputs are normed too (TL's ln1_post / ln2_post)
@@ -34,7 +41,8 @@ class TransformerBlock(nn.Module):
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        if not self.parallel:
+            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
@@ -46,6 +54,10 @@ class TransformerBlock(nn.Module):
         kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
+        if self.parallel:  # one norm, both sublayers read it, both outputs added at once
+            x = self.ln1(resid)
+            attn_out = self.hook_attn_out(self.attn(x, mask, rotary, kv_cache))
+            return self.hook_resid_post(resid + attn_out + self.hook_mlp_out(self.mlp(x)))
         if self.post_sublayer_norm:  # Swin-style: the sublayer's OUTPUT is normed (hook_attn_out/mlp_out after it)
             attn_out = self.hook_attn_out(self.ln1(self.attn(resid, mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
