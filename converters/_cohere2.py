@@ -32,7 +32,8 @@ COHERE2_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "logit_scale
                   "num_attention_heads", "num_key_value_heads", "hidden_act", "max_position_embeddings",
                   "layer_norm_eps", "tie_word_embeddings", "rope_parameters", "attention_bias", "sliding_window",
                   "layer_types", "head_dim",  # head_dim: recomputed by HF (module docstring), so read as HF does
-                  "sliding_window_pattern", "_sliding_window_pattern"}  # read through layer_types (HF derives it)
+                  "sliding_window_pattern", "_sliding_window_pattern",  # read through layer_types (HF derives it)
+                  "use_embedding_sharing"}  # the original release's name for tie_word_embeddings: checked equal
 #: keys of the original Cohere2 release that HF never reads
 COHERE2_IGNORED = {
     "model_max_length": "a tokenizer limit copied into the config; the model never reads it",

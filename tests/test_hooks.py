@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests import tiny, tiny_native
+from tests import tiny_cohere as tco
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
@@ -56,6 +57,8 @@ FAMILIES = {
     "internvl": _from_factory(tiv.internvl),
     "internvl_qwen3": _from_factory(functools.partial(tiv.internvl, "qwen3")),
     "idefics2": _from_factory(ti2.idefics2),
+    "aya_vision": _from_factory(tco.aya),
+    "cohere2_vision": _from_factory(tco.cohere2_vision),
 }
 
 

@@ -15,6 +15,7 @@ with the processor's template (``Cohere2VisionProcessor.replace_image_token``: p
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,13 @@ def make_cohere2_vision(seed: int = 0, text: dict | None = None, vision: dict | 
                                  image_token_id=PATCH, alignment_intermediate_size=64)
     hf = Cohere2VisionForConditionalGeneration(config).eval()
     folder = _perturb_and_save(hf, "tiny_cohere2_vision_")
-    tokenizer().save_pretrained(folder)  # the tokenizer only: the image processor needs torchvision
+    tokenizer().save_pretrained(folder)
+    # the processor files a real checkpoint has: the image processor imports torchvision, so without it loading fails
+    # (the model gets a stand-in that says why; marker ids still come from the tokenizer)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Cohere2VisionImageProcessor", "processor_class": "Cohere2VisionProcessor",
+        "size": {"height": TILE, "width": TILE}, "patch_size": 2, "crop_to_patches": True, "max_patches": 4}))
+    (folder / "processor_config.json").write_text(json.dumps({"processor_class": "Cohere2VisionProcessor"}))
     return folder, hf
 
 
@@ -165,8 +172,12 @@ def aya() -> tiny.Built:
 
 @functools.lru_cache(maxsize=None)
 def cohere2_vision() -> tiny.Built:
-    """tests/test_parity.py's factory. Padded: item 0 one image of 3 tiles (2 crops + thumbnail), left pad 4; item 1
+    """tests/test_parity.py's factory (loaded with the processor stand-in: a warning says torchvision is missing). Padded: item 0 one image of 3 tiles (2 crops + thumbnail), left pad 4; item 1
     images of 1 and 4 tiles. Unpadded: two items with one 1-tile image each."""
     folder, hf = make_cohere2_vision()
-    return tiny.load(folder, hf, cohere2_vision_batch([[3], [1, 4]], [4, 0]),
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="the HF processor of .* could not be loaded")
+        return tiny.load(folder, hf, cohere2_vision_batch([[3], [1, 4]], [4, 0]),
                      cohere2_vision_batch([[1], [1]], [0, 0], seed=1))
