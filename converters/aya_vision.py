@@ -1,9 +1,10 @@
-"""AyaVisionForConditionalGeneration (CohereLabs/aya-vision-8b, -32b): SigLIP tower + pixel-shuffle SwiGLU + Cohere2 LM.
+"""AyaVisionForConditionalGeneration (CohereLabs/aya-vision-8b, -32b): SigLIP + pixel-shuffle SwiGLU + Cohere2 / Cohere.
 
 A declaration: the SigLIP tower (``_siglip``: HF reads ``hidden_states[vision_feature_layer]``, before
 post_layernorm), the ``pixel_shuffle`` projector in its SwiGLU form (pixel shuffle by ``downsample_factor`` ->
 LayerNorm (eps ``adapter_layer_norm_eps``) -> ``linear_1`` to ``alignment_intermediate_size`` -> ``silu(gate) * x``
--> ``linear_2``), the Cohere2 LM (``_cohere2``) and the ``tiles_marked`` image pipeline. HF's
+-> ``linear_2``), the LM by ``text_config.model_type`` (``_cohere2``: "cohere2" for 8B, "cohere" for 32B) and the
+``tiles_marked`` image pipeline. HF's
 AyaVisionForConditionalGeneration applies its own ``lm_head`` without ``text_config.logit_scale``; we match HF, so
 the LM's ``logit_scale`` is 1.0 here (the factor is a positive constant: argmax and greedy tokens are the same either
 way, log-probabilities are not).
@@ -22,7 +23,7 @@ from typing import Any
 
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles
 
-from ._cohere2 import cohere2_rules, cohere2_text_config
+from ._cohere2 import cohere2_rules, cohere_lm_config
 from ._siglip import siglip_ignored, siglip_rules, siglip_vision_config
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
@@ -58,7 +59,7 @@ def aya_vision_config(hf: Any) -> HookedVLMConfig:
                                   hf.vision_feature_select_strategy)
     check_shuffle(vision.grid_size, hf.downsample_factor)
     # HF's VLM forward never multiplies by text_config.logit_scale (module docstring)
-    text = dataclasses.replace(cohere2_text_config(tc), logit_scale=1.0)
+    text = dataclasses.replace(cohere_lm_config(tc), logit_scale=1.0)
     if not 0 <= hf.image_token_id < tc.vocab_size:
         raise UnsupportedConfigError(f"image_token_index={hf.image_token_id} is outside the vocabulary ({tc.vocab_size})")
     d_hidden = getattr(hf, "alignment_intermediate_size", tc.hidden_size)

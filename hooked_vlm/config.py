@@ -89,7 +89,7 @@ class TowerConfig:
     # to the residual together: resid_post = resid_pre + attn(ln1(x)) + mlp(ln1(x)). No ln2 and no hook_resid_mid
     # (no residual exists between the sublayers); hook_attn_out / hook_mlp_out are the two summands
     parallel_block: bool = False
-    norm_bias: bool = True  # LayerNorm ("LN") with a bias; False = Cohere's LayerNorm (mean-centred, weight only)
+    norm_bias: bool = True  # LayerNorms ("LN", q/k "LN" norms too) with a bias; False = Cohere's (mean-centred, weight only)
     # RoPE on interleaved (even, odd) pairs of each head (Cohere, GPT-J) instead of the two halves (Llama/NeoX)
     rope_interleaved: bool = False
     # the final logits are multiplied by it (Cohere2ForCausalLM's logit_scale); the unembedding applies it, so W_U,
@@ -157,8 +157,9 @@ class TowerConfig:
             raise ValueError(f"logit_scale must be a positive number, got {self.logit_scale!r}")
 
     def layer_uses_rope(self, layer: int) -> bool:
-        """Whether block ``layer`` rotates q and k: a RoPE tower, and not a NoPE layer kind (layer_rope_parameters)."""
-        if self.positional != "rope":
+        """Whether block ``layer`` rotates q and k: a rotary tower (any positional but "learned" / "none", e.g. Pixtral's
+        2-D RoPE), and not a NoPE layer kind (layer_rope_parameters)."""
+        if self.positional in ("learned", "none"):
             return False
         if self.layer_rope_parameters is None:
             return True

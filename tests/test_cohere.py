@@ -125,6 +125,19 @@ def test_logit_scale_matches_cohere2_for_causal_lm_and_w_u(family):
     assert _max(scaled.tokens_to_residual_directions(7), scaled.W_U[:, 7]) == 0
 
 
+def test_the_cohere_lm_case_exercises_what_it_claims():
+    """Aya Vision 32B's LM kind (model_type "cohere"): RoPE in every layer (rot hooks everywhere), no window, per-head
+    LayerNorm q/k norms without bias whose weights differ per head; the 8B kind has none of those."""
+    v1, v2 = tc.aya("cohere").model, tc.aya().model
+    t = v1.cfg.text
+    assert (t.qk_norm, t.qk_norm_per_head, t.norm_bias, t.sliding_window, t.layer_types) == ("LN", True, False, None, None)
+    assert all(hasattr(block.attn, "hook_rot_q") for block in v1.blocks)
+    q_norm = v1.blocks[0].attn.q_norm
+    assert q_norm.b is None and q_norm.w.shape == (t.n_heads, t.d_head)
+    assert _max(q_norm.w[0], q_norm.w[1]) > 1e-3  # perturbed per head: a shared weight would not match HF
+    assert v2.cfg.text.qk_norm is None and not hasattr(v2.blocks[1].attn, "hook_rot_q")
+
+
 def test_aya_spans_follow_the_processor_layout():
     """Item 0: one image of 2 crops + thumbnail (TILE_1, TILE_2, TILE_GLOBAL); item 1: a 1-tile image (TILE_GLOBAL
     only) and an image of 3 crops + thumbnail. Tiles are grouped into images by <|START_OF_IMG|> / <|END_OF_IMG|>."""
@@ -213,7 +226,7 @@ def _aya_config(text=None, vision=None, **top):
      "rope_type"),
     (lambda: _aya_config(vision_feature_select_strategy="default"), "vision_feature_select_strategy"),
     (lambda: _aya_config(downsample_factor=3), "downsample_factor=3"),
-    (lambda: _aya_config(text=dict(tc.cohere2_text_config(), model_type="cohere")), "cohere"),
+    (lambda: _aya_config(text=dict(tc.cohere2_text_config(), model_type="llama")), "model_type='llama'"),
     (lambda: _aya_config(image_token_index=tc.VOCAB), "outside the vocabulary"),
 ])
 def test_aya_refuses_what_changes_the_numbers(build, match):

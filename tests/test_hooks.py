@@ -58,6 +58,7 @@ FAMILIES = {
     "internvl_qwen3": _from_factory(functools.partial(tiv.internvl, "qwen3")),
     "idefics2": _from_factory(ti2.idefics2),
     "aya_vision": _from_factory(tco.aya),
+    "aya_vision_cohere_lm": _from_factory(functools.partial(tco.aya, "cohere")),
     "cohere2_vision": _from_factory(tco.cohere2_vision),
 }
 

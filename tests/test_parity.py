@@ -74,6 +74,7 @@ CASES = [
     ("idefics2", ti2.idefics2),
     ("paligemma2", tpg.paligemma),  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
     ("aya-vision", tco.aya),
+    ("aya-vision-cohere-lm", functools.partial(tco.aya, "cohere")),  # Aya Vision 32B's LM kind, with q/k norms
     ("cohere2-vision", tco.cohere2_vision),
 ]
 CASE_IDS = [c[0] for c in CASES]

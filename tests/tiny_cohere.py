@@ -46,6 +46,15 @@ def cohere2_text_config(**overrides: Any) -> dict:
     return cfg
 
 
+def cohere_text_config(**overrides: Any) -> dict:
+    """Cohere (v1, Aya Vision 32B's LM): RoPE in every layer, no window, per-head LayerNorm q/k norms without bias."""
+    cfg = cohere2_text_config(model_type="cohere", use_qk_norm=True)
+    for key in ("sliding_window", "layer_types"):
+        cfg.pop(key)
+    cfg.update(overrides)
+    return cfg
+
+
 def siglip_vision_config(**overrides: Any) -> dict:
     cfg = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                num_attention_heads=4, image_size=TILE, patch_size=2, num_channels=3, vision_use_head=False)
@@ -87,7 +96,7 @@ def aya_processor() -> Any:
 def _perturb_and_save(model: Any, prefix: str) -> Path:
     with torch.no_grad():  # norms at 1, biases at 0: perturb them; embeddings x 4: logits of scale ~1 (tied)
         for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias") or "position_embedding" in name:
+            if "norm" in name or name.endswith("bias") or "position_embedding" in name:  # q/k norm weights too
                 p.add_(torch.randn_like(p) * 0.1)
             if name.endswith("embed_tokens.weight"):
                 p.mul_(4.0)
@@ -161,10 +170,11 @@ def cohere2_vision_batch(tiles: list[list[int]], pad_left: list[int], seed: int 
 
 
 @functools.lru_cache(maxsize=None)
-def aya() -> tiny.Built:
+def aya(lm: str = "cohere2") -> tiny.Built:
     """tests/test_parity.py's factory. Padded: item 0 one 16 x 8 image (2 crops + thumbnail), item 1 an 8 x 8 (1 tile)
-    and an 8 x 24 image (3 crops + thumbnail). Unpadded: two items with one 8 x 8 image each."""
-    folder, hf = make_aya()
+    and an 8 x 24 image (3 crops + thumbnail). Unpadded: two items with one 8 x 8 image each. ``lm="cohere"``: Aya
+    Vision 32B's kind of LM (cohere_text_config)."""
+    folder, hf = make_aya(text=cohere_text_config() if lm == "cohere" else None)
     proc = aya_processor()
     return tiny.load(folder, hf, aya_batch(proc, [[SIZES[0]], [SIZES[1], SIZES[2]]]),
                      aya_batch(proc, [[SIZES[1]], [SIZES[1]]], seed=5))
