@@ -34,7 +34,6 @@ TOP_FIELDS = {"vision_feature_select_strategy", "vision_feature_layer", "downsam
 ALIASES = [
     (r"^language_model\.model\.", "model.language_model."),
     (r"^language_model\.lm_head\.", "lm_head."),
-    (r"^language_model\.(?!model\.|lm_head\.)", "model.language_model."),
     (r"^vision_tower\.", "model.vision_tower."),
     (r"^multi_modal_projector\.", "model.multi_modal_projector."),
 ]

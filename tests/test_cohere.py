@@ -226,6 +226,7 @@ def _aya_config(text=None, vision=None, **top):
      "rope_type"),
     (lambda: _aya_config(vision_feature_select_strategy="default"), "vision_feature_select_strategy"),
     (lambda: _aya_config(downsample_factor=3), "downsample_factor=3"),
+    (lambda: _aya_config(vision=tc.siglip_vision_config(image_size=10)), "downsample_factor=2 must divide the 5x5"),
     (lambda: _aya_config(text=dict(tc.cohere2_text_config(), model_type="llama")), "model_type='llama'"),
     (lambda: _aya_config(image_token_index=tc.VOCAB), "outside the vocabulary"),
 ])
@@ -253,3 +254,28 @@ def test_cohere2_vision_refuses_another_tower():
                              alignment_intermediate_size=64)
     with pytest.raises(UnsupportedConfigError, match="clip_vision_model"):
         get_converter("Cohere2VisionForConditionalGeneration").make_config(hf)
+
+
+@pytest.mark.parametrize("family, text", [("aya_vision", "cohere2"), ("aya_vision", "cohere"), ("cohere2_vision", "cohere2")])
+def test_structure_of_full_size_default_configs(family, text, tmp_path):
+    """HF's default configs at full size (Aya: SigLIP 384/14 + Command R-sized Cohere2, or a Cohere LM with q/k norms
+    as Aya Vision 32B's; Cohere2 Vision: SigLIP 512/16), on the meta device: every tensor of HF's model, under its
+    in-memory names and the names save_pretrained writes, maps onto ours with the right shape, nothing left over."""
+    import json
+
+    from transformers import AyaVisionConfig, Cohere2VisionConfig, CohereConfig
+
+    from tests.test_real_configs import _problems, structure
+
+    if family == "aya_vision":  # HF's default vision config cannot run (384 / 14: a 27 x 27 grid its pixel shuffle
+        # cannot fold; 14 heads do not divide 1152): SigLIP so400m's 16 heads and AyaVisionProcessor's img_size 364
+        vision = AyaVisionConfig().vision_config.to_dict() | {"image_size": 364, "num_attention_heads": 16}
+        hf = AyaVisionConfig(text_config=CohereConfig(use_qk_norm=True).to_dict() if text == "cohere" else None,
+                             vision_config=vision, architectures=["AyaVisionForConditionalGeneration"])
+    else:
+        hf = Cohere2VisionConfig(architectures=["Cohere2VisionForConditionalGeneration"])
+    path = tmp_path / f"{family}_{text}.json"
+    path.write_text(json.dumps(hf.to_dict()))
+    s = structure(path)
+    assert _problems(s.in_memory) == {} and _problems(s.saved) == {}
+    assert s.n_parameters == s.hf_parameters - s.not_converted and s.n_parameters > 5e9
