@@ -279,3 +279,15 @@ def test_structure_of_full_size_default_configs(family, text, tmp_path):
     s = structure(path)
     assert _problems(s.in_memory) == {} and _problems(s.saved) == {}
     assert s.n_parameters == s.hf_parameters - s.not_converted and s.n_parameters > 5e9
+
+
+def test_memory_estimate_sizes_every_lm_hook_of_parallel_nope_blocks():
+    """``hooked-vlm inspect`` sizes the cache with a meta forward that hands one RoPE table to every block: the NoPE
+    layers ignore it, and every LM hook point of the parallel blocks is sized."""
+    from hooked_vlm.inspect import meta_model
+    from hooked_vlm.memory import is_lm_hook, lm_activation_numels
+
+    model = meta_model(tc.aya().model.cfg)
+    seen, unsized = lm_activation_numels(model, 12)
+    assert unsized == [] and set(seen) == {n for n in model.hook_dict if is_lm_hook(n)}
+    assert seen["blocks.0.attn.hook_rot_q"][0] == 12 * 4 * 8 and "blocks.1.attn.hook_rot_q" not in seen

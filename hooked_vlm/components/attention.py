@@ -34,6 +34,7 @@ class Attention(nn.Module):
         so it has no hook_rot_q / hook_rot_k."""
         super().__init__()
         self.cfg = cfg
+        self.use_rope = use_rope
         h, kvh, dh, d = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
         self.q_proj = nn.Linear(d, h * dh, bias=cfg.attn_bias)  # weight [(head d_head), d_model]
         self.k_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
@@ -91,7 +92,7 @@ class Attention(nn.Module):
         v = self.hook_v(self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rotary is not None:
+        if rotary is not None and self.use_rope:  # a NoPE layer ignores a table handed to every layer (memory.py)
             cos, sin = rotary
             q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved))
             k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved))
