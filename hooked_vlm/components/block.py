@@ -2,20 +2,26 @@
 post-sublayer norm, or Gemma's sandwich (``cfg.norm_placement``); pre-norm blocks may scale their sublayer outputs
 by learned gains ``ls1`` / ``ls2`` (``cfg.layer_scale``, InternViT).
 
-Parallel blocks (``cfg.parallel_block``, Cohere / Command R): one norm ``ln1`` feeds attention AND the MLP, and
+The token mixer comes from the layer's ``layer_types`` entry through ``components/mixers.py`` MIXERS and sits under
+that kind's attribute name (``attn`` for attention, ``linear_attn`` for Gated DeltaNet, ...); ``block.mixer`` is it
+whatever its name, ``block.mixer_kind`` the entry. ``hook_attn_out`` is the mixer's output whatever the kind.
+
+Parallel blocks (``cfg.parallel_block``, Cohere / Command R): one norm ``ln1`` feeds the mixer AND the MLP, and
 ``resid_post = resid_pre + attn_out + mlp_out``. Such a block has no ``ln2`` and no ``hook_resid_mid`` (no residual
 exists between the sublayers, and a hook that never fires is not created); ``blocks.{l}.ln1.hook_normalized`` is the
 input of both sublayers (analyses' "mlp_in" is ln1's output there)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from ..config import TowerConfig
 from ..hook_points import HookPoint
-from .attention import Attention, LayerKVCache
 from .masks import AttentionMask
+from .mixers import layer_kind, mixer_kind
 from .moe import build_mlp
 from .norms import make_norm
 
@@ -26,7 +32,10 @@ class TransformerBlock(nn.Module):
         norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset,  # noqa: E731
                                  bias=cfg.norm_bias)
         self.ln1 = norm()
-        self.attn = Attention(cfg, use_rope=cfg.layer_uses_rope(layer))
+        self.mixer_kind = layer_kind(cfg, layer)
+        spec = mixer_kind(self.mixer_kind)
+        self._mixer_attr = spec.attr
+        setattr(self, spec.attr, spec.build(cfg, layer))  # blocks.{l}.attn / .linear_attn / ...
         self.parallel = cfg.parallel_block
         self.ln2 = None if self.parallel else norm()
         self.mlp = build_mlp(cfg, layer)  # dense MLP unless cfg.mlp_kind == "moe" (components/moe.py)
@@ -51,25 +60,30 @@ class TransformerBlock(nn.Module):
         resid: torch.Tensor,  # [batch, pos, d_model]
         mask: AttentionMask,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-        kv_cache: LayerKVCache | None = None,
+        kv_cache: Any = None,  # this layer's state in the KVCache (components/mixers.py: MIXERS[kind].state)
     ) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
         if self.parallel:  # one norm, both sublayers read it, both outputs added at once
             x = self.ln1(resid)
-            attn_out = self.hook_attn_out(self.attn(x, mask, rotary, kv_cache))
+            attn_out = self.hook_attn_out(self.mixer(x, mask, rotary, kv_cache))
             return self.hook_resid_post(resid + attn_out + self.hook_mlp_out(self.mlp(x)))
         if self.post_sublayer_norm:  # Swin-style: the sublayer's OUTPUT is normed (hook_attn_out/mlp_out after it)
-            attn_out = self.hook_attn_out(self.ln1(self.attn(resid, mask, rotary, kv_cache)))
+            attn_out = self.hook_attn_out(self.ln1(self.mixer(resid, mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
             return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2(self.mlp(resid))))
         if self.ln1_post is not None:  # sandwich: hook_attn_out / hook_mlp_out are what is added (after ln*_post)
-            attn_out = self.hook_attn_out(self.ln1_post(self.attn(self.ln1(resid), mask, rotary, kv_cache)))
+            attn_out = self.hook_attn_out(self.ln1_post(self.mixer(self.ln1(resid), mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
             return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid)))))
-        attn_out = self.hook_attn_out(self._scaled(self.attn(self.ln1(resid), mask, rotary, kv_cache), self.ls1))
+        attn_out = self.hook_attn_out(self._scaled(self.mixer(self.ln1(resid), mask, rotary, kv_cache), self.ls1))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self._scaled(self.mlp(self.ln2(resid)), self.ls2))
         return self.hook_resid_post(resid + mlp_out)
+
+    @property
+    def mixer(self) -> nn.Module:
+        """The token mixer, whatever its kind's attribute name."""
+        return getattr(self, self._mixer_attr)
 
     @staticmethod
     def _scaled(out: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:

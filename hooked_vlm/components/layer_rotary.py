@@ -20,7 +20,7 @@ class LayerTypeRotary(nn.Module):
         self.tables = nn.ModuleDict({kind: Rotary(cfg.d_head, cfg.layer_rope_parameters[kind], cfg.max_position_embeddings,
                                                   interleaved=cfg.rope_interleaved)
                                      for kind in sorted(set(self.layer_types))
-                                     if cfg.layer_rope_parameters[kind] is not None})
+                                     if cfg.layer_rope_parameters.get(kind) is not None})  # no entry: not attention
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         per_kind = {kind: table(position_ids, dtype) for kind, table in self.tables.items()}
