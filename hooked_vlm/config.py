@@ -356,9 +356,15 @@ class HookedVLMConfig:
     def act_fn(self) -> str:
         return self.text.act_fn
 
+    @property
+    def n_ctx(self) -> int:
+        """TL's context length: the LM's ``max_position_embeddings`` (HF's; RoPE models may run past it)."""
+        return self.text.max_position_embeddings
+
     attn_only: bool = False
     final_rms: bool = False
     positional_embedding_type: str = "rotary"
+    model_name: str | None = None  # what from_pretrained was given (hub id, local folder or shipped toy name)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -12,6 +12,7 @@ activation. Ours adds two things:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,6 +53,14 @@ class HookPoint(_TLHookPoint):
     def query_positions(self) -> torch.Tensor | None:
         """Absolute positions of the query rows computed in this forward."""
         return self.run.query_positions
+
+    def layer(self) -> int:
+        """The block index in the name, as TransformerLens's ``hook.layer()``: ``blocks.3.attn.hook_z`` -> 3, and
+        also under a prefix: ``vision.blocks.3.hook_resid_post`` -> 3 (the vision tower's block 3)."""
+        found = re.search(r"(?:^|\.)blocks\.(\d+)\.", self.name or "")
+        if found is None:
+            raise ValueError(f"hook point {self.name!r} is not inside a block (no 'blocks.N.' in its name): it has no layer")
+        return int(found.group(1))
 
     def add_hook(self, hook: Callable, dir: str = "fwd", **kwargs: Any):  # type: ignore[override]
         if dir == "fwd":

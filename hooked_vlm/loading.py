@@ -114,7 +114,7 @@ def load_pretrained(cls: type, name_or_path: str, dtype: torch.dtype = torch.flo
         raise ValueError(f"give device={device!r} or device_map=..., not both (a device map says where each module goes)")
     folder = resolve_checkpoint(name_or_path, revision=revision, local_files_only=local_files_only)
     _, converter, cfg = converter_for(folder)
-    cfg.dtype, cfg.device = dtype, str(device)
+    cfg.dtype, cfg.device, cfg.model_name = dtype, str(device), str(name_or_path)
 
     with torch.device("meta"):
         model = cls(cfg)

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor, nn
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from .components.block import TransformerBlock
@@ -30,6 +29,8 @@ from .kv_cache import KVCache
 from .pipelines import PIPELINES
 from .saes.splice import SAEMixin
 from .spans import TokenSpans, build_spans
+from .tl_cache import VLMActivationCache
+from .tl_compat import TLCompatMixin
 
 if TYPE_CHECKING:
     from .cache_buffers import CacheBuffers
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
 BASE_INPUTS = ("input_ids", "pixel_values", "attention_mask", "position_ids")
 
 
-class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_with_saes (hooked_vlm.saes)
+class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), run_with_saes (hooked_vlm.saes);
+    # TL weight views and token helpers (hooked_vlm.tl_compat)
     def __init__(self, cfg: HookedVLMConfig, processor: Any = None):
         super().__init__()
         self.cfg = cfg
@@ -99,50 +101,6 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
     @property
     def tokenizer(self) -> Any:
         return getattr(self.processor, "tokenizer", self.processor)
-
-    # ------------------------------------------------------------------ TL views
-    @property
-    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
-        return self.embed.weight
-
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        """A view of the unembedding; with ``cfg.text.logit_scale`` != 1 (Cohere2) the scaled matrix (a new tensor),
-        so that logits = ln_final(resid) @ W_U holds and direct logit attribution sums to the logits."""
-        scale = self.unembed.scale
-        return self.unembed.weight.T if scale == 1.0 else self.unembed.weight.T * scale
-
-    @property
-    def W_Q(self) -> Tensor:
-        return torch.stack([b.attn.W_Q for b in self._attention_blocks('W_Q')])
-
-    @property
-    def W_K(self) -> Tensor:
-        return torch.stack([b.attn.W_K for b in self._attention_blocks('W_K')])
-
-    @property
-    def W_V(self) -> Tensor:
-        return torch.stack([b.attn.W_V for b in self._attention_blocks('W_V')])
-
-    @property
-    def W_O(self) -> Tensor:
-        return torch.stack([b.attn.W_O for b in self._attention_blocks('W_O')])
-
-    def _attention_blocks(self, what: str) -> list:
-        """Every LM block, when every one is attention; else an error naming the other kinds (no stacked weights)."""
-        other = sorted({b.mixer_kind for b in self.blocks if not hasattr(b, "attn")})
-        if other:
-            raise ValueError(f"{what} stacks the attention weights of every layer, but this model has {other} layers "
-                             f"(no attention weights there); read model.blocks[l].attn.{what} of its attention layers")
-        return list(self.blocks)
-
-    @property
-    def W_in(self) -> Tensor:
-        return torch.stack([b.mlp.W_in for b in self.blocks])
-
-    @property
-    def W_out(self) -> Tensor:
-        return torch.stack([b.mlp.W_out for b in self.blocks])
 
     @property
     def device(self) -> torch.device:
@@ -383,7 +341,7 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
             buffers.active = False
             self.run_state.extra.pop("cache_buffers", None)
         buffers.keep(cache_dict, self.hook_dict)
-        cache = ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        cache = VLMActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)  # hooked_vlm.tl_cache
         cache.spans = self.run_state.spans
         return out, cache
 
@@ -397,79 +355,6 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
     def free_cache_buffers(self) -> None:
         """Drop the last cache's attention tensors that the next ``run_with_cache`` would reuse (hooked_vlm.cache_buffers)."""
         self._cache_buffers().clear()
-
-    # ------------------------------------------------------------------ TL helpers used by ActivationCache
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
-        bias = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
-        for l in range(layer):
-            bias = bias + self.blocks[l].mixer.b_O
-            if include_mlp_biases:
-                bias = bias + self.blocks[l].mlp.b_out
-        if mlp_input:
-            bias = bias + self.blocks[layer].mixer.b_O
-        return bias
-
-    def tokens_to_residual_directions(self, tokens: Any) -> Tensor:
-        if isinstance(tokens, str):
-            tokens = self.to_single_token(tokens)
-        tokens = torch.as_tensor(tokens, device=self.device)
-        return self.W_U[:, tokens].T if tokens.ndim else self.W_U[:, tokens]
-
-    def to_single_token(self, text: str) -> int:
-        ids = self._require_tokenizer().encode(text, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {ids}")
-        return ids[0]
-
-    def to_tokens(self, text: str | Sequence[str], add_special_tokens: bool = True) -> Tensor:
-        """Tokenize text only (image placeholders stay single placeholders; use prepare_inputs for images)."""
-        tok = self._require_tokenizer()
-        return tok([text] if isinstance(text, str) else list(text), return_tensors="pt", padding=True,
-                   add_special_tokens=add_special_tokens)["input_ids"].to(self.device)
-
-    def to_str_tokens(self, inputs: Any, batch: int = 0) -> list[str]:
-        """String tokens of one batch item; image tokens appear as ``<img r,c>`` (``<img t:r,c>`` with tiles), resampler
-        latents as ``<latent k>`` (``<latent t:k>``)."""
-        if isinstance(inputs, Mapping):
-            tokens, mask = inputs["input_ids"], inputs.get("attention_mask")
-            spans = self.spans_for(tokens.to(self.device), None if mask is None else mask.to(self.device),
-                                   self._layouts_without_encoding(inputs))
-        else:
-            tokens = inputs if isinstance(inputs, Tensor) else self.to_tokens(inputs)
-            tokens = tokens[None] if tokens.ndim == 1 else tokens
-            spans = self.spans_for(tokens.to(self.device), None, [])
-        tok = self._require_tokenizer()
-        out, n_latent = [], {}
-        for p, t in enumerate(tokens[batch].tolist()):
-            img, tile, r, c = spans.grid[batch, p].tolist()
-            if t == self.cfg.roles.image_token_id and "row_break" in spans and bool(spans.mask("row_break")[batch, p]):
-                out.append("<img newline>")  # an image placeholder holding the image_newline embedding
-            elif img >= 0 and spans.layouts[batch][img].latents:  # a resampler latent: its index, no (row, col)
-                k = n_latent[img, tile] = n_latent.get((img, tile), -1) + 1
-                out.append(f"<latent {k}>" if spans.layouts[batch][img].tiles == 1 else f"<latent {tile}:{k}>")
-            elif img >= 0 and r >= 0:
-                out.append(f"<img {r},{c}>" if tile <= 0 and spans.layouts[batch][img].tiles == 1 else f"<img {tile}:{r},{c}>")
-            elif img >= 0:
-                out.append("<img cls>")
-            else:
-                out.append(tok.convert_ids_to_tokens(t))
-        return out
-
-    def _layouts_without_encoding(self, inputs: Mapping) -> list:
-        pv = inputs.get("pixel_values")
-        if pv is None:
-            return []
-        layout_fn = self.cfg.extra.get("layouts_fn")
-        if layout_fn is not None:
-            return layout_fn(self, inputs)
-        with torch.no_grad():
-            extras = {k: v for k, v in inputs.items() if k not in BASE_INPUTS}
-            return self.encode_images(pv, {**extras, "input_ids": inputs["input_ids"].to(self.device)})[1]
-
-    def _require_tokenizer(self) -> Any:
-        if self.tokenizer is None:
-            raise ValueError("this model was loaded without a tokenizer/processor; pass processor= or load a checkpoint that has one")
-        return self.tokenizer
 
     # ------------------------------------------------------------------ inputs and generation
     def prepare_inputs(self, images: Any = None, text: str | Sequence[str] | None = None, **kwargs: Any) -> dict[str, Tensor]:

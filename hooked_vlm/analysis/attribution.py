@@ -10,7 +10,8 @@ target token ``t`` is that vector read by the unembedding the way the final resi
 with the final norm's scale FROZEN at its value in the run (TransformerLens's
 ``ActivationCache.apply_ln_to_stack`` + ``logit_attrs``: divide the stack by the cached
 ``ln_final.hook_scale`` and dot it with the unembedding direction). We do not fold the norm weight
-into ``W_U``, so the weight is applied here (Gemma's ``1 + w`` included); with a LayerNorm the
+into ``W_U``, so the weight is applied here (Gemma's ``1 + w`` included; ``hooked_vlm.tl_cache`` does the same
+for the cache's helpers); with a LayerNorm the
 direction is centred (the norm's mean subtraction is linear). A pair ``target=(a, b)`` gives the
 logit difference ``logit(a) - logit(b)`` (direction ``W_U[:, a] - W_U[:, b]``).
 

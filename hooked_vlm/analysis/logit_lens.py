@@ -13,8 +13,8 @@ Layer convention (TransformerLens ``accumulated_resid`` / HF ``hidden_states``):
 Weight convention: our ``hook_scale`` is TL's (the divisor) and our ``ln_final`` applies its
 weight, so the lens equals TL 4.3's ``cache.accumulated_resid(apply_ln=True) @ W_U`` (which
 recomputes the final norm with ``model.ln_final``) and ``apply_ln_to_stack(..., recompute_ln=True)``.
-The cached-scale path (``recompute_ln=False``) gives ``x / scale`` without the RMS weight (TL
-folds it into W_U; we do not fold), so multiply by ``model.ln_final.w`` there.
+The cached-scale path (``recompute_ln=False``) gives ``x / scale`` times the norm's weight
+(``hooked_vlm.tl_cache``: TL folds the weight into W_U; we keep HF's W_U and apply it in the cache).
 
 Readouts: ``vocab="all"`` softmaxes over the whole vocabulary (raw unembedding, no family
 suppression of image codes); with image-code ids (``image_code_ids=`` or

@@ -3,8 +3,8 @@
 ``hook_scale`` is the norm's divisor [batch, pos, 1], exactly as TL defines it, so
 ``ActivationCache.apply_ln_to_stack`` can reuse it. ``hook_normalized`` is the norm's OUTPUT,
 weight (and bias) included: what the next matrix reads, and what HF reports as the final
-hidden state. (TL's unfolded RMS puts the weight after the hook; to get the true logit lens
-from a TL stack, use ``apply_ln_to_stack(..., recompute_ln=True)`` or multiply by ``ln_final.w``.)
+hidden state. (TL's norms put the weight after the hook, or fold it into the next matrix;
+``hooked_vlm.tl_cache`` applies it in ``apply_ln_to_stack``, so TL's cache recipes stay exact.)
 """
 
 from __future__ import annotations
