@@ -306,3 +306,20 @@ def test_generate_without_kv_cache_matches_hf(case_id):
 
 
 FAMILIES_BY_CASE = {"aya-vision": tc.aya, "cohere2-vision": tc.cohere2_vision}
+
+
+@pytest.mark.parametrize("scale", [1.0, tc.LOGIT_SCALE])
+def test_direct_logit_attribution_sums_to_the_logit(scale):
+    """TL's recipe on the parallel blocks (attn_out and mlp_out of every layer, bias-free LayerNorms: no constant)
+    with and without logit_scale: logit_attrs of decompose_resid sum to the logit; mlp_input names no norm there."""
+    b = tc.aya()
+    model = b.model if scale == 1.0 else variant(b, logit_scale=scale)
+    inputs = {k: v[1:] for k, v in b.unpadded.items()}  # the second item (one 1-tile image): batch 1
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(**inputs)
+        t = int(logits[0, -1].argmax())
+        attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), tokens=t, pos_slice=-1)
+    assert attrs.shape[0] == 1 + 2 * model.cfg.n_layers  # embed + attn_out and mlp_out per layer
+    assert abs(float(attrs.sum()) - float(logits[0, -1, t])) <= ATOL
+    with pytest.raises(ValueError, match="parallel"):
+        cache.apply_ln_to_stack(cache["blocks.0.hook_resid_pre"], layer=0, mlp_input=True)
