@@ -61,10 +61,8 @@ def span_mask(spans: TokenSpans, span: SpanLike) -> Bool[Tensor, "batch pos"]:
             span = _positions_mask(spans, span.tolist())
         if span.ndim == 1:
             span = span[None].expand(spans.batch, -1)
-        if span.ndim == 2 and span.shape[1] < spans.seq_len:  # a prompt mask while generating: new tokens are not in it
-            span = torch.cat([span, span.new_zeros(span.shape[0], spans.seq_len - span.shape[1])], 1)
         if tuple(span.shape) != (spans.batch, spans.seq_len):
-            raise ValueError(f"span mask has shape {tuple(span.shape)}; expected [batch, pos] = {(spans.batch, spans.seq_len)}")
+            raise ValueError(_mask_shape_error(spans, tuple(span.shape)))
         return span.to(spans.grid.device)
     if not isinstance(span, str):
         span = list(span)
@@ -100,9 +98,51 @@ def span_mask(spans: TokenSpans, span: SpanLike) -> Bool[Tensor, "batch pos"]:
     raise KeyError(f"no span named {span!r}; spans of this input: {', '.join(spans.names)}; derived: {', '.join(DERIVED)}")
 
 
+def _n_generated(spans: TokenSpans) -> int:
+    return int(spans.mask("generated")[0].sum()) if "generated" in spans and spans.batch else 0
+
+
+def _mask_shape_error(spans: TokenSpans, shape: tuple) -> str:
+    msg = (f"span mask has shape {shape}; this forward's sequence is [batch, pos] = {(spans.batch, spans.seq_len)}. "
+           "Build masks from this input's spans (cache.spans / hook.spans, e.g. grid_cells_mask(cache.spans, ...)), "
+           "not from model.to_tokens(text): prepare_inputs expands each image placeholder into the image's tokens.")
+    n_new = _n_generated(spans)
+    if n_new:
+        msg += (f" While generating, the sequence is the prompt ({spans.seq_len - n_new} positions) + {n_new} generated: "
+                "pass a prompt mask as span=prompt_span(mask) (hooked_vlm.analysis; the generated positions are not "
+                "in it, or are with generated=True), and name the new positions with the span 'generated'.")
+    return msg
+
+
+def prompt_span(mask: Tensor, generated: bool = False) -> Callable[[TokenSpans], Tensor]:
+    """A span for hooks that stay active in ``model.generate``: ``mask`` ([batch, prompt_pos] or [prompt_pos] bool,
+    e.g. from ``cache.spans`` of the prompt) over the prompt, and the generated positions out (``generated=False``)
+    or in (``generated=True``). The mask must cover exactly the prompt: a mask of any other length raises."""
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"prompt_span takes a bool mask [batch, prompt_pos], got dtype {mask.dtype}")
+
+    def over_prompt(spans: TokenSpans) -> Tensor:
+        m = mask[None].expand(spans.batch, -1) if mask.ndim == 1 else mask
+        n_new = _n_generated(spans)
+        if m.ndim != 2 or tuple(m.shape) != (spans.batch, spans.seq_len - n_new):
+            raise ValueError(f"prompt_span: the mask has shape {tuple(mask.shape)} but the prompt is [batch, pos] = "
+                             f"{(spans.batch, spans.seq_len - n_new)} ({n_new} generated positions follow it); build "
+                             "it from the prompt's spans (cache.spans of the same inputs)")
+        new = torch.full((spans.batch, n_new), generated, dtype=torch.bool, device=m.device)
+        return torch.cat([m, new], 1).to(spans.grid.device)
+
+    return over_prompt
+
+
 def _positions_mask(spans: TokenSpans, positions: list) -> Tensor:
     m = torch.zeros(spans.batch, spans.seq_len, dtype=torch.bool, device=spans.grid.device)
-    m[:, torch.as_tensor(positions, dtype=torch.long)] = True
+    pos = torch.as_tensor(positions, dtype=torch.long).flatten()
+    bad = pos[(pos >= spans.seq_len) | (pos < -spans.seq_len)].tolist()
+    if bad:
+        raise IndexError(f"span positions {bad[:8]} are out of range: the sequence has {spans.seq_len} positions "
+                         f"(valid: 0..{spans.seq_len - 1}, or -{spans.seq_len}..-1 from the end)")
+    m[:, pos] = True
     return m
 
 
