@@ -73,6 +73,12 @@ class TokenSpans:
     grid: Tensor
     layouts: list[list[ImageLayout]] = field(default_factory=list)  # per batch item, per image
 
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{name} ({int(m.sum())})" for name, m in self.masks.items())
+        images = [len(items) for items in self.layouts]
+        return (f"TokenSpans(batch={self.batch}, seq_len={self.seq_len}, images per item {images}; "
+                f"spans (positions over the batch): {counts})")
+
     @property
     def batch(self) -> int:
         return int(self.grid.shape[0])

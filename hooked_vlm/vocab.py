@@ -21,9 +21,13 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from .summary import summary_repr
+
 
 @dataclass
 class VocabRoles:
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
+
     image_code_ids: Int[Tensor, " n_image_codes"]  # sorted token ids of image codes
     text_ids: Int[Tensor, " n_text"]  # every other token id, sorted
     d_vocab: int

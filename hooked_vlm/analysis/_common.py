@@ -10,6 +10,8 @@ family and stay right while generating, when the spans grow):
 * ``image_region``  every position that is not text and not padding (image tokens and markers)
 * ``image_last``    the last image-content token of each image; ``image_first`` the first
 * ``image_other``   image-content tokens that are not ``image_last``
+* ``image_end``     where each image ends: the ``eoi`` marker on families that have one (Chameleon, Emu3, Janus, Qwen-VL,
+  Pixtral, ...), else ``image_last`` (LLaVA); the default span of patching and steering, so it exists on every model
 * ``after_image``   text positions after the last image-region position (the paper's
   "text after EOI"); ``before_image`` text positions before the first one
 """
@@ -26,8 +28,8 @@ from ..spans import TokenSpans
 
 SpanLike = Union[str, Tensor, Sequence[int], Callable[[TokenSpans], Tensor]]
 
-DERIVED = ("all", "image_region", "image_last", "image_first", "image_other", "after_image", "before_image",
-           "generated")
+DERIVED = ("all", "image_region", "image_last", "image_first", "image_other", "image_end", "after_image",
+           "before_image", "generated")
 
 
 def _image_ends(spans: TokenSpans, last: bool) -> Tensor:
@@ -85,6 +87,8 @@ def span_mask(spans: TokenSpans, span: SpanLike) -> Bool[Tensor, "batch pos"]:
         return _image_ends(spans, last=True)
     if span == "image_first":
         return _image_ends(spans, last=False)
+    if span == "image_end":
+        return spans.mask("eoi") if "eoi" in spans else _image_ends(spans, last=True)
     if span == "image_other":
         return spans.mask("image") & ~_image_ends(spans, last=True)
     if span in ("after_image", "before_image"):
@@ -180,18 +184,24 @@ def grid_cells_mask(spans: TokenSpans, cells: Sequence[tuple[int, int]], image: 
     return out
 
 
+def index_list(what: str, values: Any, n: int) -> list[int]:
+    """``None`` -> all of 0..n-1; an int -> [int]; negative indices count from the end; anything outside raises
+    naming the valid range (``what``: e.g. "layers", "heads")."""
+    if values is None:
+        return list(range(n))
+    if isinstance(values, int):
+        values = [values]
+    given = [int(v) for v in values]
+    bad = [v for v in given if not -n <= v < n]
+    if bad:
+        raise ValueError(f"{what} {bad} out of range: this model has {n} {what} (valid: 0..{n - 1}, "
+                         f"or -{n}..-1 from the end)")
+    return [v + n if v < 0 else v for v in given]
+
+
 def layer_list(model: Any, layers: Any, n: int | None = None) -> list[int]:
     """``None`` -> every layer; an int -> [int]; negative indices count from the end."""
-    n = model.cfg.n_layers if n is None else n
-    if layers is None:
-        return list(range(n))
-    if isinstance(layers, int):
-        layers = [layers]
-    out = [l + n if l < 0 else l for l in layers]
-    bad = [l for l in out if not 0 <= l < n]
-    if bad:
-        raise ValueError(f"layers {bad} out of range 0..{n - 1}")
-    return out
+    return index_list("layers", layers, model.cfg.n_layers if n is None else n)
 
 
 @torch.no_grad()
