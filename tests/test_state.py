@@ -81,10 +81,22 @@ def test_prompt_mask_in_generate_needs_prompt_span():
     by_mask = knockout_generate(model, inputs, src=prompt_span(image), dst="text", max_new_tokens=3, return_type="tokens")
     by_name = knockout_generate(model, inputs, src="image", dst="text", max_new_tokens=3, return_type="tokens")
     assert torch.equal(by_mask, by_name)
-    # generated=True puts the new positions in: knocking out generated -> last differs from knocking out nothing
-    new_too = knockout_generate(model, inputs, src=prompt_span(image, generated=True), dst="generated",
-                                max_new_tokens=3, return_type="tokens")
-    assert new_too.shape == by_name.shape
+    # the new positions, named: "generated" (and prompt_span(..., generated=True)) select exactly the rows each
+    # generate step computes after the prompt pass, and none of the prompt's
+    from hooked_vlm.analysis import query_rows
+
+    seen = []
+
+    def record(act, hook):
+        seen.append((query_rows(hook, "generated").tolist(),
+                     query_rows(hook, prompt_span(torch.zeros_like(image), generated=True)).tolist(),
+                     query_rows(hook, prompt_span(image)).tolist()))
+
+    with model.hooks(fwd_hooks=[("hook_embed", record)]):
+        model.generate(**inputs, max_new_tokens=3)
+    n = inputs["input_ids"].shape[1]
+    assert seen[0] == ([[False] * n], [[False] * n], image.tolist())  # the prompt pass
+    assert seen[1:] == [([[True]], [[True]], [[False]])] * 2  # each later step: one new position
     with pytest.raises(ValueError, match="prompt_span: the mask has shape"):
         knockout_generate(model, inputs, src=prompt_span(image[:, :-1]), dst="text", max_new_tokens=2)
 
@@ -136,3 +148,17 @@ def test_unknown_target_word_raises_with_closest_entries():
         model.tokens_to_residual_directions("redd")
     lens = logit_lens(model, inputs, targets=["green"], layers=[2])
     assert int(lens.target_ids[0]) == model.tokenizer.convert_tokens_to_ids("green")
+
+
+def test_layouts_from_inputs_must_match_the_encoding(monkeypatch):
+    """The spans come from each pipeline's layouts function (inputs only); the forward checks the encoding gave the
+    same layouts, so a layouts function that drifts from its pipeline fails loudly instead of mislabelling patches."""
+    from hooked_vlm.pipelines import LAYOUTS
+    from hooked_vlm.spans import ImageLayout
+
+    model, inputs = toy(), scene_inputs()
+    right = LAYOUTS["vit_mlp"](model, inputs["pixel_values"], {})
+    assert right == [ImageLayout(rows=6, cols=6)]
+    monkeypatch.setitem(LAYOUTS, "vit_mlp", lambda m, pv, ex: [ImageLayout(rows=36, cols=1)])  # same token count
+    with pytest.raises(RuntimeError, match=r"image pipeline 'vit_mlp': its layouts function gave .* the two must agree"):
+        model(**inputs)
