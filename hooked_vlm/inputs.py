@@ -40,6 +40,12 @@ def prepare_inputs(model: "HookedVLM", images: Any = None, text: str | Sequence[
         if hint is None:
             raise
         raise ValueError(f"{hint} (the processor said: {err})") from err
+    roles, ids = model.cfg.roles, dict(out).get("input_ids")
+    if images and roles is not None and isinstance(ids, torch.Tensor) and not bool((ids == roles.image_token_id).any()):
+        # some processor versions accept such prompts silently; the forward would then fail on the image count
+        hint = _placeholder_hint(processor, images, prompts)
+        if hint is not None:
+            raise ValueError(hint)
     result: dict[str, torch.Tensor] = {}
     for k, v in dict(out).items():
         if isinstance(v, torch.Tensor):

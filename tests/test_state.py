@@ -93,7 +93,7 @@ def test_prompt_mask_in_generate_needs_prompt_span():
                      query_rows(hook, prompt_span(image)).tolist()))
 
     with model.hooks(fwd_hooks=[("hook_embed", record)]):
-        model.generate(**inputs, max_new_tokens=3)
+        model.generate(**inputs, max_new_tokens=3, stop_at_eos=False)
     n = inputs["input_ids"].shape[1]
     assert seen[0] == ([[False] * n], [[False] * n], image.tolist())  # the prompt pass
     assert seen[1:] == [([[True]], [[True]], [[False]])] * 2  # each later step: one new position
