@@ -101,6 +101,9 @@ class TokenSpans:
 
     def positions(self, name: str, batch: int = 0) -> Int[Tensor, " n"]:
         """Positions of span ``name`` in batch item ``batch``."""
+        if not -self.batch <= batch < self.batch:
+            raise IndexError(f"batch item {batch} is out of range: the batch has {self.batch} item(s) "
+                             f"(valid: 0..{self.batch - 1})")
         return self.mask(name)[batch].nonzero().flatten()
 
     def __getitem__(self, name: str) -> Tensor | list[Tensor]:

@@ -57,7 +57,7 @@ def test_image_end_is_eoi_on_native_models():
 
 
 def test_out_of_range_layers_heads_positions_name_the_valid_range():
-    from hooked_vlm.analysis import knockout_hooks, logit_lens, span_ablation
+    from hooked_vlm.analysis import knockout_hooks, logit_lens, span_ablation, spans_of
 
     model, inputs = toy(), scene_inputs()
     n, h = model.cfg.n_layers, model.cfg.n_heads
@@ -70,6 +70,9 @@ def test_out_of_range_layers_heads_positions_name_the_valid_range():
     seq = inputs["input_ids"].shape[1]
     with pytest.raises(IndexError, match=rf"span positions \[{seq}\] are out of range: .* \(valid: 0..{seq - 1}"):
         span_ablation(model, inputs, span=[3, seq], how="zero")
+    spans = spans_of(model, inputs)
+    with pytest.raises(IndexError, match=r"batch item 1 is out of range: the batch has 1 item\(s\) \(valid: 0..0\)"):
+        spans.positions("image", 1)
     assert torch.equal(span_ablation(model, inputs, span=[-1], how="zero"),
                        span_ablation(model, inputs, span=[seq - 1], how="zero"))  # negative positions still work
 
