@@ -44,8 +44,9 @@ from fancy_einsum import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, span_mask
+from ._common import SpanLike, forward_with_hooks, index_list, span_mask
 from ..spans import TokenSpans
+from ..summary import summary_repr
 
 TargetLike = Any  # int | str | (a, b) | Tensor [batch] | Tensor [batch, 2]
 
@@ -56,6 +57,8 @@ class PatchAttributionResult:
 
     ``attribution[b]`` is [layer, head, position]; positions are the full (padded) sequence, zero
     where the query cannot attend (later positions, padding)."""
+
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
 
     attribution: Float[Tensor, "batch layer head pos"]
     bias: Float[Tensor, "batch layer"]
@@ -83,9 +86,9 @@ class PatchAttributionResult:
         """Sum over ``layers`` and ``heads`` (default all) of one item's attribution, per source position."""
         a = self.attribution[batch]
         if layers is not None:
-            a = a[list(layers)]
+            a = a[index_list("layers", layers, a.shape[0])]
         if heads is not None:
-            a = a[:, list(heads)]
+            a = a[:, index_list("heads", heads, a.shape[1])]
         return einops.reduce(a, "layer head pos -> pos", "sum")
 
     def share(self, span: SpanLike, within: SpanLike = "image", batch: int = 0) -> float:

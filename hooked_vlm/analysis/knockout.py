@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, layer_list, span_mask
+from ._common import SpanLike, forward_with_hooks, index_list, layer_list, span_mask
 
 
 def blocked_edges(hook: Any, src: SpanLike, dst: SpanLike, k_len: int) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
@@ -96,6 +96,8 @@ def zero_knockout_hook(src: SpanLike, dst: SpanLike, heads: Sequence[int] | None
 def knockout_hooks(model: Any, src: SpanLike = "image", dst: SpanLike = "text", layers: Sequence[int] | int | None = None,
                    heads: Sequence[int] | None = None, mode: str = "mask") -> list[tuple[str, Callable]]:
     """(hook name, hook fn) pairs knocking out ``src`` -> ``dst`` attention in ``layers`` (default all)."""
+    if heads is not None:
+        heads = index_list("heads", heads, model.cfg.n_heads)
     if mode == "mask":
         fn = mask_knockout_hook(src, dst, heads, model.cfg.n_heads)
         return [(f"blocks.{l}.attn.hook_mask", fn) for l in layer_list(model, layers)]

@@ -28,14 +28,19 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("tiles_pixel_shuffle")
+def tiles_layouts(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> list[ImageLayout]:
+    """Per image, its tiles (from the runs of image tokens), each a (grid / scale)-sided grid, the thumbnail last."""
+    check_square_pixels(model, pixel_values)
+    side = model.cfg.vision.grid_size // model.cfg.projector.extra["scale_factor"]
+    tiles = tiles_per_image(model, extras.get("input_ids"), side * side, pixel_values.shape[0])
+    return [ImageLayout(rows=side, cols=side, tiles=t, thumbnail=t > 1) for t in tiles]
+
+
+@register_pipeline("tiles_pixel_shuffle", layouts=tiles_layouts)
 def tiles_pixel_shuffle(model: "HookedVLM", pixel_values: torch.Tensor,
                         extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
-    check_square_pixels(model, pixel_values)
+    layouts = tiles_layouts(model, pixel_values, extras)
     embeds = model.projector(model.vision(pixel_values))  # [tile, tokens_per_tile, d_model]
-    side = int(round(embeds.shape[1] ** 0.5))
-    tiles = tiles_per_image(model, extras.get("input_ids"), embeds.shape[1], pixel_values.shape[0])
-    layouts = [ImageLayout(rows=side, cols=side, tiles=t, thumbnail=t > 1) for t in tiles]
     return embeds.reshape(-1, embeds.shape[-1]), layouts
 
 
@@ -65,19 +70,25 @@ def tiles_per_image(model: "HookedVLM", input_ids: torch.Tensor | None, per_tile
     return out
 
 
-@register_pipeline("tiles_marked")
-def tiles_marked(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+def tiles_marked_layouts(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> list[ImageLayout]:
+    """Per image, its tiles: the image tokens between a begin and the next end-of-image marker (a tile marker or a
+    line break may sit between tiles), each tile a (grid / scale)-sided grid, the thumbnail last."""
     check_square_pixels(model, pixel_values)
-    embeds = model.projector(model.vision(pixel_values))  # [tile, tokens_per_tile, d_model]
-    side = int(round(embeds.shape[1] ** 0.5))
+    side = model.cfg.vision.grid_size // model.cfg.projector.extra["scale_factor"]
     roles = model.cfg.roles
     input_ids = extras.get("input_ids")
     if input_ids is None or roles.boi_token_id is None or roles.eoi_token_id is None:
-        tiles = tiles_per_image(model, input_ids, embeds.shape[1], pixel_values.shape[0])
+        tiles = tiles_per_image(model, input_ids, side * side, pixel_values.shape[0])
     else:
         tiles = tiles_between_markers(input_ids, roles.image_token_id, roles.boi_token_id, roles.eoi_token_id,
-                                      embeds.shape[1], pixel_values.shape[0])
-    layouts = [ImageLayout(rows=side, cols=side, tiles=t, thumbnail=t > 1) for t in tiles]
+                                      side * side, pixel_values.shape[0])
+    return [ImageLayout(rows=side, cols=side, tiles=t, thumbnail=t > 1) for t in tiles]
+
+
+@register_pipeline("tiles_marked", layouts=tiles_marked_layouts)
+def tiles_marked(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    layouts = tiles_marked_layouts(model, pixel_values, extras)
+    embeds = model.projector(model.vision(pixel_values))  # [tile, tokens_per_tile, d_model]
     return embeds.reshape(-1, embeds.shape[-1]), layouts
 
 
