@@ -22,6 +22,7 @@ FAMILY_MODULES = [
     "converters.paligemma",
     "converters.internvl",
     "converters.idefics2",
+    "converters.lfm2_vl",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None
