@@ -14,6 +14,11 @@ row computes exactly what the same row computes alone (the conv sees zeros where
 zero padding) -- also with ``bias`` on, where zeroing only the input (HF's ``apply_mask_to_padding_states``) would
 let ``in_proj``'s bias through; without bias the two are the same numbers.
 
+Editing which taps a position reads (``hook_tap_mask``, bool [batch, pos, kernel], True = tap read; tap ``j`` of the
+query at absolute position ``t`` reads position ``t - kernel + 1 + j``) removes exactly that source's term from that
+destination's conv output (the conv knockout of hooked_vlm/analysis/conv_knockout.py). The mask is built and the conv
+computed tap by tap only when a hook is on it; otherwise ``F.conv1d`` runs (the same numbers).
+
 Generation: :class:`ConvState` keeps the last ``kernel - 1`` values of ``b * h`` ``[batch, d_model, kernel - 1]``
 (HF keeps ``kernel``; the oldest is never read). Every forward -- the prompt, one new token, or several -- is the
 same computation: the window (zeros when empty) is put in front of the new ``b * h`` and the conv runs over it
@@ -28,6 +33,10 @@ from torch import nn
 
 from ..hook_points import HookPoint
 from .masks import AttentionMask
+
+
+def _tap_mask_ok(new: torch.Tensor, old: torch.Tensor) -> bool:
+    return new.dtype == torch.bool and new.shape == old.shape
 
 
 class ConvState:
@@ -60,6 +69,7 @@ class ShortConv(nn.Module):
         self.hook_b = HookPoint()  # [batch, pos, d_model]  input gate (multiplies h before the conv)
         self.hook_c = HookPoint()  # [batch, pos, d_model]  output gate (multiplies the conv output)
         self.hook_x = HookPoint()  # [batch, pos, d_model]  the value stream h that is convolved
+        self.hook_tap_mask = HookPoint(_tap_mask_ok, "a bool tap mask [batch, pos, kernel] like")  # [batch, pos, kernel]
         self.hook_conv_out = HookPoint()  # [batch, pos, d_model]  causal depthwise conv of b * h
 
     def forward(
@@ -84,7 +94,14 @@ class ShortConv(nn.Module):
         if window is None:
             window = bh.new_zeros(bh.shape[0], self.d_model, self.kernel - 1)
         full = torch.cat([window.to(bh.dtype), bh], dim=-1)
-        y = F.conv1d(full, self.conv.weight, self.conv.bias, groups=self.d_model)  # [batch, d_model, pos]
+        if self.hook_tap_mask.fwd_hooks:  # explicit: every tap's term, masked
+            taps = self.hook_tap_mask(torch.ones(bh.shape[0], q_len, self.kernel, dtype=torch.bool, device=bh.device))
+            terms = full.unfold(-1, self.kernel, 1)  # [batch, d_model, pos, kernel]
+            y = torch.einsum("bdqk,dk,bqk->bdq", terms, self.conv.weight[:, 0], taps.to(terms.dtype))
+            if self.conv.bias is not None:
+                y = y + self.conv.bias[:, None]
+        else:
+            y = F.conv1d(full, self.conv.weight, self.conv.bias, groups=self.d_model)  # [batch, d_model, pos]
         if state is not None:
             state.advance(full, q_len, self.kernel)
         y = self.hook_conv_out(y.transpose(1, 2))
