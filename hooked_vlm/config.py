@@ -17,8 +17,48 @@ import torch
 
 NORM_PLACEMENTS = ("pre", "post_sublayer", "sandwich")
 MASK_POLICIES = ("causal", "causal+image_bidirectional", "prefix")
-LAYER_TYPES = ("sliding_attention", "full_attention")
+#: token-mixer kinds a ``layer_types`` entry may name (components/mixers.py MIXERS maps each to its mixer class; a
+#: kind without a registered class is refused when the block is built)
+ATTENTION_LAYER_TYPES = ("sliding_attention", "full_attention", "chunked_attention")
+LAYER_TYPES = ATTENTION_LAYER_TYPES + ("linear_attention", "conv", "cross_attention")
 MLP_KINDS = ("dense", "moe")
+
+
+@dataclass
+class LinearAttentionConfig:
+    """Gated DeltaNet token mixer (``linear_attention`` layers; Qwen3.5, Qwen3-Next): components/gated_deltanet.py."""
+
+    n_key_heads: int  # q / k heads; each serves n_value_heads // n_key_heads consecutive value heads
+    n_value_heads: int
+    d_key: int  # per-head q / k size
+    d_value: int  # per-head v size (and the recurrent state's second axis)
+    conv_kernel: int = 4  # the causal depthwise conv over q | k | v (it sees conv_kernel - 1 earlier positions)
+    act_fn: str = "silu"  # after the conv
+    norm_eps: float = 1e-6  # the gated RMSNorm over d_value
+    chunk_size: int = 64  # the chunked algorithm's block length (numbers agree with the recurrent one)
+
+    def __post_init__(self) -> None:
+        for name in ("n_key_heads", "n_value_heads", "d_key", "d_value", "conv_kernel", "chunk_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"LinearAttentionConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.n_value_heads % self.n_key_heads:
+            raise ValueError(f"n_value_heads={self.n_value_heads} is not a multiple of n_key_heads={self.n_key_heads}")
+
+    @property
+    def conv_dim(self) -> int:  # channels of the causal conv: q | k | v
+        return 2 * self.n_key_heads * self.d_key + self.n_value_heads * self.d_value
+
+
+@dataclass
+class ShortConvConfig:
+    """Short causal convolution token mixer (``conv`` layers; LFM2): a gated depthwise conv of ``kernel`` taps."""
+
+    kernel: int
+    bias: bool = False  # on the in-projection, the conv and the out-projection
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kernel, int) or self.kernel < 1:
+            raise ValueError(f"ShortConvConfig.kernel must be a positive int, got {self.kernel!r}")
 
 
 @dataclass
@@ -84,6 +124,20 @@ class TowerConfig:
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
     position_offset: int = 0  # added to default position ids and generate's (PaliGemma positions are 1-indexed)
+    # partial rotary (Qwen3.5: partial_rotary_factor 0.25): RoPE turns the first rotary_dim of each head's d_head
+    # channels (rotate-half within them) and passes the rest through; None = all of d_head
+    rotary_dim: int | None = None
+    # gated attention (Qwen3.5 attn_output_gate): q_proj also makes a per-head gate [head, d_head] (stored interleaved
+    # per head as in the checkpoint: q then gate); the attention output is multiplied by sigmoid(gate) before o_proj
+    attn_output_gate: bool = False
+    # token mixers other than attention, for the layers whose layer_types entry names them
+    linear_attention: LinearAttentionConfig | None = None
+    short_conv: ShortConvConfig | None = None
+    # shared expert beside the routed ones (MoE layers): a gated MLP of width d_mlp_shared_expert that every token
+    # takes; shared_expert_gate: its output is scaled by sigmoid(linear(x)) [1 per token] (Qwen3.5-MoE, Qwen2-MoE);
+    # False: added ungated (GLM-4.5 / DeepSeek-style shared experts)
+    d_mlp_shared_expert: int | None = None
+    shared_expert_gate: bool = False
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -112,8 +166,13 @@ class TowerConfig:
                                  f"{len(self.layer_types)} entries, unknown kinds {bad}")
             if "sliding_attention" in self.layer_types and self.sliding_window is None:
                 raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
-            if self.layer_rope_parameters is not None and set(self.layer_types) - set(self.layer_rope_parameters):
-                raise ValueError(f"layer_rope_parameters has no entry for {sorted(set(self.layer_types) - set(self.layer_rope_parameters))}")
+            rotary_kinds = set(self.layer_types) & set(ATTENTION_LAYER_TYPES)
+            if self.layer_rope_parameters is not None and rotary_kinds - set(self.layer_rope_parameters):
+                raise ValueError(f"layer_rope_parameters has no entry for {sorted(rotary_kinds - set(self.layer_rope_parameters))}")
+            for kind, name in (("linear_attention", "linear_attention"), ("conv", "short_conv")):
+                if kind in self.layer_types and getattr(self, name) is None:
+                    raise ValueError(f"layer_types has {kind} layers but {name} is None: give TowerConfig.{name} "
+                                     f"(a {type(self).__name__} field describing that mixer)")
         elif self.layer_rope_parameters is not None:
             raise ValueError("layer_rope_parameters needs layer_types (which layers use which table)")
         if self.mlp_kind not in MLP_KINDS:
@@ -134,6 +193,12 @@ class TowerConfig:
             raise ValueError(f"layer_scale is implemented for pre-norm blocks only, not norm_placement={self.norm_placement!r}")
         if self.qk_norm_scope == "all" and self.qk_norm_per_head:
             raise ValueError("qk_norm_scope='all' normalises all heads together; it cannot have per-head weights")
+        if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.d_head and self.rotary_dim % 2 == 0):
+            raise ValueError(f"rotary_dim={self.rotary_dim} must be an even number in (0, d_head={self.d_head}]")
+        if self.d_mlp_shared_expert is not None and self.mlp_kind != "moe":
+            raise ValueError("d_mlp_shared_expert is a shared expert beside routed experts: it needs mlp_kind='moe'")
+        if self.shared_expert_gate and self.d_mlp_shared_expert is None:
+            raise ValueError("shared_expert_gate needs a shared expert (d_mlp_shared_expert)")
         if self.normalization_type not in ("RMS", "LN"):
             raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
 

@@ -86,7 +86,7 @@ def generate(
         if relaid and any(hp.fwd_hooks for hp in model.hook_dict.values()):
             warnings.warn("the prompts are not left-padded: generate re-lays them out left-padded, and hooks see "
                           "positions in that layout (use hook.spans, or pad on the left: padding_side='left')")
-        cache = KVCache(model.cfg.n_layers) if use_kv_cache else None
+        cache = KVCache(model.cfg) if use_kv_cache else None
         offset = model.cfg.text.position_offset  # e.g. PaliGemma: positions start at 1
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0) + offset
         spans = None

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from .components.attention import LayerKVCache
 from .components.block import TransformerBlock
 from .components.embed import Embed, Unembed
 from .components.layer_rotary import build_rotary
@@ -27,6 +26,7 @@ from .components.norms import make_norm
 from .components import build_projector, build_vision
 from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
+from .kv_cache import KVCache
 from .pipelines import PIPELINES
 from .saes.splice import SAEMixin
 from .spans import TokenSpans, build_spans
@@ -37,19 +37,6 @@ if TYPE_CHECKING:
 
 #: forward() keyword inputs every model takes; families add theirs in cfg.extra["input_keys"]
 BASE_INPUTS = ("input_ids", "pixel_values", "attention_mask", "position_ids")
-
-
-class KVCache:
-    """Per-layer keys/values plus the padding mask of all positions seen so far."""
-
-    def __init__(self, n_layers: int):
-        self.layers = [LayerKVCache() for _ in range(n_layers)]
-        self.key_padding: Tensor | None = None  # [batch, pos] True at real tokens
-        self.extra: dict[str, Any] = {}  # per-generation state of position functions (e.g. M-RoPE deltas)
-
-    @property
-    def length(self) -> int:
-        return self.layers[0].length
 
 
 class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_with_saes (hooked_vlm.saes)
@@ -124,19 +111,27 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
 
     @property
     def W_Q(self) -> Tensor:
-        return torch.stack([b.attn.W_Q for b in self.blocks])
+        return torch.stack([b.attn.W_Q for b in self._attention_blocks('W_Q')])
 
     @property
     def W_K(self) -> Tensor:
-        return torch.stack([b.attn.W_K for b in self.blocks])
+        return torch.stack([b.attn.W_K for b in self._attention_blocks('W_K')])
 
     @property
     def W_V(self) -> Tensor:
-        return torch.stack([b.attn.W_V for b in self.blocks])
+        return torch.stack([b.attn.W_V for b in self._attention_blocks('W_V')])
 
     @property
     def W_O(self) -> Tensor:
-        return torch.stack([b.attn.W_O for b in self.blocks])
+        return torch.stack([b.attn.W_O for b in self._attention_blocks('W_O')])
+
+    def _attention_blocks(self, what: str) -> list:
+        """Every LM block, when every one is attention; else an error naming the other kinds (no stacked weights)."""
+        other = sorted({b.mixer_kind for b in self.blocks if not hasattr(b, "attn")})
+        if other:
+            raise ValueError(f"{what} stacks the attention weights of every layer, but this model has {other} layers "
+                             f"(no attention weights there); read model.blocks[l].attn.{what} of its attention layers")
+        return list(self.blocks)
 
     @property
     def W_in(self) -> Tensor:
@@ -181,6 +176,8 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
             merged.update(extras)
             return self.forward(**merged, return_type=return_type, stop_at_layer=stop_at_layer, kv_cache=kv_cache, spans=spans)
         past = kv_cache.length if kv_cache is not None else 0
+        if kv_cache is not None:
+            kv_cache.check_layers(tuple(block.mixer_kind for block in self.blocks))
         self._check_inputs(input_ids, extras, attention_mask, past)
         tokens = input_ids.to(self.device)
         b, q_len = tokens.shape
@@ -235,6 +232,8 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
             resid = block(resid, masks[l], rotaries[l], kv_cache.layers[l] if kv_cache is not None else None)
             if l < len(deepstack):
                 resid = self._splice_add(tokens, resid, block.hook_deepstack(deepstack[l]))
+        if kv_cache is not None:
+            kv_cache.length = past + q_len
         if stop_at_layer is not None:
             return resid
         logits = self.unembed(self.ln_final(resid))
@@ -400,11 +399,11 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
     def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
         bias = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
         for l in range(layer):
-            bias = bias + self.blocks[l].attn.b_O
+            bias = bias + self.blocks[l].mixer.b_O
             if include_mlp_biases:
                 bias = bias + self.blocks[l].mlp.b_out
         if mlp_input:
-            bias = bias + self.blocks[layer].attn.b_O
+            bias = bias + self.blocks[layer].mixer.b_O
         return bias
 
     def tokens_to_residual_directions(self, tokens: Any) -> Tensor:

@@ -1,16 +1,22 @@
 """A transformer block, readable top to bottom (used by the LM and the vision tower): pre-norm, Swin-style
 post-sublayer norm, or Gemma's sandwich (``cfg.norm_placement``); pre-norm blocks may scale their sublayer outputs
-by learned gains ``ls1`` / ``ls2`` (``cfg.layer_scale``, InternViT)."""
+by learned gains ``ls1`` / ``ls2`` (``cfg.layer_scale``, InternViT).
+
+The token mixer comes from the layer's ``layer_types`` entry through ``components/mixers.py`` MIXERS and sits under
+that kind's attribute name (``attn`` for attention, ``linear_attn`` for Gated DeltaNet, ...); ``block.mixer`` is it
+whatever its name, ``block.mixer_kind`` the entry. ``hook_attn_out`` is the mixer's output whatever the kind."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import TowerConfig
 from ..hook_points import HookPoint
-from .attention import Attention, LayerKVCache
 from .masks import AttentionMask
+from .mixers import layer_kind, mixer_kind
 from .moe import build_mlp
 from .norms import make_norm
 
@@ -20,7 +26,10 @@ class TransformerBlock(nn.Module):
         super().__init__()
         norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
         self.ln1 = norm()
-        self.attn = Attention(cfg)
+        self.mixer_kind = layer_kind(cfg, layer)
+        spec = mixer_kind(self.mixer_kind)
+        self._mixer_attr = spec.attr
+        setattr(self, spec.attr, spec.build(cfg, layer))  # blocks.{l}.attn / .linear_attn / ...
         self.ln2 = norm()
         self.mlp = build_mlp(cfg, layer)  # dense MLP unless cfg.mlp_kind == "moe" (components/moe.py)
         self.post_sublayer_norm = cfg.norm_placement == "post_sublayer"
@@ -43,21 +52,26 @@ class TransformerBlock(nn.Module):
         resid: torch.Tensor,  # [batch, pos, d_model]
         mask: AttentionMask,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-        kv_cache: LayerKVCache | None = None,
+        kv_cache: Any = None,  # this layer's state in the KVCache (components/mixers.py: MIXERS[kind].state)
     ) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
         if self.post_sublayer_norm:  # Swin-style: the sublayer's OUTPUT is normed (hook_attn_out/mlp_out after it)
-            attn_out = self.hook_attn_out(self.ln1(self.attn(resid, mask, rotary, kv_cache)))
+            attn_out = self.hook_attn_out(self.ln1(self.mixer(resid, mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
             return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2(self.mlp(resid))))
         if self.ln1_post is not None:  # sandwich: hook_attn_out / hook_mlp_out are what is added (after ln*_post)
-            attn_out = self.hook_attn_out(self.ln1_post(self.attn(self.ln1(resid), mask, rotary, kv_cache)))
+            attn_out = self.hook_attn_out(self.ln1_post(self.mixer(self.ln1(resid), mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
             return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid)))))
-        attn_out = self.hook_attn_out(self._scaled(self.attn(self.ln1(resid), mask, rotary, kv_cache), self.ls1))
+        attn_out = self.hook_attn_out(self._scaled(self.mixer(self.ln1(resid), mask, rotary, kv_cache), self.ls1))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self._scaled(self.mlp(self.ln2(resid)), self.ls2))
         return self.hook_resid_post(resid + mlp_out)
+
+    @property
+    def mixer(self) -> nn.Module:
+        """The token mixer, whatever its kind's attribute name."""
+        return getattr(self, self._mixer_attr)
 
     @staticmethod
     def _scaled(out: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""Token mixers chosen per layer from ``TowerConfig.layer_types`` (docs/architecture.md section 2).
+
+``MIXERS[kind]`` says, for one ``layer_types`` entry, under which attribute of the block the mixer sits (so hook names
+say what a hook is: ``blocks.{l}.attn.*`` on attention layers, ``blocks.{l}.linear_attn.*`` on Gated DeltaNet
+layers), how the mixer is built from the tower config, and which per-layer state object the KV cache holds for it.
+Every mixer has one call signature: ``mixer(x, mask, rotary, state) -> [batch, pos, d_model]``.
+
+Adding a kind: its class in its own file, one :func:`register_mixer` call (here, or in the module defining it when
+that module imports this one), its state class, hooks with shape comments, and what each analysis does on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..config import LAYER_TYPES, TowerConfig
+from .attention import Attention, LayerKVCache
+
+
+@dataclass(frozen=True)
+class MixerKind:
+    attr: str  # the block attribute holding the mixer (hook names: blocks.{l}.{attr}.hook_*)
+    build: Callable[[TowerConfig, int], nn.Module]  # (tower config, layer index) -> the mixer
+    state: type  # its class makes a fresh per-layer state for the KV cache (section 3 of docs/architecture.md)
+    attention: bool = False  # True: the mixer has an attention pattern (hook_pattern / hook_mask); analyses read it
+
+
+MIXERS: dict[str, MixerKind] = {}
+
+
+class MixerNotRegisteredError(KeyError):
+    """A ``layer_types`` kind that names no registered mixer class (yet)."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+def register_mixer(kind: str, attr: str, build: Callable[[TowerConfig, int], nn.Module], state: type,
+                   attention: bool = False) -> None:
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"layer kind {kind!r} is not in hooked_vlm.config.LAYER_TYPES {LAYER_TYPES}; add it there first")
+    MIXERS[kind] = MixerKind(attr, build, state, attention)
+
+
+def mixer_kind(kind: str) -> MixerKind:
+    if kind not in MIXERS:
+        raise MixerNotRegisteredError(
+            f"layer kind {kind!r} has no registered token mixer (registered: {', '.join(sorted(MIXERS))}); its class "
+            "is not implemented yet, so a model with such layers cannot be built: register it with "
+            "hooked_vlm.components.mixers.register_mixer")
+    return MIXERS[kind]
+
+
+def layer_kind(cfg: TowerConfig, layer: int) -> str:
+    """The ``layer_types`` entry of ``layer`` (None = every layer full attention, or sliding with a window)."""
+    if cfg.layer_types is not None:
+        return cfg.layer_types[layer]
+    return "sliding_attention" if cfg.sliding_window is not None else "full_attention"
+
+
+def layer_kinds(cfg: TowerConfig) -> tuple[str, ...]:
+    return tuple(layer_kind(cfg, l) for l in range(cfg.n_layers))
+
+
+def _attention(cfg: TowerConfig, layer: int) -> nn.Module:
+    return Attention(cfg)
+
+
+for _kind in ("full_attention", "sliding_attention"):
+    register_mixer(_kind, "attn", _attention, LayerKVCache, attention=True)
+# linear_attention (Gated DeltaNet), chunked_attention (Llama 4), conv (LFM2) and cross_attention (Mllama) are LAYER_TYPES without a class here yet:
+# mixer_kind() refuses them by name
