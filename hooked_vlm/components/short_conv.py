@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import TowerConfig
 from ..hook_points import HookPoint
 from .masks import AttentionMask
 
@@ -56,7 +57,7 @@ class ShortConv(nn.Module):
     """LFM2's gated short convolution; parameters ``in_proj`` [3 d_model, d_model], ``conv`` (depthwise, weight
     [d_model, 1, kernel]) and ``out_proj`` [d_model, d_model], biases when ``cfg.short_conv.bias``."""
 
-    def __init__(self, cfg) -> None:  # TowerConfig with a ShortConvConfig in cfg.short_conv
+    def __init__(self, cfg: TowerConfig) -> None:  # cfg.short_conv: a ShortConvConfig
         super().__init__()
         d, sc = cfg.d_model, cfg.short_conv
         self.d_model, self.kernel = d, int(sc.kernel)
@@ -71,6 +72,11 @@ class ShortConv(nn.Module):
         self.hook_x = HookPoint()  # [batch, pos, d_model]  the value stream h that is convolved
         self.hook_tap_mask = HookPoint(_tap_mask_ok, "a bool tap mask [batch, pos, kernel] like")  # [batch, pos, kernel]
         self.hook_conv_out = HookPoint()  # [batch, pos, d_model]  causal depthwise conv of b * h
+
+    @property
+    def b_O(self) -> torch.Tensor:  # [d_model] the bias added to every output (TransformerLens's accumulated_bias)
+        b = self.out_proj.bias
+        return b if b is not None else torch.zeros(self.d_model, device=self.out_proj.weight.device)
 
     def forward(
         self,
