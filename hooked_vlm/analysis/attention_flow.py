@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, image_region_mask, layer_list, span_mask
+from ._common import SpanLike, attention_layers, forward_with_hooks, image_region_mask, span_mask
 from ..spans import TokenSpans
 
 _NOT_MARKERS = {"image", "text", "pad", "last", "generated"}
@@ -74,10 +74,12 @@ def attention_flow_frame(model: Any, inputs: dict, query_span: SpanLike = "after
                          per_head: bool = False) -> Any:
     """Per-example raw attention mass: tidy DataFrame (batch, layer, head, role, weight).
 
-    ``head`` is -1 for the sum over heads (``per_head=False``)."""
+    ``head`` is -1 for the sum over heads (``per_head=False``). On a hybrid model ``layers=None`` means its attention
+    layers; the others (short convolutions: no attention weights) are listed in ``frame.attrs["skipped_layers"]``
+    ({layer: kind}); naming one of them in ``layers`` raises."""
     import pandas as pd
 
-    layers = layer_list(model, layers)
+    layers, skipped = attention_layers(model, layers, "attention_flow")
     store: dict = {}
     forward_with_hooks(model, inputs, [(f"blocks.{l}.attn.hook_pattern", flow_hook(store, l, query_span, keys))
                                        for l in layers], return_type=None)
@@ -91,13 +93,16 @@ def attention_flow_frame(model: Any, inputs: dict, query_span: SpanLike = "after
             for hi in range(h):
                 for ri, role in enumerate(store["roles"]):
                     rows.append((bi, l, hi if per_head else -1, role, float(mass[bi, hi, ri])))
-    return pd.DataFrame(rows, columns=["batch", "layer", "head", "role", "weight"])
+    frame = pd.DataFrame(rows, columns=["batch", "layer", "head", "role", "weight"])
+    frame.attrs["skipped_layers"] = skipped
+    return frame
 
 
 def attention_flow(model: Any, data: dict | Iterable[Any], *, query_span: SpanLike = "after_image",
                    keys: Sequence[SpanLike] | None = None, layers: Sequence[int] | None = None, per_head: bool = False,
                    batch_size: int = 8, progress: bool = True) -> Any:
-    """Mean over the dataset of the attention mass per (layer, head, role), and its share.
+    """Mean over the dataset of the attention mass per (layer, head, role), and its share (attention layers only:
+    ``flow.attrs["skipped_layers"]`` lists the others of a hybrid model with their kind).
 
     ``data``: one batch of inputs (a dict) or a dataset (see :mod:`.runner`). Returns a DataFrame
     with columns layer, head, role, weight (mean raw mass), share (renormalised over the roles of
@@ -110,7 +115,9 @@ def attention_flow(model: Any, data: dict | Iterable[Any], *, query_span: SpanLi
         per_example = fn(model, data).rename(columns={"batch": "example"})
     else:
         per_example = run_dataset(model, data, fn, batch_size=batch_size, progress=progress, desc="attention flow")
-    return summarise_flow(per_example)
+    flow = summarise_flow(per_example)
+    flow.attrs["skipped_layers"] = attention_layers(model, layers, "attention_flow")[1]  # {layer: kind} not read
+    return flow
 
 
 def summarise_flow(per_example: Any) -> Any:

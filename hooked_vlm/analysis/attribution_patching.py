@@ -35,7 +35,7 @@ from .patching import SITES, activation_patching, last_logits, logit_diff, sourc
 from ..spans import TokenSpans
 
 Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, vocab] -> [batch] (or a scalar)
-NOT_POSITIONAL = ("hook_pattern", "hook_attn_scores", "hook_mask", "hook_image_embeds", "hook_router_logits")
+NOT_POSITIONAL = ("hook_pattern", "hook_attn_scores", "hook_mask", "hook_tap_mask", "hook_image_embeds", "hook_router_logits")
 
 
 @dataclass

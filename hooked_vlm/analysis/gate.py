@@ -12,6 +12,10 @@ up across examples. Two scores, averaged over the dataset:
   after the image in ``knockout_layers`` (``mask`` knockout, :mod:`.knockout`).
 
 The gate has a high attention share and a large knockout effect (EOI in Chameleon/Emu3).
+
+Hybrid models (short-convolution layers): the attention share is read on attention layers only (``layers=None``; the
+result's ``attrs["skipped_layers"]`` lists the others; naming a conv layer in ``layers`` raises), while the knockout
+acts on every layer of ``knockout_layers``, conv layers included (:mod:`.conv_knockout`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, image_region_mask, layer_list, span_mask
+from ._common import SpanLike, attention_layers, forward_with_hooks, image_region_mask, span_mask
 from .knockout import knockout_hooks
 from .patching import last_logits
 
@@ -66,7 +70,7 @@ def gate_frame(model: Any, inputs: dict, *, query_span: SpanLike = "after_image"
     attention, knockout_kl, knockout_tv). ``offsets=[]`` skips the knockouts."""
     import pandas as pd
 
-    layers = layer_list(model, layers)
+    layers, skipped = attention_layers(model, layers, "find_gate's attention share")
     store: dict[str, Any] = {}
 
     def received(pattern: Tensor, hook: Any) -> None:
@@ -103,7 +107,9 @@ def gate_frame(model: Any, inputs: dict, *, query_span: SpanLike = "after_image"
                              attention=float(store["att"][b, p]) if has_q else float("nan"),
                              knockout_kl=float(kl[b]) if kl is not None else float("nan"),
                              knockout_tv=float(tv[b]) if tv is not None else float("nan")))
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs["skipped_layers"] = skipped  # {layer: kind}: no attention share read there (hybrid models)
+    return frame
 
 
 def find_gate(model: Any, data: dict | Iterable[Any], *, query_span: SpanLike = "after_image",
@@ -133,7 +139,9 @@ def find_gate(model: Any, data: dict | Iterable[Any], *, query_span: SpanLike = 
         keep = set(summary.nlargest(knockout_top, "attention_share")["offset"]) | set(
             summary.loc[~summary.role.isin(["image", "image_last"]), "offset"])
         per_example = run(sorted(int(o) for o in keep))
-    return _summarise(per_example)
+    out = _summarise(per_example)
+    out.attrs["skipped_layers"] = attention_layers(model, layers, "find_gate's attention share")[1]
+    return out
 
 
 def _summarise(per_example: Any) -> Any:

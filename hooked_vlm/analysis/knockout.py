@@ -9,6 +9,10 @@ which are ``text`` and ``generated``, so new queries are blocked too):
 * ``"zero"``: the post-softmax weight is set to 0 *without* renormalising (the Narrow Gate
   paper's variant). It is a hook on ``blocks.{l}.attn.hook_pattern`` (explicit attention path).
 
+On a hybrid model (short-convolution layers, ``conv``) the same call knocks out ``src`` -> ``dst`` in the conv layers
+too: their ``src`` terms are removed from every ``dst`` position's causal conv (:mod:`.conv_knockout`, exact; see
+docs/hybrid_models.md).
+
 ``src`` is the span whose *keys* are blocked (where information comes from), ``dst`` the span
 whose *queries* are blocked (where it would go): ``knockout_hooks(src="image", dst="text")``
 blocks every image -> text edge.
@@ -23,6 +27,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from ._common import SpanLike, forward_with_hooks, layer_list, span_mask
+from .conv_knockout import conv_knockout_hook
 
 
 def blocked_edges(hook: Any, src: SpanLike, dst: SpanLike, k_len: int) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
@@ -93,16 +98,48 @@ def zero_knockout_hook(src: SpanLike, dst: SpanLike, heads: Sequence[int] | None
     return knockout_pattern
 
 
+def _conv_knockout(model: Any, layer: int, src: SpanLike, dst: SpanLike,
+                   heads: Sequence[int] | None) -> list[tuple[str, Callable]]:
+    if heads is not None:
+        raise ValueError(f"heads={list(heads)} selects attention heads, but layer {layer} is a 'conv' layer (a short "
+                         "convolution: no heads); pass layers= with attention layers only, or heads=None")
+    kernel = model.blocks[layer].conv.kernel
+    return [(f"blocks.{layer}.conv.hook_tap_mask", conv_knockout_hook(src, dst, kernel))]
+
+
+#: layer kind -> (model, layer, src, dst, heads) -> hooks: what a knockout is on mixers without an attention matrix
+#: (docs/hybrid_models.md). A kind that is neither attention nor listed here has no knockout: requests raise.
+NON_ATTENTION_KNOCKOUTS: dict[str, Callable[..., list[tuple[str, Callable]]]] = {"conv": _conv_knockout}
+
+
 def knockout_hooks(model: Any, src: SpanLike = "image", dst: SpanLike = "text", layers: Sequence[int] | int | None = None,
                    heads: Sequence[int] | None = None, mode: str = "mask") -> list[tuple[str, Callable]]:
-    """(hook name, hook fn) pairs knocking out ``src`` -> ``dst`` attention in ``layers`` (default all)."""
-    if mode == "mask":
-        fn = mask_knockout_hook(src, dst, heads, model.cfg.n_heads)
-        return [(f"blocks.{l}.attn.hook_mask", fn) for l in layer_list(model, layers)]
-    if mode == "zero":
-        fn = zero_knockout_hook(src, dst, heads)
-        return [(f"blocks.{l}.attn.hook_pattern", fn) for l in layer_list(model, layers)]
-    raise ValueError(f"mode must be 'mask' or 'zero', got {mode!r}")
+    """(hook name, hook fn) pairs knocking out ``src`` -> ``dst`` in ``layers`` (default all).
+
+    Attention layers: ``attn.hook_mask`` ("mask") or ``attn.hook_pattern`` ("zero"). Short-convolution layers: the
+    ``src`` terms of every ``dst`` position's causal conv are removed (``conv.hook_tap_mask``,
+    :mod:`.conv_knockout`; both modes are that one intervention: a conv has no softmax to renormalise). The hook
+    names say which intervention each layer got."""
+    from ..components.mixers import MIXERS
+    from ._common import layer_kind_of
+
+    if mode not in ("mask", "zero"):
+        raise ValueError(f"mode must be 'mask' or 'zero', got {mode!r}")
+    attention_fn = None
+    out: list[tuple[str, Callable]] = []
+    for l in layer_list(model, layers):
+        kind = layer_kind_of(model, l)
+        if kind in MIXERS and MIXERS[kind].attention:
+            if attention_fn is None:  # one hook object for every attention layer: it reuses its edge mask
+                attention_fn = (mask_knockout_hook(src, dst, heads, model.cfg.n_heads) if mode == "mask"
+                                else zero_knockout_hook(src, dst, heads))
+            out.append((f"blocks.{l}.attn.hook_{'mask' if mode == 'mask' else 'pattern'}", attention_fn))
+        elif kind in NON_ATTENTION_KNOCKOUTS:
+            out += NON_ATTENTION_KNOCKOUTS[kind](model, l, src, dst, heads)
+        else:
+            raise ValueError(f"a knockout is not defined on {kind!r} layers (layer {l}): its mixer has no attention "
+                             "matrix and no knockout is implemented for it; pass layers= without it")
+    return out
 
 
 def attention_knockout(model: Any, inputs: dict, src: SpanLike = "image", dst: SpanLike = "text",

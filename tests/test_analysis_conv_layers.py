@@ -1,0 +1,123 @@
+"""Analyses on a model with short-convolution layers (LFM2-VL, tests/tiny_lfm2vl.py: layers 0, 2, 3 conv; 1, 4
+attention). The definitions are docs/hybrid_models.md's: a knockout removes the source's terms from every destination's
+conv (checked here against a hand computation from cached b, h and the conv weight), with and without the KV cache;
+analyses that read attention weights act on attention layers only and say which layers they skipped; a request for
+attention weights of a conv layer raises naming the kind. Tolerance: fp32, 1e-5 on logits (one forward of a
+tiny model), 1e-8 on the conv outputs themselves (~1e-3 in size).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooked_vlm.analysis._common import span_mask
+from hooked_vlm.analysis.attention_flow import attention_flow, attention_flow_frame
+from hooked_vlm.analysis.gate import gate_frame
+from hooked_vlm.analysis.knockout import attention_knockout, knockout_hooks
+from hooked_vlm.kv_cache import KVCache
+from tests import tiny_lfm2vl as tl
+
+ATOL = 1e-5
+CONV, ATTN = [0, 2, 3], [1, 4]
+
+
+def _model():
+    b = tl.lfm2vl()
+    return b.model, b.inputs
+
+
+def test_knockout_hooks_pick_each_layers_intervention():
+    model, _ = _model()
+    names = [n for n, _ in knockout_hooks(model, "image", "text")]
+    assert names == ["blocks.0.conv.hook_tap_mask", "blocks.1.attn.hook_mask", "blocks.2.conv.hook_tap_mask",
+                     "blocks.3.conv.hook_tap_mask", "blocks.4.attn.hook_mask"]
+    assert [n for n, _ in knockout_hooks(model, "image", "text", layers=[2, 4], mode="zero")] == \
+        ["blocks.2.conv.hook_tap_mask", "blocks.4.attn.hook_pattern"]
+    with pytest.raises(ValueError, match="layer 0 is a 'conv' layer .* no heads"):
+        knockout_hooks(model, "image", "text", heads=[1])
+    assert len(knockout_hooks(model, "image", "text", layers=ATTN, heads=[1])) == 2
+
+
+@torch.no_grad()
+def test_conv_knockout_equals_the_hand_computation():
+    """Knock out eoi -> text in conv layer 0 only: its conv output at each text position t loses
+    w[:, kernel - 1 - (t - s)] * (b * h)[s] for the <|image_end|> position s within kernel - 1 before t; nothing else
+    at layer 0 changes (later layers then change through the residual)."""
+    model, inputs = _model()
+    names = ("blocks.0.conv.hook_b", "blocks.0.conv.hook_x", "blocks.0.conv.hook_conv_out")
+    _, clean = model.run_with_cache(**inputs, names_filter=lambda n: n in names)
+    with model.hooks(fwd_hooks=knockout_hooks(model, "eoi", "text", layers=[0])):
+        _, knocked = model.run_with_cache(**inputs, names_filter=lambda n: n in names)
+    spans, kernel = clean.spans, model.blocks[0].conv.kernel
+    weight = model.blocks[0].conv.conv.weight[:, 0]  # [d_model, kernel]
+    bh = clean["blocks.0.conv.hook_b"] * clean["blocks.0.conv.hook_x"]
+    expected = clean["blocks.0.conv.hook_conv_out"].clone()
+    src, dst = span_mask(spans, "eoi"), span_mask(spans, "text")
+    n_removed = 0
+    for b in range(spans.batch):
+        for t in dst[b].nonzero().flatten().tolist():
+            for s in range(max(0, t - kernel + 1), t + 1):
+                if src[b, s]:
+                    expected[b, t] -= weight[:, kernel - 1 - (t - s)] * bh[b, s]
+                    n_removed += 1
+    assert n_removed == 8  # every image's end marker feeds the 2 text positions after it: 4 images
+    got = knocked["blocks.0.conv.hook_conv_out"]
+    # the conv outputs of the random tiny model are ~1e-3, so compare at 1e-8 (float32 rounding of such sums is
+    # ~1e-10); the removed terms reach ~1e-3
+    assert (got - expected).abs().max().item() <= 1e-8
+    assert (got - clean["blocks.0.conv.hook_conv_out"]).abs().max().item() > 1e-4
+
+
+@torch.no_grad()
+def test_conv_knockout_is_the_same_with_the_kv_cache():
+    """The last prompt position computed as a cached step (its conv reads the window in ConvState) gets the same
+    knocked-out conv output (layer 0: the sources sit in the window, not in this step's inputs) and logits as in the
+    full forward."""
+    model, inputs = _model()
+    src = lambda spans: span_mask(spans, "all") & ~span_mask(spans, "last")  # noqa: E731 (everything before the last)
+    hooks = knockout_hooks(model, src, "last", layers=CONV)
+    conv0 = "blocks.0.conv.hook_conv_out"
+    n = inputs["input_ids"].shape[1]
+    _, clean = model.run_with_cache(**inputs, names_filter=conv0)
+    with model.hooks(fwd_hooks=hooks):
+        full, knocked = model.run_with_cache(**inputs, names_filter=conv0)
+        cache = KVCache(model.cfg)
+        prompt = dict(inputs, input_ids=inputs["input_ids"][:, : n - 1], attention_mask=inputs["attention_mask"][:, : n - 1])
+        model(**prompt, kv_cache=cache)
+        spans = knocked.spans  # the whole sequence's spans, as generate passes them
+        step, stepped = model.run_with_cache(inputs["input_ids"][:, n - 1:], attention_mask=inputs["attention_mask"],
+                                             kv_cache=cache, spans=spans, names_filter=conv0)
+    assert (stepped[conv0][:, 0] - knocked[conv0][:, -1]).abs().max().item() <= 1e-8  # conv outputs are ~1e-3
+    assert (knocked[conv0][:, -1] - clean[conv0][:, -1]).abs().max().item() > 1e-4  # the window's terms were removed
+    assert (step[:, 0] - full[:, -1]).abs().max().item() <= 1e-4  # test_parity's tolerance (cached vs full: 1.3e-5)
+
+
+def test_attention_knockout_runs_on_every_layer_kind():
+    model, inputs = _model()
+    base = model(**inputs)
+    conv_only = attention_knockout(model, inputs, "image", "text", layers=CONV)
+    every = attention_knockout(model, inputs, "image", "text")
+    real = inputs["attention_mask"].bool()
+    # the tiny random model's conv layers move the logits little (measured 1.2e-4); float noise is ~1e-7
+    assert (conv_only - base)[real].abs().max().item() > 10 * ATOL
+    assert (every - conv_only)[real].abs().max().item() > 10 * ATOL
+
+
+def test_attention_flow_reads_attention_layers_and_says_which_it_skipped():
+    model, inputs = _model()
+    frame = attention_flow_frame(model, inputs)
+    assert sorted(frame.layer.unique()) == ATTN and frame.attrs["skipped_layers"] == {0: "conv", 2: "conv", 3: "conv"}
+    flow = attention_flow(model, inputs)
+    assert sorted(flow.layer.unique()) == ATTN and flow.attrs["skipped_layers"] == {0: "conv", 2: "conv", 3: "conv"}
+    with pytest.raises(ValueError, match="layer 2 is a 'conv' layer .* Attention layers of this model: \\[1, 4\\]"):
+        attention_flow_frame(model, inputs, layers=[1, 2])
+
+
+def test_gate_scores_attention_on_attention_layers_and_knocks_out_everywhere():
+    model, inputs = _model()
+    frame = gate_frame(model, inputs, offsets=[0])
+    assert frame.attrs["skipped_layers"] == {0: "conv", 2: "conv", 3: "conv"}
+    assert frame.loc[frame.offset == 0, "knockout_kl"].notna().all()
+    with pytest.raises(ValueError, match="layer 0 is a 'conv' layer"):
+        gate_frame(model, inputs, layers=[0], offsets=[])
