@@ -3,7 +3,7 @@ attention). The definitions are docs/hybrid_models.md's: a knockout removes the 
 conv (checked here against a hand computation from cached b, h and the conv weight), with and without the KV cache;
 analyses that read attention weights act on attention layers only and say which layers they skipped; a request for
 attention weights of a conv layer raises naming the kind. Tolerance: fp32, 1e-5 on logits (one forward of a
-tiny model), 1e-8 on the conv outputs themselves (~1e-3 in size).
+tiny model), 1e-5 of their size on the conv outputs themselves.
 """
 
 from __future__ import annotations
@@ -62,11 +62,10 @@ def test_conv_knockout_equals_the_hand_computation():
                     expected[b, t] -= weight[:, kernel - 1 - (t - s)] * bh[b, s]
                     n_removed += 1
     assert n_removed == 8  # every image's end marker feeds the 2 text positions after it: 4 images
-    got = knocked["blocks.0.conv.hook_conv_out"]
-    # the conv outputs of the random tiny model are ~1e-3, so compare at 1e-8 (float32 rounding of such sums is
-    # ~1e-10); the removed terms reach ~1e-3
-    assert (got - expected).abs().max().item() <= 1e-8
-    assert (got - clean["blocks.0.conv.hook_conv_out"]).abs().max().item() > 1e-4
+    got, scale = knocked["blocks.0.conv.hook_conv_out"], clean["blocks.0.conv.hook_conv_out"].abs().max().item()
+    # relative to the conv outputs' size: float32 rounding of 3-term sums is ~1e-7 of it
+    assert (got - expected).abs().max().item() <= 1e-5 * scale
+    assert (got - clean["blocks.0.conv.hook_conv_out"]).abs().max().item() > 1e-2 * scale
 
 
 @torch.no_grad()
@@ -75,11 +74,16 @@ def test_conv_knockout_is_the_same_with_the_kv_cache():
     knocked-out conv output (layer 0: the sources sit in the window, not in this step's inputs) and logits as in the
     full forward."""
     model, inputs = _model()
-    src = lambda spans: span_mask(spans, "all") & ~span_mask(spans, "last")  # noqa: E731 (everything before the last)
-    hooks = knockout_hooks(model, src, "last", layers=CONV)
-    conv0 = "blocks.0.conv.hook_conv_out"
     n = inputs["input_ids"].shape[1]
-    _, clean = model.run_with_cache(**inputs, names_filter=conv0)
+
+    def at(spans, lo, hi):  # real positions lo <= p < hi of whatever sequence the spans describe
+        cols = torch.arange(spans.seq_len, device=spans.grid.device)
+        return span_mask(spans, "all") & ((cols >= lo) & (cols < hi))[None]
+
+    # destination: position n - 1 (absent from the cached prompt run); sources: every position before it
+    hooks = knockout_hooks(model, lambda spans: at(spans, 0, n - 1), lambda spans: at(spans, n - 1, n), layers=CONV)
+    conv0 = "blocks.0.conv.hook_conv_out"
+    clean_logits, clean = model.run_with_cache(**inputs, names_filter=conv0)
     with model.hooks(fwd_hooks=hooks):
         full, knocked = model.run_with_cache(**inputs, names_filter=conv0)
         cache = KVCache(model.cfg)
@@ -88,9 +92,11 @@ def test_conv_knockout_is_the_same_with_the_kv_cache():
         spans = knocked.spans  # the whole sequence's spans, as generate passes them
         step, stepped = model.run_with_cache(inputs["input_ids"][:, n - 1:], attention_mask=inputs["attention_mask"],
                                              kv_cache=cache, spans=spans, names_filter=conv0)
-    assert (stepped[conv0][:, 0] - knocked[conv0][:, -1]).abs().max().item() <= 1e-8  # conv outputs are ~1e-3
-    assert (knocked[conv0][:, -1] - clean[conv0][:, -1]).abs().max().item() > 1e-4  # the window's terms were removed
-    assert (step[:, 0] - full[:, -1]).abs().max().item() <= 1e-4  # test_parity's tolerance (cached vs full: 1.3e-5)
+    scale = clean[conv0].abs().max().item()  # tolerances relative to the conv outputs' size
+    assert (stepped[conv0][:, 0] - knocked[conv0][:, -1]).abs().max().item() <= 1e-5 * scale
+    assert (knocked[conv0][:, -1] - clean[conv0][:, -1]).abs().max().item() > 1e-2 * scale  # the window's terms removed
+    assert (step[:, 0] - full[:, -1]).abs().max().item() <= 1e-4  # test_parity's tolerance
+    assert (full[:, -1] - clean_logits[:, -1]).abs().max().item() > 100 * ATOL  # and the knockout shows in the logits
 
 
 def test_attention_knockout_runs_on_every_layer_kind():
@@ -99,9 +105,8 @@ def test_attention_knockout_runs_on_every_layer_kind():
     conv_only = attention_knockout(model, inputs, "image", "text", layers=CONV)
     every = attention_knockout(model, inputs, "image", "text")
     real = inputs["attention_mask"].bool()
-    # the tiny random model's conv layers move the logits little (measured 1.2e-4); float noise is ~1e-7
-    assert (conv_only - base)[real].abs().max().item() > 10 * ATOL
-    assert (every - conv_only)[real].abs().max().item() > 10 * ATOL
+    assert (conv_only - base)[real].abs().max().item() > 100 * ATOL
+    assert (every - conv_only)[real].abs().max().item() > 100 * ATOL
 
 
 def test_attention_flow_reads_attention_layers_and_says_which_it_skipped():

@@ -6,7 +6,8 @@ unshuffle x2 + LayerNorm + MLP 128 -> 48 -> 32, LFM2 LM of 5 layers (conv, atten
 needs torchvision, which this machine lacks): every image is ``<|image_start|>`` + its tiles' image tokens
 (``<|img_row_R_col_C|>`` before each tile of a split image, ``<|img_thumbnail|>`` before its thumbnail) +
 ``<|image_end|>``; ``pixel_values`` [n_tiles, max_patches, 3 * 2 * 2] of flattened patches, ``pixel_attention_mask``
-and ``spatial_shapes``. Random weights are perturbed where init leaves them at 1 / 0 (norms, biases).
+and ``spatial_shapes``. Random weights are perturbed where init leaves them at 1 / 0 (norms, biases), and the conv
+layers' in-projection and kernel are scaled up so that they matter (see make_lfm2vl).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def make_lfm2vl(folder: Path | None = None, seed: int = 0, text: dict | None = N
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
+            if ".conv.in_proj." in name or ".conv.conv." in name:
+                # init (std 0.02) makes b * h a product of two ~0.1 numbers: the conv layers would move the logits by
+                # ~1e-4 and no test could see a wrong conv window; x4 on both gates and the kernel makes them count
+                p.mul_(4.0)
     folder = Path(folder or tempfile.mkdtemp(prefix="tiny_lfm2vl_"))
     model.save_pretrained(folder)
     if save_tokenizer:
