@@ -86,12 +86,15 @@ def _row(inputs: dict, b: int, tiles: list[int]) -> dict:
 @torch.no_grad()
 def test_a_left_padded_row_equals_the_row_alone():
     """Items 0 (3 pads) and 2 (7 pads) of the padded batch against each alone: the conv layers see zeros where the
-    padding was, exactly as the conv's own padding alone (no padding leaks into the conv window)."""
+    padding was, exactly as the conv's own padding alone (no padding leaks into the conv window). The pad positions
+    hold token 7, not the pad id 0 (whose embedding HF's padding_idx keeps at zero, which would hide a leak)."""
     b = tl.lfm2vl()
-    padded = b.model(**b.inputs)
+    inputs = dict(b.inputs, input_ids=b.inputs["input_ids"].masked_fill(~_real(b.inputs), 7))
+    padded = b.model(**inputs)
+    assert _max(b.hf(**inputs).logits, padded, _real(inputs)) <= ATOL
     for item, tiles in ((0, [0]), (2, [5])):
-        alone = b.model(**_row(b.inputs, item, tiles))
-        assert _max(alone[0], padded[item, _real(b.inputs)[item]]) <= ATOL
+        alone = b.model(**_row(inputs, item, tiles))
+        assert _max(alone[0], padded[item, _real(inputs)[item]]) <= ATOL
 
 
 def test_ten_greedy_tokens_without_the_kv_cache_match_hf():
