@@ -241,3 +241,65 @@ def test_stacked_attention_weights_name_the_linear_layers():
     with pytest.raises(ValueError, match="linear_attention"):
         model.W_Q  # noqa: B018
     assert model.blocks[1].attn.W_Q.shape == (4, 32, 32)
+
+
+def test_mtp_tensors_are_ignored_by_name_and_listed_by_inspect(tmp_path):
+    """The hub checkpoints hold the multi-token-prediction head (mtp.*), which HF's forward never runs: loading
+    ignores those tensors by name (the logits are unchanged) and ``inspect`` lists them with the reason; a tensor of
+    any other unknown name still refuses the load. inspect also reports the recurrent state per sequence."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from hooked_vlm import HookedVLM
+    from hooked_vlm.inspect import inspect_checkpoint
+    from hooked_vlm.memory import recurrent_state_bytes
+
+    b = tq.qwen35()
+    folder = tmp_path / "with_mtp"
+    shutil.copytree(b.folder, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    mtp = {"mtp.fc.weight": torch.randn(32, 64), "mtp.norm.weight": torch.randn(32),
+           "mtp.layers.0.self_attn.q_proj.weight": torch.randn(256, 32)}
+    save_file({**weights, **mtp}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model = HookedVLM.from_pretrained(str(folder))
+    assert _max(model(**b.inputs), b.model(**b.inputs)) == 0.0
+    report = inspect_checkpoint(str(folder))
+    assert report.loadable and sorted(k for k, _ in report.mapping.ignored) == sorted(mtp)
+    text = report.format()
+    assert "ignored 3 tensors (mtp." in text and "multi-token-prediction head" in text
+    la = model.cfg.text.linear_attention
+    per_layer_fp32 = (la.conv_dim * (la.conv_kernel - 1) + la.n_value_heads * la.d_key * la.d_value) * 4
+    assert report.recurrent_state_bytes["float32"] == 3 * per_layer_fp32 == recurrent_state_bytes(model.cfg.text, 4)
+    assert "recurrent state per sequence (3 linear-attention layers; constant" in text
+    assert "4 layers (3 linear_attention, 1 full_attention)" in text
+    save_file({**weights, "extra.head.weight": torch.randn(3)}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="extra.head.weight"):
+        HookedVLM.from_pretrained(str(folder))
+
+
+def test_converter_refuses_what_it_does_not_implement():
+    from converters import get_converter
+    from converters.base import UnsupportedConfigError
+
+    conv = get_converter("Qwen3_5ForConditionalGeneration")
+    with pytest.raises(UnsupportedConfigError, match="deepstack_visual_indexes=\\[0\\].*no DeepStack"):
+        conv.make_config(tq.hf_config(vision=tq.vision_config(deepstack_visual_indexes=[0])))
+    with pytest.raises(UnsupportedConfigError, match="attn_output_gate=False"):
+        conv.make_config(tq.hf_config(text=tq.text_config(attn_output_gate=False)))
+    with pytest.raises(UnsupportedConfigError, match="mrope_section"):
+        conv.make_config(tq.hf_config(text=tq.text_config(rope_parameters={
+            "rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 2, 2], "partial_rotary_factor": 0.25})))
+
+
+def test_a_layer_kind_without_a_mixer_class_is_refused_by_name():
+    from hooked_vlm.components.block import TransformerBlock
+    from hooked_vlm.components.mixers import MixerNotRegisteredError
+    from hooked_vlm.config import TowerConfig
+
+    cfg = TowerConfig(n_layers=2, d_model=8, n_heads=2, d_mlp=16, layer_types=("full_attention", "chunked_attention"))
+    TransformerBlock(cfg, 0)
+    with pytest.raises(MixerNotRegisteredError, match="'chunked_attention' has no registered token mixer"):
+        TransformerBlock(cfg, 1)
+    with pytest.raises(ValueError, match="linear_attention layers but linear_attention is None"):
+        TowerConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, layer_types=("linear_attention",))

@@ -65,14 +65,20 @@ class MoEMLP(nn.Module):
         indices, weights = self.route(x)
         b, p, d = x.shape
         flat, flat_idx = x.reshape(-1, d), indices.reshape(-1, self.top_k)
+        out = flat.new_zeros(flat.shape[0], self.top_k, d)
+        if flat.is_meta:  # shapes only (hooked_vlm.memory sizes the hooks on the meta device): no routing to run
+            return self._combine(x, out.view(b, p, self.top_k, d), weights)
         if bool(((flat_idx < 0) | (flat_idx >= self.n_experts)).any()):
             raise ValueError(f"hook_expert_indices must hold expert ids in [0, {self.n_experts})")
-        out = flat.new_zeros(flat.shape[0], self.top_k, d)
         for e in flat_idx.unique().tolist():
             tok, slot = torch.where(flat_idx == e)
             gate, up = F.linear(flat[tok], self.gate_up_proj[e]).chunk(2, dim=-1)
             out[tok, slot] = F.linear(self.act(gate) * up, self.down_proj[e])
-        out = self.hook_expert_out(out.view(b, p, self.top_k, d))
+        return self._combine(x, out.view(b, p, self.top_k, d), weights)
+
+    def _combine(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The chosen experts' outputs [batch, pos, k, d_model] weighted and summed, plus the shared expert."""
+        out = self.hook_expert_out(out)
         routed = (out * weights[..., None].to(out.dtype)).sum(-2)
         if self.shared_expert is None:
             return routed
