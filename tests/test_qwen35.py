@@ -131,10 +131,13 @@ def test_editing_hook_state_changes_a_kv_cache_continuation_as_the_delta_rule_sa
 @pytest.mark.parametrize("moe", [False, True])
 def test_a_left_padded_row_equals_the_row_alone(moe):
     """Item 1 of the padded batch (3 left pads) against the same row alone: logits, every residual, the final
-    recurrent and conv states, and 10 greedy tokens."""
+    recurrent and conv states, and 10 greedy tokens. The padded positions hold real token ids (not the pad id, whose
+    embedding is zero): only the attention mask keeps them out of the state."""
     _, model, inputs = built(moe)
     pads = int((inputs["attention_mask"][1] == 0).sum())
     assert pads == 3
+    # real tokens under the padding (the pad id's embedding is zero, which would hide a leak): only the mask says pad
+    inputs = {**inputs, "input_ids": inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, 7)}
     alone = {k: v[1:, pads:] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v
              for k, v in inputs.items()}
     n_first = int(inputs["image_grid_thw"].shape[0]) - 2  # item 1 holds the last two images
