@@ -22,6 +22,7 @@ FAMILY_MODULES = [
     "converters.paligemma",
     "converters.internvl",
     "converters.idefics2",
+    "converters.qwen3_5",
     "converters.lfm2_vl",
 ]
 

@@ -24,6 +24,7 @@ from tests import tiny_lfm2vl as tlv
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
+from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
 ATOL = 1e-4  # ours vs HF
@@ -69,6 +70,8 @@ CASES = [
     ("gemma3", tg3.gemma3),
     ("qwen3-vl", tq3.qwen3vl),
     ("qwen3-vl-moe", functools.partial(tq3.qwen3vl, moe=True)),
+    ("qwen3.5", tq35.qwen35),  # hybrid: Gated DeltaNet + gated attention layers
+    ("qwen3.5-moe", functools.partial(tq35.qwen35, moe=True)),
     ("internvl-qwen2", tiv.internvl),
     ("internvl-qwen3", functools.partial(tiv.internvl, "qwen3")),
     ("idefics2", ti2.idefics2),
@@ -172,7 +175,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _n_attention(model) -> int:
-    """LM layers whose mixer is attention (hybrid models: not every layer)."""
+    """LM layers with attention (hybrid models: the others are linear / conv mixers, which have no attention path)."""
     return sum(hasattr(block, "attn") for block in model.blocks)
 
 

@@ -154,36 +154,6 @@ def layer_list(model: Any, layers: Any, n: int | None = None) -> list[int]:
     return out
 
 
-def layer_kind_of(model: Any, layer: int) -> str:
-    """The ``layer_types`` entry (token-mixer kind) of LM block ``layer``: "full_attention", "conv", ..."""
-    return getattr(model.blocks[layer], "mixer_kind", "full_attention")
-
-
-def attention_layers(model: Any, layers: Any, what: str) -> tuple[list[int], dict[int, str]]:
-    """(the layers an analysis reading attention weights acts on, {skipped layer: its kind}).
-
-    ``layers=None``: every layer whose mixer is attention; the other layers (short convolutions, linear attention)
-    are skipped and returned, so the analysis can say so in its result. Layers named explicitly must all be attention
-    layers: one that is not raises, naming its kind -- an attention weight of a conv layer has no meaning."""
-    from ..components.mixers import MIXERS
-
-    def is_attention(l: int) -> bool:
-        kind = layer_kind_of(model, l)
-        return kind in MIXERS and MIXERS[kind].attention
-
-    if layers is None:
-        every = layer_list(model, None)
-        return [l for l in every if is_attention(l)], {l: layer_kind_of(model, l) for l in every if not is_attention(l)}
-    chosen = layer_list(model, layers)
-    bad = {l: layer_kind_of(model, l) for l in chosen if not is_attention(l)}
-    if bad:
-        listing = ", ".join(f"layer {l} is a {kind!r} layer" for l, kind in bad.items())
-        raise ValueError(f"{what} reads attention weights (hook_pattern), which only attention layers have: {listing} "
-                         f"(no attention matrix). Attention layers of this model: {attention_layers(model, None, what)[0]}; "
-                         "pass layers=None to use all of them")
-    return chosen, {}
-
-
 @torch.no_grad()
 def forward_with_hooks(model: Any, inputs: Any, fwd_hooks: list | None = None, return_type: str | None = "logits",
                        **kwargs: Any) -> Any:

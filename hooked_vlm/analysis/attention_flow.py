@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ._common import SpanLike, attention_layers, forward_with_hooks, image_region_mask, span_mask
+from ._common import SpanLike, forward_with_hooks, image_region_mask, span_mask
+from .layer_kinds import attention_layers
 from ..spans import TokenSpans
 
 _NOT_MARKERS = {"image", "text", "pad", "last", "generated"}
@@ -74,9 +75,8 @@ def attention_flow_frame(model: Any, inputs: dict, query_span: SpanLike = "after
                          per_head: bool = False) -> Any:
     """Per-example raw attention mass: tidy DataFrame (batch, layer, head, role, weight).
 
-    ``head`` is -1 for the sum over heads (``per_head=False``). On a hybrid model ``layers=None`` means its attention
-    layers; the others (short convolutions: no attention weights) are listed in ``frame.attrs["skipped_layers"]``
-    ({layer: kind}); naming one of them in ``layers`` raises."""
+    ``head`` is -1 for the sum over heads (``per_head=False``). Hybrid models: attention layers only;
+    ``frame.attrs["skipped_layers"]`` {layer: kind} lists the others (naming one raises)."""
     import pandas as pd
 
     layers, skipped = attention_layers(model, layers, "attention_flow")
@@ -101,8 +101,7 @@ def attention_flow_frame(model: Any, inputs: dict, query_span: SpanLike = "after
 def attention_flow(model: Any, data: dict | Iterable[Any], *, query_span: SpanLike = "after_image",
                    keys: Sequence[SpanLike] | None = None, layers: Sequence[int] | None = None, per_head: bool = False,
                    batch_size: int = 8, progress: bool = True) -> Any:
-    """Mean over the dataset of the attention mass per (layer, head, role), and its share (attention layers only:
-    ``flow.attrs["skipped_layers"]`` lists the others of a hybrid model with their kind).
+    """Mean over the dataset of the attention mass per (layer, head, role), and its share.
 
     ``data``: one batch of inputs (a dict) or a dataset (see :mod:`.runner`). Returns a DataFrame
     with columns layer, head, role, weight (mean raw mass), share (renormalised over the roles of
@@ -111,13 +110,14 @@ def attention_flow(model: Any, data: dict | Iterable[Any], *, query_span: SpanLi
     from .runner import run_dataset
 
     fn = lambda m, inp: attention_flow_frame(m, inp, query_span, keys, layers, per_head)
+    _, skipped = attention_layers(model, layers, "attention_flow")
     if isinstance(data, dict):
         per_example = fn(model, data).rename(columns={"batch": "example"})
     else:
         per_example = run_dataset(model, data, fn, batch_size=batch_size, progress=progress, desc="attention flow")
-    flow = summarise_flow(per_example)
-    flow.attrs["skipped_layers"] = attention_layers(model, layers, "attention_flow")[1]  # {layer: kind} not read
-    return flow
+    out = summarise_flow(per_example)
+    out.attrs["skipped_layers"] = skipped  # layers without attention (hybrid models): not in the result
+    return out
 
 
 def summarise_flow(per_example: Any) -> Any:

@@ -13,9 +13,9 @@ up across examples. Two scores, averaged over the dataset:
 
 The gate has a high attention share and a large knockout effect (EOI in Chameleon/Emu3).
 
-Hybrid models (short-convolution layers): the attention share is read on attention layers only (``layers=None``; the
-result's ``attrs["skipped_layers"]`` lists the others; naming a conv layer in ``layers`` raises), while the knockout
-acts on every layer of ``knockout_layers``, conv layers included (:mod:`.conv_knockout`).
+Hybrid models (docs/hybrid_models.md): both scores use the attention layers only (``layers`` /
+``knockout_layers`` None = every attention layer; naming a linear / conv layer raises); the result's
+``attrs["skipped_layers"]`` {layer: kind} lists the layers neither score looked at.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ._common import SpanLike, attention_layers, forward_with_hooks, image_region_mask, span_mask
+from ._common import SpanLike, forward_with_hooks, image_region_mask, span_mask
+from .layer_kinds import attention_layers
 from .knockout import knockout_hooks
 from .patching import last_logits
 
@@ -70,7 +71,8 @@ def gate_frame(model: Any, inputs: dict, *, query_span: SpanLike = "after_image"
     attention, knockout_kl, knockout_tv). ``offsets=[]`` skips the knockouts."""
     import pandas as pd
 
-    layers, skipped = attention_layers(model, layers, "find_gate's attention share")
+    layers, skipped = attention_layers(model, layers, "find_gate (attention share)")
+    knockout_layers, skipped_ko = attention_layers(model, knockout_layers, "find_gate (knockout)")
     store: dict[str, Any] = {}
 
     def received(pattern: Tensor, hook: Any) -> None:
@@ -108,7 +110,7 @@ def gate_frame(model: Any, inputs: dict, *, query_span: SpanLike = "after_image"
                              knockout_kl=float(kl[b]) if kl is not None else float("nan"),
                              knockout_tv=float(tv[b]) if tv is not None else float("nan")))
     frame = pd.DataFrame(rows)
-    frame.attrs["skipped_layers"] = skipped  # {layer: kind}: no attention share read there (hybrid models)
+    frame.attrs["skipped_layers"] = {**skipped, **skipped_ko}
     return frame
 
 
@@ -140,7 +142,8 @@ def find_gate(model: Any, data: dict | Iterable[Any], *, query_span: SpanLike = 
             summary.loc[~summary.role.isin(["image", "image_last"]), "offset"])
         per_example = run(sorted(int(o) for o in keep))
     out = _summarise(per_example)
-    out.attrs["skipped_layers"] = attention_layers(model, layers, "find_gate's attention share")[1]
+    out.attrs["skipped_layers"] = {**attention_layers(model, layers, "find_gate")[1],
+                                   **attention_layers(model, knockout_layers, "find_gate")[1]}
     return out
 
 

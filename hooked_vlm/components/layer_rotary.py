@@ -16,12 +16,13 @@ class LayerTypeRotary(nn.Module):
     def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.layer_types = tuple(cfg.layer_types)
-        self.tables = nn.ModuleDict({kind: Rotary(cfg.d_head, cfg.layer_rope_parameters[kind], cfg.max_position_embeddings)
-                                     for kind in sorted(set(self.layer_types))})
+        dim = cfg.rotary_dim or cfg.d_head
+        self.tables = nn.ModuleDict({kind: Rotary(dim, cfg.layer_rope_parameters[kind], cfg.max_position_embeddings)
+                                     for kind in sorted(set(self.layer_types) & set(cfg.layer_rope_parameters))})
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         per_kind = {kind: table(position_ids, dtype) for kind, table in self.tables.items()}
-        return [per_kind[kind] for kind in self.layer_types]
+        return [per_kind.get(kind) for kind in self.layer_types]  # None for mixers without positions (linear, conv)
 
 
 def build_rotary(cfg: TowerConfig) -> nn.Module | None:
@@ -30,4 +31,4 @@ def build_rotary(cfg: TowerConfig) -> nn.Module | None:
         return None
     if cfg.layer_rope_parameters is not None:
         return LayerTypeRotary(cfg)
-    return Rotary(cfg.d_head, cfg.rope_parameters, cfg.max_position_embeddings)
+    return Rotary(cfg.rotary_dim or cfg.d_head, cfg.rope_parameters, cfg.max_position_embeddings)

@@ -1,5 +1,8 @@
 """Rotary position embeddings (rotate-half convention, as HF Llama/Mistral/Qwen2 use).
 
+``TowerConfig.rotary_dim`` (partial rotary, Qwen3.5: ``int(head_dim * partial_rotary_factor)``): the tables cover
+rotary_dim channels (frequencies from rotary_dim, as HF computes them) and :func:`apply_rotary` turns only those.
+
 Scaled variants (``linear``, ``llama3``, ``yarn``) reuse transformers' own inverse-frequency
 functions so the numbers cannot drift from HF's. Variants that change with sequence length at
 run time are refused by the converters (``longrope``), or, for ``dynamic`` (NTK), implemented where
@@ -113,5 +116,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [batch, pos, head, d_head]."""
-    return x * cos + rotate_half(x) * sin
+    """x [batch, pos, head, d_head]; cos / sin [..., rotary_dim]. Partial rotary (rotary_dim < d_head, Qwen3.5's
+    ``partial_rotary_factor``): the first rotary_dim channels are turned (rotate-half within them), the rest pass."""
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    turned, kept = x[..., :r], x[..., r:]
+    return torch.cat([turned * cos + rotate_half(turned) * sin, kept], dim=-1)
