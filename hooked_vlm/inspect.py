@@ -328,10 +328,12 @@ def format_report(r: CheckpointReport) -> str:
     if r.kv_cache_bytes_per_1k:
         lines.append(f"  KV cache per {TOKENS} tokens: " + ", ".join(f"{d} {_gib(b)}" for d, b in r.kv_cache_bytes_per_1k.items()))
         if r.recurrent_state_bytes:
-            lines.append(f"  recurrent state per sequence ({r.layer_kinds.get('linear_attention', 0)} linear-attention "
-                         "layers; constant, it does not grow with the tokens): "
-                         + ", ".join(f"{d} {_gib(b)}" for d, b in r.recurrent_state_bytes.items())
-                         + " (the delta-rule state is float32 in every dtype)")
+            stateful = ", ".join(f"{n} {kind}" for kind, n in (("linear-attention", r.layer_kinds.get("linear_attention", 0)),
+                                                              ("short-conv", r.layer_kinds.get("conv", 0))) if n)
+            lines.append(f"  recurrent state per sequence ({stateful} layers; constant, it does not grow with the "
+                         "tokens): " + ", ".join(f"{d} {_gib(b)}" for d, b in r.recurrent_state_bytes.items())
+                         + (" (the delta-rule state is float32 in every dtype)"
+                            if r.layer_kinds.get("linear_attention", 0) else ""))
         lines.append(f"  run_with_cache per {TOKENS} tokens: " + ", ".join(f"{d} {_gib(b)}" for d, b in r.cache_bytes_per_1k.items()))
         lines.append(f"    ({r.cache_assumptions})")
     if r.vision_cache_note:

@@ -242,3 +242,17 @@ def test_hub_key_layout_loads(tmp_path):
     other.cfg.roles = b.model.cfg.roles  # marker ids come from the tokenizer, which this folder lacks
     with torch.no_grad():
         assert _max(b.model(**b.inputs), other(**b.inputs)) == 0.0
+
+
+def test_inspect_reports_the_conv_state_per_sequence():
+    """LFM2-VL-450M: 10 conv layers keep a [d_model 1024, kernel - 1 = 2] window each, whatever the tokens."""
+    from hooked_vlm.inspect import build_report
+    from hooked_vlm.memory import recurrent_state_bytes
+    from tests.test_real_configs import config_folder
+
+    report = build_report("LiquidAI/LFM2-VL-450M", "a real config.json", config_folder(REAL), None, {})
+    assert report.layer_kinds == {"conv": 10, "full_attention": 6}
+    assert report.recurrent_state_bytes["float32"] == 10 * 1024 * 2 * 4 and report.recurrent_state_bytes["bfloat16"] == 10 * 1024 * 2 * 2
+    assert "recurrent state per sequence (10 short-conv layers" in report.format()
+    cfg = get_converter("Lfm2VlForConditionalGeneration").make_config(_hf_config())
+    assert recurrent_state_bytes(cfg.text, 4, batch=3) == 3 * 3 * 32 * 2 * 4  # 3 conv layers of the tiny model
