@@ -8,14 +8,13 @@ the conv, and a conv knockout equal to a hand computation. Tolerances: fp32, 1e-
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
 from hooked_vlm.analysis.conv_knockout import conv_knockout_hook
 from hooked_vlm.components.masks import AttentionMask
 from hooked_vlm.components.short_conv import ConvState, ShortConv
+from hooked_vlm.config import ShortConvConfig, TowerConfig
 from hooked_vlm.hook_points import RunState
 from hooked_vlm.spans import TokenSpans
 
@@ -31,7 +30,8 @@ def _pair(bias: bool, seed: int = 0):
     hc = Lfm2Config(hidden_size=D, num_hidden_layers=1, layer_types=["conv"], conv_L_cache=KERNEL, conv_bias=bias,
                     num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
     hf = Lfm2ShortConv(hc, 0).eval()
-    ours = ShortConv(types.SimpleNamespace(d_model=D, short_conv=types.SimpleNamespace(kernel=KERNEL, bias=bias)))
+    ours = ShortConv(TowerConfig(n_layers=1, d_model=D, n_heads=4, d_mlp=32, layer_types=("conv",),
+                                 short_conv=ShortConvConfig(kernel=KERNEL, bias=bias)))
     ours.load_state_dict(hf.state_dict())
     return hc, hf, ours
 
