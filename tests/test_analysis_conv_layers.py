@@ -166,3 +166,19 @@ def test_gate_reads_and_knocks_out_attention_layers_and_lists_the_conv_ones():
     assert frame.loc[frame.offset == 0, "knockout_kl"].notna().all()
     with pytest.raises(ValueError, match="layer 0 is a 'conv' layer"):
         gate_frame(model, inputs, layers=[0], offsets=[])
+
+
+def test_residual_stream_analyses_run_unchanged():
+    """Logit lens (its last readout is the model's prediction) and activation patching (every position of A's
+    residual patched into a run on other pixels reproduces A) need nothing of the mixer kind."""
+    from hooked_vlm.analysis import activation_patching, forward_with_hooks, logit_lens
+
+    model, inputs = _model()
+    logits = forward_with_hooks(model, inputs)
+    lens = logit_lens(model, inputs, span="all", layers=[0, -1], top_k=1)
+    assert torch.equal(lens.top_ids[-1, :, 0], logits[lens.batch_index, lens.positions].argmax(-1))
+    other = dict(inputs, pixel_values=inputs["pixel_values"] + 0.5 * torch.randn_like(inputs["pixel_values"]))
+    real = inputs["attention_mask"].bool()
+    assert (forward_with_hooks(model, other) - logits)[real].abs().max().item() > 100 * ATOL
+    out = activation_patching(model, other, inputs, span="all", layers=0)
+    assert (out - logits)[real].abs().max().item() <= 1e-4
