@@ -36,7 +36,7 @@ TABLE_END = "<!-- end of real-configs table -->"
 #: architectures of the real configs that must stay supported (a converter that disappears fails here, not silently
 #: moving its configs to the "unsupported" cases); every other architecture goes by the converter registry
 MUST_BE_SUPPORTED = {"Cohere2VisionForConditionalGeneration", "Gemma3ForConditionalGeneration", "Idefics2ForConditionalGeneration",
-                     "Idefics3ForConditionalGeneration", "InternVLForConditionalGeneration",
+                     "Idefics3ForConditionalGeneration", "InternVLForConditionalGeneration", "Lfm2VlForConditionalGeneration",
                      "LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
                      "Mistral3ForConditionalGeneration", "PaliGemmaForConditionalGeneration",
                      "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",

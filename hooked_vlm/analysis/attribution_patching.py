@@ -36,7 +36,7 @@ from ..spans import TokenSpans
 from ..summary import summary_repr
 
 Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, vocab] -> [batch] (or a scalar)
-NOT_POSITIONAL = ("hook_pattern", "hook_attn_scores", "hook_mask", "hook_image_embeds", "hook_router_logits")
+NOT_POSITIONAL = ("hook_pattern", "hook_attn_scores", "hook_mask", "hook_tap_mask", "hook_image_embeds", "hook_router_logits")
 
 
 @dataclass

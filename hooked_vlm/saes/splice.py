@@ -40,7 +40,7 @@ from ..hook_points import HookPoint
 
 #: hook points the model calls only when they are hooked (the fast attention path skips them):
 #: an SAE there would silently never run, so it is refused
-CONDITIONAL_HOOKS = ("attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_mask")
+CONDITIONAL_HOOKS = ("attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_mask", "conv.hook_tap_mask")
 #: hook-name prefixes whose activations are not laid out over the language model's sequence
 NON_SEQUENCE_PREFIXES = ("vision.", "projector.", "hook_image_embeds")
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error",
