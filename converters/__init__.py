@@ -22,6 +22,10 @@ FAMILY_MODULES = [
     "converters.paligemma",
     "converters.internvl",
     "converters.idefics2",
+    "converters.aya_vision",
+    "converters.cohere2_vision",
+    "converters.qwen3_5",
+    "converters.lfm2_vl",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -98,9 +98,10 @@ class TowerConfig:
     norm_offset: float = 0.0  # RMS norms (q/k norms included) scale by (offset + w); Gemma: 1.0, in float32 as HF
     embed_scale: float | None = None  # token embeddings are multiplied by it (Gemma: sqrt(d_model), cast to the weight dtype)
     # per-layer attention kinds: "sliding_attention" layers use sliding_window, "full_attention" layers do not;
-    # layer_rope_parameters[kind] then gives each kind its own RoPE table (Gemma 3: local 10k, global 1M linear x8)
+    # layer_rope_parameters[kind] then gives each kind its own RoPE table (Gemma 3: local 10k, global 1M linear x8);
+    # a kind whose entry is None has no RoPE at all (NoPE: Cohere2's full-attention layers)
     layer_types: tuple[str, ...] | None = None
-    layer_rope_parameters: dict[str, dict[str, Any]] | None = None
+    layer_rope_parameters: dict[str, dict[str, Any] | None] | None = None
     # which keys a query may see beyond the causal ones: "causal" (none), "causal+image_bidirectional" (the
     # tokens of the same image attend to each other in both directions; Gemma 3). mask_policy_input names the
     # forward input whose presence switches the policy on (HF Gemma 3: token_type_ids); None = always on.
@@ -138,6 +139,16 @@ class TowerConfig:
     # False: added ungated (GLM-4.5 / DeepSeek-style shared experts)
     d_mlp_shared_expert: int | None = None
     shared_expert_gate: bool = False
+    # parallel block (Cohere / Command R): ONE input norm ln1 feeds both attention and the MLP, whose outputs are added
+    # to the residual together: resid_post = resid_pre + attn(ln1(x)) + mlp(ln1(x)). No ln2 and no hook_resid_mid
+    # (no residual exists between the sublayers); hook_attn_out / hook_mlp_out are the two summands
+    parallel_block: bool = False
+    norm_bias: bool = True  # LayerNorms ("LN", q/k "LN" norms too) with a bias; False = Cohere's (mean-centred, weight only)
+    # RoPE on interleaved (even, odd) pairs of each head (Cohere, GPT-J) instead of the two halves (Llama/NeoX)
+    rope_interleaved: bool = False
+    # the final logits are multiplied by it (Cohere2ForCausalLM's logit_scale); the unembedding applies it, so W_U,
+    # the logit lens and direct logit attribution all include it (components/embed.py Unembed)
+    logit_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -201,6 +212,23 @@ class TowerConfig:
             raise ValueError("shared_expert_gate needs a shared expert (d_mlp_shared_expert)")
         if self.normalization_type not in ("RMS", "LN"):
             raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
+        if not self.norm_bias and self.normalization_type != "LN":
+            raise ValueError("norm_bias=False is a LayerNorm without bias; it needs normalization_type='LN' "
+                             f"(an RMS norm has no bias), got {self.normalization_type!r}")
+        if self.parallel_block and (self.norm_placement != "pre" or self.layer_scale):
+            raise ValueError("parallel_block is implemented for pre-norm blocks without layer scale, not "
+                             f"norm_placement={self.norm_placement!r}, layer_scale={self.layer_scale}")
+        if not self.logit_scale > 0:
+            raise ValueError(f"logit_scale must be a positive number, got {self.logit_scale!r}")
+
+    def layer_uses_rope(self, layer: int) -> bool:
+        """Whether block ``layer`` rotates q and k: a rotary tower (any positional but "learned" / "none", e.g. Pixtral's
+        2-D RoPE), and not a NoPE layer kind (layer_rope_parameters)."""
+        if self.positional in ("learned", "none"):
+            return False
+        if self.layer_rope_parameters is None:
+            return True
+        return self.layer_rope_parameters.get(self.layer_types[layer]) is not None
 
 
 @dataclass

@@ -27,7 +27,7 @@ from .components import build_projector, build_vision
 from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
 from .kv_cache import KVCache
-from .pipelines import PIPELINES
+from .pipelines import LAYOUTS, PIPELINES
 from .saes.splice import SAEMixin
 from .spans import TokenSpans, build_spans
 from .tl_cache import VLMActivationCache
@@ -59,8 +59,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
         for block in self.blocks[: t.deepstack_layers]:  # [n_image_tokens, d_model], added after hook_resid_post
             block.hook_deepstack = HookPoint()
-        self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset)
-        self.unembed = Unembed(t.d_model, cfg.d_vocab)
+        self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset, bias=t.norm_bias)
+        self.unembed = Unembed(t.d_model, cfg.d_vocab, scale=t.logit_scale)  # logits * t.logit_scale (Cohere2)
         self.tie_weights()
         self.setup()
         self.run_state = RunState()
@@ -146,15 +146,12 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
 
-        resid = self.embed(tokens)
-        layouts, deepstack = [], []
+        # the spans first (image layouts from the inputs alone), so that every hook of this forward -- the vision
+        # tower's, the projector's and hook_image_embeds included -- sees this forward's hook.spans
+        image_extras = {**extras, "input_ids": tokens}
+        layouts = self.image_layouts(pixel_values, image_extras) if pixel_values is not None else []
         if pixel_values is not None:
-            image_embeds, layouts, *more = self.encode_images(pixel_values, {**extras, "input_ids": tokens})
-            deepstack = more[0] if more else []  # DeepStack features, one per early block
-            if len(deepstack) != self.cfg.text.deepstack_layers:
-                raise ValueError(f"the image pipeline gave {len(deepstack)} DeepStack features for "
-                                 f"{self.cfg.text.deepstack_layers} DeepStack blocks (text.deepstack_layers)")
-            resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+            self._check_image_token_count(tokens, sum(layout.n_tokens for layout in layouts))
         elif self.cfg.roles is not None and past == 0 and (tokens == self.cfg.roles.image_token_id).any():
             raise ValueError(
                 f"the prompt holds {(tokens == self.cfg.roles.image_token_id).sum().item()} image tokens but no "
@@ -168,6 +165,20 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
                 spans = spans.with_prefix_suffix(marks)
         self.run_state.spans = spans
         self.run_state.query_positions = torch.arange(past, past + q_len, device=self.device)
+
+        resid = self.embed(tokens)
+        deepstack = []
+        if pixel_values is not None:
+            image_embeds, encoded, *more = self.encode_images(pixel_values, image_extras)
+            if encoded != layouts:
+                raise RuntimeError(f"image pipeline {self.cfg.extra.get('image_pipeline', 'vit_mlp')!r}: its layouts "
+                                   f"function gave {layouts} but encoding gave {encoded}; the two must agree (a bug in "
+                                   "hooked_vlm/pipelines)")
+            deepstack = more[0] if more else []  # DeepStack features, one per early block
+            if len(deepstack) != self.cfg.text.deepstack_layers:
+                raise ValueError(f"the image pipeline gave {len(deepstack)} DeepStack features for "
+                                 f"{self.cfg.text.deepstack_layers} DeepStack blocks (text.deepstack_layers)")
+            resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
         resid = self.hook_embed(resid)
 
         position_fn = self.cfg.extra.get("position_fn")
@@ -275,15 +286,23 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         pipeline = PIPELINES[self.cfg.extra.get("image_pipeline", "vit_mlp")]
         return pipeline(self, pixel_values.to(self.device), extras or {})
 
-    def _splice(self, tokens: Tensor, embeds: Tensor, image_embeds: Tensor) -> Tensor:
-        is_image = tokens == self.cfg.roles.image_token_id
-        n_slots, n_feats = int(is_image.sum()), image_embeds.shape[0]
+    def image_layouts(self, pixel_values: Tensor, extras: dict | None = None) -> list:
+        """The layout of each image (``ImageLayout``) from the inputs alone, without running the vision tower."""
+        layouts = LAYOUTS[self.cfg.extra.get("image_pipeline", "vit_mlp")]
+        return layouts(self, pixel_values.to(self.device), extras or {})
+
+    def _check_image_token_count(self, tokens: Tensor, n_feats: int) -> None:
+        n_slots = int((tokens == self.cfg.roles.image_token_id).sum())
         if n_slots != n_feats:
             raise ValueError(
                 f"the prompt holds {n_slots} image tokens but the images give {n_feats} image embeddings; "
                 "there must be one image per image placeholder and each placeholder expanded to the image's "
                 "token count (use model.prepare_inputs or the checkpoint's processor)"
             )
+
+    def _splice(self, tokens: Tensor, embeds: Tensor, image_embeds: Tensor) -> Tensor:
+        is_image = tokens == self.cfg.roles.image_token_id
+        self._check_image_token_count(tokens, image_embeds.shape[0])
         return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.device, embeds.dtype))
 
     def _splice_add(self, tokens: Tensor, resid: Tensor, features: Tensor) -> Tensor:

@@ -52,6 +52,9 @@ def norm_gain(model: Any, layer: int | None, mlp_input: bool = False) -> Tensor:
             raise ValueError("this model's block norms act on the sublayer outputs (norm_placement='post_sublayer'), "
                              "not on the block's input: there is no input norm to apply; use the final layer "
                              "(layer=None) or the raw stack")
+        if mlp_input and model.cfg.text.parallel_block:
+            raise ValueError("mlp_input=True names a block's ln2, and this model's blocks are parallel (one norm, ln1, "
+                             "feeds attention and the MLP; no ln2, no hook_resid_mid): use mlp_input=False")
         norm = model.blocks[layer].ln2 if mlp_input else model.blocks[layer].ln1
     w = norm.w.float()
     return w + norm.weight_offset if norm.weight_offset else w

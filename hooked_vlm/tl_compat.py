@@ -36,8 +36,11 @@ class TLCompatMixin:
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        """The unembedding as stored (not multiplied by ``ln_final``'s weight: ``ln_final`` applies it)."""
-        return self.unembed.weight.T
+        """The unembedding as stored (not multiplied by ``ln_final``'s weight: ``ln_final`` applies it); with
+        ``cfg.text.logit_scale`` != 1 (Cohere2ForCausalLM) the stored matrix times it (a new tensor, not a view), so
+        that logits = ln_final(resid) @ W_U holds and direct logit attribution sums to the logits."""
+        scale = self.unembed.scale
+        return self.unembed.weight.T if scale == 1.0 else self.unembed.weight.T * scale
 
     @property
     def b_U(self) -> Float[Tensor, " d_vocab"]:
@@ -169,10 +172,9 @@ class TLCompatMixin:
         return einops.rearrange(self.W_U[:, tokens], "d_model ... -> ... d_model")
 
     def to_single_token(self, text: str) -> int:
-        ids = self._require_tokenizer().encode(text, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {ids}")
-        return ids[0]
+        from .vocab import single_token_id  # raises for a word outside the vocabulary, naming the closest entries
+
+        return single_token_id(self._require_tokenizer(), text)
 
     def to_single_str_token(self, int_token: int) -> str:
         """The string of one token id (TL's to_single_str_token)."""
@@ -287,12 +289,8 @@ class TLCompatMixin:
         pv = inputs.get("pixel_values")
         if pv is None:
             return []
-        layout_fn = self.cfg.extra.get("layouts_fn")
-        if layout_fn is not None:
-            return layout_fn(self, inputs)
-        with torch.no_grad():
-            extras = {k: v for k, v in inputs.items() if k not in BASE_INPUTS}
-            return self.encode_images(pv, {**extras, "input_ids": inputs["input_ids"].to(self.device)})[1]
+        extras = {k: v for k, v in inputs.items() if k not in BASE_INPUTS}
+        return self.image_layouts(pv, {**extras, "input_ids": inputs["input_ids"].to(self.device)})
 
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:

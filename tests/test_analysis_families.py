@@ -13,9 +13,10 @@ from tests.test_hooks import FAMILIES
 
 ATOL = 1e-4
 #: one family per kind of image region: markers + image codes, row breaks, tiles + newlines, 3-D rope; bidirectional
-#: image blocks (Gemma 3), DeepStack and experts (Qwen3-VL), tiles + thumbnail (InternVL), resampler latents (Idefics2)
+#: image blocks (Gemma 3), DeepStack and experts (Qwen3-VL), tiles + thumbnail (InternVL), resampler latents (Idefics2),
+#: tiles with markers between them and parallel NoPE / RoPE blocks (Aya Vision)
 CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "gemma3", "qwen3vl", "qwen3vl_moe", "internvl",
-         "idefics2"]
+         "idefics2", "aya_vision"]
 
 
 @pytest.mark.parametrize("family", CASES)

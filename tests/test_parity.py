@@ -17,12 +17,15 @@ import torch
 from hooked_vlm.components.attention import Attention
 from hooked_vlm.components.rope import Rotary
 from tests import tiny, tiny_native
+from tests import tiny_cohere as tco
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
+from tests import tiny_lfm2vl as tlv
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
+from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
 ATOL = 1e-4  # ours vs HF
@@ -68,10 +71,16 @@ CASES = [
     ("gemma3", tg3.gemma3),
     ("qwen3-vl", tq3.qwen3vl),
     ("qwen3-vl-moe", functools.partial(tq3.qwen3vl, moe=True)),
+    ("qwen3.5", tq35.qwen35),  # hybrid: Gated DeltaNet + gated attention layers
+    ("qwen3.5-moe", functools.partial(tq35.qwen35, moe=True)),
     ("internvl-qwen2", tiv.internvl),
     ("internvl-qwen3", functools.partial(tiv.internvl, "qwen3")),
     ("idefics2", ti2.idefics2),
+    ("lfm2-vl", tlv.lfm2vl),  # LFM2 hybrid LM: short-conv + attention layers; SigLIP2 NaFlex tiles
     ("paligemma2", tpg.paligemma),  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
+    ("aya-vision", tco.aya),
+    ("aya-vision-cohere-lm", functools.partial(tco.aya, "cohere")),  # Aya Vision 32B's LM kind, with q/k norms
+    ("cohere2-vision", tco.cohere2_vision),
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -169,6 +178,11 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+def _n_attention(model) -> int:
+    """LM layers with attention (hybrid models: the others are linear / conv mixers, which have no attention path)."""
+    return sum(hasattr(block, "attn") for block in model.blocks)
+
+
 def _assert_path(calls: dict, path: str, n_attention: int) -> None:
     """Every one of the >= n_attention attention calls took ``path``."""
     took, other = ("explicit", "fast") if path == "explicit" else ("fast", "explicit")
@@ -181,7 +195,7 @@ def test_default_forward_logits_match_hf(case_id):
     without a mask, are compared with the explicit path in test_fast_and_explicit_paths_agree.)"""
     b = built(case_id)
     logits, _, calls = ours_run(case_id, "padded", "default")
-    _assert_path(calls, "default", b.model.cfg.n_layers)
+    _assert_path(calls, "default", _n_attention(b.model))
     real = _real(b.inputs)
     assert torch.isfinite(logits).all()
     assert _max_diff(hf_run(case_id).logits[real], logits[real]) <= ATOL
@@ -194,7 +208,7 @@ def test_logits_and_residuals_match_hf(case_id, path):
     model, inputs = b.model, b.inputs
     ref = hf_run(case_id)
     logits, cache, calls = ours_run(case_id, "padded", path)
-    _assert_path(calls, path, model.cfg.n_layers)
+    _assert_path(calls, path, _n_attention(model))
     real = _real(inputs)
     assert torch.isfinite(logits).all()
     assert _max_diff(ref.logits[real], logits[real]) <= ATOL
@@ -235,10 +249,10 @@ def test_fast_and_explicit_paths_agree(case_id, batch):
     model = built(case_id).model
     fast_logits, fast, fast_calls = ours_run(case_id, batch, "fast")
     slow_logits, slow, slow_calls = ours_run(case_id, batch, "explicit")
-    _assert_path(fast_calls, "fast", model.cfg.n_layers)
+    _assert_path(fast_calls, "fast", _n_attention(model))
     _assert_path(slow_calls, "explicit", fast_calls["fast"])  # every attention call took the explicit path
     if batch == "unpadded" and model.cfg.text.sliding_window is None:
-        assert fast_calls["fast_unmasked"] >= model.cfg.n_layers
+        assert fast_calls["fast_unmasked"] >= _n_attention(model)
     assert _max_diff(fast_logits, slow_logits) <= PATH_ATOL
     names = sorted(fast.keys())
     has_vision_attention = any(n.startswith("vision.blocks.") for n in model.hook_dict)
@@ -253,7 +267,7 @@ def test_greedy_generate_matches_hf(case_id):
 
 
 @pytest.mark.parametrize("case_id, batch", [("llava-llama-gqa", "padded"), ("llava-mistral-window", "padded"),
-                                            ("llava-mistral-window", "unpadded")])
+                                            ("llava-mistral-window", "unpadded"), ("lfm2-vl", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

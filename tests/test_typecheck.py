@@ -3,7 +3,7 @@
 In a subprocess (the rest of the suite keeps unchecked code), jaxtyping's import hook with beartype is
 installed *before any* hooked_vlm / converters import and stays installed, so modules imported later
 (lazily, or through importlib: converters, vision towers, pipelines, loading, generation) are checked too;
-every module of both packages is then imported. Under it, the tiny models of eleven families run forward,
+every module of both packages is then imported. Under it, the tiny models of thirteen families run forward,
 run_with_cache (+ spans), generate and two analyses. Coverage is proven twice: every function and method
 defined in every module carries the checker (``__wrapped__`` chain), and a deliberately wrong call into
 each of the named modules raises beartype's BeartypeCallHintParamViolation naming the wrong parameter.
@@ -65,7 +65,10 @@ SCRIPT = textwrap.dedent(
     from hooked_vlm import HookedVLM
     from hooked_vlm.analysis import knockout_hooks
     from hooked_vlm.analysis.logit_lens import logit_lens
-    from tests import tiny, tiny_native as tn, tiny_next_pixtral as tnp, tiny_qwen_idefics as tq
+    from tests import tiny, tiny_cohere as tco, tiny_native as tn, tiny_next_pixtral as tnp, tiny_qwen_idefics as tq
+
+    def built_case(b):  # a cached tests.tiny*.py factory's Built -> (folder, hf, inputs)
+        return b.folder, b.hf, b.inputs
 
     def llava_case():
         folder, hf = tiny.make_llava()
@@ -74,7 +77,8 @@ SCRIPT = textwrap.dedent(
     cases = {{"llava": llava_case, "llava_next": tnp.next_case, "onevision": tnp.onevision_case,
               "pixtral": tnp.pixtral_case, "mistral3": tnp.mistral3_case, "qwen2": lambda: tq.qwen_case("2"),
               "qwen2.5": lambda: tq.qwen_case("2.5"), "idefics3": lambda: tq.idefics_case("idefics3"),
-              "chameleon": tn.chameleon_case, "emu3": tn.emu3_case, "janus": tn.janus_case}}
+              "chameleon": tn.chameleon_case, "emu3": tn.emu3_case, "janus": tn.janus_case,
+              "aya_vision": lambda: built_case(tco.aya()), "cohere2_vision": lambda: built_case(tco.cohere2_vision())}}
     models = {{}}
     for fam, case in cases.items():
         folder, hf, inputs = case()
@@ -138,7 +142,7 @@ def test_annotations_hold_at_run_time_package_wide():
                          timeout=600, cwd=ROOT)
     assert "TYPECHECK OK" in out.stdout, out.stdout[-3000:] + out.stderr[-5000:]
     ran = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("RAN ")]
-    assert len(ran) == 11, ran
+    assert len(ran) == 13, ran
     violations = [line for line in out.stdout.splitlines() if line.startswith("VIOLATION ")]
     # 3 functions + every pipeline + loading, generation, converters.base + every converter family module
     from converters import FAMILY_MODULES

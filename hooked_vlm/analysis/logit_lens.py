@@ -31,13 +31,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, span_mask
+from ._common import SpanLike, forward_with_hooks, index_list, span_mask
 from ..spans import TokenSpans
+from ..summary import summary_repr
 
 
 @dataclass
 class LogitLensResult:
     """Top-k / target readouts of the lens; rows are the selected (batch, position) pairs."""
+
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
 
     layers: list[int]
     batch_index: Int[Tensor, " n"]
@@ -260,7 +263,7 @@ def logit_lens(
     ``targets``: token ids (or single-token strings) whose probability and rank to report.
     """
     n = model.cfg.n_layers
-    layers = list(range(n + 1)) if layers is None else [l + n + 1 if l < 0 else l for l in layers]
+    layers = index_list("layers", layers, n + 1)  # lens layers: 0 = the LM input .. n = after the last block
     if vocab == "auto":
         has_codes = (image_code_ids is not None and len(image_code_ids) > 0) or model_image_codes(model) is not None
         vocab = "text" if has_codes else "all"

@@ -19,6 +19,7 @@ VISION_KINDS = {
     "pixtral": "hooked_vlm.components.pixtral_vision:PixtralVisionTower",
     "vq": "hooked_vlm.components.vq:VQTokenizer",
     "vit_post_norm": "hooked_vlm.components.vision_post_norm:PostNormVisionTower",
+    "siglip2_naflex": "hooked_vlm.components.naflex_vision:NaFlexVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
@@ -30,6 +31,7 @@ PROJECTOR_KINDS = {
     "pooled_norm_matmul": "hooked_vlm.components.pooled_projector:PooledNormProjector",
     "linear": "hooked_vlm.components.linear_projector:LinearProjector",
     "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
+    "pixel_unshuffle_mlp": "hooked_vlm.components.pixel_unshuffle_projector:PixelUnshuffleProjector",
 }
 
 

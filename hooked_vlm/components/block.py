@@ -4,7 +4,12 @@ by learned gains ``ls1`` / ``ls2`` (``cfg.layer_scale``, InternViT).
 
 The token mixer comes from the layer's ``layer_types`` entry through ``components/mixers.py`` MIXERS and sits under
 that kind's attribute name (``attn`` for attention, ``linear_attn`` for Gated DeltaNet, ...); ``block.mixer`` is it
-whatever its name, ``block.mixer_kind`` the entry. ``hook_attn_out`` is the mixer's output whatever the kind."""
+whatever its name, ``block.mixer_kind`` the entry. ``hook_attn_out`` is the mixer's output whatever the kind.
+
+Parallel blocks (``cfg.parallel_block``, Cohere / Command R): one norm ``ln1`` feeds the mixer AND the MLP, and
+``resid_post = resid_pre + attn_out + mlp_out``. Such a block has no ``ln2`` and no ``hook_resid_mid`` (no residual
+exists between the sublayers, and a hook that never fires is not created); ``blocks.{l}.ln1.hook_normalized`` is the
+input of both sublayers (analyses' "mlp_in" is ln1's output there)."""
 
 from __future__ import annotations
 
@@ -24,13 +29,15 @@ from .norms import make_norm
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: TowerConfig, layer: int = 0):
         super().__init__()
-        norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset,  # noqa: E731
+                                 bias=cfg.norm_bias)
         self.ln1 = norm()
         self.mixer_kind = layer_kind(cfg, layer)
         spec = mixer_kind(self.mixer_kind)
         self._mixer_attr = spec.attr
         setattr(self, spec.attr, spec.build(cfg, layer))  # blocks.{l}.attn / .linear_attn / ...
-        self.ln2 = norm()
+        self.parallel = cfg.parallel_block
+        self.ln2 = None if self.parallel else norm()
         self.mlp = build_mlp(cfg, layer)  # dense MLP unless cfg.mlp_kind == "moe" (components/moe.py)
         self.post_sublayer_norm = cfg.norm_placement == "post_sublayer"
         if cfg.norm_placement == "sandwich":  # Gemma: the sublayer outputs are normed too (TL's ln1_post / ln2_post)
@@ -43,7 +50,8 @@ class TransformerBlock(nn.Module):
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        if not self.parallel:
+            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
@@ -55,6 +63,10 @@ class TransformerBlock(nn.Module):
         kv_cache: Any = None,  # this layer's state in the KVCache (components/mixers.py: MIXERS[kind].state)
     ) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
+        if self.parallel:  # one norm, both sublayers read it, both outputs added at once
+            x = self.ln1(resid)
+            attn_out = self.hook_attn_out(self.mixer(x, mask, rotary, kv_cache))
+            return self.hook_resid_post(resid + attn_out + self.hook_mlp_out(self.mlp(x)))
         if self.post_sublayer_norm:  # Swin-style: the sublayer's OUTPUT is normed (hook_attn_out/mlp_out after it)
             attn_out = self.hook_attn_out(self.ln1(self.mixer(resid, mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)

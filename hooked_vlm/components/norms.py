@@ -61,11 +61,12 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(out.to(dtype))
 
 
-def make_norm(kind: str, d: int, eps: float, offset: float = 0.0) -> nn.Module:
+def make_norm(kind: str, d: int, eps: float, offset: float = 0.0, bias: bool = True) -> nn.Module:
+    """``bias=False`` with "LN": a LayerNorm without bias (Cohere's LayerNorm: mean-centred, weight only, float32)."""
     if kind == "RMS":
         return RMSNorm(d, eps, offset)
     if offset:
         raise ValueError(f"norm_offset={offset} is only supported for RMS norms, not {kind!r}")
     if kind == "LN":
-        return LayerNorm(d, eps)
+        return LayerNorm(d, eps, bias=bias)
     raise ValueError(f"unknown normalization_type {kind!r}; expected 'RMS' or 'LN'")
