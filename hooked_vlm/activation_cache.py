@@ -9,7 +9,8 @@ without a word: ``pos_slice=-1`` kept the LAST IMAGE TOKEN of ``hook_image_embed
 batch size. Here:
 
 * LM entries (``[batch, pos, ...]``; ``[batch, head, q_pos, k_pos]`` for scores, pattern and mask) are sliced on
-  their batch / position axis, whatever their name;
+  their batch / position axis, whatever their name (a linear-attention state, ``[batch, head, d_k, d_v]``, has no
+  position axis: batch-sliced only);
 * per-image entries are never sliced by position (their positions are the tower's, not the sequence's); a batch
   slice keeps the images of the chosen items when the entry's leading dim is the batch's image count (or image
   token count), and keeps the entry whole otherwise (e.g. packed Qwen patches): ``cache.spans.layouts`` says which
@@ -30,6 +31,8 @@ PER_IMAGE_PREFIXES = ("vision.", "projector.")
 PER_IMAGE_TOKEN_POINTS = ("hook_image_embeds", "hook_deepstack")
 #: LM entries laid out [batch, head, q_pos, k_pos]: positions on axis 2; every other LM entry has them on axis 1
 QK_SUFFIXES = ("hook_attn_scores", "hook_pattern", "hook_mask")
+#: LM entries without a position axis: a linear-attention layer's state after the last position [batch, head, d_k, d_v]
+NO_POS_SUFFIXES = ("linear_attn.hook_state",)
 
 
 def is_per_image(name: str) -> bool:
@@ -45,10 +48,11 @@ def is_per_image_token(name: str) -> bool:
 
 
 def lm_pos_axis(name: str) -> int | None:
-    """Axis of the sequence position in an LM entry (batched layout); None for per-image entries."""
-    if is_per_image(name):
-        return None
+    """Axis of the sequence position in an LM entry (batched layout); None for per-image entries and LM entries
+    without positions (recurrent states)."""
     base = name[: -len("_grad")] if name.endswith("_grad") else name
+    if is_per_image(name) or base.endswith(NO_POS_SUFFIXES):
+        return None
     return 2 if base.endswith(QK_SUFFIXES) else 1
 
 

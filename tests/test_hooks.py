@@ -76,6 +76,22 @@ def test_hook_names_are_golden(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_lm_entries_have_batch_then_positions_where_the_cache_slices(family):
+    """The layout rule behind run_with_cache(pos_slice=...) and cache batch slicing (hooked_vlm.activation_cache):
+    every LM entry is [batch, ...] with the sequence on lm_pos_axis (none for recurrent states); the rest is the
+    image path (vision tower, projector, image embeddings). TL's own rule (by name) slices image tokens and heads."""
+    from hooked_vlm.activation_cache import is_per_image, lm_pos_axis
+
+    model, inputs = FAMILIES[family]()
+    _, cache = model.run_with_cache(**inputs)
+    b, n = inputs["input_ids"].shape
+    for name, value in cache.items():
+        if not is_per_image(name):
+            axis = lm_pos_axis(name)
+            assert value.shape[0] == b and (axis is None or value.shape[axis] == n), (name, tuple(value.shape))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_hook_fires(family):
     model, inputs = FAMILIES[family]()
     fired = set()
