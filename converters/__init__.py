@@ -33,6 +33,7 @@ def registry() -> dict[str, Converter]:
         _REGISTRY = {}
         for name in FAMILY_MODULES:
             conv = importlib.import_module(name).CONVERTER
+            conv.module = conv.module or name
             for arch in conv.architectures:
                 _REGISTRY[arch] = conv
     return _REGISTRY

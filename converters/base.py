@@ -177,3 +177,4 @@ class Converter:
     load_processor: Callable[[str], Any] | None = None  # folder -> processor (default: AutoProcessor)
     # (our config, processor or None) -> None: fill what only the processor knows (e.g. marker token ids)
     finalize: Callable[[HookedVLMConfig, Any], None] | None = None
+    module: str | None = None  # the family module that declares it (set by the registry)

@@ -209,6 +209,8 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
                 spans = spans.with_prefix_suffix(marks)
         self.run_state.spans = spans
         self.run_state.query_positions = torch.arange(past, past + q_len, device=self.device)
+        if self.cfg.text.embedding_multiplier != 1.0:  # Granite: the whole stream, image embeddings included
+            resid = resid * self.cfg.text.embedding_multiplier
         resid = self.hook_embed(resid)
 
         position_fn = self.cfg.extra.get("position_fn")
