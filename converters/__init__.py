@@ -22,6 +22,8 @@ FAMILY_MODULES = [
     "converters.paligemma",
     "converters.internvl",
     "converters.idefics2",
+    "converters.vipllava",
+    "converters.lighton_ocr",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -20,6 +20,7 @@ from tests import tiny, tiny_native
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
+from tests import tiny_llava_like as tll
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
@@ -72,6 +73,9 @@ CASES = [
     ("internvl-qwen3", functools.partial(tiv.internvl, "qwen3")),
     ("idefics2", ti2.idefics2),
     ("paligemma2", tpg.paligemma),  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
+    ("vipllava", tll.vipllava),
+    ("granite-vision", tll.granite_vision),
+    ("lighton-ocr", tll.lighton_ocr),
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -91,12 +95,24 @@ def _batch(b: tiny.Built, batch: str) -> dict:
 
 
 # Each forward below runs once per (case, batch[, path]) and is shared by the tests that check it.
+#: (case, batch) -> the input of HF's final LM norm in hf_run's forward: the last block's output
+_HF_LAST_BLOCK: dict[tuple[str, str], torch.Tensor] = {}
+
+
 @functools.lru_cache(maxsize=None)
 def hf_run(case_id: str, batch: str = "padded"):
-    """HF's forward (logits, hidden_states) on the case's padded or unpadded batch."""
+    """HF's forward (logits, hidden_states) on the case's padded or unpadded batch; the last block's output (HF's
+    final-norm input, which hidden_states does not hold) is kept for :func:`hf_last_block`."""
     b = built(case_id)
-    with torch.no_grad():
-        return b.hf(**_batch(b, batch), output_hidden_states=True)
+    with tiny.final_norm_input(b.hf) as seen, torch.no_grad():
+        out = b.hf(**_batch(b, batch), output_hidden_states=True)
+    _HF_LAST_BLOCK[case_id, batch] = seen["x"]
+    return out
+
+
+def hf_last_block(case_id: str, batch: str = "padded") -> torch.Tensor:
+    hf_run(case_id, batch)
+    return _HF_LAST_BLOCK[case_id, batch]
 
 
 @functools.lru_cache(maxsize=None)
@@ -201,10 +217,10 @@ def test_logits_and_residuals_match_hf(case_id, path):
     n = model.cfg.n_layers
     assert len(ref.hidden_states) == n + 1
     assert _max_diff(ref.hidden_states[0][real], cache["hook_embed"][real]) <= ATOL
-    for layer in range(n - 1):
+    for layer in range(n):  # HF's last hidden state is after the final norm: the last block's is its input
+        hf_state = ref.hidden_states[layer + 1] if layer < n - 1 else hf_last_block(case_id)
         ours = cache[f"blocks.{layer}.hook_resid_post"]
-        assert _max_diff(ref.hidden_states[layer + 1][real], ours[real]) <= ATOL, f"layer {layer}"
-    # HF's last hidden state is after the final norm
+        assert _max_diff(hf_state[real], ours[real]) <= ATOL, f"layer {layer}"
     assert _max_diff(ref.hidden_states[n][real], cache["ln_final.hook_normalized"][real]) <= ATOL
 
 
@@ -253,7 +269,8 @@ def test_greedy_generate_matches_hf(case_id):
 
 
 @pytest.mark.parametrize("case_id, batch", [("llava-llama-gqa", "padded"), ("llava-mistral-window", "padded"),
-                                            ("llava-mistral-window", "unpadded")])
+                                            ("llava-mistral-window", "unpadded"), ("vipllava", "padded"),
+                                            ("granite-vision", "padded"), ("lighton-ocr", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""
