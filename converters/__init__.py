@@ -48,7 +48,11 @@ def supported_architectures() -> list[str]:
 def get_converter(architecture: str) -> Converter:
     reg = registry()
     if architecture not in reg:
+        from .coverage import missing_parts
+
+        missing = missing_parts(architecture)
         raise UnsupportedConfigError(
             f"architecture {architecture!r} is not supported. Supported architectures: {', '.join(sorted(reg))}"
+            + (f". {architecture} lacks: {missing} (docs/families.md, coverage table)" if missing else "")
         )
     return reg[architecture]

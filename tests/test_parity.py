@@ -323,3 +323,12 @@ def test_rope_scaling_is_converted_and_changes_the_logits(case_id, monkeypatch):
     real = _real(inputs)
     # measured: linear 2.3e-2, yarn 3.3e-2, llama3 5.2e-3 (llama3 with the default init and 5-word prompts: 1.5e-5 < ATOL)
     assert _max_diff(hf_run(case_id).logits[real], unscaled[real]) > 10 * ATOL
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_case_is_listed_under_its_architecture_in_the_coverage_table(case_id):
+    """converters/coverage.py PARITY_CASES (the docs' coverage table) names each case under the architecture its
+    model really has (the builds are the cached ones above)."""
+    from converters.coverage import PARITY_CASES
+
+    assert case_id in PARITY_CASES[built(case_id).model.cfg.architecture]
