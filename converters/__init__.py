@@ -24,6 +24,7 @@ FAMILY_MODULES = [
     "converters.idefics2",
     "converters.vipllava",
     "converters.lighton_ocr",
+    "converters.llava_next_video",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -64,6 +64,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "PaliGemmaForConditionalGeneration": ("paligemma2",),
     "VipLlavaForConditionalGeneration": ("vipllava",),
     "LightOnOcrForConditionalGeneration": ("lighton-ocr",),
+    "LlavaNextVideoForConditionalGeneration": ("next-video-clip",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -76,6 +77,8 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
     ("Mistral3ForConditionalGeneration", "Pixtral tower + RMSNorm + patch merger", "`row_break`, `eoi`"),
     ("VipLlavaForConditionalGeneration", "CLIP, several layers concatenated, LayerNorm + MLP projector, Llama", ""),
     ("LightOnOcrForConditionalGeneration", "Pixtral tower + RMSNorm + patch merger + bias-free MLP, Qwen3 LM", ""),
+    ("LlavaNextVideoForConditionalGeneration", "images: LLaVA-NeXT's path (anyres, CLIP, Llama); video inputs refused "
+     "(the pooled video path is not converted)", "`row_break`, tile of each token"),
     ("Qwen2VLForConditionalGeneration", "packed ViT, patch merger, M-RoPE (3-D positions computed as HF)", "`boi`, `eoi`"),
     ("Qwen2_5_VLForConditionalGeneration", "+ window attention, RMSNorm/SwiGLU ViT", "`boi`, `eoi`"),
     ("Idefics3ForConditionalGeneration", "SigLIP (NaViT patch mask), pixel shuffle, image splitting",
@@ -170,7 +173,6 @@ REFUSED: dict[str, str] = {
     "Lfm2VlForConditionalGeneration": "the LFM2 LM (short-convolution layers; issue 24)",
     "Lfm3VlForConditionalGeneration": "the LFM3 LM and its short-convolution vision tower",
     "Llama4ForConditionalGeneration": "the Llama 4 LM (chunked attention, MoE, no-RoPE layers) and its vision tower",
-    "LlavaNextVideoForConditionalGeneration": "its video path (pooled video features; the image path is LLaVA-NeXT's)",
     "MiniCPMOcrForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniCPMV4_6ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniCPMV4_7ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",

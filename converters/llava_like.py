@@ -63,6 +63,7 @@ class LlavaLike:
     role_extra: Callable[[Any], dict[str, tuple[int, ...]]] | None = None  # more named token roles
     legacy_vocab_size: bool = True  # a top-level copy of text_config.vocab_size is accepted when equal
     ignored: dict[str, str] | None = None  # top-level fields HF never reads, with the reason
+    ignored_tensors: tuple[tuple[str, str], ...] = ()  # (regex, reason): checkpoint tensors deliberately not loaded
 
     def config(self, hf: Any) -> HookedVLMConfig:
         where = type(hf).__name__
@@ -101,7 +102,7 @@ class LlavaLike:
             aliases=list(self.aliases) + tower.aliases(self.tower_prefix),
             rules=lm.rules(self.lm_prefix) + tower.rules(self.tower_prefix)
             + projector_part(parts["projector"]).rules(self.projector_prefix),
-            ignored=tower.ignored(self.tower_prefix),
+            ignored=tower.ignored(self.tower_prefix) + list(self.ignored_tensors),
         )
 
     def finalize(self, cfg: HookedVLMConfig, processor: Any) -> None:

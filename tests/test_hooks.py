@@ -60,6 +60,7 @@ FAMILIES = {
     "vipllava": _from_factory(tll.vipllava),
     "granite_vision": _from_factory(tll.granite_vision),
     "lighton_ocr": _from_factory(tll.lighton_ocr),
+    "llava_next_video": _from_factory(tll.llava_next_video),
 }
 
 

@@ -6,6 +6,7 @@ multipliers), ``lighton_ocr`` (Pixtral tower, RMSNorm + patch merger + bias-free
 are laid out as each family's real processor lays them out: the VipLlava batch IS the LlavaProcessor's output (left
 padding), LLaVA-NeXT's token counts come from HF's own packing (tiny_next_pixtral.anyres_batch), LightOnOcr's are
 ``[IMG] x (rows * cols)`` of the merged grid, no row breaks (LightOnOcrProcessor.replace_image_token).
+``llava_next_video``: LLaVA-NeXT-Video's image path (CLIP, Llama), with the conv video pooler in the checkpoint.
 """
 
 from __future__ import annotations
@@ -126,3 +127,22 @@ def lighton_ocr() -> Built:
     inputs = lighton_batch(hf, [(16, 8), (8, 12), (4, 4)], per_item=[1, 2], pad_left=[3, 0])
     unpadded = lighton_batch(hf, [(16, 8), (16, 8)], [1, 1], [0, 0], seed=1)
     return load(folder, hf, inputs, unpadded, None)
+
+
+# ---------------------------------------------------------------- LLaVA-NeXT-Video (images; the video pooler unused)
+def make_llava_next_video(seed: int = 0):
+    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    config = LlavaNextVideoConfig(text_config=llama_text_config(num_key_value_heads=2), vision_config=tnp.clip_vision(),
+                                  image_token_id=IMAGE_TOKEN, video_token_id=tnp.VIDEO_TOKEN, vision_feature_layer=-2,
+                                  vision_feature_select_strategy="default", image_grid_pinpoints=tnp.PINPOINTS,
+                                  spatial_pool_mode="conv", spatial_pool_stride=2)
+    return tnp._save(config, LlavaNextVideoForConditionalGeneration, "tiny_next_video_", seed)
+
+
+@functools.lru_cache(maxsize=None)
+def llava_next_video() -> Built:
+    folder, hf = make_llava_next_video()
+    inputs = tnp.anyres_batch(hf, [(8, 13), (15, 6), (20, 21)], per_item=[1, 2], pad_left=[4, 0])
+    unpadded = tnp.anyres_batch(hf, [(8, 13), (8, 13)], [1, 1], [0, 0], seed=1)
+    return load(folder, hf, inputs, unpadded, tnp.next_processor())
