@@ -25,6 +25,7 @@ FAMILY_MODULES = [
     "converters.vipllava",
     "converters.lighton_ocr",
     "converters.llava_next_video",
+    "converters.deepseek_vl",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -65,6 +65,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "VipLlavaForConditionalGeneration": ("vipllava",),
     "LightOnOcrForConditionalGeneration": ("lighton-ocr",),
     "LlavaNextVideoForConditionalGeneration": ("next-video-clip",),
+    "DeepseekVLForConditionalGeneration": ("deepseek-vl",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -79,6 +80,8 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
     ("LightOnOcrForConditionalGeneration", "Pixtral tower + RMSNorm + patch merger + bias-free MLP, Qwen3 LM", ""),
     ("LlavaNextVideoForConditionalGeneration", "images: LLaVA-NeXT's path (anyres, CLIP, Llama); video inputs refused "
      "(the pooled video path is not converted)", "`row_break`, tile of each token"),
+    ("DeepseekVLForConditionalGeneration", "DeepSeek-VL: SigLIP read after post_layernorm, linear1 / GELU / linear2 "
+     "aligner, Llama", ""),
     ("Qwen2VLForConditionalGeneration", "packed ViT, patch merger, M-RoPE (3-D positions computed as HF)", "`boi`, `eoi`"),
     ("Qwen2_5_VLForConditionalGeneration", "+ window attention, RMSNorm/SwiGLU ViT", "`boi`, `eoi`"),
     ("Idefics3ForConditionalGeneration", "SigLIP (NaViT patch mask), pixel shuffle, image splitting",
@@ -204,7 +207,6 @@ REFUSED: dict[str, str] = {
     "UnlimitedOcrForConditionalGeneration": "the SAM vision encoder and the DeepSeek MoE LM",
     "VideoLlama3ForConditionalGeneration": "the VideoLLaMA 3 NaViT tower (2-D RoPE) and its video token compression",
     "VideoLlavaForConditionalGeneration": "its video tower path (the image path is LLaVA's: CLIP + MLP + Llama)",
-    "DeepseekVLForConditionalGeneration": "a SigLIP tower read after post_layernorm inside a LLaVA-like declaration",
 }
 
 

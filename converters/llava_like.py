@@ -63,7 +63,8 @@ class LlavaLike:
     role_extra: Callable[[Any], dict[str, tuple[int, ...]]] | None = None  # more named token roles
     legacy_vocab_size: bool = True  # a top-level copy of text_config.vocab_size is accepted when equal
     ignored: dict[str, str] | None = None  # top-level fields HF never reads, with the reason
-    ignored_tensors: tuple[tuple[str, str], ...] = ()  # (regex, reason): checkpoint tensors deliberately not loaded
+    ignored_tensors: tuple[tuple[str, str], ...] = ()
+    last_hidden_state: bool = False  # HF reads the tower's last_hidden_state (after its final norm), not hidden_states  # (regex, reason): checkpoint tensors deliberately not loaded
 
     def config(self, hf: Any) -> HookedVLMConfig:
         where = type(hf).__name__
@@ -71,7 +72,7 @@ class LlavaLike:
         if self.legacy_vocab_size:
             check_legacy_vocab_size(hf)
         tc, vc = hf.text_config, hf.vision_config
-        tower = tower_part(vc, self.towers, where)
+        tower = tower_part(vc, self.towers, where, self.last_hidden_state)
         lm = lm_part(tc, self.lms, where)
         if self.check is not None:
             self.check(hf)
@@ -98,6 +99,7 @@ class LlavaLike:
     def keymap(self, cfg: HookedVLMConfig) -> KeyMap:
         parts = cfg.extra["parts"]
         tower, lm = TOWER_PARTS[parts["tower"]], LM_PARTS[parts["lm"]]
+        tower = tower.last_hidden_state if self.last_hidden_state else tower
         return KeyMap(
             aliases=list(self.aliases) + tower.aliases(self.tower_prefix),
             rules=lm.rules(self.lm_prefix) + tower.rules(self.tower_prefix)

@@ -22,7 +22,8 @@ from hooked_vlm.config import ProjectorConfig, TowerConfig, VisionConfig
 from ._clip import CLIP_VISION_FIELDS, clip_aliases, clip_ignored, clip_rules, clip_vision_config
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
-from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_rules, siglip_vision_config
+from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
+from ._vit import post_layernorm_rules
 from .base import UnsupportedConfigError
 
 Rules = Callable[[str], list[tuple[str, str]]]
@@ -54,6 +55,8 @@ class TowerPart:
     ignored: Rules = _none
     pipeline: dict[str, Any] = field(default_factory=lambda: {"image_pipeline": "vit_mlp"})
     finalize: Callable[[Any, Any], None] | None = None
+    # the same tower read at its last_hidden_state (after its final norm), for families that read that
+    last_hidden_state: "TowerPart | None" = None
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,22 @@ def _pixtral_config(vc: Any, feature_layers: tuple[int, ...], feature_select: st
     return pixtral_vision_config(vc, feature_layers)
 
 
+def _siglip_last_hidden(vc: Any, feature_layers: tuple[int, ...], feature_select: str) -> VisionConfig:
+    if tuple(feature_layers) != (-1,) or feature_select != "full":
+        raise UnsupportedConfigError(f"a SigLIP tower read at last_hidden_state gives every patch of its last layer; "
+                                     f"feature layers {feature_layers} / selection {feature_select!r} do not apply")
+    return siglip_last_hidden_config(vc)
+
+
 TOWER_PARTS: dict[str, TowerPart] = {
     "clip_vision_model": TowerPart(config=clip_vision_config, rules=clip_rules, aliases=clip_aliases,
                                    ignored=clip_ignored, fields=frozenset(CLIP_VISION_FIELDS)),
-    "siglip_vision_model": TowerPart(config=siglip_vision_config, rules=siglip_rules, ignored=siglip_ignored,
-                                     fields=frozenset(SIGLIP_VISION_FIELDS)),
+    "siglip_vision_model": TowerPart(
+        config=siglip_vision_config, rules=siglip_rules, ignored=siglip_ignored, fields=frozenset(SIGLIP_VISION_FIELDS),
+        last_hidden_state=TowerPart(
+            config=_siglip_last_hidden, rules=lambda p: siglip_rules(p) + post_layernorm_rules(p),
+            ignored=lambda p: [(k, why) for k, why in siglip_ignored(p) if "post_layernorm" not in k],
+            fields=frozenset(SIGLIP_VISION_FIELDS))),
     # images of any size packed into one block-diagonal sequence; [IMG_BREAK] / [IMG_END] from the tokenizer
     "pixtral": TowerPart(config=_pixtral_config, rules=pixtral_rules, fields=frozenset(PIXTRAL_VISION_FIELDS),
                          pipeline={"image_pipeline": "pixtral", "input_keys": ("image_sizes",)},
@@ -110,12 +124,19 @@ TOWER_PARTS: dict[str, TowerPart] = {
 }
 
 
-def tower_part(vc: Any, accepted: tuple[str, ...], where: str) -> TowerPart:
+def tower_part(vc: Any, accepted: tuple[str, ...], where: str, last_hidden_state: bool = False) -> TowerPart:
+    """The part for ``vc.model_type``; ``last_hidden_state``: its variant read after the tower's final norm."""
     if vc.model_type not in accepted or vc.model_type not in TOWER_PARTS:
         raise UnsupportedConfigError(
             f"{where}: vision_config.model_type={vc.model_type!r} is a tower this converter does not build; "
             f"supported: {', '.join(k for k in accepted if k in TOWER_PARTS)}")
-    return TOWER_PARTS[vc.model_type]
+    part = TOWER_PARTS[vc.model_type]
+    if last_hidden_state:
+        if part.last_hidden_state is None:
+            raise UnsupportedConfigError(f"{where}: a {vc.model_type!r} tower read at its last_hidden_state is not "
+                                         "implemented")
+        return part.last_hidden_state
+    return part
 
 
 # ---------------------------------------------------------------- projectors
@@ -128,7 +149,8 @@ def _mlp(kind: str) -> Callable[[int, int, dict[str, Any]], ProjectorConfig]:
 
 
 def _linears(prefix: str) -> list[tuple[str, str]]:
-    return [(rf"{re.escape(prefix)}\.(linear_1|linear_2)\.(weight|bias)", r"projector.\1.\2")]
+    """linear_1 / linear_2 (DeepSeek-VL's aligner: linear1 / linear2)."""
+    return [(rf"{re.escape(prefix)}\.linear_?(1|2)\.(weight|bias)", r"projector.linear_\1.\2")]
 
 
 PROJECTOR_PARTS: dict[str, ProjectorPart] = {

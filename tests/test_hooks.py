@@ -61,6 +61,7 @@ FAMILIES = {
     "granite_vision": _from_factory(tll.granite_vision),
     "lighton_ocr": _from_factory(tll.lighton_ocr),
     "llava_next_video": _from_factory(tll.llava_next_video),
+    "deepseek_vl": _from_factory(tll.deepseek_vl),
 }
 
 

@@ -77,6 +77,7 @@ CASES = [
     ("granite-vision", tll.granite_vision),
     ("lighton-ocr", tll.lighton_ocr),
     ("next-video-clip", tll.llava_next_video),
+    ("deepseek-vl", tll.deepseek_vl),
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -272,7 +273,7 @@ def test_greedy_generate_matches_hf(case_id):
 @pytest.mark.parametrize("case_id, batch", [("llava-llama-gqa", "padded"), ("llava-mistral-window", "padded"),
                                             ("llava-mistral-window", "unpadded"), ("vipllava", "padded"),
                                             ("granite-vision", "padded"), ("lighton-ocr", "padded"),
-                                            ("next-video-clip", "padded")])
+                                            ("next-video-clip", "padded"), ("deepseek-vl", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

@@ -87,7 +87,8 @@ SCRIPT = textwrap.dedent(
               "qwen3vl": built(tq3.qwen3vl), "qwen3vl_moe": built(lambda: tq3.qwen3vl(moe=True)),
               "internvl": built(tiv.internvl), "idefics2": ti2.idefics2_case, "paligemma": tpg.paligemma_case,
               "vipllava": built(tll.vipllava), "granite_vision": built(tll.granite_vision),
-              "lighton_ocr": built(tll.lighton_ocr), "llava_next_video": built(tll.llava_next_video)}}
+              "lighton_ocr": built(tll.lighton_ocr), "llava_next_video": built(tll.llava_next_video),
+              "deepseek_vl": built(tll.deepseek_vl)}}
     models = {{}}
     for fam, case in cases.items():
         folder, hf, inputs = case()

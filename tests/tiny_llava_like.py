@@ -7,6 +7,8 @@ are laid out as each family's real processor lays them out: the VipLlava batch I
 padding), LLaVA-NeXT's token counts come from HF's own packing (tiny_next_pixtral.anyres_batch), LightOnOcr's are
 ``[IMG] x (rows * cols)`` of the merged grid, no row breaks (LightOnOcrProcessor.replace_image_token).
 ``llava_next_video``: LLaVA-NeXT-Video's image path (CLIP, Llama), with the conv video pooler in the checkpoint.
+``deepseek_vl``: SigLIP read after post_layernorm, linear1 / GELU / linear2 aligner, tied Llama; the image token
+repeated once per patch (DeepseekVLProcessor's layout).
 """
 
 from __future__ import annotations
@@ -146,3 +148,31 @@ def llava_next_video() -> Built:
     inputs = tnp.anyres_batch(hf, [(8, 13), (15, 6), (20, 21)], per_item=[1, 2], pad_left=[4, 0])
     unpadded = tnp.anyres_batch(hf, [(8, 13), (8, 13)], [1, 1], [0, 0], seed=1)
     return load(folder, hf, inputs, unpadded, tnp.next_processor())
+
+
+# ---------------------------------------------------------------- DeepSeek-VL (SigLIP after post_layernorm + aligner)
+def make_deepseek_vl(seed: int = 0):
+    from transformers import DeepseekVLConfig, DeepseekVLForConditionalGeneration
+
+    config = DeepseekVLConfig(text_config=llama_text_config(num_key_value_heads=2),
+                              vision_config=tnp.siglip_vision(vision_use_head=False), image_token_id=IMAGE_TOKEN)
+    return tnp._save(config, DeepseekVLForConditionalGeneration, "tiny_deepseek_vl_", seed)
+
+
+def deepseek_vl_batch(hf: Any, images: list[int], pad_left: list[int], seed: int = 0) -> dict:
+    """DeepseekVLProcessor's layout: num_image_tokens (the whole patch grid, no class token, no markers) x the image
+    token per image, between words."""
+    g = torch.Generator().manual_seed(seed)
+    vc = hf.config.vision_config
+    runs = [[[IMAGE_TOKEN] * (vc.image_size // vc.patch_size) ** 2 for _ in range(k)] for k in images]
+    input_ids, mask = pad_rows(tnp._rows(runs, g), pad_left)
+    pixel_values = torch.randn(sum(images), 3, vc.image_size, vc.image_size, generator=g)
+    return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values)
+
+
+@functools.lru_cache(maxsize=None)
+def deepseek_vl() -> Built:
+    folder, hf = make_deepseek_vl()
+    inputs = deepseek_vl_batch(hf, [1, 2], [3, 0])
+    unpadded = deepseek_vl_batch(hf, [1, 1], [0, 0], seed=1)
+    return load(folder, hf, inputs, unpadded, None)
