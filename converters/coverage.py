@@ -17,7 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 
 _CLASS = re.compile(r"^class (\w+For(?:ConditionalGeneration|CausalLM|VisionText2Text))\(", re.M)
-IMAGE_ARGS = ("pixel_values", "image_pixel_values", "flattened_patches")
+#: image inputs of generation forwards (Phi-4-multimodal: image_pixel_values; Pix2Struct: flattened_patches; in older
+#: transformers Fuyu's image_patches and Video-LLaVA's pixel_values_images)
+IMAGE_ARGS = ("pixel_values", "image_pixel_values", "flattened_patches", "image_patches", "pixel_values_images")
 
 
 @lru_cache(maxsize=None)
@@ -223,7 +225,10 @@ def missing_parts(architecture: str) -> str | None:
 
 def coverage_rows(registered: set[str]) -> list[str]:
     """docs/families.md's table: every discovered class (and every registered one), its status and evidence."""
-    rows = ["| HF class | transformers folder | status | parity cases (tests/test_parity.py CASES) / missing part |",
+    import transformers
+
+    rows = [f"transformers {transformers.__version__}:", "",
+            "| HF class | transformers folder | status | parity cases (tests/test_parity.py CASES) / missing part |",
             "|---|---|---|---|"]
     classes = {**vision_generation_classes(), **{a: "" for a in registered if a not in vision_generation_classes()}}
     for cls in sorted(classes, key=str.lower):

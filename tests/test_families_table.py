@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from converters import supported_architectures
 from converters.coverage import PARITY_CASES, REFUSED, SUPPORTED_NOTES, coverage_rows, readme_rows, status, \
     vision_generation_classes
@@ -52,9 +54,13 @@ def test_parity_cases_are_the_cases_of_test_parity():
 
 
 def test_no_refusal_is_empty_or_stale():
+    """Every refused class that this transformers defines is one the discovery finds (an entry for a class that is not
+    a vision-input generation class would be stale); classes of newer transformers only are allowed."""
+    import transformers
+
     assert all(reason.strip() for reason in REFUSED.values())
-    # a refused class must be one transformers has (a stale entry would be listed as a class that does not exist)
-    assert sorted(set(REFUSED) - set(vision_generation_classes())) == []
+    found = vision_generation_classes()
+    assert sorted(c for c in REFUSED if c not in found and hasattr(transformers, c)) == []
 
 
 def test_inspect_names_the_missing_parts_of_a_refused_family():
@@ -73,7 +79,12 @@ def _block(path: Path, markers: tuple[str, str]) -> list[str]:
 
 
 def test_committed_tables_are_the_computed_ones():
-    assert _block(DOCS, DOCS_MARKERS) == coverage_rows(REGISTERED), "stale: python -m tests.test_families_table --write"
+    import transformers
+
+    committed = _block(DOCS, DOCS_MARKERS)
+    if committed[0] != f"transformers {transformers.__version__}:":  # the table lists the classes of one version
+        pytest.skip(f"docs/families.md was generated with {committed[0][:-1]}; this is {transformers.__version__}")
+    assert committed == coverage_rows(REGISTERED), "stale: python -m tests.test_families_table --write"
     assert _block(README, README_MARKERS) == readme_rows(), "stale: python -m tests.test_families_table --write"
 
 
