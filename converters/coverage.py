@@ -127,7 +127,8 @@ REFUSED: dict[str, str] = {
     "BlipForConditionalGeneration": "BLIP's BERT text decoder (cross-attention to the image), " + _ENC_DEC,
     "Cohere2VisionForConditionalGeneration": "the Cohere2 LM part and Cohere2Vision's pixel-shuffle SwiGLU projector",
     "CohereCompassForConditionalGeneration": "the CohereCompass LM and its packed rotary vision tower",
-    "Cosmos3EdgeForConditionalGeneration": "the Cosmos3Edge vision tower and patch merger",
+    "Cosmos3EdgeForConditionalGeneration": "the Cosmos3Edge vision tower, patch merger and text model (own classes, not "
+                                           "registered parts)",
     "Cosmos3OmniForConditionalGeneration": "Cosmos3Omni's multimodal (audio / video) thinker around a Qwen3-VL tower",
     "DeepseekOcr2ForConditionalGeneration": "the SAM vision encoder (windowed attention with relative positions, conv "
                                             "neck) and the DeepSeek MoE LM",
@@ -135,8 +136,8 @@ REFUSED: dict[str, str] = {
     "Dots3NoteForConditionalGeneration": "its MoE vision tower, audio encoder and indexed-attention MoE LM",
     "Ernie4_5_VLMoeForConditionalGeneration": "the Ernie 4.5 multimodal MoE LM (modality-routed experts) and its "
                                               "variable-resolution resampler",
-    "Exaone4_5_ForConditionalGeneration": "the EXAONE 4 LM part (QK-reorder post-norm layers, hybrid sliding / global "
-                                          "attention) and the Exaone 4.5 packed vision tower (3-D RoPE)",
+    "Exaone4_5_ForConditionalGeneration": "the EXAONE 4 LM part (exaone4: post-sublayer RMSNorms only, q/k norms, sliding / "
+                                          "global layer_types) and the Exaone 4.5 packed vision tower + patch merger",
     "FastVlmForConditionalGeneration": _TIMM + " (FastViTHD)",
     "Florence2ForConditionalGeneration": "the DaViT tower and the BART LM, " + _ENC_DEC,
     "FuyuForCausalLM": "Fuyu's linear patch embedding straight into a Persimmon LM (no vision tower; the Persimmon LM "
@@ -160,9 +161,10 @@ REFUSED: dict[str, str] = {
     "GotOcr2ForConditionalGeneration": "the SAM vision encoder (windowed attention with relative positions, conv neck)",
     "Granite4VisionForConditionalGeneration": "its Q-Former (blip_2_qformer) projector",
     "GraniteDoclingForConditionalGeneration": "its DeepStack connector with a density router and its vision tower",
-    "HunYuanVLForConditionalGeneration": "the HunYuan dense LM part (xdrope, q/k norms after RoPE) and the HunYuanVL "
-                                         "vision tower / patch merger",
-    "HyperCLOVAXVisionV2ForConditionalGeneration": "the HyperCLOVAX LM part (Qwen2.5-VL tower exists, the LM does not)",
+    "HunYuanVLForConditionalGeneration": "the HunYuan dense LM part (HunYuanVLDenseV1Attention: q/k RMSNorms, multimodal "
+                                         "rotary) and the HunYuanVL vision tower / patch merger",
+    "HyperCLOVAXVisionV2ForConditionalGeneration": "the HyperCLOVAX LM part (model_type hyperclovax); its Qwen2.5-VL "
+                                                   "tower is one we convert inside Qwen2.5-VL",
     "IdeficsForVisionText2Text": "Idefics 1's gated cross-attention layers and perceiver (cross-attention mixer "
                                  "not converted yet)",
     "Inkling2ForConditionalGeneration": "the Inkling 2 LM (dynamic short convolutions, soft-capped SwiGLU MoE, block "
@@ -184,8 +186,8 @@ REFUSED: dict[str, str] = {
     "MiniMaxM3SparseForConditionalGeneration": "the MiniMax M3 sparse-attention MoE LM and its vision tower",
     "MistralLarge4ForConditionalGeneration": "the Mistral Large 4 LM (indexed sparse attention, MoE)",
     "MllamaForConditionalGeneration": "cross-attention layers to the image (Mllama) and its tiled vision tower",
-    "Molmo2ForConditionalGeneration": "Molmo 2's vision adapter (attention pooling over patch windows) and its LM "
-                                      "part (q/k norms, fused qkv)",
+    "Molmo2ForConditionalGeneration": "Molmo 2's adapter (Molmo2Adapter: attention pooling of the patch windows named by "
+                                      "pooled_patches_idx, over concatenated feature layers) and its vision / text parts",
     "MuseGlimmerForConditionalGeneration": "the Muse LM (centred RMS norms, normed embeddings) and its vision adapter",
     "MuseSparkForConditionalGeneration": "the Muse Spark MoE LM (residual gates) and its audio / vision encoders",
     "Ovis2ForConditionalGeneration": "Ovis 2's visual embedding table (softmax over visual words, probabilities x "
@@ -196,7 +198,8 @@ REFUSED: dict[str, str] = {
     "PerceptionLMForConditionalGeneration": _TIMM + " (Perception Encoder)",
     "Phi4MultimodalForCausalLM": "Phi-4-multimodal's LoRA adapters per modality and its SigLIP-2 HD transform",
     "Pix2StructForConditionalGeneration": "Pix2Struct's flattened-patch encoder and its T5-style decoder, " + _ENC_DEC,
-    "QianfanOCRForConditionalGeneration": "the Qianfan vision tower (drop-path InternViT variant) projector layout",
+    "QianfanOCRForConditionalGeneration": "its InternViT-style tower (qianfan_ocr_vision: layer scale, drop-path) is not a "
+                                          "tower part yet; projector and Qwen3 LM are InternVL's kind (a candidate)",
     "Qwen2_5OmniThinkerForConditionalGeneration": "the Omni thinker's audio encoder and TMRoPE (time-aligned 3-D "
                                                   "positions)",
     "Qwen3OmniMoeThinkerForConditionalGeneration": "the Omni MoE thinker's audio encoder and TMRoPE",
