@@ -12,8 +12,9 @@ VIDEO_REFUSAL = ("video inputs are not converted for LLaVA-NeXT-Video (its poole
 
 CONVERTER = LlavaLike(
     architecture="LlavaNextVideoForConditionalGeneration",
+    # the video path's (refused at run time); spatial_pool_out_channels: read by getattr in the conv pooler only
     fields=ANYRES_FIELDS | {"video_token_index", "video_token_id", "spatial_pool_mode", "spatial_pool_stride",
-                            "video_seq_length"},  # the video path's, which is refused at run time
+                            "spatial_pool_out_channels", "video_seq_length"},
     towers=("clip_vision_model", "siglip_vision_model"),
     projector="anyres_mlp",
     aliases=ANYRES_ALIASES + ((r"^vision_resampler\.", "model.vision_resampler."),),
