@@ -142,12 +142,9 @@ _ENC_DEC = "an encoder-decoder (the text decoder cross-attends to the image enco
 REFUSED: dict[str, str] = {
     "AriaForConditionalGeneration": "Aria's MoE LM (aria_text) and its cross-attention projector (learned queries "
                                     "attending to the image patches)",
-    "AyaVisionForConditionalGeneration": "the Cohere2 LM part (parallel attention + MLP block, sliding / global "
-                                         "layers) and AyaVision's pixel-shuffle SwiGLU projector",
     "Blip2ForConditionalGeneration": "the Q-Former projector (learned queries cross-attending to the tower) and the "
                                      "OPT / T5 LM parts",
     "BlipForConditionalGeneration": "BLIP's BERT text decoder (cross-attention to the image), " + _ENC_DEC,
-    "Cohere2VisionForConditionalGeneration": "the Cohere2 LM part and Cohere2Vision's pixel-shuffle SwiGLU projector",
     "CohereCompassForConditionalGeneration": "the CohereCompass LM and its packed rotary vision tower",
     "Cosmos3EdgeForConditionalGeneration": "the Cosmos3Edge vision tower, patch merger and text model (own classes, not "
                                            "registered parts)",
@@ -199,7 +196,6 @@ REFUSED: dict[str, str] = {
     "Kosmos2ForConditionalGeneration": "Kosmos-2's image-to-text resampler and its sinusoidal-position LM",
     "Kosmos2_5ForConditionalGeneration": "Kosmos-2.5's Pix2Struct-style flattened-patch encoder and its resampler "
                                          "and sinusoidal-position LM",
-    "Lfm2VlForConditionalGeneration": "the LFM2 LM (short-convolution layers; issue 24)",
     "Lfm3VlForConditionalGeneration": "the LFM3 LM and its short-convolution vision tower",
     "Llama4ForConditionalGeneration": "the Llama 4 LM (chunked attention, MoE, no-RoPE layers) and its vision tower",
     "MiniCPMOcrForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
@@ -225,8 +221,6 @@ REFUSED: dict[str, str] = {
     "Qwen2_5OmniThinkerForConditionalGeneration": "the Omni thinker's audio encoder and TMRoPE (time-aligned 3-D "
                                                   "positions)",
     "Qwen3OmniMoeThinkerForConditionalGeneration": "the Omni MoE thinker's audio encoder and TMRoPE",
-    "Qwen3_5ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet linear-attention layers; issue 24)",
-    "Qwen3_5MoeForConditionalGeneration": "the Qwen3.5 MoE LM (Gated DeltaNet layers, shared experts; issue 24)",
     "Qwen4ExpForConditionalGeneration": "the Qwen4-Exp LM (Gated DeltaNet, n-gram embeddings, per-layer inputs)",
     "Step3p7ForConditionalGeneration": "the Step 3 MoE LM and its vision tower",
     "T5Gemma2ForConditionalGeneration": "the T5Gemma 2 encoder-decoder, " + _ENC_DEC,

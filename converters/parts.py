@@ -19,8 +19,10 @@ from typing import Any, Callable
 
 from hooked_vlm.config import ProjectorConfig, TowerConfig, VisionConfig
 
+from ._cohere2 import COHERE2_FIELDS, COHERE_FIELDS, cohere2_rules, cohere2_text_config, cohere_text_config
 from ._clip import CLIP_VISION_FIELDS, clip_aliases, clip_ignored, clip_rules, clip_vision_config
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
+from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
 from ._vit import post_layernorm_rules
@@ -80,6 +82,11 @@ LM_PARTS: dict[str, LMPart] = {
     "qwen2": _decoder_part("qwen2"),
     "qwen3": _decoder_part("qwen3", qk_norm=True),
     "granite": _decoder_part("granite"),
+    # Cohere2 (Aya Vision 8B, Cohere2 Vision: parallel block, NoPE global layers) and Cohere (Aya Vision 32B)
+    "cohere2": LMPart(config=cohere2_text_config, rules=cohere2_rules, fields=frozenset(COHERE2_FIELDS)),
+    "cohere": LMPart(config=cohere_text_config, rules=cohere2_rules, fields=frozenset(COHERE_FIELDS)),
+    # LFM2 (LFM2-VL): short-convolution + attention layers
+    "lfm2": LMPart(config=lfm2_config, rules=lfm2_rules, fields=frozenset(LFM2_FIELDS)),
 }
 
 
