@@ -36,7 +36,7 @@ def make_vipllava(seed: int = 0):
     from transformers import VipLlavaConfig, VipLlavaForConditionalGeneration
 
     config = VipLlavaConfig(text_config=llama_text_config(), vision_config=tiny.clip_vision_config(num_hidden_layers=4),
-                            image_token_index=IMAGE_TOKEN, vision_feature_layer=[-2, -5, 1],
+                            image_token_index=IMAGE_TOKEN, vision_feature_layers=[-2, -5, 1],
                             projector_layernorm_eps=1e-5)
     return tnp._save(config, VipLlavaForConditionalGeneration, "tiny_vipllava_", seed)
 
