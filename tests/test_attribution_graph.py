@@ -41,13 +41,16 @@ def gemma2_case():
 
 
 CASES = {"llava": llava_case, "gemma3": gemma3_case, "gemma2": gemma2_case}
+#: (case, variant) pairs whose graphs are built (once each: graph_of caches them)
+GRAPHS = [("llava", "plt"), ("llava", "skip_jumprelu"), ("llava", "clt_skip"), ("gemma3", "skip_jumprelu"),
+          ("gemma3", "clt_skip"), ("gemma2", "plt"), ("gemma2", "clt_skip")]
 
 
 @functools.lru_cache(maxsize=None)
-def graph_of(case: str, variant: str, **kw):
+def graph_of(case: str, variant: str):
     model, inputs = CASES[case]()
-    ts = tt.random_set(model, **VARIANTS[variant])
-    return model, inputs, ts, attribution_graph(model, inputs, ts, batch_size=16)
+    ts = tt.random_set(model, d_sae=16, **VARIANTS[variant])
+    return model, inputs, ts, attribution_graph(model, inputs, ts, batch_size=64)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -63,11 +66,10 @@ def test_frozen_replacement_with_errors_reproduces_the_model(case, variant):
     assert (replacement_logits(model, inputs, ts, errors=False) - want).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("case, variant", GRAPHS)
 def test_every_row_sums_to_its_target(case, variant):
     model, inputs, ts, g = graph_of(case, variant)
-    assert g.n_features > 50 and g.n_features == g.n_active
+    assert g.n_features > 30 and g.n_features == g.n_active
     residual = g.adjacency.sum(1) + g.bias - g.values
     # feature rows: incoming edges + constant = the encoder pre-activation of the clean run
     assert residual[: g.n_features].abs().max() <= 1e-4
@@ -95,7 +97,7 @@ def test_every_row_sums_to_its_target(case, variant):
 def test_without_biases_the_constant_is_the_encoder_bias(case):
     """A model without biases and transcoders without b_dec: the constant of a feature row is exactly b_enc."""
     model, inputs = CASES[case]()
-    ts = tt.random_set(model, b_dec=False, skip=True)
+    ts = tt.random_set(model, d_sae=8, b_dec=False, skip=True)
     g = attribution_graph(model, inputs, ts, batch_size=64)
     b_enc = torch.stack([ts.b_enc[l][f] for l, _, f in g.features.tolist()])
     assert (g.feature_bias - b_enc).abs().max() <= 1e-6
@@ -103,8 +105,7 @@ def test_without_biases_the_constant_is_the_encoder_bias(case):
     assert g.logit_bias.abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("variant", ["plt", "clt_skip"])
+@pytest.mark.parametrize("case, variant", [("llava", "plt"), ("gemma3", "clt_skip"), ("gemma2", "plt")])
 def test_zeroing_a_feature_changes_what_the_graph_predicts(case, variant):
     model, inputs, ts, g = graph_of(case, variant)
     run = clean_run(model, inputs, ts)
@@ -142,7 +143,7 @@ def test_max_feature_nodes_keeps_the_most_influential_rows_unchanged():
 
 def test_targets_and_node_table():
     model, inputs, ts, _ = graph_of("llava", "plt")
-    g = attribution_graph(model, inputs, ts, target=(5, 7), batch_size=16)
+    g = attribution_graph(model, inputs, ts, target=(5, 7), max_feature_nodes=5, batch_size=16)
     with torch.no_grad():
         logits = model(**inputs)[0, -1]
     assert g.n_logits == 1 and abs(float(g.logit_targets.values[0]) - float(logits[5] - logits[7])) <= 1e-5
@@ -152,7 +153,7 @@ def test_targets_and_node_table():
     patches = table[(table.kind == "input") & (table.image == 0)]
     assert len(patches) == 16 and set(zip(patches.row, patches.col)) == {(r, c) for r in range(4) for c in range(4)}
     assert patches.token.str.startswith("<img").all()
-    g1 = attribution_graph(model, inputs, ts, target="red", batch_size=16)
+    g1 = attribution_graph(model, inputs, ts, target="red", max_feature_nodes=5, batch_size=16)
     assert g1.logit_targets.labels == ["red"]
 
 

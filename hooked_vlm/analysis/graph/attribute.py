@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .graph import AttributionGraph, LogitTargets, partial_influences
-from .replacement import clean_run, replacement_forward, repeat_inputs
+from .replacement import clean_run, replacement_forward
 from .transcoders import as_transcoder_set
 
 
@@ -88,8 +88,9 @@ class _Rows:
         seeds: dict[int, Tensor] = {}
         for b, (layer, pos, v) in enumerate(reads):
             t = st.final if layer == L else st.reads[layer]
-            g = seeds.setdefault(layer, torch.zeros_like(t))
-            g[b, pos] = v.to(g.dtype)
+            if layer not in seeds:
+                seeds[layer] = torch.zeros_like(t)
+            seeds[layer][b, pos] = v.to(t.dtype)
         outs = [st.final if layer == L else st.reads[layer] for layer in seeds]
         with torch.enable_grad():
             grads = torch.autograd.grad(outs, self.leaves, grad_outputs=list(seeds.values()), retain_graph=True,
@@ -194,4 +195,4 @@ def _str_tokens(model: Any, inputs: dict) -> Sequence[str]:
     return model.to_str_tokens(inputs)
 
 
-__all__ = ["attribution_graph", "logit_targets", "repeat_inputs"]
+__all__ = ["attribution_graph", "logit_targets"]

@@ -3,7 +3,8 @@
 
 Node ids follow circuit-tracer: feature ``{layer}_{feature}_{pos}``, error ``0_{layer}_{pos}``, input
 ``E_{token id}_{pos}``, logit ``{n_layers + 1}_{token id}_{pos}``; a logit difference gets the virtual id
-``d_vocab + i`` as circuit-tracer does for custom targets. Image positions are ``embedding`` nodes; their
+``d_vocab + i`` as circuit-tracer does for custom targets. circuit-tracer's error id can equal a layer-0 feature's
+(``0_{l}_{p}`` is also feature ``l`` of layer 0 at ``p``); where it does, the error's id gets the suffix ``_error``. Image positions are ``embedding`` nodes; their
 ``clerp`` reads ``<img r,c>`` and the extra field ``image_cell`` holds [image, row, col].
 """
 
@@ -59,6 +60,10 @@ def graph_to_json(graph: Any, path: str | Path, slug: str, node_threshold: float
         node.setdefault("token_prob", 0.0)
         node.setdefault("is_target_logit", False)
         nodes[i] = node
+    features = {n["node_id"] for n in nodes.values() if n["feature_type"] == "cross layer transcoder"}
+    for n in nodes.values():
+        if n["feature_type"] == "mlp reconstruction error" and n["node_id"] in features:
+            n["node_id"] += "_error"
     dst, src = edge_mask.nonzero(as_tuple=True)
     links = [dict(source=nodes[s]["node_id"], target=nodes[d]["node_id"], weight=float(graph.adjacency[d, s]))
              for d, s in zip(dst.tolist(), src.tolist()) if s in nodes and d in nodes]

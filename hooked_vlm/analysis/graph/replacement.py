@@ -46,19 +46,19 @@ def single_item(inputs: dict) -> dict:
     return inputs
 
 
-def repeat_inputs(model: Any, inputs: dict, n: int) -> dict:
-    """``n`` copies of a one-item batch (every per-item tensor repeated along its batch dimension)."""
+def frozen_inputs(model: Any, inputs: dict, n: int) -> dict:
+    """``n`` copies of a one-item prompt for the frozen forward, without its images: ``hook_embed`` is replaced by the
+    clean embeddings (image embeddings included) and every attention pattern is frozen, so the vision tower need
+    not run again; image placeholders become token 0 and only ids, mask and positions are kept (the attention mask
+    policy's input, e.g. Gemma 3's ``token_type_ids``, is dropped with the images: the patterns are frozen anyway)."""
+    keep = {"input_ids", "attention_mask", "position_ids"}
     out = {}
-    n_images = int(inputs["pixel_values"].shape[0]) if isinstance(inputs.get("pixel_values"), Tensor) else 0
     for k, v in inputs.items():
-        if not isinstance(v, Tensor):
-            out[k] = v
-        elif k == "pixel_values" or (v.ndim >= 1 and v.shape[0] == n_images and k.startswith("image")):
-            out[k] = v.repeat(n, *([1] * (v.ndim - 1)))  # per-image tensors: all images of each copy, copy after copy
-        elif v.ndim >= 1 and v.shape[0] == 1:
-            out[k] = v.expand(n, *v.shape[1:])
-        else:
-            out[k] = v
+        if k not in keep or not isinstance(v, Tensor):
+            continue
+        if k == "input_ids" and model.cfg.roles is not None:
+            v = v.masked_fill(v == model.cfg.roles.image_token_id, 0)
+        out[k] = v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v.expand(v.shape[0], n, *v.shape[2:])
     return out
 
 
@@ -181,9 +181,8 @@ def replacement_forward(model: Any, run: CleanRun, ts: TranscoderSet, batch: int
 
     ``kwargs`` go to :func:`frozen_hooks` (``acts=``, ``errors=``, ``sources=``, ``grad=``)."""
     hooks, state = frozen_hooks(run, ts, batch, **kwargs)
-    inputs = repeat_inputs(model, run.inputs, batch) if batch > 1 else run.inputs
     with model.hooks(fwd_hooks=hooks):
-        logits = model(**inputs)
+        logits = model(**frozen_inputs(model, run.inputs, batch))
     return logits, state
 
 
