@@ -103,10 +103,12 @@ def test_gemma_scope_2_layout(tmp_path):
 
 
 def test_gemma_scope_2_as_saelens_loads_it(tmp_path, monkeypatch):
-    """SAELens's own gemma_3 loader (its hub download pointed at the fixture) -> SAELens transcoders -> same graph."""
+    """SAELens's own gemma_3 loader (its hub download pointed at the fixture), then the steps of its
+    ``SAE.from_pretrained`` -> SAELens transcoders -> the same graph."""
     pytest.importorskip("sae_lens")
     from sae_lens import SAE
     from sae_lens.loading import pretrained_sae_loaders as loaders
+    from sae_lens.saes.sae import handle_config_defaulting
     from safetensors import safe_open
 
     model, inputs, ts, want = reference("gemma_scope")
@@ -129,8 +131,12 @@ def test_gemma_scope_2_as_saelens_loads_it(tmp_path, monkeypatch):
     for l in range(ts.n_layers):
         cfg, state, _ = loaders.gemma_3_sae_huggingface_loader(repo, f"transcoder_all/layer_{l}_width_16k_l0_small_affine")
         assert cfg["architecture"] == "jumprelu_skip_transcoder" and cfg["hook_name"] == f"blocks.{l}.hook_mlp_in"
-        sae = SAE.from_dict(cfg)
+        cfg = handle_config_defaulting(cfg)
+        sae_cfg = SAE.get_sae_config_class_for_architecture(cfg["architecture"]).from_dict(cfg)
+        sae = SAE.get_sae_class_for_architecture(sae_cfg.architecture())(sae_cfg)
+        sae.process_state_dict_for_loading(state)
         sae.load_state_dict(state)
+        assert sae.cfg.metadata.hook_name == f"blocks.{l}.hook_mlp_in"  # TL's name: our ln2.hook_normalized
         saes.append(sae)
     same_graph(attribution_graph(model, inputs, saes, batch_size=64), want)
 
@@ -145,7 +151,8 @@ def test_saelens_transcoders_saved_by_saelens(tmp_path):
     folders = []
     for l in range(ts.n_layers):
         d_in, d_sae = ts.W_enc[l].shape
-        cfg = JumpReLUSkipTranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_in, dtype="float32", device="cpu")
+        cfg = JumpReLUSkipTranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_in, dtype="float32", device="cpu",
+                                           apply_b_dec_to_input=False)
         cfg.metadata.hook_name, cfg.metadata.hook_name_out = ts.input_hooks[l], ts.output_hooks[l]
         sae = JumpReLUSkipTranscoder(cfg)
         with torch.no_grad():
