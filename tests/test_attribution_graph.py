@@ -188,7 +188,10 @@ def test_frozen_interventions_match_the_graph(variant):
         base = model(**inputs)[0, g.position]
     cap = model.cfg.text.final_logit_softcap
     ids = [i[0] for i in g.logit_targets.ids]
-    pre_new = g.logit_targets.values + predicted_logit_change(g, edits)
+    # the graph's prediction by hand: edges are linear in the source's activation (x3: twice the edge; -> 0: minus it)
+    by_hand = 2.0 * g.adjacency[g.logit_offset:, nodes[0]] - g.adjacency[g.logit_offset:, nodes[1]]
+    assert (predicted_logit_change(g, edits) - by_hand).abs().max() <= 1e-6
+    pre_new = g.logit_targets.values + by_hand
     assert (cap * torch.tanh(pre_new / cap) - logits[g.position, ids]).abs().max() <= 1e-4
     assert (logits[g.position, ids] - base[ids]).abs().max() > 1e-3
     assert float(acts[edits[1].layer][edits[1].position, edits[1].feature]) == 0.0

@@ -218,6 +218,23 @@ class AttributionGraph:
         cum[idx] = torch.cumsum(s, 0) / s.sum().clamp(min=1e-30)
         return PruneResult(node_mask, edge_mask, cum)
 
+    # ---------------------------------------------------------------- the image's patches
+    def input_grid(self, node: int | None = None, image: int = 0, tile: int = 0) -> Tensor:
+        """One image's patches on their grid [rows, cols] (NaN where no patch): with ``node`` None, each patch's
+        influence on the logits (:meth:`influence`); with a node index, the patch's direct edge into that node."""
+        per_pos = (self.influence() if node is None else self.adjacency[node])[self.input_offset: self.logit_offset]
+        return self.spans.to_grid(per_pos, image=image, batch=0, tile=tile)
+
+    def input_share(self, positions: Tensor, node: int | None = None) -> float:
+        """Share of the input nodes' total (influence, or absolute direct edges into ``node``) held by ``positions``
+        (a bool mask or index tensor over the sequence)."""
+        per_pos = self.influence() if node is None else self.adjacency[node].abs()
+        per_pos = per_pos[self.input_offset: self.logit_offset]
+        total = float(per_pos.sum())
+        if total == 0.0:
+            raise ValueError("the inputs have no influence on this node: a share of zero is undefined")
+        return float(per_pos[positions].sum()) / total
+
     # ---------------------------------------------------------------- tables and files
     def node_table(self) -> Any:
         """A pandas DataFrame, one row per node: ``node`` (index into ``adjacency``), ``kind`` (feature / error /
