@@ -1,0 +1,87 @@
+"""Training skip transcoders on (MLP input, MLP output) pairs with SAELens's trainer (needs sae-lens: the venv with
+transformer-lens 3.9), and the shipped toy-llava-transcoders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests import tiny
+
+pytest.importorskip("sae_lens")
+
+from hooked_vlm.analysis.graph import attribution_graph, replacement_logits  # noqa: E402
+from hooked_vlm.saes import load_sae  # noqa: E402
+from hooked_vlm.saes.transcoder_train import VLMPairStore, train_transcoder  # noqa: E402
+
+IN, OUT = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+
+
+def dataset(b, n: int = 6) -> list[dict]:
+    inputs = b.unpadded
+    return [{k: v[i % 2: i % 2 + 1] for k, v in inputs.items()} for i in range(n)]
+
+
+def test_pair_rows_are_the_input_and_output_at_the_same_positions():
+    b = tiny.llava()
+    data = dataset(b, 2)
+    store = VLMPairStore(b.model, data, IN, OUT, "all", progress=False, shuffle=False, n_epochs=1,
+                         train_batch_size=8)
+    chunk = store.collect()
+    assert chunk.acts.shape[1] == 2 * b.model.cfg.d_model and store.d_in == store.d_out == b.model.cfg.d_model
+    _, cache = b.model.run_with_cache(**data[0], names_filter=[IN, OUT])
+    rows = torch.as_tensor(chunk.index["item"]) == 0
+    pos = torch.as_tensor(chunk.index["position"])[rows]
+    assert (chunk.acts[rows, :32] - cache[IN][0, pos]).abs().max() <= 1e-6
+    assert (chunk.acts[rows, 32:] - cache[OUT][0, pos]).abs().max() <= 1e-6
+    assert sorted(pos.tolist()) == list(range(data[0]["input_ids"].shape[1]))
+
+
+def test_train_a_skip_transcoder_and_use_it_in_a_graph(tmp_path):
+    b = tiny.llava()
+    data = dataset(b)
+    store = VLMPairStore(b.model, data, IN, OUT, "all", progress=False, cache_in_memory=True, train_batch_size=32)
+    tc, trainer = train_transcoder(store, d_sae=64, total_training_samples=32 * 300, l1_coefficient=0.01, lr=3e-3,
+                                   out=tmp_path / "tc")
+    assert trainer.n_training_steps == 300
+    loaded = load_sae(tmp_path / "tc")  # SAELens reads it back: a SkipTranscoder with our hooks
+    assert type(loaded).__name__ == "SkipTranscoder"
+    assert (loaded.cfg.metadata.hook_name, loaded.cfg.metadata.hook_name_out) == (IN, OUT)
+    x = torch.randn(7, 32)
+    assert (loaded(x) - tc(x)).abs().max() <= 1e-6
+    # it learned the MLP: fraction of variance unexplained on the training rows
+    rows = VLMPairStore(b.model, data, IN, OUT, "all", progress=False, shuffle=False, n_epochs=1,
+                        train_batch_size=64).collect().acts
+    x, y = rows[:, :32], rows[:, 32:]
+    with torch.no_grad():
+        assert float((loaded(x) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum()) <= 0.5
+    # a graph with a copy of it at every layer
+    others = [load_sae(tmp_path / "tc") for _ in range(3)]
+    for layer, sae in enumerate(others):
+        sae.cfg.metadata.hook_name = f"blocks.{layer}.ln2.hook_normalized"
+        sae.cfg.metadata.hook_name_out = f"blocks.{layer}.hook_mlp_out"
+    inputs = {k: v[:1] for k, v in b.unpadded.items()}
+    with torch.no_grad():
+        want = b.model(**inputs)[0]
+    assert (replacement_logits(b.model, inputs, others) - want).abs().max() <= 1e-5
+    g = attribution_graph(b.model, inputs, others, max_feature_nodes=20, batch_size=32)
+    assert g.n_features == 20
+
+
+def test_shipped_toy_transcoders_replace_the_toy_exactly():
+    from hooked_vlm import HookedVLM
+    from hooked_vlm.toy import transcoders as toy_tc
+    from hooked_vlm.toy.data import make_scenes
+    from hooked_vlm.toy.tasks import ToyEncoder
+
+    model = HookedVLM.from_pretrained("toy-llava")
+    saes = toy_tc.load()
+    assert [type(s).__name__ for s in saes] == ["SkipTranscoder"] * model.cfg.n_layers
+    enc = ToyEncoder(model.processor)
+    length = enc.first_answer_position("colour") + 1
+    batch = enc.batch(make_scenes(1, seed=777), ("colour",))
+    inputs = dict(input_ids=batch["input_ids"][:, :length], attention_mask=batch["attention_mask"][:, :length],
+                  pixel_values=batch["pixel_values"])
+    with torch.no_grad():
+        want = model(**inputs)[0]
+    assert (replacement_logits(model, inputs, saes) - want).abs().max() <= 1e-5
