@@ -123,7 +123,7 @@ def main() -> None:
         rows.append((f"{label}: time", f"{med['graph']:.2f} s / {med['fwd+bwd']:.3f} s",
                      f"{med['graph'] / med['fwd+bwd']:.0f}x"))
         rows.append((f"{label}: peak memory", f"{mem_graph / 2**20:.0f} MB / {mem_fb / 2**20:.0f} MB",
-                     f"{mem_graph / max(mem_fb, 1):.1f}x"))
+                     f"{mem_graph / mem_fb:.1f}x" if mem_fb >= 2**20 else "n/a (baseline < 1 MB)"))
     print(table(rows, header=("measure", "graph / one forward+backward", "ratio")))
 
 

@@ -85,3 +85,15 @@ def test_shipped_toy_transcoders_replace_the_toy_exactly():
     with torch.no_grad():
         want = model(**inputs)[0]
     assert (replacement_logits(model, inputs, saes) - want).abs().max() <= 1e-5
+    # they explain the MLPs on held-out scenes (measured: FVU 0.08 and 0.04 on 20 scenes, L0 13 and 16)
+    from hooked_vlm.toy.data import prompt
+
+    data = [(s.pil(), prompt("colour")) for s in make_scenes(10, seed=12345)]
+    for layer, sae in enumerate(saes):
+        rows = VLMPairStore(model, data, f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out", "all",
+                            progress=False, shuffle=False, n_epochs=1, train_batch_size=4096).collect().acts
+        x, y = rows[:, :128], rows[:, 128:]
+        with torch.no_grad():
+            fvu = float((sae(x) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+            l0 = float((sae.encode(x) > 0).float().sum(-1).mean())
+        assert fvu <= 0.15 and l0 <= 30, (layer, fvu, l0)
