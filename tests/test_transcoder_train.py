@@ -97,3 +97,24 @@ def test_shipped_toy_transcoders_replace_the_toy_exactly():
             fvu = float((sae(x) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
             l0 = float((sae.encode(x) > 0).float().sum(-1).mean())
         assert fvu <= 0.15 and l0 <= 30, (layer, fvu, l0)
+
+
+def test_cli_trains_a_transcoder(tmp_path):
+    from hooked_vlm.cli import main
+
+    built = tiny.llava()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        tiny.pil_image(i, size=8).save(folder / f"im{i}.png")
+    args = ["train-sae", "--model", str(built.folder), "--hook", IN, "--hook-out", OUT, "--images", str(folder),
+            "--prompt", "USER: <image> what is this ? ASSISTANT:", "--model-batch", "2", "--device", "cpu",
+            "--d-sae", "24", "--samples", "96", "--batch", "16", "--buffer", "32", "--l1", "0.1"]
+    assert main([*args, "--out", str(tmp_path / "tc")]) == 0
+    tc = load_sae(tmp_path / "tc")
+    assert type(tc).__name__ == "SkipTranscoder" and tc.cfg.d_sae == 24
+    assert (tc.cfg.metadata.hook_name, tc.cfg.metadata.hook_name_out) == (IN, OUT)
+    record = (tmp_path / "tc" / "hooked_vlm_training.json").read_text()
+    assert '"steps": 6' in record and '"all"' in record
+    with pytest.raises(SystemExit, match="drop --architecture"):
+        main([*args, "--architecture", "topk", "--out", str(tmp_path / "x")])
