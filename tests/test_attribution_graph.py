@@ -49,7 +49,7 @@ GRAPHS = [("llava", "plt"), ("llava", "skip_jumprelu"), ("llava", "clt_skip"), (
 @functools.lru_cache(maxsize=None)
 def graph_of(case: str, variant: str):
     model, inputs = CASES[case]()
-    ts = tt.random_set(model, d_sae=16, **VARIANTS[variant])
+    ts = tt.random_set(model, d_sae=12, **VARIANTS[variant])
     return model, inputs, ts, attribution_graph(model, inputs, ts, batch_size=64)
 
 

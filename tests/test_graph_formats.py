@@ -34,7 +34,7 @@ def reference(variant: str):
     model, inputs = gemma3_case() if variant == "gemma_scope" else llava_case()
     kw = dict(plt=dict(skip=True, jumprelu=True), clt=dict(cross_layer=True, jumprelu=True),
               gemma_scope=dict(skip=True, jumprelu=True))[variant]
-    ts = tt.random_set(model, d_sae=8, **kw)
+    ts = tt.random_set(model, d_sae=4, **kw)
     return model, inputs, ts, attribution_graph(model, inputs, ts, batch_size=64)
 
 

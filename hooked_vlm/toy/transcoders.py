@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import TOY_DIR
 from .data import COLOURS, make_scenes, prompt
@@ -77,7 +78,7 @@ def measure(n_scenes: int = 100, scale: float = -1.0, max_feature_nodes: int = 5
     length = enc.first_answer_position("colour") + 1
     colour_ids = {c: model.to_single_token(c) for c in COLOURS}
     rows = []
-    for scene in make_scenes(n_scenes, seed=HELD_OUT_SEED):
+    for scene in tqdm(make_scenes(n_scenes, seed=HELD_OUT_SEED), desc="graphs of held-out scenes"):
         b = enc.batch([scene], ("colour",))
         inputs = dict(input_ids=b["input_ids"][:, :length], attention_mask=b["attention_mask"][:, :length],
                       pixel_values=b["pixel_values"])
