@@ -22,6 +22,7 @@ FAMILY_MODULES = [
     "converters.paligemma",
     "converters.internvl",
     "converters.idefics2",
+    "converters.mllama",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

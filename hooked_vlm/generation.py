@@ -121,7 +121,7 @@ def generate(
 
 
 #: inputs with one entry per token position ([batch, pos, ...]); they move with the tokens when re-laying out
-PER_POSITION_INPUTS = ("mm_token_type_ids", "token_type_ids")
+PER_POSITION_INPUTS = ("mm_token_type_ids", "token_type_ids", "cross_attention_mask")
 
 
 def is_left_padded(mask: Tensor) -> bool:

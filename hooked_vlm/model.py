@@ -47,10 +47,12 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
         self.device_map: dict[str, str] | None = None  # {module: device} when loaded with device_map= (hooked_vlm.devices)
         self._main_device: torch.device | None = None  # with a device map: where inputs go
         t = cfg.text
-        self.embed = Embed(cfg.d_vocab, t.d_model, scale=t.embed_scale)
+        self.embed = Embed(cfg.d_vocab_embed or cfg.d_vocab, t.d_model, scale=t.embed_scale)
         self.vision = build_vision(cfg.vision)
         self.projector = build_projector(cfg.projector)
-        self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model] (projector output, before splicing)
+        # [n_image_tokens, d_model] (projector output, before splicing); cross-attention models (text.cross_attention):
+        # [batch, key, d_model], the image features every cross-attention layer reads as keys / values
+        self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
         self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
@@ -185,14 +187,17 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
             attention_mask = attention_mask.to(self.device)
 
         resid = self.embed(tokens)
-        layouts, deepstack = [], []
+        layouts, deepstack, cross_images = [], [], None
         if pixel_values is not None:
             image_embeds, layouts, *more = self.encode_images(pixel_values, {**extras, "input_ids": tokens})
             deepstack = more[0] if more else []  # DeepStack features, one per early block
             if len(deepstack) != self.cfg.text.deepstack_layers:
                 raise ValueError(f"the image pipeline gave {len(deepstack)} DeepStack features for "
                                  f"{self.cfg.text.deepstack_layers} DeepStack blocks (text.deepstack_layers)")
-            resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+            if self.cfg.text.cross_attention is not None:  # the image reaches the text only as cross-attention keys
+                cross_images = self.hook_image_embeds(image_embeds)
+            else:
+                resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
         elif self.cfg.roles is not None and past == 0 and (tokens == self.cfg.roles.image_token_id).any():
             raise ValueError(
                 f"the prompt holds {(tokens == self.cfg.roles.image_token_id).sum().item()} image tokens but no "
@@ -228,8 +233,13 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
         rotary = self.rotary(position_ids, resid.dtype) if self.rotary is not None else None
         rotaries = rotary if isinstance(rotary, list) else [rotary] * self.cfg.n_layers
         n_run = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
+        states = list(kv_cache.layers) if kv_cache is not None else [None] * self.cfg.n_layers
+        if self.cfg.text.cross_attention is not None:  # image keys and mask rows of this forward, per layer state
+            from .pipelines.cross_tiles import begin_cross_attention
+
+            states = begin_cross_attention(self, states, cross_images, extras.get("cross_attention_mask"), past, q_len)
         for l, block in enumerate(self.blocks[:n_run]):
-            resid = block(resid, masks[l], rotaries[l], kv_cache.layers[l] if kv_cache is not None else None)
+            resid = block(resid, masks[l], rotaries[l], states[l])
             if l < len(deepstack):
                 resid = self._splice_add(tokens, resid, block.hook_deepstack(deepstack[l]))
         if kv_cache is not None:
@@ -285,9 +295,10 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
             raise ValueError(f"input_ids must hold integer token ids (a LongTensor), got dtype {input_ids.dtype}")
         if input_ids.numel():
             lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= self.cfg.d_vocab:
+            n_embed = self.cfg.d_vocab_embed or self.cfg.d_vocab
+            if lo < 0 or hi >= n_embed:
                 raise ValueError(f"input_ids hold token id {lo if lo < 0 else hi}, outside the vocabulary "
-                                 f"(0..{self.cfg.d_vocab - 1}); were they made by another model's tokenizer?")
+                                 f"(0..{n_embed - 1}); were they made by another model's tokenizer?")
         if attention_mask is not None:
             b, q_len = input_ids.shape
             lengths = (q_len,) if past == 0 else (q_len, past + q_len)

@@ -19,6 +19,7 @@ VISION_KINDS = {
     "pixtral": "hooked_vlm.components.pixtral_vision:PixtralVisionTower",
     "vq": "hooked_vlm.components.vq:VQTokenizer",
     "vit_post_norm": "hooked_vlm.components.vision_post_norm:PostNormVisionTower",
+    "tiled_vit": "hooked_vlm.components.tiled_vision:TiledVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",

@@ -26,6 +26,9 @@ class AttentionMask:
     block_ids: torch.Tensor | None = None
     # True: the blocks are OR-ed on AFTER the sliding window (HF's block_sequence_ids overlay, PaliGemma's prefix)
     block_after_window: bool = False
+    # [batch, k_len] True at padding (non-causal towers): a query and a key that are BOTH padding are masked, every
+    # other pair may attend (HF Mllama's aspect-ratio mask over padding patches and padding tiles)
+    pad_pairs: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "AttentionMask":
         """This mask with its tensors on ``device`` (itself when they are there): accelerate's device hooks call it
@@ -45,7 +48,7 @@ class AttentionMask:
         """True when SDPA's ``is_causal`` (or no mask at all) gives exactly this mask."""
         if self.sliding_window is not None and self.k_len > self.sliding_window:
             return False
-        if self.segment_ids is not None or self.block_ids is not None:
+        if self.segment_ids is not None or self.block_ids is not None or self.pad_pairs is not None:
             return False
         return self.key_padding is None and (self.q_len == self.k_len or self.q_len == 1 or not self.causal)
 
@@ -76,4 +79,7 @@ class AttentionMask:
         if self.segment_ids is not None:
             seg = self.segment_ids.to(device)
             allowed = allowed & (seg[:, None, self.query_positions, None] == seg[:, None, None, :])
+        if self.pad_pairs is not None:
+            pad = self.pad_pairs.to(device)
+            allowed = allowed & ~(pad[:, None, self.query_positions, None] & pad[:, None, None, :])
         return allowed

@@ -71,5 +71,6 @@ def _attention(cfg: TowerConfig, layer: int) -> nn.Module:
 
 for _kind in ("full_attention", "sliding_attention"):
     register_mixer(_kind, "attn", _attention, LayerKVCache, attention=True)
-# linear_attention (Gated DeltaNet), chunked_attention (Llama 4), conv (LFM2) and cross_attention (Mllama) are LAYER_TYPES without a class here yet:
-# mixer_kind() refuses them by name
+# linear_attention (Gated DeltaNet), chunked_attention (Llama 4) and conv (LFM2) are LAYER_TYPES without a class here
+# yet: mixer_kind() refuses them by name. cross_attention (Mllama) registers itself in its module:
+from . import cross_attention  # noqa: E402,F401
