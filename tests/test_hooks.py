@@ -13,6 +13,7 @@ from tests import tiny, tiny_native
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
+from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen_idefics as tqi
@@ -56,6 +57,7 @@ FAMILIES = {
     "internvl": _from_factory(tiv.internvl),
     "internvl_qwen3": _from_factory(functools.partial(tiv.internvl, "qwen3")),
     "idefics2": _from_factory(ti2.idefics2),
+    "mllama": _from_factory(tml.mllama),
 }
 
 

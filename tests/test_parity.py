@@ -20,6 +20,7 @@ from tests import tiny, tiny_native
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
+from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
@@ -71,7 +72,8 @@ CASES = [
     ("internvl-qwen2", tiv.internvl),
     ("internvl-qwen3", functools.partial(tiv.internvl, "qwen3")),
     ("idefics2", ti2.idefics2),
-    ("paligemma2", tpg.paligemma),  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
+    ("paligemma2", tpg.paligemma),
+    ("mllama", tml.mllama),  # cross-attention layers 1, 3; a row with two images (the mask changes mid-row)  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -237,8 +239,9 @@ def test_fast_and_explicit_paths_agree(case_id, batch):
     slow_logits, slow, slow_calls = ours_run(case_id, batch, "explicit")
     _assert_path(fast_calls, "fast", model.cfg.n_layers)
     _assert_path(slow_calls, "explicit", fast_calls["fast"])  # every attention call took the explicit path
-    if batch == "unpadded" and model.cfg.text.sliding_window is None:
-        assert fast_calls["fast_unmasked"] >= model.cfg.n_layers
+    if batch == "unpadded" and model.cfg.text.sliding_window is None:  # every causal self-attention layer unmasked
+        # (cross-attention layers keep their image mask: text before the first image sees no image)
+        assert fast_calls["fast_unmasked"] >= sum(b.mixer_kind == "full_attention" for b in model.blocks)
     assert _max_diff(fast_logits, slow_logits) <= PATH_ATOL
     names = sorted(fast.keys())
     has_vision_attention = any(n.startswith("vision.blocks.") for n in model.hook_dict)
