@@ -16,10 +16,14 @@ from hooked_vlm.config import CrossAttentionConfig, HookedVLMConfig, ProjectorCo
 from ._decoder import check_rope_type
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
-MLLAMA_FIELDS = {"image_token_index", "image_token_id", "tie_word_embeddings"}
+MLLAMA_FIELDS = {"image_token_index", "image_token_id"}
 TEXT_FIELDS = {"vocab_size", "hidden_size", "hidden_act", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "intermediate_size", "rope_parameters", "rms_norm_eps",
-               "max_position_embeddings", "cross_attention_layers", "tie_word_embeddings"}
+               "max_position_embeddings", "cross_attention_layers"}
+#: HF's MllamaForConditionalGeneration declares no tied weights (its _tied_weights_keys is commented out), so
+#: lm_head and embed_tokens are separate tensors whatever a config says
+_NO_TIE = {"tie_word_embeddings": "HF's Mllama models declare no tied weights (MllamaForConditionalGeneration's "
+                                  "_tied_weights_keys is commented out): lm_head is always its own tensor"}
 VISION_FIELDS = {"hidden_size", "hidden_act", "num_hidden_layers", "num_global_layers", "attention_heads",
                  "num_attention_heads", "num_channels", "intermediate_size", "vision_output_dim", "image_size",
                  "patch_size", "norm_eps", "max_num_tiles", "intermediate_layers_indices", "supported_aspect_ratios"}
@@ -35,7 +39,7 @@ ALIASES = [  # save_pretrained's legacy layout -> the in-memory one
 
 
 def mllama_text_config(tc: Any) -> TowerConfig:
-    check_fields(tc, TEXT_FIELDS, "text_config (mllama_text_model)")
+    check_fields(tc, TEXT_FIELDS, "text_config (mllama_text_model)", ignored=_NO_TIE)
     rope = dict(tc.rope_parameters or {"rope_type": "default", "rope_theta": 500000.0})
     check_rope_type(rope, "text_config (mllama_text_model)")
     cross = tuple(sorted(set(tc.cross_attention_layers)))
@@ -57,7 +61,7 @@ def mllama_text_config(tc: Any) -> TowerConfig:
 
 
 def mllama_vision_config(vc: Any) -> VisionConfig:
-    check_fields(vc, VISION_FIELDS, "vision_config (mllama_vision_model)")
+    check_fields(vc, VISION_FIELDS, "vision_config (mllama_vision_model)", ignored=_NO_TIE)
     layers = tuple(vc.intermediate_layers_indices)
     if any(not -vc.num_hidden_layers <= i < vc.num_hidden_layers for i in layers):
         raise UnsupportedConfigError(f"vision_config: intermediate_layers_indices {list(layers)} must index the "
@@ -80,7 +84,7 @@ def mllama_vision_config(vc: Any) -> VisionConfig:
 
 
 def mllama_config(hf: Any) -> HookedVLMConfig:
-    check_fields(hf, MLLAMA_FIELDS, "MllamaConfig")
+    check_fields(hf, MLLAMA_FIELDS, "MllamaConfig", ignored=_NO_TIE)
     tc, vc = hf.text_config, hf.vision_config
     text = mllama_text_config(tc)
     vision = mllama_vision_config(vc)
@@ -90,7 +94,7 @@ def mllama_config(hf: Any) -> HookedVLMConfig:
         projector=ProjectorConfig(d_in=vc.vision_output_dim, d_out=tc.hidden_size, bias=True, kind="linear"),
         roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=tc.pad_token_id, bos_token_id=tc.bos_token_id,
                          eos_token_id=tc.eos_token_id),
-        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        tie_word_embeddings=False,  # _NO_TIE
         extra={"image_pipeline": "cross_attention_tiles",
                "input_keys": ("aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")},
     )

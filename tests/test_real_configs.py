@@ -38,7 +38,7 @@ TABLE_END = "<!-- end of real-configs table -->"
 MUST_BE_SUPPORTED = {"Gemma3ForConditionalGeneration", "Idefics2ForConditionalGeneration",
                      "Idefics3ForConditionalGeneration", "InternVLForConditionalGeneration",
                      "LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
-                     "Mistral3ForConditionalGeneration", "PaliGemmaForConditionalGeneration",
+                     "Mistral3ForConditionalGeneration", "MllamaForConditionalGeneration", "PaliGemmaForConditionalGeneration",
                      "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                      "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
                      "SmolVLMForConditionalGeneration"}
