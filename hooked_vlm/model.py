@@ -235,9 +235,13 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
         n_run = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
         states = list(kv_cache.layers) if kv_cache is not None else [None] * self.cfg.n_layers
         if self.cfg.text.cross_attention is not None:  # image keys and mask rows of this forward, per layer state
-            from .pipelines.cross_tiles import begin_cross_attention
+            from .pipelines.cross_tiles import begin_cross_attention, key_spans_for
 
             states = begin_cross_attention(self, states, cross_images, extras.get("cross_attention_mask"), past, q_len)
+            if cross_images is not None:  # the key axis's roles (hooked_vlm.key_spans); decode steps keep the prompt's
+                self.run_state.extra["kv_spans"] = key_spans_for(self, extras)
+            elif past == 0:
+                self.run_state.extra.pop("kv_spans", None)
         for l, block in enumerate(self.blocks[:n_run]):
             resid = block(resid, masks[l], rotaries[l], states[l])
             if l < len(deepstack):
@@ -393,6 +397,7 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
         buffers.keep(cache_dict, self.hook_dict)
         cache = ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         cache.spans = self.run_state.spans
+        cache.kv_spans = self.run_state.extra.get("kv_spans")  # cross-attention models: the key axis (key_spans.py)
         return out, cache
 
     def _cache_buffers(self) -> "CacheBuffers":

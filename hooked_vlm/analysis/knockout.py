@@ -96,6 +96,9 @@ def zero_knockout_hook(src: SpanLike, dst: SpanLike, heads: Sequence[int] | None
 def knockout_hooks(model: Any, src: SpanLike = "image", dst: SpanLike = "text", layers: Sequence[int] | int | None = None,
                    heads: Sequence[int] | None = None, mode: str = "mask") -> list[tuple[str, Callable]]:
     """(hook name, hook fn) pairs knocking out ``src`` -> ``dst`` attention in ``layers`` (default all)."""
+    from .cross_attention import refuse_image_positions
+
+    refuse_image_positions(model, src, "attention knockout", "cross_attention_knockout(model, inputs, keys=...)")
     if mode == "mask":
         fn = mask_knockout_hook(src, dst, heads, model.cfg.n_heads)
         return [(f"blocks.{l}.attn.hook_mask", fn) for l in layer_list(model, layers)]

@@ -90,3 +90,16 @@ def begin_cross_attention(model: "HookedVLM", states: list, images: torch.Tensor
             out[l] = CrossKV()
         out[l].begin(images, allowed, q_len)
     return out
+
+
+def key_spans_for(model: "HookedVLM", extras: dict):
+    """The :class:`~hooked_vlm.key_spans.KeySpans` of this forward's image keys (from its aspect-ratio inputs)."""
+    from ..key_spans import build_key_spans
+
+    ids = extras["aspect_ratio_ids"]
+    tile_mask = extras.get("aspect_ratio_mask")
+    vcfg = model.cfg.vision
+    if tile_mask is None:
+        tile_mask = torch.ones(*ids.shape, vcfg.extra["max_num_tiles"], dtype=torch.long)
+    return build_key_spans(ids.to(model.device), tile_mask.to(model.device), vcfg.extra["supported_aspect_ratios"],
+                           vcfg.grid_size)
