@@ -145,3 +145,27 @@ def test_position_analyses_refuse_the_image_of_a_cross_attention_model():
         cross_attention_flow(tiny.llava().model, tiny.llava().inputs)
     with pytest.raises(ValueError, match="not cross-attention layers"):
         cross_layers(b.model, [0])
+
+
+def test_cross_patch_attribution_sums_to_the_gated_attention_output():
+    """Per (cross layer, head, key) terms sum to the projection of hook_attn_out (a different activation: the gated
+    o_proj output); the image-0 keys of row 0 carry nothing at its last word (it sees image 1 only)."""
+    from hooked_vlm.analysis.cross_attention import cross_patch_attribution
+
+    b = _b()
+    res = cross_patch_attribution(b.model, b.inputs, target=5)
+    assert res.layers == [1, 3] and res.attribution.shape == (3, 2, 4, 68)
+    assert (res.attribution.sum((2, 3)) - res.attn_total).abs().max() <= ATOL
+    assert res.attn_total.abs().max() > 1e-3
+    assert res.attribution[0][..., res.kv_spans.mask("image.0")[0]].abs().max() == 0
+    assert res.kv_spans.to_grid(res.attribution[0, 1, 0], image=1).shape == (4, 4)
+
+
+def test_patch_attribution_decomposes_the_self_attention_layers_only():
+    from hooked_vlm.analysis import patch_attribution
+
+    b = _b()
+    res = patch_attribution(b.model, b.inputs, target=5)
+    assert res.attribution[:, [1, 3]].abs().max() == 0 and res.attribution[:, [0, 2]].abs().max() > 0
+    with pytest.raises(ValueError, match="cross_patch_attribution"):
+        patch_attribution(b.model, b.inputs, target=5, layers=[1])

@@ -259,6 +259,12 @@ def patch_attribution(model: Any, inputs: dict, target: TargetLike, query: SpanL
     wanted = set(range(n_layers)) if layers is None else {l + n_layers if l < 0 else l for l in layers}
     if not wanted <= set(range(n_layers)):
         raise ValueError(f"layers {sorted(wanted - set(range(n_layers)))} out of range 0..{n_layers - 1}")
+    cross = {l for l, block in enumerate(model.blocks) if block.mixer_kind == "cross_attention"}
+    if layers is None:  # cross-attention heads read image keys, not positions: cross_patch_attribution decomposes them
+        wanted -= cross
+    elif wanted & cross:
+        raise ValueError(f"layers {sorted(wanted & cross)} are cross-attention layers: their sources are image keys, "
+                         "not positions; use hooked_vlm.analysis.cross_attention.cross_patch_attribution for them")
     if isinstance(query, int):
         query = [query]
     state: dict[str, Any] = {}
@@ -324,7 +330,7 @@ def patch_attribution(model: Any, inputs: dict, target: TargetLike, query: SpanL
     bias = torch.zeros(b, n_layers, device=d.device)
     for l in range(n_layers):
         post = post_attention_norm(model, l)
-        b_O = model.blocks[l].attn.b_O.float()
+        b_O = model.blocks[l].mixer.b_O.float()
         if post is None:
             bias[:, l] = d @ b_O
         else:

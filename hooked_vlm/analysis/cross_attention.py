@@ -12,6 +12,7 @@ Keys are named by :class:`~hooked_vlm.key_spans.KeySpans` (``cache.kv_spans``; i
   key layout), or shifted by ``alpha * direction``.
 * :func:`cross_attention_flow` -- per cross-attention layer and head, the attention mass that query rows give to each
   key role (exact: the rows of ``hook_pattern`` sum to 1 over the keys).
+* :func:`cross_patch_attribution` -- direct logit attribution of each (cross layer, head, image key) at a query row.
 * :func:`key_logit_lens` -- ``unembed(ln_final(x))`` read on the projected image features x (``hook_image_embeds``).
   What it reads: the features are never in the residual stream; they enter only through each layer's k / v
   projections, so this measures how the final norm and unembedding would read those vectors if they were residuals
@@ -20,9 +21,11 @@ Keys are named by :class:`~hooked_vlm.key_spans.KeySpans` (``cache.kv_spans``; i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+from fancy_einsum import einsum
 from torch import Tensor
 
 from ..key_spans import KeySpans
@@ -183,3 +186,50 @@ def key_logit_lens(model: Any, inputs: dict) -> Tensor:
     cross_layers(model)
     _, cache = model.run_with_cache(**inputs, names_filter="hook_image_embeds")
     return model.unembed(model.ln_final(cache["hook_image_embeds"]))
+
+
+# ------------------------------------------------------------------ direct logit attribution through cross heads
+@dataclass
+class CrossAttributionResult:
+    """``attribution[b, i, h, k]``: the direct effect on the target logit (or difference) at the query row of head
+    ``h`` of cross-attention layer ``layers[i]`` reading key ``k``; ``attn_total[b, i]`` the same projection of the
+    layer's whole (gated) ``hook_attn_out``, which the attribution sums to (the output projection has no bias).
+    ``kv_spans.to_grid(attribution[b, i, h], image)`` draws it on the image."""
+
+    attribution: Tensor  # [batch, cross layer, head, key]
+    attn_total: Tensor  # [batch, cross layer]
+    layers: list[int]
+    query_positions: Tensor  # [batch]
+    kv_spans: KeySpans
+
+
+@torch.no_grad()
+def cross_patch_attribution(model: Any, inputs: dict, target: Any, query: SpanLike = "last",
+                            layers: Sequence[int] | int | None = None) -> CrossAttributionResult:
+    """Per (cross layer, head, image key): ``tanh(attn_gate) * pattern[h, q, k] * (v[k, kv(h)] @ W_O[h]) .
+    (w_final * W_U[:, t]) / scale_final[q]``, the final norm's scale frozen at its value in the run (as
+    :func:`~hooked_vlm.analysis.attribution.patch_attribution` does for positions)."""
+    from .attribution import _one_query, target_ids, through_norm, unembed_direction
+
+    cross = cross_layers(model, layers)
+    names = ["ln_final.hook_scale"]
+    for l in cross:
+        names += [f"blocks.{l}.cross_attn.hook_v", f"blocks.{l}.cross_attn.hook_pattern", f"blocks.{l}.hook_attn_out"]
+    _, cache = model.run_with_cache(**inputs, names_filter=names)
+    q = _one_query(cache.spans, [query] if isinstance(query, int) else query)
+    b = q.shape[0]
+    rows = torch.arange(b)
+    d = through_norm(unembed_direction(model, target_ids(model, target, b)), model.ln_final)  # [batch, d_model]
+    scale = cache["ln_final.hook_scale"][rows, q, 0].float()
+    out, totals = [], []
+    for l in cross:
+        mixer = model.blocks[l].cross_attn
+        n_rep = mixer.cfg.n_heads // mixer.cfg.n_key_value_heads
+        gate = model.blocks[l].attn_gate.tanh().float() if model.blocks[l].gated else 1.0
+        wo_dir = einsum("head d_head d_model, batch d_model -> batch head d_head", mixer.W_O.float(), d)
+        v = cache[f"blocks.{l}.cross_attn.hook_v"].float().repeat_interleave(n_rep, dim=2)  # [batch, key, head, dh]
+        per_key = einsum("batch key head d_head, batch head d_head -> batch head key", v, wo_dir)
+        pattern = cache[f"blocks.{l}.cross_attn.hook_pattern"][rows, :, q].float()  # [batch, head, key]
+        out.append(gate * pattern * per_key / scale[:, None, None])
+        totals.append((cache[f"blocks.{l}.hook_attn_out"][rows, q].float() * d).sum(-1) / scale)
+    return CrossAttributionResult(torch.stack(out, 1), torch.stack(totals, 1), cross, q, cache.kv_spans)
