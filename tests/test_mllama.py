@@ -179,3 +179,22 @@ def test_fast_and_explicit_cross_attention_agree_on_an_edited_mask():
         slow = b.model.run_with_hooks(**b.inputs, fwd_hooks=hooks + [("blocks.1.cross_attn.hook_pattern", lambda p, hook: p),
                                                                    ("blocks.3.cross_attn.hook_pattern", lambda p, hook: p)])
     assert _max(fast, slow) <= PATH_ATOL
+
+
+def test_a_decode_step_reuses_the_cached_keys_and_the_last_mask_row():
+    """Prompt with a KV cache, then one token with no image inputs at all: the step's logits equal HF's forward on
+    the whole sequence (whose mask row for the new token repeats the last one, as HF's generate writes it)."""
+    b = _b()
+    inp = b.unpadded
+    new = torch.tensor([[7], [9]])
+    cache = KVCache(b.model.cfg)
+    with torch.no_grad():
+        b.model(**inp, kv_cache=cache)
+        step = b.model(new, kv_cache=cache)[:, -1]
+        cam = inp["cross_attention_mask"]
+        full = dict(inp, input_ids=torch.cat([inp["input_ids"], new], 1),
+                    attention_mask=torch.ones(2, cam.shape[1] + 1, dtype=torch.long),
+                    cross_attention_mask=torch.cat([cam, cam[:, -1:]], 1))
+        ref = b.hf(**full).logits[:, -1]
+    assert _max(ref, step) <= ATOL
+    assert cache.layers[1].k is not None and cache.layers[1].k.shape[1] == 34  # 1 image slot x 2 tiles x 17
