@@ -198,3 +198,25 @@ def test_a_decode_step_reuses_the_cached_keys_and_the_last_mask_row():
         ref = b.hf(**full).logits[:, -1]
     assert _max(ref, step) <= ATOL
     assert cache.layers[1].k is not None and cache.layers[1].k.shape[1] == 34  # 1 image slot x 2 tiles x 17
+
+
+def test_inspect_sizes_the_cross_attention_layers_and_the_tiled_tower():
+    """inspect's run_with_cache estimate: every LM hook sized (cross layers with one image's keys: 2 tiles x 17), the
+    vision side from one image of max_num_tiles tiles; the numbers are the shapes a real run_with_cache gives."""
+    from hooked_vlm.inspect import meta_model
+    from hooked_vlm.memory import lm_activation_numels, vision_activation_numels
+
+    b = _b()
+    meta = meta_model(b.model.cfg)
+    lm, unsized = lm_activation_numels(meta, 10)
+    assert unsized == []
+    assert lm["blocks.1.cross_attn.hook_pattern"] == (1 * 4 * 10 * 34, False)
+    assert lm["blocks.1.cross_attn.hook_mask"] == (10 * 34, True)
+    vision, note = vision_activation_numels(meta)
+    assert vision is not None, note
+    assert vision["hook_image_embeds"] == (34 * 32, False) and "2 tiles" in note
+    inp = {k: v[:1, :1] if k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask") else v[:1]
+           for k, v in b.unpadded.items()}
+    inp["cross_attention_mask"] = inp["cross_attention_mask"][:, :, :1]
+    _, cache = b.model.run_with_cache(**inp, names_filter=["vision.global_blocks.0.attn.hook_pattern", "hook_image_embeds"])
+    assert vision["vision.global_blocks.0.attn.hook_pattern"][0] == cache["vision.global_blocks.0.attn.hook_pattern"].numel()

@@ -125,7 +125,7 @@ class Attention(nn.Module):
                 memo["sdpa"] = torch.zeros(allowed.shape, dtype=q.dtype, device=allowed.device).masked_fill_(
                     ~allowed, float("-inf"))  # additive: SDPA would convert a bool mask on every call
                 memo["dead"] = ~allowed.any(-1, keepdim=True)
-                memo["any_dead"] = bool(memo["dead"].any())
+                memo["any_dead"] = allowed.is_meta or bool(memo["dead"].any())  # (meta: shapes only, no values)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=memo["sdpa"], scale=self.scale, **kwargs)
             return out.masked_fill(memo["dead"], 0.0) if memo["any_dead"] else out
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale, **kwargs)

@@ -39,11 +39,11 @@ def cross_attention_tiles(model: "HookedVLM", pixel_values: torch.Tensor,
     if tuple(tile_mask.shape) != (b, n_img, n_tiles):
         raise ValueError(f"aspect_ratio_mask has shape {tuple(tile_mask.shape)}; expected [batch, images, tiles] = "
                          f"{(b, n_img, n_tiles)}")
+    layouts = [ImageLayout(rows=0, cols=0, n_prefix=1) for row in ids.tolist() for i in row if i > 0]
     ids = ids.to(model.device)
     feats = model.vision(pixel_values.flatten(0, 1), ids.flatten(), tile_mask.flatten(0, 1))  # [b*img, tile, pos, d]
     keys = model.projector(feats)  # [b*img, tile, pos, d_model]
     keys = keys.reshape(b, n_img * n_tiles * keys.shape[2], keys.shape[-1])
-    layouts = [ImageLayout(rows=0, cols=0, n_prefix=1) for row in ids.tolist() for i in row if i > 0]
     return keys, layouts
 
 
