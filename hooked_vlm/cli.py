@@ -18,11 +18,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: --dtype choices; torch is imported only by a command that runs (``--help`` / ``--version`` stay fast)
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    """'float32' / 'float16' / 'bfloat16' -> the torch dtype."""
+    import torch
+
+    return getattr(torch, name)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def parse_layers(text: str | None, n_layers: int) -> list[int] | None:
@@ -47,7 +62,7 @@ def parse_layers(text: str | None, n_layers: int) -> list[int] | None:
 def _load(args: argparse.Namespace) -> Any:
     from hooked_vlm import HookedVLM
 
-    return HookedVLM.from_pretrained(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    return HookedVLM.from_pretrained(args.model, dtype=torch_dtype(args.dtype), device=args.device or default_device())
 
 
 def _inputs(model: Any, image_path: str, text: str) -> dict:
@@ -60,7 +75,7 @@ def _inputs(model: Any, image_path: str, text: str) -> dict:
     return model.prepare_inputs(images=Image.open(image_path).convert("RGB"), text=text)
 
 
-def _top(model: Any, logits: torch.Tensor, k: int = 5) -> str:
+def _top(model: Any, logits: "torch.Tensor", k: int = 5) -> str:
     probs = logits[0, -1].float().softmax(-1)
     p, ids = probs.topk(k)
     toks = model.tokenizer.convert_ids_to_tokens(ids.tolist())
@@ -80,7 +95,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     report = inspect_checkpoint(args.model, revision=args.revision, max_memory=max_memory, offload=args.offload,
-                                dtype=DTYPES[args.dtype])
+                                dtype=torch_dtype(args.dtype))
     print(report.format())
     if not report.loadable:
         print(f"error: {args.model} would not load: {report.problems[0]}", file=sys.stderr)
@@ -207,15 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--revision", help="hub revision (branch, tag or commit)")
     ins.add_argument("--max-memory", help="plan a device map for this memory, e.g. cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB")
     ins.add_argument("--offload", help="with --max-memory: 'cpu' (the rest in CPU RAM) or a folder (the rest on disk)")
-    ins.add_argument("--dtype", default="bfloat16", choices=list(DTYPES), help="with --max-memory: the load dtype")
+    ins.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="with --max-memory: the load dtype")
     ins.set_defaults(fn=cmd_inspect)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="hub id, local checkpoint folder, or a shipped toy (toy-llava, toy-chameleon, toy-chameleon-gen)")
         p.add_argument("--image", required=True)
         p.add_argument("--prompt", required=True)
-        p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--dtype", default="float32", choices=DTYPES)
+        p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
 
     lens = sub.add_parser("lens", help="logit lens over the image tokens")
     common(lens)
@@ -254,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- train-sae: a SAELens SAE on a hook's activations at chosen spans (hooked_vlm/saes/train_cli.py)
     from hooked_vlm.saes.train_cli import add_parser as add_train_sae_parser
 
-    tsae = add_train_sae_parser(sub, list(DTYPES), "cuda" if torch.cuda.is_available() else "cpu")
+    tsae = add_train_sae_parser(sub, list(DTYPES), None)
     tsae.set_defaults(fn=cmd_train_sae)
     return ap
 

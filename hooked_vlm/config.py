@@ -124,9 +124,10 @@ class TowerConfig:
     norm_offset: float = 0.0  # RMS norms (q/k norms included) scale by (offset + w); Gemma: 1.0, in float32 as HF
     embed_scale: float | None = None  # token embeddings are multiplied by it (Gemma: sqrt(d_model), cast to the weight dtype)
     # per-layer attention kinds: "sliding_attention" layers use sliding_window, "full_attention" layers do not;
-    # layer_rope_parameters[kind] then gives each kind its own RoPE table (Gemma 3: local 10k, global 1M linear x8)
+    # layer_rope_parameters[kind] then gives each kind its own RoPE table (Gemma 3: local 10k, global 1M linear x8);
+    # a kind whose entry is None has no RoPE at all (NoPE: Cohere2's full-attention layers)
     layer_types: tuple[str, ...] | None = None
-    layer_rope_parameters: dict[str, dict[str, Any]] | None = None
+    layer_rope_parameters: dict[str, dict[str, Any] | None] | None = None
     # which keys a query may see beyond the causal ones: "causal" (none), "causal+image_bidirectional" (the
     # tokens of the same image attend to each other in both directions; Gemma 3). mask_policy_input names the
     # forward input whose presence switches the policy on (HF Gemma 3: token_type_ids); None = always on.
@@ -149,6 +150,11 @@ class TowerConfig:
     # attention path: SDPA cannot cap), final logits -> tanh(l / cap) * cap; None = off
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
+    # Granite's scalars: the whole input stream (image embeddings included) x embedding_multiplier before block 0 (at
+    # hook_embed); each sub-layer output x residual_multiplier before it is added (hook_attn_out / hook_mlp_out show
+    # what is added)
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
     position_offset: int = 0  # added to default position ids and generate's (PaliGemma positions are 1-indexed)
     # partial rotary (Qwen3.5: partial_rotary_factor 0.25): RoPE turns the first rotary_dim of each head's d_head
     # channels (rotate-half within them) and passes the rest through; None = all of d_head
@@ -170,6 +176,16 @@ class TowerConfig:
     # mixer and MLP outputs are multiplied by tanh of learned scalars attn_gate / mlp_gate before they are added
     # (hook_attn_gate / hook_mlp_gate [1] show the tanh values; hook_attn_out / hook_mlp_out what is added)
     tanh_gated_layers: tuple[int, ...] = ()
+    # parallel block (Cohere / Command R): ONE input norm ln1 feeds both attention and the MLP, whose outputs are added
+    # to the residual together: resid_post = resid_pre + attn(ln1(x)) + mlp(ln1(x)). No ln2 and no hook_resid_mid
+    # (no residual exists between the sublayers); hook_attn_out / hook_mlp_out are the two summands
+    parallel_block: bool = False
+    norm_bias: bool = True  # LayerNorms ("LN", q/k "LN" norms too) with a bias; False = Cohere's (mean-centred, weight only)
+    # RoPE on interleaved (even, odd) pairs of each head (Cohere, GPT-J) instead of the two halves (Llama/NeoX)
+    rope_interleaved: bool = False
+    # the final logits are multiplied by it (Cohere2ForCausalLM's logit_scale); the unembedding applies it, so W_U,
+    # the logit lens and direct logit attribution all include it (components/embed.py Unembed)
+    logit_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -222,6 +238,8 @@ class TowerConfig:
             raise ValueError(f"deepstack_layers={self.deepstack_layers} must be between 0 and n_layers={self.n_layers}")
         if self.qk_norm_scope not in ("head", "all"):
             raise ValueError(f"qk_norm_scope must be 'head' or 'all', got {self.qk_norm_scope!r}")
+        if self.residual_multiplier != 1.0 and self.norm_placement != "pre":
+            raise ValueError(f"residual_multiplier is implemented for pre-norm blocks only, not {self.norm_placement!r}")
         if self.layer_scale and self.norm_placement != "pre":
             raise ValueError(f"layer_scale is implemented for pre-norm blocks only, not norm_placement={self.norm_placement!r}")
         if self.qk_norm_scope == "all" and self.qk_norm_per_head:
@@ -239,6 +257,23 @@ class TowerConfig:
             raise ValueError(f"tanh_gated_layers {self.tanh_gated_layers} must be layers of the {self.n_layers}-layer tower")
         if self.tanh_gated_layers and self.norm_placement != "pre":
             raise ValueError("tanh_gated_layers are implemented for pre-norm blocks only")
+        if not self.norm_bias and self.normalization_type != "LN":
+            raise ValueError("norm_bias=False is a LayerNorm without bias; it needs normalization_type='LN' "
+                             f"(an RMS norm has no bias), got {self.normalization_type!r}")
+        if self.parallel_block and (self.norm_placement != "pre" or self.layer_scale):
+            raise ValueError("parallel_block is implemented for pre-norm blocks without layer scale, not "
+                             f"norm_placement={self.norm_placement!r}, layer_scale={self.layer_scale}")
+        if not self.logit_scale > 0:
+            raise ValueError(f"logit_scale must be a positive number, got {self.logit_scale!r}")
+
+    def layer_uses_rope(self, layer: int) -> bool:
+        """Whether block ``layer`` rotates q and k: a rotary tower (any positional but "learned" / "none", e.g. Pixtral's
+        2-D RoPE), and not a NoPE layer kind (layer_rope_parameters)."""
+        if self.positional in ("learned", "none"):
+            return False
+        if self.layer_rope_parameters is None:
+            return True
+        return self.layer_rope_parameters.get(self.layer_types[layer]) is not None
 
 
 @dataclass
@@ -369,9 +404,15 @@ class HookedVLMConfig:
     def act_fn(self) -> str:
         return self.text.act_fn
 
+    @property
+    def n_ctx(self) -> int:
+        """TL's context length: the LM's ``max_position_embeddings`` (HF's; RoPE models may run past it)."""
+        return self.text.max_position_embeddings
+
     attn_only: bool = False
     final_rms: bool = False
     positional_embedding_type: str = "rotary"
+    model_name: str | None = None  # what from_pretrained was given (hub id, local folder or shipped toy name)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -55,6 +55,9 @@ def generate(
     from the left-padded batch token for token. Hooks, ``hook.spans`` and the returned
     ``return_type="tokens"`` ids use that left-padded layout: ``out[:, input_ids.shape[1]:]`` are the
     new tokens of every row, whichever side the prompt was padded on.
+
+    ``input_ids`` may also be text (a string or a list of strings, TransformerLens-style): a text-only prompt,
+    tokenized and left-padded; the result is still the new text per prompt (TL returns prompt + new text).
     """
     from .model import KVCache
 
@@ -64,6 +67,9 @@ def generate(
                         top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                         stop_at_eos=stop_at_eos, use_kv_cache=use_kv_cache, return_type=return_type,
                         fwd_hooks=fwd_hooks, seed=seed, verbose=verbose, **extras)
+    if isinstance(input_ids, str) or (isinstance(input_ids, (list, tuple)) and input_ids
+                                      and all(isinstance(t, str) for t in input_ids)):
+        input_ids, attention_mask = _text_prompt(model, input_ids, pixel_values, attention_mask)
     tokens = input_ids.to(model.device)
     b = tokens.shape[0]
     mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.to(model.device).long()
@@ -118,6 +124,17 @@ def generate(
     if return_type not in ("str", "auto"):
         raise ValueError(f"return_type must be 'tokens', 'str' or 'auto', got {return_type!r}")
     return [model.tokenizer.decode(row[tokens.shape[1]:], skip_special_tokens=True) for row in out]
+
+
+def _text_prompt(model: "HookedVLM", text: Any, pixel_values: Any, attention_mask: Any) -> tuple[Tensor, Tensor]:
+    """A text-only prompt (a string or a list of strings, as TransformerLens's generate takes): tokenized with the
+    model's tokenizer, left-padded."""
+    if pixel_values is not None or attention_mask is not None:
+        raise ValueError("generate(text) takes a text-only prompt; for images use "
+                         "model.generate(**model.prepare_inputs(images=..., text=...))")
+    enc = model._require_tokenizer()([text] if isinstance(text, str) else list(text), return_tensors="pt",
+                                     padding=True, padding_side="left")
+    return enc["input_ids"], enc["attention_mask"]
 
 
 #: inputs with one entry per token position ([batch, pos, ...]); they move with the tokens when re-laying out

@@ -7,11 +7,14 @@ activation. Ours adds two things:
   naming the hook point and both shapes (instead of a cryptic failure three modules later);
 * ``hook.run`` gives hook functions the state of the forward in progress: the
   :class:`~hooked_vlm.spans.TokenSpans` of the batch and the absolute positions of the queries
-  being computed (they differ from ``range(pos)`` while generating with a KV cache).
+  being computed (they differ from ``range(pos)`` while generating with a KV cache);
+* a hook that indexes the whole sequence (``act[:, spans.positions("image")]``) and fails in a step that computes
+  only the new positions gets an error naming ``hook.query_positions`` and how to select rows instead.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -53,6 +56,14 @@ class HookPoint(_TLHookPoint):
         """Absolute positions of the query rows computed in this forward."""
         return self.run.query_positions
 
+    def layer(self) -> int:
+        """The block index in the name, as TransformerLens's ``hook.layer()``: ``blocks.3.attn.hook_z`` -> 3, and
+        also under a prefix: ``vision.blocks.3.hook_resid_post`` -> 3 (the vision tower's block 3)."""
+        found = re.search(r"(?:^|\.)blocks\.(\d+)\.", self.name or "")
+        if found is None:
+            raise ValueError(f"hook point {self.name!r} is not inside a block (no 'blocks.N.' in its name): it has no layer")
+        return int(found.group(1))
+
     def add_hook(self, hook: Callable, dir: str = "fwd", **kwargs: Any):  # type: ignore[override]
         if dir == "fwd":
             hook = self._checked(hook)
@@ -60,7 +71,14 @@ class HookPoint(_TLHookPoint):
 
     def _checked(self, hook: Callable) -> Callable:
         def checked_hook(tensor: torch.Tensor, hook: "HookPoint") -> Any:
-            result = user_hook(tensor, hook=hook)
+            try:
+                result = user_hook(tensor, hook=hook)
+            except (IndexError, RuntimeError) as err:
+                hint = self._partial_step_hint(tensor)
+                if hint is None:
+                    raise
+                kind = IndexError if isinstance(err, IndexError) else RuntimeError
+                raise kind(f"hook {_fn_name(user_hook)} on '{self.name}' raised {type(err).__name__}: {err}\n{hint}") from err
             if result is not None:
                 if not isinstance(result, torch.Tensor):
                     raise TypeError(
@@ -78,6 +96,20 @@ class HookPoint(_TLHookPoint):
         user_hook = hook
         checked_hook.__name__ = _fn_name(hook)
         return checked_hook
+
+
+    def _partial_step_hint(self, tensor: torch.Tensor) -> str | None:
+        """Why a hook written for a whole forward fails in a step that computes only some positions (generate with a
+        KV cache); None when this forward computes the whole sequence."""
+        spans, q = self.run.spans, self.run.query_positions
+        if spans is None or q is None or len(q) == spans.seq_len or len(q) == 0:
+            return None
+        return (f"This forward computes positions {int(q[0])}..{int(q[-1])} of {spans.seq_len} only "
+                f"(hook.query_positions: a generate step with a KV cache), so the activation "
+                f"{tuple(tensor.shape)} holds {len(q)} position(s), not the whole sequence that hook.spans describes. "
+                "Select rows with the spans at hook.query_positions, e.g. "
+                "rows = hook.spans.mask('image')[:, hook.query_positions] (or hooked_vlm.analysis.query_rows(hook, "
+                "'image', act)), or generate with use_kv_cache=False.")
 
 
 def _fn_name(fn: Callable) -> str:

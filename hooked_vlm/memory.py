@@ -19,9 +19,35 @@ QUADRATIC_PER_HEAD = ("attn.hook_attn_scores", "attn.hook_pattern")
 QUADRATIC_MASK = "attn.hook_mask"
 
 
+def _n_layers_of(text: Any, kinds: tuple[str, ...]) -> int:
+    from .components.mixers import layer_kinds
+
+    return sum(kind in kinds for kind in layer_kinds(text))
+
+
 def kv_cache_bytes(text: Any, tokens: int, element_size: int, batch: int = 1) -> int:
-    """Keys and values of every layer, as ``KVCache`` keeps them: [batch, pos, kv_head, d_head] each, all positions."""
-    return 2 * text.n_layers * batch * tokens * text.n_key_value_heads * text.d_head * element_size
+    """Keys and values of every attention layer, as ``KVCache`` keeps them: [batch, pos, kv_head, d_head] each, all
+    positions (linear / conv layers keep a constant-size state instead: :func:`recurrent_state_bytes`)."""
+    from .config import ATTENTION_LAYER_TYPES
+
+    n_attention = _n_layers_of(text, ATTENTION_LAYER_TYPES)
+    return 2 * n_attention * batch * tokens * text.n_key_value_heads * text.d_head * element_size
+
+
+def recurrent_state_bytes(text: Any, element_size: int, batch: int = 1) -> int:
+    """The state ``KVCache`` keeps per linear-attention layer, whatever the number of tokens: the causal-conv window
+    [batch, conv_dim, conv_kernel - 1] (model dtype) and the delta-rule state [batch, head, d_k, d_v] (float32, as HF's
+    torch path keeps it); per short-convolution layer the conv window [batch, d_model, kernel - 1] (model dtype)."""
+    la, sc = text.linear_attention, text.short_conv
+    n_linear = _n_layers_of(text, ("linear_attention",)) if la is not None else 0
+    n_conv = _n_layers_of(text, ("conv",)) if sc is not None else 0
+    total = 0
+    if n_linear:
+        total += n_linear * batch * (la.conv_dim * (la.conv_kernel - 1) * element_size
+                                     + la.n_value_heads * la.d_key * la.d_value * 4)
+    if n_conv:
+        total += n_conv * batch * text.d_model * (sc.kernel - 1) * element_size
+    return total
 
 
 def is_lm_hook(name: str) -> bool:
@@ -56,7 +82,12 @@ def _record(model: Any, wanted: Any, run: Any) -> tuple[dict[str, tuple[tuple[in
         block = name.rpartition(".attn.")[0]
         resid = seen.get(f"{block}.hook_resid_pre", ((), False))[0]
         heads = model.get_submodule(f"{block}.attn").cfg.n_heads if block and len(resid) == 3 else None
-        if heads and name.endswith(QUADRATIC_PER_HEAD):
+        conv_block = name.rpartition(".conv.")[0] if name.endswith(".conv.hook_tap_mask") else ""
+        conv_resid = seen.get(f"{conv_block}.hook_resid_pre", ((), False))[0] if conv_block else ()
+        if len(conv_resid) == 3:  # the short conv's taps, fired only when hooked: bool [batch, pos, kernel]
+            kernel = model.get_submodule(f"{conv_block}.conv").kernel
+            seen[name] = ((conv_resid[0], conv_resid[1], kernel), True)
+        elif heads and name.endswith(QUADRATIC_PER_HEAD):
             seen[name] = ((resid[0], heads, resid[1], resid[1]), False)
         elif heads and name.endswith(QUADRATIC_MASK):
             seen[name] = ((resid[0], 1, resid[1], resid[1]), True)
@@ -76,7 +107,7 @@ def lm_activation_numels(model: Any, tokens: int) -> tuple[dict[str, tuple[int, 
                              query_positions=torch.arange(tokens, device="meta"))
         rotary = None
         if model.rotary is not None:
-            rotary = tuple(torch.empty(1, tokens, 1, t.d_head, device="meta") for _ in range(2))
+            rotary = tuple(torch.empty(1, tokens, 1, t.rotary_dim or t.d_head, device="meta") for _ in range(2))
         for block in model.blocks:
             resid = block(resid, mask, rotary, _meta_cross_state(model, tokens) if block.mixer_kind == "cross_attention"
                           else None)

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor, nn
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from .components.block import TransformerBlock
@@ -27,9 +26,11 @@ from .components import build_projector, build_vision
 from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
 from .kv_cache import KVCache
-from .pipelines import PIPELINES
+from .pipelines import LAYOUTS, PIPELINES
 from .saes.splice import SAEMixin
 from .spans import TokenSpans, build_spans
+from .tl_cache import VLMActivationCache
+from .tl_compat import TLCompatMixin
 
 if TYPE_CHECKING:
     from .cache_buffers import CacheBuffers
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
 BASE_INPUTS = ("input_ids", "pixel_values", "attention_mask", "position_ids")
 
 
-class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_with_saes (hooked_vlm.saes)
+class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), run_with_saes (hooked_vlm.saes);
+    # TL weight views and token helpers (hooked_vlm.tl_compat)
     def __init__(self, cfg: HookedVLMConfig, processor: Any = None):
         super().__init__()
         self.cfg = cfg
@@ -58,8 +60,8 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
         for block in self.blocks[: t.deepstack_layers]:  # [n_image_tokens, d_model], added after hook_resid_post
             block.hook_deepstack = HookPoint()
-        self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset)
-        self.unembed = Unembed(t.d_model, cfg.d_vocab)
+        self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset, bias=t.norm_bias)
+        self.unembed = Unembed(t.d_model, cfg.d_vocab, scale=t.logit_scale)  # logits * t.logit_scale (Cohere2)
         self.tie_weights()
         self.setup()
         self.run_state = RunState()
@@ -101,47 +103,6 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
     @property
     def tokenizer(self) -> Any:
         return getattr(self.processor, "tokenizer", self.processor)
-
-    # ------------------------------------------------------------------ TL views
-    @property
-    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
-        return self.embed.weight
-
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self.unembed.weight.T
-
-    @property
-    def W_Q(self) -> Tensor:
-        return torch.stack([b.attn.W_Q for b in self._attention_blocks('W_Q')])
-
-    @property
-    def W_K(self) -> Tensor:
-        return torch.stack([b.attn.W_K for b in self._attention_blocks('W_K')])
-
-    @property
-    def W_V(self) -> Tensor:
-        return torch.stack([b.attn.W_V for b in self._attention_blocks('W_V')])
-
-    @property
-    def W_O(self) -> Tensor:
-        return torch.stack([b.attn.W_O for b in self._attention_blocks('W_O')])
-
-    def _attention_blocks(self, what: str) -> list:
-        """Every LM block, when every one is attention; else an error naming the other kinds (no stacked weights)."""
-        other = sorted({b.mixer_kind for b in self.blocks if not hasattr(b, "attn")})
-        if other:
-            raise ValueError(f"{what} stacks the attention weights of every layer, but this model has {other} layers "
-                             f"(no attention weights there); read model.blocks[l].attn.{what} of its attention layers")
-        return list(self.blocks)
-
-    @property
-    def W_in(self) -> Tensor:
-        return torch.stack([b.mlp.W_in for b in self.blocks])
-
-    @property
-    def W_out(self) -> Tensor:
-        return torch.stack([b.mlp.W_out for b in self.blocks])
 
     @property
     def device(self) -> torch.device:
@@ -186,18 +147,12 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
 
-        resid = self.embed(tokens)
-        layouts, deepstack, cross_images = [], [], None
+        # the spans first (image layouts from the inputs alone), so that every hook of this forward -- the vision
+        # tower's, the projector's and hook_image_embeds included -- sees this forward's hook.spans
+        image_extras = {**extras, "input_ids": tokens}
+        layouts = self.image_layouts(pixel_values, image_extras) if pixel_values is not None else []
         if pixel_values is not None:
-            image_embeds, layouts, *more = self.encode_images(pixel_values, {**extras, "input_ids": tokens})
-            deepstack = more[0] if more else []  # DeepStack features, one per early block
-            if len(deepstack) != self.cfg.text.deepstack_layers:
-                raise ValueError(f"the image pipeline gave {len(deepstack)} DeepStack features for "
-                                 f"{self.cfg.text.deepstack_layers} DeepStack blocks (text.deepstack_layers)")
-            if self.cfg.text.cross_attention is not None:  # the image reaches the text only as cross-attention keys
-                cross_images = self.hook_image_embeds(image_embeds)
-            else:
-                resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+            self._check_image_token_count(tokens, sum(layout.n_tokens for layout in layouts))
         elif self.cfg.roles is not None and past == 0 and (tokens == self.cfg.roles.image_token_id).any():
             raise ValueError(
                 f"the prompt holds {(tokens == self.cfg.roles.image_token_id).sum().item()} image tokens but no "
@@ -211,6 +166,25 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
                 spans = spans.with_prefix_suffix(marks)
         self.run_state.spans = spans
         self.run_state.query_positions = torch.arange(past, past + q_len, device=self.device)
+
+        resid = self.embed(tokens)
+        deepstack, cross_images = [], None
+        if pixel_values is not None:
+            image_embeds, encoded, *more = self.encode_images(pixel_values, image_extras)
+            if encoded != layouts:
+                raise RuntimeError(f"image pipeline {self.cfg.extra.get('image_pipeline', 'vit_mlp')!r}: its layouts "
+                                   f"function gave {layouts} but encoding gave {encoded}; the two must agree (a bug in "
+                                   "hooked_vlm/pipelines)")
+            deepstack = more[0] if more else []  # DeepStack features, one per early block
+            if len(deepstack) != self.cfg.text.deepstack_layers:
+                raise ValueError(f"the image pipeline gave {len(deepstack)} DeepStack features for "
+                                 f"{self.cfg.text.deepstack_layers} DeepStack blocks (text.deepstack_layers)")
+            if self.cfg.text.cross_attention is not None:  # the image reaches the text only as cross-attention keys
+                cross_images = self.hook_image_embeds(image_embeds)
+            else:
+                resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+        if self.cfg.text.embedding_multiplier != 1.0:  # Granite: the whole stream, image embeddings included
+            resid = resid * self.cfg.text.embedding_multiplier
         resid = self.hook_embed(resid)
 
         position_fn = self.cfg.extra.get("position_fn")
@@ -328,15 +302,23 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
         pipeline = PIPELINES[self.cfg.extra.get("image_pipeline", "vit_mlp")]
         return pipeline(self, pixel_values.to(self.device), extras or {})
 
-    def _splice(self, tokens: Tensor, embeds: Tensor, image_embeds: Tensor) -> Tensor:
-        is_image = tokens == self.cfg.roles.image_token_id
-        n_slots, n_feats = int(is_image.sum()), image_embeds.shape[0]
+    def image_layouts(self, pixel_values: Tensor, extras: dict | None = None) -> list:
+        """The layout of each image (``ImageLayout``) from the inputs alone, without running the vision tower."""
+        layouts = LAYOUTS[self.cfg.extra.get("image_pipeline", "vit_mlp")]
+        return layouts(self, pixel_values.to(self.device), extras or {})
+
+    def _check_image_token_count(self, tokens: Tensor, n_feats: int) -> None:
+        n_slots = int((tokens == self.cfg.roles.image_token_id).sum())
         if n_slots != n_feats:
             raise ValueError(
                 f"the prompt holds {n_slots} image tokens but the images give {n_feats} image embeddings; "
                 "there must be one image per image placeholder and each placeholder expanded to the image's "
                 "token count (use model.prepare_inputs or the checkpoint's processor)"
             )
+
+    def _splice(self, tokens: Tensor, embeds: Tensor, image_embeds: Tensor) -> Tensor:
+        is_image = tokens == self.cfg.roles.image_token_id
+        self._check_image_token_count(tokens, image_embeds.shape[0])
         return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.device, embeds.dtype))
 
     def _splice_add(self, tokens: Tensor, resid: Tensor, features: Tensor) -> Tensor:
@@ -395,7 +377,7 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
             buffers.active = False
             self.run_state.extra.pop("cache_buffers", None)
         buffers.keep(cache_dict, self.hook_dict)
-        cache = ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        cache = VLMActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)  # hooked_vlm.tl_cache
         cache.spans = self.run_state.spans
         cache.kv_spans = self.run_state.extra.get("kv_spans")  # cross-attention models: the key axis (key_spans.py)
         return out, cache
@@ -410,79 +392,6 @@ class HookedVLM(SAEMixin, HookedRootModule):  # SAEMixin: add_sae, saes(), run_w
     def free_cache_buffers(self) -> None:
         """Drop the last cache's attention tensors that the next ``run_with_cache`` would reuse (hooked_vlm.cache_buffers)."""
         self._cache_buffers().clear()
-
-    # ------------------------------------------------------------------ TL helpers used by ActivationCache
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
-        bias = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
-        for l in range(layer):
-            bias = bias + self.blocks[l].mixer.b_O
-            if include_mlp_biases:
-                bias = bias + self.blocks[l].mlp.b_out
-        if mlp_input:
-            bias = bias + self.blocks[layer].mixer.b_O
-        return bias
-
-    def tokens_to_residual_directions(self, tokens: Any) -> Tensor:
-        if isinstance(tokens, str):
-            tokens = self.to_single_token(tokens)
-        tokens = torch.as_tensor(tokens, device=self.device)
-        return self.W_U[:, tokens].T if tokens.ndim else self.W_U[:, tokens]
-
-    def to_single_token(self, text: str) -> int:
-        ids = self._require_tokenizer().encode(text, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(f"{text!r} is {len(ids)} tokens, not one: {ids}")
-        return ids[0]
-
-    def to_tokens(self, text: str | Sequence[str], add_special_tokens: bool = True) -> Tensor:
-        """Tokenize text only (image placeholders stay single placeholders; use prepare_inputs for images)."""
-        tok = self._require_tokenizer()
-        return tok([text] if isinstance(text, str) else list(text), return_tensors="pt", padding=True,
-                   add_special_tokens=add_special_tokens)["input_ids"].to(self.device)
-
-    def to_str_tokens(self, inputs: Any, batch: int = 0) -> list[str]:
-        """String tokens of one batch item; image tokens appear as ``<img r,c>`` (``<img t:r,c>`` with tiles), resampler
-        latents as ``<latent k>`` (``<latent t:k>``)."""
-        if isinstance(inputs, Mapping):
-            tokens, mask = inputs["input_ids"], inputs.get("attention_mask")
-            spans = self.spans_for(tokens.to(self.device), None if mask is None else mask.to(self.device),
-                                   self._layouts_without_encoding(inputs))
-        else:
-            tokens = inputs if isinstance(inputs, Tensor) else self.to_tokens(inputs)
-            tokens = tokens[None] if tokens.ndim == 1 else tokens
-            spans = self.spans_for(tokens.to(self.device), None, [])
-        tok = self._require_tokenizer()
-        out, n_latent = [], {}
-        for p, t in enumerate(tokens[batch].tolist()):
-            img, tile, r, c = spans.grid[batch, p].tolist()
-            if t == self.cfg.roles.image_token_id and "row_break" in spans and bool(spans.mask("row_break")[batch, p]):
-                out.append("<img newline>")  # an image placeholder holding the image_newline embedding
-            elif img >= 0 and spans.layouts[batch][img].latents:  # a resampler latent: its index, no (row, col)
-                k = n_latent[img, tile] = n_latent.get((img, tile), -1) + 1
-                out.append(f"<latent {k}>" if spans.layouts[batch][img].tiles == 1 else f"<latent {tile}:{k}>")
-            elif img >= 0 and r >= 0:
-                out.append(f"<img {r},{c}>" if tile <= 0 and spans.layouts[batch][img].tiles == 1 else f"<img {tile}:{r},{c}>")
-            elif img >= 0:
-                out.append("<img cls>")
-            else:
-                out.append(tok.convert_ids_to_tokens(t))
-        return out
-
-    def _layouts_without_encoding(self, inputs: Mapping) -> list:
-        pv = inputs.get("pixel_values")
-        if pv is None:
-            return []
-        layout_fn = self.cfg.extra.get("layouts_fn")
-        if layout_fn is not None:
-            return layout_fn(self, inputs)
-        with torch.no_grad():
-            extras = {k: v for k, v in inputs.items() if k not in BASE_INPUTS}
-            return self.encode_images(pv, {**extras, "input_ids": inputs["input_ids"].to(self.device)})[1]
-
-    def _require_tokenizer(self) -> Any:
-        if self.tokenizer is None:
-            raise ValueError("this model was loaded without a tokenizer/processor; pass processor= or load a checkpoint that has one")
-        return self.tokenizer
 
     # ------------------------------------------------------------------ inputs and generation
     def prepare_inputs(self, images: Any = None, text: str | Sequence[str] | None = None, **kwargs: Any) -> dict[str, Tensor]:

@@ -37,6 +37,7 @@ _PACKAGE_PATTERNS = (
     r"requires `([\w\-]+)`",  # e.g. "... requires `torchvision` to be installed"
     r"[Pp]ackage `([\w\-]+)` is required",  # e.g. SmolVLM's num2words check
     r"pip install ([\w\-]+)",
+    r"Missing optional dependencies: ([\w\-]+)",  # transformers 5.23's image-processor backends (e.g. torchvision)
 )
 
 

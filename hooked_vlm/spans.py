@@ -73,6 +73,12 @@ class TokenSpans:
     grid: Tensor
     layouts: list[list[ImageLayout]] = field(default_factory=list)  # per batch item, per image
 
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{name} ({int(m.sum())})" for name, m in self.masks.items())
+        images = [len(items) for items in self.layouts]
+        return (f"TokenSpans(batch={self.batch}, seq_len={self.seq_len}, images per item {images}; "
+                f"spans (positions over the batch): {counts})")
+
     @property
     def batch(self) -> int:
         return int(self.grid.shape[0])
@@ -95,6 +101,9 @@ class TokenSpans:
 
     def positions(self, name: str, batch: int = 0) -> Int[Tensor, " n"]:
         """Positions of span ``name`` in batch item ``batch``."""
+        if not -self.batch <= batch < self.batch:
+            raise IndexError(f"batch item {batch} is out of range: the batch has {self.batch} item(s) "
+                             f"(valid: 0..{self.batch - 1})")
         return self.mask(name)[batch].nonzero().flatten()
 
     def __getitem__(self, name: str) -> Tensor | list[Tensor]:

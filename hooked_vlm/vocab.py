@@ -21,9 +21,13 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from .summary import summary_repr
+
 
 @dataclass
 class VocabRoles:
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
+
     image_code_ids: Int[Tensor, " n_image_codes"]  # sorted token ids of image codes
     text_ids: Int[Tensor, " n_text"]  # every other token id, sorted
     d_vocab: int
@@ -78,3 +82,31 @@ def resolve_marker_tokens(cfg: Any, processor: Any) -> None:
             setattr(roles, f"{role}_token_id", int(tid))
         else:
             roles.extra[role] = (int(tid),)
+
+
+_WORD_PREFIXES = ("\u2581", "\u0120")  # SentencePiece's and byte-level BPE's word-start marks
+
+
+def closest_tokens(tokenizer: Any, text: str, n: int = 5) -> list[str]:
+    """The ``n`` vocabulary entries closest to ``text`` (difflib), compared without word-start marks."""
+    import difflib
+
+    by_word: dict[str, str] = {}
+    for token in tokenizer.get_vocab():
+        by_word.setdefault(token.lstrip("".join(_WORD_PREFIXES)) or token, token)
+    return [by_word[w] for w in difflib.get_close_matches(text.strip(), list(by_word), n=n, cutoff=0.5)]
+
+
+def single_token_id(tokenizer: Any, text: str) -> int:
+    """The id of ``text`` as ONE token (no special tokens added); raises with the closest vocabulary entries when
+    ``text`` is not in the vocabulary (it would silently become the unknown token) or is several tokens."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    unknown = unk is not None and unk in ids and getattr(tokenizer, "unk_token", None) not in text
+    if unknown or len(ids) != 1:
+        close = closest_tokens(tokenizer, text)
+        hint = f"; closest vocabulary entries: {', '.join(repr(c) for c in close)}" if close else ""
+        what = (f"{text!r} is not in the vocabulary (the tokenizer would read it as the unknown token "
+                f"{tokenizer.unk_token!r})" if unknown else f"{text!r} is {len(ids)} tokens, not one: {ids}")
+        raise ValueError(what + hint)
+    return ids[0]

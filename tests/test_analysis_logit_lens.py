@@ -39,13 +39,14 @@ def test_weight_convention_last_layer_is_model_logits():
         # TL 4.3: accumulated_resid(apply_ln=True) recomputes the final norm with model.ln_final,
         # which includes its weight in hooked_vlm: the true lens, nothing to multiply
         recomputed = cache.accumulated_resid(apply_ln=True)[-1] @ model.W_U
-        # the cached-scale path (recompute_ln=False) is x / scale: the RMS weight is left out
+        # the cached-scale path (recompute_ln=False) is x / scale times ln_final's weight (hooked_vlm.tl_cache)
         stack = cache.accumulated_resid(apply_ln=False)
         cached = cache.apply_ln_to_stack(stack, recompute_ln=False)[-1]
+        unweighted = stack[-1] / cache["ln_final.hook_scale"]
     real = inputs["attention_mask"].bool()
     assert (recomputed[real] - logits[real]).abs().max().item() <= 1e-4
-    assert ((cached * model.ln_final.w) @ model.W_U - logits)[real].abs().max().item() <= 1e-4
-    assert ((cached @ model.W_U) - logits)[real].abs().max().item() > 1e-3  # the tiny model's norm weight is not 1
+    assert ((cached @ model.W_U) - logits)[real].abs().max().item() <= 1e-4
+    assert ((unweighted @ model.W_U) - logits)[real].abs().max().item() > 1e-3  # the tiny model's norm weight is not 1
     res = logit_lens(model, inputs, span="all", layers=[-1], top_k=1)
     assert torch.equal(res.top_ids[0, :, 0], logits[res.batch_index, res.positions].argmax(-1))
 

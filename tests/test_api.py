@@ -38,9 +38,10 @@ def test_tl_accumulated_resid_and_decompose():
     stack = cache.accumulated_resid(apply_ln=False)  # [layer+1, batch, pos, d]
     assert stack.shape[0] == model.cfg.n_layers + 1
     assert torch.allclose(stack[-1], cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"])
-    # TL convention: apply_ln_to_stack divides by the cached ln scale; our RMS weight is then applied before W_U
+    # apply_ln_to_stack divides by the cached ln scale and applies ln_final's weight (hooked_vlm.tl_cache): the raw
+    # W_U then gives the logits, as TL's weight-free stack times its folded W_U does
     normed = cache.apply_ln_to_stack(stack[-1:], layer=-1)[0]
-    lens_logits = (normed * model.ln_final.w) @ model.W_U
+    lens_logits = normed @ model.W_U
     assert (lens_logits[real] - logits[real]).abs().max().item() <= 1e-4
     # recompute_ln=True runs our ln_final (weight included): the classic logit lens directly
     lens2 = cache.apply_ln_to_stack(stack, layer=-1, recompute_ln=True) @ model.W_U

@@ -10,12 +10,16 @@ import pytest
 import torch
 
 from tests import tiny, tiny_native
+from tests import tiny_cohere as tco
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
+from tests import tiny_lfm2vl as tlv
+from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
+from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -57,6 +61,17 @@ FAMILIES = {
     "internvl": _from_factory(tiv.internvl),
     "internvl_qwen3": _from_factory(functools.partial(tiv.internvl, "qwen3")),
     "idefics2": _from_factory(ti2.idefics2),
+    "aya_vision": _from_factory(tco.aya),
+    "aya_vision_cohere_lm": _from_factory(functools.partial(tco.aya, "cohere")),
+    "cohere2_vision": _from_factory(tco.cohere2_vision),
+    "lfm2vl": _from_factory(tlv.lfm2vl),
+    "qwen3_5": _from_factory(tq35.qwen35),
+    "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
+    "vipllava": _from_factory(tll.vipllava),
+    "granite_vision": _from_factory(tll.granite_vision),
+    "lighton_ocr": _from_factory(tll.lighton_ocr),
+    "llava_next_video": _from_factory(tll.llava_next_video),
+    "deepseek_vl": _from_factory(tll.deepseek_vl),
     "mllama": _from_factory(tml.mllama),
 }
 

@@ -17,13 +17,17 @@ import torch
 from hooked_vlm.components.attention import Attention
 from hooked_vlm.components.rope import Rotary
 from tests import tiny, tiny_native
+from tests import tiny_cohere as tco
 from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
+from tests import tiny_lfm2vl as tlv
+from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
+from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
 ATOL = 1e-4  # ours vs HF
@@ -69,11 +73,22 @@ CASES = [
     ("gemma3", tg3.gemma3),
     ("qwen3-vl", tq3.qwen3vl),
     ("qwen3-vl-moe", functools.partial(tq3.qwen3vl, moe=True)),
+    ("qwen3.5", tq35.qwen35),  # hybrid: Gated DeltaNet + gated attention layers
+    ("qwen3.5-moe", functools.partial(tq35.qwen35, moe=True)),
     ("internvl-qwen2", tiv.internvl),
     ("internvl-qwen3", functools.partial(tiv.internvl, "qwen3")),
     ("idefics2", ti2.idefics2),
-    ("paligemma2", tpg.paligemma),
-    ("mllama", tml.mllama),  # cross-attention layers 1, 3; a row with two images (the mask changes mid-row)  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
+    ("lfm2-vl", tlv.lfm2vl),  # LFM2 hybrid LM: short-conv + attention layers; SigLIP2 NaFlex tiles
+    ("paligemma2", tpg.paligemma),  # skipped below transformers 5.23 (tiny_paligemma.HF_IS_REFERENCE)
+    ("aya-vision", tco.aya),
+    ("aya-vision-cohere-lm", functools.partial(tco.aya, "cohere")),  # Aya Vision 32B's LM kind, with q/k norms
+    ("cohere2-vision", tco.cohere2_vision),
+    ("vipllava", tll.vipllava),
+    ("granite-vision", tll.granite_vision),
+    ("lighton-ocr", tll.lighton_ocr),
+    ("next-video-clip", tll.llava_next_video),
+    ("deepseek-vl", tll.deepseek_vl),
+    ("mllama", tml.mllama),  # cross-attention layers 1, 3; a row with two images (the mask changes mid-row)
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -93,12 +108,24 @@ def _batch(b: tiny.Built, batch: str) -> dict:
 
 
 # Each forward below runs once per (case, batch[, path]) and is shared by the tests that check it.
+#: (case, batch) -> the input of HF's final LM norm in hf_run's forward: the last block's output
+_HF_LAST_BLOCK: dict[tuple[str, str], torch.Tensor] = {}
+
+
 @functools.lru_cache(maxsize=None)
 def hf_run(case_id: str, batch: str = "padded"):
-    """HF's forward (logits, hidden_states) on the case's padded or unpadded batch."""
+    """HF's forward (logits, hidden_states) on the case's padded or unpadded batch; the last block's output (HF's
+    final-norm input, which hidden_states does not hold) is kept for :func:`hf_last_block`."""
     b = built(case_id)
-    with torch.no_grad():
-        return b.hf(**_batch(b, batch), output_hidden_states=True)
+    with tiny.final_norm_input(b.hf) as seen, torch.no_grad():
+        out = b.hf(**_batch(b, batch), output_hidden_states=True)
+    _HF_LAST_BLOCK[case_id, batch] = seen["x"]
+    return out
+
+
+def hf_last_block(case_id: str, batch: str = "padded") -> torch.Tensor:
+    hf_run(case_id, batch)
+    return _HF_LAST_BLOCK[case_id, batch]
 
 
 @functools.lru_cache(maxsize=None)
@@ -171,6 +198,11 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+def _n_attention(model) -> int:
+    """LM layers with attention (hybrid models: the others are linear / conv mixers, which have no attention path)."""
+    return sum(hasattr(block, "attn") for block in model.blocks)
+
+
 def _assert_path(calls: dict, path: str, n_attention: int) -> None:
     """Every one of the >= n_attention attention calls took ``path``."""
     took, other = ("explicit", "fast") if path == "explicit" else ("fast", "explicit")
@@ -183,7 +215,7 @@ def test_default_forward_logits_match_hf(case_id):
     without a mask, are compared with the explicit path in test_fast_and_explicit_paths_agree.)"""
     b = built(case_id)
     logits, _, calls = ours_run(case_id, "padded", "default")
-    _assert_path(calls, "default", b.model.cfg.n_layers)
+    _assert_path(calls, "default", _n_attention(b.model))
     real = _real(b.inputs)
     assert torch.isfinite(logits).all()
     assert _max_diff(hf_run(case_id).logits[real], logits[real]) <= ATOL
@@ -196,17 +228,17 @@ def test_logits_and_residuals_match_hf(case_id, path):
     model, inputs = b.model, b.inputs
     ref = hf_run(case_id)
     logits, cache, calls = ours_run(case_id, "padded", path)
-    _assert_path(calls, path, model.cfg.n_layers)
+    _assert_path(calls, path, _n_attention(model))
     real = _real(inputs)
     assert torch.isfinite(logits).all()
     assert _max_diff(ref.logits[real], logits[real]) <= ATOL
     n = model.cfg.n_layers
     assert len(ref.hidden_states) == n + 1
     assert _max_diff(ref.hidden_states[0][real], cache["hook_embed"][real]) <= ATOL
-    for layer in range(n - 1):
+    for layer in range(n):  # HF's last hidden state is after the final norm: the last block's is its input
+        hf_state = ref.hidden_states[layer + 1] if layer < n - 1 else hf_last_block(case_id)
         ours = cache[f"blocks.{layer}.hook_resid_post"]
-        assert _max_diff(ref.hidden_states[layer + 1][real], ours[real]) <= ATOL, f"layer {layer}"
-    # HF's last hidden state is after the final norm
+        assert _max_diff(hf_state[real], ours[real]) <= ATOL, f"layer {layer}"
     assert _max_diff(ref.hidden_states[n][real], cache["ln_final.hook_normalized"][real]) <= ATOL
 
 
@@ -237,11 +269,10 @@ def test_fast_and_explicit_paths_agree(case_id, batch):
     model = built(case_id).model
     fast_logits, fast, fast_calls = ours_run(case_id, batch, "fast")
     slow_logits, slow, slow_calls = ours_run(case_id, batch, "explicit")
-    _assert_path(fast_calls, "fast", model.cfg.n_layers)
+    _assert_path(fast_calls, "fast", _n_attention(model))
     _assert_path(slow_calls, "explicit", fast_calls["fast"])  # every attention call took the explicit path
-    if batch == "unpadded" and model.cfg.text.sliding_window is None:  # every causal self-attention layer unmasked
-        # (cross-attention layers keep their image mask: text before the first image sees no image)
-        assert fast_calls["fast_unmasked"] >= sum(b.mixer_kind == "full_attention" for b in model.blocks)
+    if batch == "unpadded" and model.cfg.text.sliding_window is None:
+        assert fast_calls["fast_unmasked"] >= _n_attention(model)
     assert _max_diff(fast_logits, slow_logits) <= PATH_ATOL
     names = sorted(fast.keys())
     has_vision_attention = any(n.startswith("vision.blocks.") for n in model.hook_dict)
@@ -256,7 +287,9 @@ def test_greedy_generate_matches_hf(case_id):
 
 
 @pytest.mark.parametrize("case_id, batch", [("llava-llama-gqa", "padded"), ("llava-mistral-window", "padded"),
-                                            ("llava-mistral-window", "unpadded")])
+                                            ("llava-mistral-window", "unpadded"), ("lfm2-vl", "padded"), ("vipllava", "padded"),
+                                            ("granite-vision", "padded"), ("lighton-ocr", "padded"),
+                                            ("next-video-clip", "padded"), ("deepseek-vl", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""
@@ -309,3 +342,12 @@ def test_rope_scaling_is_converted_and_changes_the_logits(case_id, monkeypatch):
     real = _real(inputs)
     # measured: linear 2.3e-2, yarn 3.3e-2, llama3 5.2e-3 (llama3 with the default init and 5-word prompts: 1.5e-5 < ATOL)
     assert _max_diff(hf_run(case_id).logits[real], unscaled[real]) > 10 * ATOL
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_case_is_listed_under_its_architecture_in_the_coverage_table(case_id):
+    """converters/coverage.py PARITY_CASES (the docs' coverage table) names each case under the architecture its
+    model really has (the builds are the cached ones above)."""
+    from converters.coverage import PARITY_CASES
+
+    assert case_id in PARITY_CASES[built(case_id).model.cfg.architecture]

@@ -2,8 +2,8 @@
 
 from _setup import dataset, tiny_model
 
-from hooked_vlm.analysis import (ablation_hook, grid_cells_mask, high_norm_span, mean_activation, random_span,
-                                 span_ablation, spans_of)
+from hooked_vlm.analysis import (ablation_hook, grid_cells_mask, high_norm_span, mean_activation, prompt_span,
+                                 random_span, span_ablation, spans_of)
 
 model = tiny_model()
 data = dataset(6)
@@ -26,6 +26,7 @@ registers = high_norm_span(model, inputs)  # norm > mean + 2 sd
 print("random-token control P(red):", f"{random_ablated[red]:.4f}", "| high-norm tokens:", int(registers.sum()))
 print(f"P(red): clean {clean[red]:.4f}  object-mean-ablated {ablated[red]:.4f}  all-image-zeroed {zeroed[red]:.4f}")
 
-# the same ablation as a hook you can combine with anything else, e.g. while generating
-hook = ablation_hook(object_tokens, how="mean", value=mean)
+# the same ablation as a hook you can combine with anything else, e.g. while generating: the sequence grows, so the
+# prompt's mask is wrapped in prompt_span (the generated positions are not in it; a bare prompt mask would raise)
+hook = ablation_hook(prompt_span(object_tokens), how="mean", value=mean)
 print(model.generate(**inputs, fwd_hooks=[("hook_embed", hook)], max_new_tokens=4))

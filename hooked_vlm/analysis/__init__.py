@@ -6,7 +6,7 @@ every family. Spans may be names (``"image"``, ``"eoi"``, ``"last"``), derived n
 """
 
 from ._common import (DERIVED, SpanLike, forward_with_hooks, grid_cells_mask, image_region_mask, layer_list,
-                      query_rows, random_span, span_mask, spans_of)
+                      prompt_span, query_rows, random_span, span_mask, spans_of)
 from .attribution import PatchAttributionResult, patch_attribution
 from .attribution_patching import (AttributionPatchingResult, attribution_patching, exact_patching,
                                    last_logit_diff_metric, rank_correlation)
@@ -26,7 +26,7 @@ from .runner import collate, iterate_batches, run_dataset, save_results
 
 __all__ = [
     "DERIVED", "SpanLike", "forward_with_hooks", "grid_cells_mask", "image_region_mask", "layer_list", "query_rows",
-    "random_span", "span_mask", "spans_of",
+    "prompt_span", "random_span", "span_mask", "spans_of",
     "PatchAttributionResult", "patch_attribution",
     "AttributionPatchingResult", "attribution_patching", "exact_patching", "last_logit_diff_metric", "rank_correlation",
     "attention_flow", "attention_flow_frame", "default_key_roles", "flow_hook", "plot_attention_flow", "role_masks",

@@ -10,6 +10,8 @@ family and stay right while generating, when the spans grow):
 * ``image_region``  every position that is not text and not padding (image tokens and markers)
 * ``image_last``    the last image-content token of each image; ``image_first`` the first
 * ``image_other``   image-content tokens that are not ``image_last``
+* ``image_end``     where each image ends: the ``eoi`` marker on families that have one (Chameleon, Emu3, Janus, Qwen-VL,
+  Pixtral, ...), else ``image_last`` (LLaVA); the default span of patching and steering, so it exists on every model
 * ``after_image``   text positions after the last image-region position (the paper's
   "text after EOI"); ``before_image`` text positions before the first one
 """
@@ -26,8 +28,8 @@ from ..spans import TokenSpans
 
 SpanLike = Union[str, Tensor, Sequence[int], Callable[[TokenSpans], Tensor]]
 
-DERIVED = ("all", "image_region", "image_last", "image_first", "image_other", "after_image", "before_image",
-           "generated")
+DERIVED = ("all", "image_region", "image_last", "image_first", "image_other", "image_end", "after_image",
+           "before_image", "generated")
 
 
 def _image_ends(spans: TokenSpans, last: bool) -> Tensor:
@@ -61,10 +63,8 @@ def span_mask(spans: TokenSpans, span: SpanLike) -> Bool[Tensor, "batch pos"]:
             span = _positions_mask(spans, span.tolist())
         if span.ndim == 1:
             span = span[None].expand(spans.batch, -1)
-        if span.ndim == 2 and span.shape[1] < spans.seq_len:  # a prompt mask while generating: new tokens are not in it
-            span = torch.cat([span, span.new_zeros(span.shape[0], spans.seq_len - span.shape[1])], 1)
         if tuple(span.shape) != (spans.batch, spans.seq_len):
-            raise ValueError(f"span mask has shape {tuple(span.shape)}; expected [batch, pos] = {(spans.batch, spans.seq_len)}")
+            raise ValueError(_mask_shape_error(spans, tuple(span.shape)))
         return span.to(spans.grid.device)
     if not isinstance(span, str):
         span = list(span)
@@ -87,6 +87,8 @@ def span_mask(spans: TokenSpans, span: SpanLike) -> Bool[Tensor, "batch pos"]:
         return _image_ends(spans, last=True)
     if span == "image_first":
         return _image_ends(spans, last=False)
+    if span == "image_end":
+        return spans.mask("eoi") if "eoi" in spans else _image_ends(spans, last=True)
     if span == "image_other":
         return spans.mask("image") & ~_image_ends(spans, last=True)
     if span in ("after_image", "before_image"):
@@ -100,9 +102,51 @@ def span_mask(spans: TokenSpans, span: SpanLike) -> Bool[Tensor, "batch pos"]:
     raise KeyError(f"no span named {span!r}; spans of this input: {', '.join(spans.names)}; derived: {', '.join(DERIVED)}")
 
 
+def _n_generated(spans: TokenSpans) -> int:
+    return int(spans.mask("generated")[0].sum()) if "generated" in spans and spans.batch else 0
+
+
+def _mask_shape_error(spans: TokenSpans, shape: tuple) -> str:
+    msg = (f"span mask has shape {shape}; this forward's sequence is [batch, pos] = {(spans.batch, spans.seq_len)}. "
+           "Build masks from this input's spans (cache.spans / hook.spans, e.g. grid_cells_mask(cache.spans, ...)), "
+           "not from model.to_tokens(text): prepare_inputs expands each image placeholder into the image's tokens.")
+    n_new = _n_generated(spans)
+    if n_new:
+        msg += (f" While generating, the sequence is the prompt ({spans.seq_len - n_new} positions) + {n_new} generated: "
+                "pass a prompt mask as span=prompt_span(mask) (hooked_vlm.analysis; the generated positions are not "
+                "in it, or are with generated=True), and name the new positions with the span 'generated'.")
+    return msg
+
+
+def prompt_span(mask: Tensor, generated: bool = False) -> Callable[[TokenSpans], Tensor]:
+    """A span for hooks that stay active in ``model.generate``: ``mask`` ([batch, prompt_pos] or [prompt_pos] bool,
+    e.g. from ``cache.spans`` of the prompt) over the prompt, and the generated positions out (``generated=False``)
+    or in (``generated=True``). The mask must cover exactly the prompt: a mask of any other length raises."""
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"prompt_span takes a bool mask [batch, prompt_pos], got dtype {mask.dtype}")
+
+    def over_prompt(spans: TokenSpans) -> Tensor:
+        m = mask[None].expand(spans.batch, -1) if mask.ndim == 1 else mask
+        n_new = _n_generated(spans)
+        if m.ndim != 2 or tuple(m.shape) != (spans.batch, spans.seq_len - n_new):
+            raise ValueError(f"prompt_span: the mask has shape {tuple(mask.shape)} but the prompt is [batch, pos] = "
+                             f"{(spans.batch, spans.seq_len - n_new)} ({n_new} generated positions follow it); build "
+                             "it from the prompt's spans (cache.spans of the same inputs)")
+        new = torch.full((spans.batch, n_new), generated, dtype=torch.bool, device=m.device)
+        return torch.cat([m, new], 1).to(spans.grid.device)
+
+    return over_prompt
+
+
 def _positions_mask(spans: TokenSpans, positions: list) -> Tensor:
     m = torch.zeros(spans.batch, spans.seq_len, dtype=torch.bool, device=spans.grid.device)
-    m[:, torch.as_tensor(positions, dtype=torch.long)] = True
+    pos = torch.as_tensor(positions, dtype=torch.long).flatten()
+    bad = pos[(pos >= spans.seq_len) | (pos < -spans.seq_len)].tolist()
+    if bad:
+        raise IndexError(f"span positions {bad[:8]} are out of range: the sequence has {spans.seq_len} positions "
+                         f"(valid: 0..{spans.seq_len - 1}, or -{spans.seq_len}..-1 from the end)")
+    m[:, pos] = True
     return m
 
 
@@ -140,18 +184,24 @@ def grid_cells_mask(spans: TokenSpans, cells: Sequence[tuple[int, int]], image: 
     return out
 
 
+def index_list(what: str, values: Any, n: int) -> list[int]:
+    """``None`` -> all of 0..n-1; an int -> [int]; negative indices count from the end; anything outside raises
+    naming the valid range (``what``: e.g. "layers", "heads")."""
+    if values is None:
+        return list(range(n))
+    if isinstance(values, int):
+        values = [values]
+    given = [int(v) for v in values]
+    bad = [v for v in given if not -n <= v < n]
+    if bad:
+        raise ValueError(f"{what} {bad} out of range: this model has {n} {what} (valid: 0..{n - 1}, "
+                         f"or -{n}..-1 from the end)")
+    return [v + n if v < 0 else v for v in given]
+
+
 def layer_list(model: Any, layers: Any, n: int | None = None) -> list[int]:
     """``None`` -> every layer; an int -> [int]; negative indices count from the end."""
-    n = model.cfg.n_layers if n is None else n
-    if layers is None:
-        return list(range(n))
-    if isinstance(layers, int):
-        layers = [layers]
-    out = [l + n if l < 0 else l for l in layers]
-    bad = [l for l in out if not 0 <= l < n]
-    if bad:
-        raise ValueError(f"layers {bad} out of range 0..{n - 1}")
-    return out
+    return index_list("layers", layers, model.cfg.n_layers if n is None else n)
 
 
 @torch.no_grad()

@@ -33,14 +33,17 @@ from tqdm.auto import tqdm
 from ._common import forward_with_hooks, layer_list, spans_of
 from .patching import SITES, activation_patching, last_logits, logit_diff, source_activations
 from ..spans import TokenSpans
+from ..summary import summary_repr
 
 Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, vocab] -> [batch] (or a scalar)
-NOT_POSITIONAL = ("hook_pattern", "hook_attn_scores", "hook_mask", "hook_image_embeds", "hook_router_logits")
+NOT_POSITIONAL = ("hook_pattern", "hook_attn_scores", "hook_mask", "hook_tap_mask", "hook_image_embeds", "hook_router_logits")
 
 
 @dataclass
 class AttributionPatchingResult:
     """Per hook type, the patching effect of every (layer, position): ``effects[hook]`` is [batch, layer, pos]."""
+
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
 
     effects: dict[str, Float[Tensor, "batch layer pos"]]
     layers: dict[str, list[int]]  # per hook type, the layer of each row ([-1] for a single hook name)

@@ -13,8 +13,8 @@ Layer convention (TransformerLens ``accumulated_resid`` / HF ``hidden_states``):
 Weight convention: our ``hook_scale`` is TL's (the divisor) and our ``ln_final`` applies its
 weight, so the lens equals TL 4.3's ``cache.accumulated_resid(apply_ln=True) @ W_U`` (which
 recomputes the final norm with ``model.ln_final``) and ``apply_ln_to_stack(..., recompute_ln=True)``.
-The cached-scale path (``recompute_ln=False``) gives ``x / scale`` without the RMS weight (TL
-folds it into W_U; we do not fold), so multiply by ``model.ln_final.w`` there.
+The cached-scale path (``recompute_ln=False``) gives ``x / scale`` times the norm's weight
+(``hooked_vlm.tl_cache``: TL folds the weight into W_U; we keep HF's W_U and apply it in the cache).
 
 Readouts: ``vocab="all"`` softmaxes over the whole vocabulary (raw unembedding, no family
 suppression of image codes); with image-code ids (``image_code_ids=`` or
@@ -31,13 +31,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, span_mask
+from ._common import SpanLike, forward_with_hooks, index_list, span_mask
 from ..spans import TokenSpans
+from ..summary import summary_repr
 
 
 @dataclass
 class LogitLensResult:
     """Top-k / target readouts of the lens; rows are the selected (batch, position) pairs."""
+
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
 
     layers: list[int]
     batch_index: Int[Tensor, " n"]
@@ -260,7 +263,7 @@ def logit_lens(
     ``targets``: token ids (or single-token strings) whose probability and rank to report.
     """
     n = model.cfg.n_layers
-    layers = list(range(n + 1)) if layers is None else [l + n + 1 if l < 0 else l for l in layers]
+    layers = index_list("layers", layers, n + 1)  # lens layers: 0 = the LM input .. n = after the last block
     if vocab == "auto":
         has_codes = (image_code_ids is not None and len(image_code_ids) > 0) or model_image_codes(model) is not None
         vocab = "text" if has_codes else "all"

@@ -8,6 +8,9 @@ layer l), ``"attn_in"`` = ``blocks.{l}.ln1.hook_normalized`` (attention input, a
 ``"mlp_in"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``, ``"mlp_out"``, ``"z"``, or any
 template with ``{l}``.
 
+The default span, ``"image_end"``, is the end-of-image token on families that mark one (the Narrow Gate's EOI) and
+the last image token elsewhere (LLaVA), so every call works on every model; pass ``span="eoi"`` to require the marker.
+
 Metrics (at the ``last`` position): the logit difference between two tokens, whether its sign
 flips relative to the unpatched target run, and the distribution similarity
 ``sum_v min(p_patched(v), p_source(v))`` (1 = the patched run predicts exactly like the source).
@@ -41,11 +44,20 @@ def site_hook_names(model: Any, site: str = "resid_pre", layers: Sequence[int] |
     template = SITES.get(site, site)
     if "{l}" not in template:
         return [template]
-    return [template.format(l=l) for l in layer_list(model, layers)]
+    names = [template.format(l=l) for l in layer_list(model, layers)]
+    missing = {n: model.blocks[int(n.split(".")[1])].mixer_kind for n in names
+               if n not in model.hook_dict and n.startswith("blocks.")}
+    if missing and layers is None and len(missing) < len(names):  # hybrid: the site exists in some layer kinds only
+        return [n for n in names if n not in missing]
+    if missing:
+        listing = ", ".join(f"{n} ({kind!r} layer)" for n, kind in missing.items())
+        raise ValueError(f"site {site!r} does not exist in {listing}: that layer kind has no such hook (hybrid models: "
+                         "docs/hybrid_models.md); name layers that have it, or layers=None for all that do")
+    return names
 
 
 @torch.no_grad()
-def source_activations(model: Any, inputs: dict, hook_names: Sequence[str], span: SpanLike = "eoi") -> dict[str, Tensor]:
+def source_activations(model: Any, inputs: dict, hook_names: Sequence[str], span: SpanLike = "image_end") -> dict[str, Tensor]:
     """{hook name: activation of ``span`` [batch, n_span, ...]} from one forward on ``inputs``
     (items with a shorter span are padded with NaN; patching them into a longer span raises)."""
     got: dict[str, Tensor] = {}
@@ -57,12 +69,12 @@ def source_activations(model: Any, inputs: dict, hook_names: Sequence[str], span
     return got
 
 
-def patch_hook(source: Tensor, span: SpanLike = "eoi") -> Callable:
+def patch_hook(source: Tensor, span: SpanLike = "image_end") -> Callable:
     """Hook writing ``source`` ([batch, n_span, ...] or [n_span, ...]) into ``span``, position by position."""
     return ablation_hook(span, "resample", source)
 
 
-def activation_patching(model: Any, target_inputs: dict, source_inputs: dict | None = None, *, span: SpanLike = "eoi",
+def activation_patching(model: Any, target_inputs: dict, source_inputs: dict | None = None, *, span: SpanLike = "image_end",
                         site: str = "resid_pre", layers: Sequence[int] | int | None = 0,
                         source_acts: dict[str, Tensor] | None = None, source_span: SpanLike | None = None) -> Tensor:
     """Logits of the target run with ``span`` patched from the source run at every hook of ``site``/``layers``.
@@ -100,7 +112,7 @@ def flip_fraction(clean_diff: Tensor, patched_diff: Tensor) -> float:
 
 @torch.no_grad()
 def patching_sweep(model: Any, target_inputs: dict, source_inputs: dict, tokens: Sequence[int] | Tensor, *,
-                   span: SpanLike = "eoi", site: str = "resid_pre", layers: Sequence[int] | None = None,
+                   span: SpanLike = "image_end", site: str = "resid_pre", layers: Sequence[int] | None = None,
                    cumulative: bool = False) -> Any:
     """Patch ``span`` at each layer in turn (``cumulative=True``: that layer and all later ones).
 
@@ -143,7 +155,7 @@ def patching_sweep(model: Any, target_inputs: dict, source_inputs: dict, tokens:
     return PatchingSweepFrame(rows)
 
 
-def steering_hook(vector: Tensor, scale: float = 1.0, span: SpanLike = "eoi") -> Callable:
+def steering_hook(vector: Tensor, scale: float = 1.0, span: SpanLike = "image_end") -> Callable:
     """Hook adding ``scale * vector`` ([d] or [batch, d]) to the activation at ``span`` rows."""
 
     def steer(act: Tensor, hook: Any) -> Tensor:
@@ -158,14 +170,14 @@ def steering_hook(vector: Tensor, scale: float = 1.0, span: SpanLike = "eoi") ->
     return steer
 
 
-def steer(model: Any, inputs: dict, vector: Tensor, *, scale: float = 1.0, span: SpanLike = "eoi",
+def steer(model: Any, inputs: dict, vector: Tensor, *, scale: float = 1.0, span: SpanLike = "image_end",
           site: str = "resid_pre", layers: Sequence[int] | int | None = 0) -> Tensor:
     """Logits with ``scale * vector`` added at ``span`` on every hook of ``site``/``layers``."""
     return forward_with_hooks(model, inputs, [(n, steering_hook(vector, scale, span)) for n in site_hook_names(model, site, layers)])
 
 
 @torch.no_grad()
-def steering_vector(model: Any, inputs_a: dict, inputs_b: dict, *, span: SpanLike = "eoi", site: str = "resid_pre",
+def steering_vector(model: Any, inputs_a: dict, inputs_b: dict, *, span: SpanLike = "image_end", site: str = "resid_pre",
                     layer: int = 0) -> Float[Tensor, " d"]:
     """Mean activation difference A - B of ``span`` at one hook (over the batch and span positions)."""
     name = site_hook_names(model, site, [layer])[0]

@@ -19,6 +19,7 @@ VISION_KINDS = {
     "pixtral": "hooked_vlm.components.pixtral_vision:PixtralVisionTower",
     "vq": "hooked_vlm.components.vq:VQTokenizer",
     "vit_post_norm": "hooked_vlm.components.vision_post_norm:PostNormVisionTower",
+    "siglip2_naflex": "hooked_vlm.components.naflex_vision:NaFlexVisionTower",
     "tiled_vit": "hooked_vlm.components.tiled_vision:TiledVisionTower",
 }
 PROJECTOR_KINDS = {
@@ -31,6 +32,7 @@ PROJECTOR_KINDS = {
     "pooled_norm_matmul": "hooked_vlm.components.pooled_projector:PooledNormProjector",
     "linear": "hooked_vlm.components.linear_projector:LinearProjector",
     "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
+    "pixel_unshuffle_mlp": "hooked_vlm.components.pixel_unshuffle_projector:PixelUnshuffleProjector",
 }
 
 

@@ -6,6 +6,10 @@ Fast path: ``F.scaled_dot_product_attention`` (no [q, k] matrix) -- used unless 
 is on it; hooks on it (e.g. attention knockout) therefore work on the fast path too.
 With ``cfg.attn_logit_softcap`` set (Gemma 2) every forward takes the explicit path (SDPA cannot soft-cap):
 scores = tanh(scores / cap) * cap, then the mask; ``hook_attn_scores`` shows the capped, masked scores.
+With ``cfg.attn_output_gate`` (Qwen3.5) q_proj also makes a gate per head (the checkpoint's layout: each head's q rows,
+then its gate rows); ``hook_gate`` shows it before the sigmoid and ``hook_z`` is the gated output o_proj reads
+(pattern @ v times sigmoid(gate)), so per-head decompositions through W_O stay exact.
+Partial rotary (``cfg.rotary_dim`` < d_head) turns the first rotary_dim channels of each head (components/rope.py).
 """
 
 from __future__ import annotations
@@ -29,11 +33,16 @@ def _mask_shape_ok(new: torch.Tensor, old: torch.Tensor) -> bool:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TowerConfig):
+    def __init__(self, cfg: TowerConfig, use_rope: bool = True):
+        """``use_rope=False``: this layer never rotates q / k (a NoPE layer of a RoPE tower, ``cfg.layer_uses_rope``),
+        so it has no hook_rot_q / hook_rot_k."""
         super().__init__()
         self.cfg = cfg
+        self.use_rope = use_rope
         h, kvh, dh, d = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
-        self.q_proj = nn.Linear(d, h * dh, bias=cfg.attn_bias)  # weight [(head d_head), d_model]
+        self.gated = cfg.attn_output_gate
+        # weight [(head d_head), d_model]; gated: [(head (q|gate) d_head), d_model]
+        self.q_proj = nn.Linear(d, h * dh * (2 if self.gated else 1), bias=cfg.attn_bias)
         self.k_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
         self.v_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
         self.o_proj = nn.Linear(h * dh, d, bias=cfg.attn_out_bias)  # weight [d_model, (head d_head)]
@@ -43,18 +52,21 @@ class Attention(nn.Module):
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
-        if cfg.positional not in ("learned", "none"):  # rotary towers only: hooks that never fire do not exist
+        if use_rope and cfg.positional not in ("learned", "none"):  # rotary layers only: hooks that never fire do not exist
             self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
             self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_mask = HookPoint(_mask_shape_ok, "a bool mask [batch, 1 or head, q, k] like")  # [batch, 1, q_pos, k_pos]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        if self.gated:
+            self.hook_gate = HookPoint()  # [batch, pos, head, d_head]  output gate before the sigmoid
 
     # --- TransformerLens weight views (views of the stored weights, not copies) ---
     @property
     def W_Q(self) -> torch.Tensor:  # [head, d_model, d_head]
-        return self.q_proj.weight.view(self.cfg.n_heads, self.cfg.d_head, -1).transpose(1, 2)
+        w = self.q_proj.weight.view(self.cfg.n_heads, -1, self.cfg.d_model)[:, : self.cfg.d_head]  # gated: q rows only
+        return w.transpose(1, 2)
 
     @property
     def W_K(self) -> torch.Tensor:  # [kv_head, d_model, d_head]
@@ -84,15 +96,21 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, q_len, _ = x.shape
         cfg = self.cfg
-        q = self.hook_q(self.q_proj(x).view(b, q_len, cfg.n_heads, cfg.d_head))
+        gate = None
+        if self.gated:
+            q, gate = self.q_proj(x).view(b, q_len, cfg.n_heads, 2 * cfg.d_head).chunk(2, dim=-1)
+            gate = self.hook_gate(gate)
+        else:
+            q = self.q_proj(x).view(b, q_len, cfg.n_heads, cfg.d_head)
+        q = self.hook_q(q)
         k = self.hook_k(self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
         v = self.hook_v(self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rotary is not None:
+        if rotary is not None and self.use_rope:  # a NoPE layer ignores a table handed to every layer (memory.py)
             cos, sin = rotary
-            q = self.hook_rot_q(apply_rotary(q, cos, sin))
-            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+            q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved))
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)
 
@@ -106,7 +124,10 @@ class Attention(nn.Module):
             z = self._explicit_attention(qh, kh, vh, allowed)
         else:
             z = self._fast_attention(qh, kh, vh, mask, allowed)
-        z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
+        z = z.transpose(1, 2)  # [batch, pos, head, d_head]
+        if gate is not None:
+            z = z * torch.sigmoid(gate)
+        z = self.hook_z(z)
         return self.o_proj(z.reshape(b, q_len, cfg.n_heads * cfg.d_head))
 
     def _fast_attention(self, q, k, v, mask: AttentionMask, allowed: torch.Tensor | None) -> torch.Tensor:

@@ -10,7 +10,12 @@ Tanh-gated layers (``cfg.tanh_gated_layers``; Mllama's cross-attention layers an
 and MLP outputs are multiplied by tanh of learned scalars ``attn_gate`` / ``mlp_gate`` before they are added
 (``hook_attn_gate`` / ``hook_mlp_gate`` show the tanh values). A cross-attention block with no image keys in its
 state passes the residual through unchanged (HF skips the layer: text-only forwards); where the mixer reports text
-rows that see no image (``state.row_has_image``), their MLP output is zeroed (HF's full-text-row mask)."""
+rows that see no image (``state.row_has_image``), their MLP output is zeroed (HF's full-text-row mask).
+
+Parallel blocks (``cfg.parallel_block``, Cohere / Command R): one norm ``ln1`` feeds the mixer AND the MLP, and
+``resid_post = resid_pre + attn_out + mlp_out``. Such a block has no ``ln2`` and no ``hook_resid_mid`` (no residual
+exists between the sublayers, and a hook that never fires is not created); ``blocks.{l}.ln1.hook_normalized`` is the
+input of both sublayers (analyses' "mlp_in" is ln1's output there)."""
 
 from __future__ import annotations
 
@@ -30,13 +35,15 @@ from .norms import make_norm
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: TowerConfig, layer: int = 0):
         super().__init__()
-        norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset)  # noqa: E731
+        norm = lambda: make_norm(cfg.normalization_type, cfg.d_model, cfg.norm_eps, cfg.norm_offset,  # noqa: E731
+                                 bias=cfg.norm_bias)
         self.ln1 = norm()
         self.mixer_kind = layer_kind(cfg, layer)
         spec = mixer_kind(self.mixer_kind)
         self._mixer_attr = spec.attr
         setattr(self, spec.attr, spec.build(cfg, layer))  # blocks.{l}.attn / .linear_attn / ...
-        self.ln2 = norm()
+        self.parallel = cfg.parallel_block
+        self.ln2 = None if self.parallel else norm()
         self.mlp = build_mlp(cfg, layer)  # dense MLP unless cfg.mlp_kind == "moe" (components/moe.py)
         self.post_sublayer_norm = cfg.norm_placement == "post_sublayer"
         if cfg.norm_placement == "sandwich":  # Gemma: the sublayer outputs are normed too (TL's ln1_post / ln2_post)
@@ -52,10 +59,12 @@ class TransformerBlock(nn.Module):
             self.mlp_gate = nn.Parameter(torch.zeros(1))
             self.hook_attn_gate = HookPoint()  # [1]  tanh(attn_gate)
             self.hook_mlp_gate = HookPoint()  # [1]  tanh(mlp_gate)
+        self.residual_multiplier = cfg.residual_multiplier  # Granite: a scalar on the sublayer outputs (1.0: none)
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        if not self.parallel:
+            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
@@ -71,6 +80,10 @@ class TransformerBlock(nn.Module):
             return self.hook_resid_post(resid)  # no images in this forward nor in the cache: HF skips the layer
         if self.gated:
             return self._gated_forward(resid, mask, rotary, kv_cache)
+        if self.parallel:  # one norm, both sublayers read it, both outputs added at once
+            x = self.ln1(resid)
+            attn_out = self.hook_attn_out(self.mixer(x, mask, rotary, kv_cache))
+            return self.hook_resid_post(resid + attn_out + self.hook_mlp_out(self.mlp(x)))
         if self.post_sublayer_norm:  # Swin-style: the sublayer's OUTPUT is normed (hook_attn_out/mlp_out after it)
             attn_out = self.hook_attn_out(self.ln1(self.mixer(resid, mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
@@ -100,6 +113,6 @@ class TransformerBlock(nn.Module):
         """The token mixer, whatever its kind's attribute name."""
         return getattr(self, self._mixer_attr)
 
-    @staticmethod
-    def _scaled(out: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
-        return out if gain is None else gain * out
+    def _scaled(self, out: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        out = out if gain is None else gain * out
+        return out if self.residual_multiplier == 1.0 else out * self.residual_multiplier

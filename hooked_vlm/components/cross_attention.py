@@ -154,4 +154,6 @@ def _cross_attention(cfg: TowerConfig, layer: int) -> nn.Module:
     return CrossAttention(cfg)
 
 
-register_mixer("cross_attention", "cross_attn", _cross_attention, CrossKV, attention=True)
+# attention=False: its pattern is over image KEYS, not positions, so the position analyses (knockout, flow,
+# patch_attribution) skip these layers; hooked_vlm.analysis.cross_attention reads them
+register_mixer("cross_attention", "cross_attn", _cross_attention, CrossKV, attention=False)

@@ -23,9 +23,15 @@ class Embed(nn.Module):
 
 
 class Unembed(nn.Module):
-    def __init__(self, d_model: int, d_vocab: int):
+    """logits = (x @ weight.T) * ``scale`` (Cohere2ForCausalLM's logit_scale; 1.0 = none). The scale lives here, where
+    logits are computed, so everything that unembeds through this module (forward, the logit lens) includes it;
+    ``HookedVLM.W_U`` includes it too (logits = ln_final(resid) @ W_U, TransformerLens's convention)."""
+
+    def __init__(self, d_model: int, d_vocab: int, scale: float = 1.0):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(d_vocab, d_model))  # stored [d_vocab, d_model]; W_U is its transpose
+        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight)
+        logits = nn.functional.linear(x, self.weight)
+        return logits if self.scale == 1.0 else logits * self.scale

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import LAYER_TYPES, TowerConfig
 from .attention import Attention, LayerKVCache
+from .gated_deltanet import GatedDeltaNet, RecurrentState
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,16 @@ def layer_kinds(cfg: TowerConfig) -> tuple[str, ...]:
 
 
 def _attention(cfg: TowerConfig, layer: int) -> nn.Module:
-    return Attention(cfg)
+    return Attention(cfg, use_rope=cfg.layer_uses_rope(layer))  # False: a NoPE layer (Cohere2's full layers)
 
 
 for _kind in ("full_attention", "sliding_attention"):
     register_mixer(_kind, "attn", _attention, LayerKVCache, attention=True)
-# linear_attention (Gated DeltaNet), chunked_attention (Llama 4) and conv (LFM2) are LAYER_TYPES without a class here
-# yet: mixer_kind() refuses them by name. cross_attention (Mllama) registers itself in its module:
-from . import cross_attention  # noqa: E402,F401
+register_mixer("linear_attention", "linear_attn", lambda cfg, layer: GatedDeltaNet(cfg), RecurrentState)
+# chunked_attention (Llama 4) is a LAYER_TYPES entry without a class here yet: mixer_kind() refuses it by name
+
+from .short_conv import ConvState, ShortConv  # noqa: E402  (LFM2 short convolution)
+
+register_mixer("conv", "conv", lambda cfg, layer: ShortConv(cfg), ConvState)
+
+from . import cross_attention  # noqa: E402,F401  (Mllama cross-attention registers itself in its module)

@@ -3,8 +3,8 @@
 ``hook_scale`` is the norm's divisor [batch, pos, 1], exactly as TL defines it, so
 ``ActivationCache.apply_ln_to_stack`` can reuse it. ``hook_normalized`` is the norm's OUTPUT,
 weight (and bias) included: what the next matrix reads, and what HF reports as the final
-hidden state. (TL's unfolded RMS puts the weight after the hook; to get the true logit lens
-from a TL stack, use ``apply_ln_to_stack(..., recompute_ln=True)`` or multiply by ``ln_final.w``.)
+hidden state. (TL's norms put the weight after the hook, or fold it into the next matrix;
+``hooked_vlm.tl_cache`` applies it in ``apply_ln_to_stack``, so TL's cache recipes stay exact.)
 """
 
 from __future__ import annotations
@@ -61,11 +61,12 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(out.to(dtype))
 
 
-def make_norm(kind: str, d: int, eps: float, offset: float = 0.0) -> nn.Module:
+def make_norm(kind: str, d: int, eps: float, offset: float = 0.0, bias: bool = True) -> nn.Module:
+    """``bias=False`` with "LN": a LayerNorm without bias (Cohere's LayerNorm: mean-centred, weight only, float32)."""
     if kind == "RMS":
         return RMSNorm(d, eps, offset)
     if offset:
         raise ValueError(f"norm_offset={offset} is only supported for RMS norms, not {kind!r}")
     if kind == "LN":
-        return LayerNorm(d, eps)
+        return LayerNorm(d, eps, bias=bias)
     raise ValueError(f"unknown normalization_type {kind!r}; expected 'RMS' or 'LN'")

@@ -4,7 +4,10 @@
 squared tokens, row-major, each the concatenation of a ``scale x scale`` block (HF's exact order: Idefics3's
 connector and InternVL's ``pixel_shuffle`` with ``downsample_ratio = 1 / scale`` give the same layout).
 ``extra["mlp"]`` (default False): False = one linear map ``proj`` (Idefics3 / SmolVLM); True = ``ln`` (a LayerNorm of
-the shuffled features, eps ``extra["norm_eps"]``) -> ``linear_1`` -> activation -> ``linear_2`` (InternVL).
+the shuffled features, eps ``extra["norm_eps"]``) -> ``linear_1`` -> activation -> ``linear_2`` (InternVL);
+``"swiglu"`` = optional ``ln`` (``extra["norm"]``, default True) -> ``linear_1`` to ``extra["d_hidden"]`` -> its two
+halves ``(x, gate)`` -> ``act(gate) * x`` -> ``linear_2`` from ``d_hidden / 2`` (Aya Vision with the norm, Cohere2
+Vision without; HF's ``hidden_states.chunk(2, dim=-1)`` order: the FIRST half is x, the second the gate).
 """
 
 from __future__ import annotations
@@ -34,8 +37,19 @@ class PixelShuffleProjector(nn.Module):
         super().__init__()
         self.scale = cfg.extra["scale_factor"]
         d_shuffled = cfg.d_in * self.scale**2
-        self.mlp = bool(cfg.extra.get("mlp", False))
-        if self.mlp:
+        mlp = cfg.extra.get("mlp", False)
+        if mlp not in (False, True, "swiglu"):
+            raise ValueError(f"pixel_shuffle projector: extra['mlp'] must be False, True or 'swiglu', got {mlp!r}")
+        self.mlp, self.swiglu = bool(mlp), mlp == "swiglu"
+        if self.swiglu:
+            d_hidden = cfg.extra["d_hidden"]
+            if d_hidden % 2:
+                raise ValueError(f"pixel_shuffle projector: a SwiGLU's d_hidden={d_hidden} must be even (two halves)")
+            self.ln = LayerNorm(d_shuffled, cfg.extra.get("norm_eps", 1e-5)) if cfg.extra.get("norm", True) else None
+            self.linear_1 = nn.Linear(d_shuffled, d_hidden, bias=cfg.bias)
+            self.act = ACT2FN[cfg.act_fn]
+            self.linear_2 = nn.Linear(d_hidden // 2, cfg.d_out, bias=cfg.bias)
+        elif self.mlp:
             self.ln = LayerNorm(d_shuffled, cfg.extra.get("norm_eps", 1e-5))
             self.linear_1 = nn.Linear(d_shuffled, cfg.d_out, bias=cfg.bias)
             self.act = ACT2FN[cfg.act_fn]
@@ -47,6 +61,9 @@ class PixelShuffleProjector(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = pixel_shuffle(self.hook_in(features), self.scale)  # [image, image_token, d_vision * scale**2]
+        if self.swiglu:
+            x, gate = self.linear_1(x if self.ln is None else self.ln(x)).chunk(2, dim=-1)
+            return self.hook_out(self.linear_2(self.act(gate) * x))
         if self.mlp:
             return self.hook_out(self.linear_2(self.act(self.linear_1(self.ln(x)))))
         return self.hook_out(self.proj(x))

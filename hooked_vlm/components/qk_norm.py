@@ -19,11 +19,12 @@ from .norms import LayerNorm
 class HeadNorm(LayerNorm):
     """LayerNorm ("LN") or RMSNorm ("RMS") of each head's vector over d_head, weights in float32."""
 
-    def __init__(self, kind: str, n_heads: int, d_head: int, eps: float, per_head: bool, offset: float = 0.0):
+    def __init__(self, kind: str, n_heads: int, d_head: int, eps: float, per_head: bool, offset: float = 0.0,
+                 bias: bool = True):  # bias=False: a LayerNorm without bias (Cohere's q/k norms; cfg.norm_bias)
         if kind not in ("LN", "RMS"):
             raise ValueError(f"qk_norm must be 'LN' or 'RMS', got {kind!r}")
         shape = (n_heads, d_head) if per_head else (d_head,)
-        super().__init__(shape, eps, bias=kind == "LN", center=kind == "LN", weight_offset=offset)
+        super().__init__(shape, eps, bias=kind == "LN" and bias, center=kind == "LN", weight_offset=offset)
         self.kind = kind
         self.hook_scale = HookPoint()  # [batch, pos, head, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, head, d_head]
@@ -38,8 +39,8 @@ def make_qk_norms(cfg: TowerConfig) -> tuple[HeadNorm | None, HeadNorm | None]:
     if cfg.qk_norm_scope == "all":  # one norm over the whole projection [n_heads * d_head] (InternViT-6B)
         return (AllHeadsNorm(cfg.qk_norm, cfg.n_heads * cfg.d_head, eps, offset),
                 AllHeadsNorm(cfg.qk_norm, cfg.n_key_value_heads * cfg.d_head, eps, offset))
-    return (HeadNorm(cfg.qk_norm, cfg.n_heads, cfg.d_head, eps, cfg.qk_norm_per_head, offset),
-            HeadNorm(cfg.qk_norm, cfg.n_key_value_heads, cfg.d_head, eps, cfg.qk_norm_per_head, offset))
+    return (HeadNorm(cfg.qk_norm, cfg.n_heads, cfg.d_head, eps, cfg.qk_norm_per_head, offset, cfg.norm_bias),
+            HeadNorm(cfg.qk_norm, cfg.n_key_value_heads, cfg.d_head, eps, cfg.qk_norm_per_head, offset, cfg.norm_bias))
 
 
 class AllHeadsNorm(LayerNorm):

@@ -1,4 +1,9 @@
-"""Rotary position embeddings (rotate-half convention, as HF Llama/Mistral/Qwen2 use).
+"""Rotary position embeddings (rotate-half convention, as HF Llama/Mistral/Qwen2 use; ``interleaved``: rotate
+(even, odd) pairs of each head, as HF Cohere / Cohere2 do: its cos/sin repeat each frequency twice side by side,
+``repeat_interleave`` instead of ``cat``, and its rotate_half maps (x0, x1, x2, x3 ...) to (-x1, x0, -x3, x2 ...)).
+
+``TowerConfig.rotary_dim`` (partial rotary, Qwen3.5: ``int(head_dim * partial_rotary_factor)``): the tables cover
+rotary_dim channels (frequencies from rotary_dim, as HF computes them) and :func:`apply_rotary` turns only those.
 
 Scaled variants (``linear``, ``llama3``, ``yarn``) reuse transformers' own inverse-frequency
 functions so the numbers cannot drift from HF's. Variants that change with sequence length at
@@ -12,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import nn
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -41,9 +47,11 @@ def rope_inv_freq(rope_parameters: dict[str, Any], d_head: int, max_position_emb
 class Rotary(nn.Module):
     """Computes cos/sin tables for given absolute positions."""
 
-    def __init__(self, d_head: int, rope_parameters: dict[str, Any], max_position_embeddings: int):
+    def __init__(self, d_head: int, rope_parameters: dict[str, Any], max_position_embeddings: int,
+                 interleaved: bool = False):
         super().__init__()
         self._args = (rope_parameters, d_head, max_position_embeddings)
+        self.interleaved = interleaved  # tables for apply_rotary(..., interleaved=True)
         self.register_buffer("inv_freq", torch.empty(d_head // 2), persistent=False)
         self.scaling = 1.0
         self.reset_buffers()
@@ -75,7 +83,7 @@ class Rotary(nn.Module):
             rope = self._args[0]
             select = mrope_interleave if rope.get("mrope_interleaved") else mrope_select
             freqs = select(freqs, rope.get("mrope_section"))
-        emb = torch.cat((freqs, freqs), dim=-1)
+        emb = freqs.repeat_interleave(2, dim=-1) if self.interleaved else torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.scaling).to(dtype)
         sin = (emb.sin() * self.scaling).to(dtype)
         return cos[:, :, None, :], sin[:, :, None, :]
@@ -112,6 +120,19 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [batch, pos, head, d_head]."""
-    return x * cos + rotate_half(x) * sin
+def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): HF Cohere's rotate_half, on (even, odd) pairs."""
+    pairs = rearrange(x, "... (d two) -> ... d two", two=2)
+    return rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d two -> ... (d two)")
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """x [batch, pos, head, d_head]; cos / sin [..., rotary_dim] (``interleaved`` with the tables of
+    ``Rotary(..., interleaved=True)``). Partial rotary (rotary_dim < d_head, Qwen3.5's ``partial_rotary_factor``): the
+    first rotary_dim channels are turned, the rest pass."""
+    rotate = rotate_interleaved if interleaved else rotate_half
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + rotate(x) * sin
+    turned, kept = x[..., :r], x[..., r:]
+    return torch.cat([turned * cos + rotate(turned) * sin, kept], dim=-1)

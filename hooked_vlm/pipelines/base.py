@@ -12,12 +12,20 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 ImagePipeline = Callable[["HookedVLM", torch.Tensor, dict], tuple[torch.Tensor, list[ImageLayout]]]
+LayoutFn = Callable[["HookedVLM", torch.Tensor, dict], list[ImageLayout]]
 PIPELINES: dict[str, ImagePipeline] = {}
+#: pipeline name -> its layouts from the inputs alone (shapes, image sizes, grids, marker tokens), without running the
+#: vision tower: the forward builds the spans from them BEFORE encoding, so hooks in the vision tower, the projector
+#: and ``hook_image_embeds`` see this forward's ``hook.spans``; the model checks the pipeline returns the same layouts
+LAYOUTS: dict[str, LayoutFn] = {}
 
 
-def register_pipeline(name: str) -> Callable[[ImagePipeline], ImagePipeline]:
+def register_pipeline(name: str, layouts: LayoutFn) -> Callable[[ImagePipeline], ImagePipeline]:
+    """Register ``fn(model, pixel_values, extras) -> (image embeddings, layouts[, more])`` and its ``layouts`` function
+    (same arguments, cheap: it must not run the tower; it validates the inputs as the pipeline would)."""
     def deco(fn: ImagePipeline) -> ImagePipeline:
         PIPELINES[name] = fn
+        LAYOUTS[name] = layouts
         return fn
 
     return deco

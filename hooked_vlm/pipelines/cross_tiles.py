@@ -21,9 +21,8 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("cross_attention_tiles")
-def cross_attention_tiles(model: "HookedVLM", pixel_values: torch.Tensor,
-                          extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+def _checked(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(aspect_ratio_ids [batch, images], aspect_ratio_mask [batch, images, tiles]) after checking the inputs."""
     vcfg = model.cfg.vision
     ids, tile_mask = extras.get("aspect_ratio_ids"), extras.get("aspect_ratio_mask")
     if pixel_values.ndim != 6 or tuple(pixel_values.shape[3:]) != (vcfg.n_channels, vcfg.image_size, vcfg.image_size):
@@ -39,7 +38,21 @@ def cross_attention_tiles(model: "HookedVLM", pixel_values: torch.Tensor,
     if tuple(tile_mask.shape) != (b, n_img, n_tiles):
         raise ValueError(f"aspect_ratio_mask has shape {tuple(tile_mask.shape)}; expected [batch, images, tiles] = "
                          f"{(b, n_img, n_tiles)}")
-    layouts = [ImageLayout(rows=0, cols=0, n_prefix=1) for row in ids.tolist() for i in row if i > 0]
+    return ids, tile_mask
+
+
+def cross_attention_tiles_layouts(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> list[ImageLayout]:
+    """One layout per real image (aspect_ratio_ids > 0): its ``<|image|>`` placeholder, one position, no grid cell."""
+    ids, _ = _checked(model, pixel_values, extras)
+    return [ImageLayout(rows=0, cols=0, n_prefix=1) for row in ids.tolist() for i in row if i > 0]
+
+
+@register_pipeline("cross_attention_tiles", layouts=cross_attention_tiles_layouts)
+def cross_attention_tiles(model: "HookedVLM", pixel_values: torch.Tensor,
+                          extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    ids, tile_mask = _checked(model, pixel_values, extras)
+    b, n_img, n_tiles = pixel_values.shape[:3]
+    layouts = cross_attention_tiles_layouts(model, pixel_values, extras)
     ids = ids.to(model.device)
     feats = model.vision(pixel_values.flatten(0, 1), ids.flatten(), tile_mask.flatten(0, 1))  # [b*img, tile, pos, d]
     keys = model.projector(feats)  # [b*img, tile, pos, d_model]

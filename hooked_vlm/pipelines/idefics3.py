@@ -23,13 +23,19 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("idefics3")
-def idefics3(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
-    flat, patch_mask, real_per_item = real_tiles(model, pixel_values, extras, partial_patches="any")
-    embeds = model.projector(model.vision(flat, patch_mask))  # [tile, tokens, d_model]
-    side = int(embeds.shape[1] ** 0.5)
+def idefics3_layouts(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> list[ImageLayout]:
+    """Per image, its tiles (from the marker tokens), each a (H / patch / scale)-sided grid."""
+    _, _, real_per_item = real_tiles(model, pixel_values, extras, partial_patches="any")
+    side = pixel_values.shape[-2] // model.cfg.vision.patch_size // model.cfg.projector.extra["scale_factor"]
     tiles_per_image = _tiles_per_image(model, extras.get("input_ids"), real_per_item)
-    layouts = [ImageLayout(rows=side, cols=side, tiles=t) for t in tiles_per_image]
+    return [ImageLayout(rows=side, cols=side, tiles=t) for t in tiles_per_image]
+
+
+@register_pipeline("idefics3", layouts=idefics3_layouts)
+def idefics3(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    layouts = idefics3_layouts(model, pixel_values, extras)
+    flat, patch_mask, _ = real_tiles(model, pixel_values, extras, partial_patches="any")
+    embeds = model.projector(model.vision(flat, patch_mask))  # [tile, tokens, d_model]
     return embeds.reshape(-1, embeds.shape[-1]), layouts
 
 

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("pixtral")
-def pixtral(model: "HookedVLM", pixel_values: Float[Tensor, "image channel height width"], extras: dict
-            ) -> tuple[Float[Tensor, "n d_model"], list[ImageLayout]]:
+def pixtral_grids(model: "HookedVLM", pixel_values: Float[Tensor, "image channel height width"], extras: dict
+                  ) -> list[tuple[int, int]]:
+    """Each image's patch grid (rows, cols) from ``image_sizes``, checked against the padded pixel batch."""
     vcfg = model.cfg.vision
     if pixel_values.ndim != 4 or pixel_values.shape[1] != vcfg.n_channels:
         raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; expected [n_images, {vcfg.n_channels}, "
@@ -38,11 +38,25 @@ def pixtral(model: "HookedVLM", pixel_values: Float[Tensor, "image channel heigh
             raise ValueError(f"image_sizes[{i}] = {torch.as_tensor(image_sizes)[i].tolist()} (height, width) does not fit the "
                              f"pixel batch ({height}x{width}) or is smaller than one {p}x{p} patch; image_sizes must be "
                              "each image's true size inside the padded pixel_values (the processor's output)")
+    return grids
+
+
+def pixtral_layouts(model: "HookedVLM", pixel_values: Float[Tensor, "image channel height width"], extras: dict
+                    ) -> list[ImageLayout]:
+    """Each image's grid of LM tokens: its patch grid, or the merged grid (rows // s, cols // s) with a patch merger."""
+    grids = pixtral_grids(model, pixel_values, extras)
+    s = model.projector.merge if getattr(model.projector, "needs_grids", False) else 1
+    return [ImageLayout(rows=h // s, cols=w // s) for h, w in grids]
+
+
+@register_pipeline("pixtral", layouts=pixtral_layouts)
+def pixtral(model: "HookedVLM", pixel_values: Float[Tensor, "image channel height width"], extras: dict
+            ) -> tuple[Float[Tensor, "n d_model"], list[ImageLayout]]:
+    layouts = pixtral_layouts(model, pixel_values, extras)
+    grids = pixtral_grids(model, pixel_values, extras)
     features = model.vision(pixel_values, grids)  # [1, total_patches, d]
     if getattr(model.projector, "needs_grids", False):
         embeds = model.projector(features, grids)
-        s = model.projector.merge
-        grids = [(h // s, w // s) for h, w in grids]
     else:
         embeds = model.projector(features)[0]
-    return embeds, [ImageLayout(rows=h, cols=w) for h, w in grids]
+    return embeds, layouts

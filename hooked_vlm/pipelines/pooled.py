@@ -20,15 +20,19 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("vit_pooled")
-def vit_pooled(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+def pooled_layouts(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> list[ImageLayout]:
+    """One pooled ``tokens_per_side`` grid per image; pan-and-scan crops marked from ``num_crops``."""
     check_square_pixels(model, pixel_values)
-    embeds = model.projector(model.vision(pixel_values))  # [image, tokens, d_model]
     side = int(model.cfg.projector.extra["tokens_per_side"])
     if extras.get("num_crops") is None:
-        layouts = [ImageLayout(rows=side, cols=side) for _ in range(pixel_values.shape[0])]
-    else:
-        layouts = crop_layouts(model, extras["num_crops"], extras.get("input_ids"), side, pixel_values.shape[0])
+        return [ImageLayout(rows=side, cols=side) for _ in range(pixel_values.shape[0])]
+    return crop_layouts(model, extras["num_crops"], extras.get("input_ids"), side, pixel_values.shape[0])
+
+
+@register_pipeline("vit_pooled", layouts=pooled_layouts)
+def vit_pooled(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    layouts = pooled_layouts(model, pixel_values, extras)
+    embeds = model.projector(model.vision(pixel_values))  # [image, tokens, d_model]
     return embeds.reshape(-1, embeds.shape[-1]), layouts
 
 

@@ -12,19 +12,18 @@ import torch
 
 from ..spans import ImageLayout
 from .base import register_pipeline
-from .qwen_vl import check_qwen_inputs
+from .qwen_vl import check_qwen_inputs, qwen_layouts
 
 if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("qwen3_vl")
+@register_pipeline("qwen3_vl", layouts=qwen_layouts)
 def qwen3_vl(model: "HookedVLM", pixel_values: torch.Tensor,
              extras: dict) -> tuple[torch.Tensor, list[ImageLayout], list[torch.Tensor]]:
+    layouts = qwen_layouts(model, pixel_values, extras)
     grid = check_qwen_inputs(model, pixel_values, extras)
     last, levels = model.vision(pixel_values, grid.to(pixel_values.device))
     embeds = model.projector(last)
     deepstack = [feat.reshape(-1, feat.shape[-1]) for feat in model.projector.levels(levels)]
-    merge = model.cfg.vision.extra["spatial_merge_size"]
-    layouts = [ImageLayout(rows=h // merge, cols=w // merge, tiles=t) for t, h, w in grid.tolist()]
     return embeds.reshape(-1, embeds.shape[-1]), layouts, deepstack

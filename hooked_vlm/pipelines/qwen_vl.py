@@ -13,13 +13,19 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("qwen_vl")
-def qwen_vl(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
-    """Every image is ``t x (h / merge) x (w / merge)`` LM tokens (one tile per frame), row-major."""
+def qwen_layouts(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> list[ImageLayout]:
+    """Every image is ``t x (h / merge) x (w / merge)`` LM tokens (one tile per frame), from ``image_grid_thw``."""
     grid = check_qwen_inputs(model, pixel_values, extras)
     merge = model.cfg.vision.extra["spatial_merge_size"]
+    return [ImageLayout(rows=h // merge, cols=w // merge, tiles=t) for t, h, w in grid.tolist()]
+
+
+@register_pipeline("qwen_vl", layouts=qwen_layouts)
+def qwen_vl(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    """Every image is ``t x (h / merge) x (w / merge)`` LM tokens (one tile per frame), row-major."""
+    layouts = qwen_layouts(model, pixel_values, extras)
+    grid = check_qwen_inputs(model, pixel_values, extras)
     embeds = model.projector(model.vision(pixel_values, grid.to(pixel_values.device)))
-    layouts = [ImageLayout(rows=h // merge, cols=w // merge, tiles=t) for t, h, w in grid.tolist()]
     return embeds.reshape(-1, embeds.shape[-1]), layouts
 
 

@@ -26,18 +26,26 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("navit_resampler")
-def navit_resampler(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
-    flat, patch_mask, real_per_item = real_tiles(model, pixel_values, extras, partial_patches="all")
-    features = model.vision(flat, patch_mask)  # [sub_image, patch, d_vision]
-    embeds = model.projector(features, patch_mask.flatten(1))  # [sub_image, latent, d_model]
+def resampled_layouts(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> list[ImageLayout]:
+    """Per image, ``sub_images_per_image`` tiles of ``n_latents`` latents each."""
+    _, _, real_per_item = real_tiles(model, pixel_values, extras, partial_patches="all")
+    n_latents = int(model.cfg.projector.extra["n_latents"])
     per_image = int(model.cfg.extra.get("sub_images_per_image", 1))
-    layouts = []
+    layouts: list[ImageLayout] = []
     for b, n in enumerate(real_per_item):
         if n % per_image:
             raise ValueError(f"batch item {b} holds {n} (sub-)images, not a multiple of {per_image}: with image "
                              f"splitting every image is {per_image} sub-images (4 quarters + the whole image). Build "
                              "the inputs with the model's processor, or set model.cfg.extra['sub_images_per_image'] "
                              "to 1 if the processor ran with do_image_splitting=False")
-        layouts += [ImageLayout(rows=0, cols=0, tiles=per_image, latents=embeds.shape[1]) for _ in range(n // per_image)]
+        layouts += [ImageLayout(rows=0, cols=0, tiles=per_image, latents=n_latents) for _ in range(n // per_image)]
+    return layouts
+
+
+@register_pipeline("navit_resampler", layouts=resampled_layouts)
+def navit_resampler(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    layouts = resampled_layouts(model, pixel_values, extras)
+    flat, patch_mask, _ = real_tiles(model, pixel_values, extras, partial_patches="all")
+    features = model.vision(flat, patch_mask)  # [sub_image, patch, d_vision]
+    embeds = model.projector(features, patch_mask.flatten(1))  # [sub_image, latent, d_model]
     return embeds.reshape(-1, embeds.shape[-1]), layouts

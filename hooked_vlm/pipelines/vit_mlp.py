@@ -13,14 +13,19 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("vit_mlp")
-def vit_mlp(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
-    """LLaVA-1.5: one fixed-size square image -> ViT -> selected layers -> MLP projector."""
+def vit_mlp_layouts(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> list[ImageLayout]:
+    """One g x g grid per image (plus the class token with ``feature_select="full"``)."""
     vcfg = model.cfg.vision
     assert vcfg is not None
     check_square_pixels(model, pixel_values)
-    embeds = model.projector(model.vision(pixel_values))  # [image, tokens, d_model]
     g = vcfg.grid_size
     keep_cls = int(vcfg.class_token and vcfg.feature_select == "full")
-    layouts = [ImageLayout(rows=g, cols=g, n_prefix=keep_cls) for _ in range(pixel_values.shape[0])]
+    return [ImageLayout(rows=g, cols=g, n_prefix=keep_cls) for _ in range(pixel_values.shape[0])]
+
+
+@register_pipeline("vit_mlp", layouts=vit_mlp_layouts)
+def vit_mlp(model: "HookedVLM", pixel_values: torch.Tensor, extras: dict) -> tuple[torch.Tensor, list[ImageLayout]]:
+    """LLaVA-1.5: one fixed-size square image -> ViT -> selected layers -> MLP projector."""
+    layouts = vit_mlp_layouts(model, pixel_values, extras)
+    embeds = model.projector(model.vision(pixel_values))  # [image, tokens, d_model]
     return embeds.reshape(-1, embeds.shape[-1]), layouts

@@ -21,6 +21,7 @@ from ..analysis._common import SpanLike, span_mask
 from ..analysis.runner import iterate_batches
 from ..spans import TokenSpans
 from .splice import NON_SEQUENCE_PREFIXES, sae_hook_names
+from ..summary import summary_repr
 
 
 def _stop_layer(model: Any, hook_name: str) -> int | None:
@@ -65,6 +66,8 @@ def feature_acts(model: Any, sae: Any, inputs: dict, feature: int | Sequence[int
 @dataclass
 class SAEFeatureMap:
     """Per-position activations of SAE features over one batch; ``values[f, b, p]``."""
+
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
 
     features: list[int]
     hook_name: str  # where they were read: '{hook}.hook_sae_acts_post'
@@ -166,6 +169,8 @@ def _shown_image(item: Any, inputs: dict, spans: TokenSpans, b: int, image: int)
 @dataclass
 class TopActivations:
     """The k (example, patch) pairs where one SAE feature is highest, best first."""
+
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
 
     feature: int
     hook_name: str

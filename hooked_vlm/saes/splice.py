@@ -40,7 +40,7 @@ from ..hook_points import HookPoint
 
 #: hook points the model calls only when they are hooked (the fast attention path skips them):
 #: an SAE there would silently never run, so it is refused
-CONDITIONAL_HOOKS = ("attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_mask")
+CONDITIONAL_HOOKS = ("attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_mask", "conv.hook_tap_mask")
 #: hook-name prefixes whose activations are not laid out over the language model's sequence
 NON_SEQUENCE_PREFIXES = ("vision.", "projector.", "hook_image_embeds")
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error",
@@ -56,6 +56,51 @@ def sae_hook_names(sae: Any, hook_name: str | None = None, hook_name_out: str | 
                          "pass hook_name=, e.g. model.add_sae(sae, hook_name='blocks.0.hook_resid_post')")
     name_out = hook_name_out or getattr(meta, "hook_name_out", None) or name_in
     return name_in, name_out
+
+
+_WIDE = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "ln1.hook_normalized",
+         "ln2.hook_normalized")
+
+
+def hook_width(cfg: Any, name: str) -> tuple[int, str] | None:
+    """(last-dimension width, what it is) of the activation at hook ``name``, from the config alone; None where the
+    config does not say (projector internals, MoE layers, VQ towers): those are checked at the first forward."""
+    tower, rest = cfg.text, name
+    if name in ("hook_embed", "hook_image_embeds", "ln_final.hook_normalized") or \
+            (name.startswith("blocks.") and name.endswith("hook_deepstack")):
+        return cfg.text.d_model, "the language model's d_model"
+    if name.startswith("vision."):
+        tower, rest = getattr(getattr(cfg, "vision", None), "tower", None), name[len("vision."):]
+        if tower is None:
+            return None
+        if rest in ("hook_embed", "hook_patch_embed", "ln_pre.hook_normalized", "ln_post.hook_normalized"):
+            return tower.d_model, "the vision tower's d_model"
+    where = "the vision tower's" if tower is not cfg.text else "the language model's"
+    parts = rest.split(".")
+    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        return None
+    layer, sub = int(parts[1]), ".".join(parts[2:])
+    if sub in _WIDE:
+        return tower.d_model, f"{where} d_model"
+    if sub in ("mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post"):
+        moe = getattr(tower, "mlp_kind", "dense") == "moe" and (tower.moe_layers is None or layer in tower.moe_layers)
+        return None if moe else (tower.d_mlp, f"{where} d_mlp")
+    if sub in ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k"):
+        return tower.d_head, f"{where} d_head (per head: [batch, pos, head, d_head])"
+    return None
+
+
+def check_width(sae: Any, cfg: Any, name_in: str, name_out: str) -> None:
+    """The SAE's d_in (d_out for transcoders) against the widths of its hooks, when attached."""
+    scfg = getattr(sae, "cfg", None)
+    if getattr(scfg, "reshape_activations", "none") != "none":  # e.g. hook_z SAEs read all heads flattened
+        return
+    for attr, name in (("d_in", name_in), ("d_out", name_out)):
+        want, known = getattr(scfg, attr, None), hook_width(cfg, name)
+        if want is not None and known is not None and int(want) != known[0]:
+            raise ValueError(f"the SAE reads vectors of width {attr}={want} but '{name}' gives vectors of width "
+                             f"{known[0]} ({known[1]}); was it trained on another hook or model? (checked when "
+                             "attached)")
 
 
 def _check_sae(sae: Any) -> None:
@@ -217,6 +262,7 @@ class SAEMixin:
             raise ValueError(f"spans= restricts an SAE to positions of the language model's sequence, but "
                              f"'{name_out}' is a vision-tower/projector activation; drop spans= (the SAE then acts "
                              "on every patch) or splice it at a language-model hook")
+        check_width(sae, self.cfg, name_in, name_out)
         self._check_device(sae)
         original = self.hook_dict[name_out]
         use_error = getattr(sae, "use_error_term", False) if use_error_term is None else use_error_term

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..analysis._common import span_mask
 from ..analysis.runner import iterate_batches
+from ..summary import summary_repr
 
 #: origin of every activation row; grid cells are -1 where the position is not an image patch
 INDEX_COLUMNS = ("item", "position", "role", "image", "tile", "grid_row", "grid_col")
@@ -38,6 +39,8 @@ _NOT_PER_POSITION = ("hook_attn_scores", "hook_pattern")
 class ActivationChunk:
     """Activations ``[n, d_in]`` with their origin: ``index[column]`` is an int64 array [n] per
     :data:`INDEX_COLUMNS` (``role`` holds the position of the role's name in ``roles``)."""
+
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
 
     acts: Tensor
     index: dict[str, np.ndarray]

@@ -20,7 +20,7 @@ from typing import Any
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 
 
-def add_parser(sub: Any, dtypes: list[str], default_device: str) -> argparse.ArgumentParser:
+def add_parser(sub: Any, dtypes: list[str], default_device: str | None) -> argparse.ArgumentParser:
     p = sub.add_parser("train-sae", help="train a SAELens SAE on a hook's activations at chosen spans (needs sae-lens)")
     p.add_argument("--model", required=True, help="hub id, local checkpoint folder or shipped toy")
     p.add_argument("--hook", required=True, help="hook point, e.g. hook_embed or blocks.3.hook_resid_post")
@@ -55,7 +55,7 @@ def add_parser(sub: Any, dtypes: list[str], default_device: str) -> argparse.Arg
     p.add_argument("--in-memory", action="store_true", help="keep the first pass's activations in memory and replay them")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--dtype", default="float32", choices=dtypes)
-    p.add_argument("--device", default=default_device)
+    p.add_argument("--device", default=default_device, help="default: cuda when available, else cpu")
     return p
 
 
@@ -108,6 +108,8 @@ def run(args: argparse.Namespace, load_model: Any) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.write_only and not args.write_activations:
         raise SystemExit("--write-only needs --write-activations DIR")
     if not args.write_only and not args.out:

@@ -20,11 +20,14 @@ from torch import Tensor
 from ..analysis._common import SpanLike, forward_with_hooks, span_mask, spans_of
 from ..analysis.patching import last_logits
 from .document import View, image_data_url
+from ..summary import summary_repr
 
 
 @dataclass
 class PredictionComparison:
     """Per run (clean first): next-token top-k at the ``last`` position, and the reference token's probability."""
+
+    __repr__ = summary_repr  # a short summary, not the tensors (hooked_vlm.summary)
 
     runs: list[str]
     top_ids: Tensor  # [run, k]
