@@ -169,3 +169,15 @@ def test_patch_attribution_decomposes_the_self_attention_layers_only():
     assert res.attribution[:, [1, 3]].abs().max() == 0 and res.attribution[:, [0, 2]].abs().max() > 0
     with pytest.raises(ValueError, match="cross_patch_attribution"):
         patch_attribution(b.model, b.inputs, target=5, layers=[1])
+
+
+def test_position_knockout_skips_cross_layers_and_refuses_them_by_name():
+    from hooked_vlm.analysis import knockout_hooks
+
+    b = _b()
+    hooks = knockout_hooks(b.model, src="text", dst="last")
+    assert sorted(hooks.skipped) == [1, 3] and sorted(hooks.acted_on) == [0, 2]
+    with pytest.raises(ValueError, match="cross_attention_knockout"):
+        knockout_hooks(b.model, src="text", dst="last", layers=[1])
+    with pytest.raises(ValueError, match="cross_attention_knockout"):
+        knockout_hooks(b.model, src="text", dst="last", linear="remove_source")
