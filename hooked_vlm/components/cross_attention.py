@@ -134,20 +134,12 @@ class CrossAttention(Attention):
         if self._explicit():
             z = self._explicit_attention(qh, kh, vh, allowed)
         else:
-            z = self._fast_attention(qh, kh, vh, _NOT_CAUSAL, allowed)
+            # no causal structure over image keys: SDPA without is_causal (with the mask when there is one)
+            keys = AttentionMask(causal=False, key_padding=None, k_len=k.shape[1],
+                                 query_positions=torch.arange(q_len, device=x.device))
+            z = self._fast_attention(qh, kh, vh, keys, allowed)
         z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
         return self.o_proj(z.reshape(b, q_len, cfg.n_heads * cfg.d_head))
-
-
-class _NoCausal:
-    """Stands in for the AttentionMask the fast path asks about: queries see every image key (no causal structure)."""
-
-    @staticmethod
-    def sdpa_is_causal() -> bool:
-        return False
-
-
-_NOT_CAUSAL = _NoCausal()
 
 
 def _cross_attention(cfg: TowerConfig, layer: int) -> nn.Module:
