@@ -30,6 +30,7 @@ FAMILY_MODULES = [
     "converters.lighton_ocr",
     "converters.llava_next_video",
     "converters.deepseek_vl",
+    "converters.mllama",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -64,6 +64,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "InternVLForConditionalGeneration": ("internvl-qwen2", "internvl-qwen3"),
     "Idefics2ForConditionalGeneration": ("idefics2",),
     "PaliGemmaForConditionalGeneration": ("paligemma2",),
+    "MllamaForConditionalGeneration": ("mllama",),
     "VipLlavaForConditionalGeneration": ("vipllava",),
     "LightOnOcrForConditionalGeneration": ("lighton-ocr",),
     "LlavaNextVideoForConditionalGeneration": ("next-video-clip",),
@@ -116,6 +117,10 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
     ("Idefics2ForConditionalGeneration", "NaViT SigLIP, gated MLP + perceiver resampler (64 latents per image; "
      "`projector.resampler.blocks.{i}.*`), Mistral LM, image splitting",
      "`latent` (no (row, col): `to_grid` refuses), `image_border`, tile (the 4 quarters + whole image)"),
+    ("MllamaForConditionalGeneration", "Llama 3.2 Vision: tiled two-stage ViT (gated global encoder, aspect-ratio "
+     "embeddings), linear projector, gated cross-attention layers (`blocks.{l}.cross_attn.*`, keys cached once; the "
+     "image never enters the text stream: docs/cross_attention.md)", "`image` = the `<|image|>` placeholders; the keys: "
+     "`cache.kv_spans` (`image.{i}`, `tile.{t}`, `cls`, `patch`, `padding`, (row, col))"),
     ("AyaVisionForConditionalGeneration", "SigLIP + pixel-shuffle SwiGLU projector (LayerNorm), Cohere2 LM (parallel "
      "attention + MLP block, bias-free LayerNorm, interleaved RoPE on sliding layers, NoPE global layers) or Cohere LM "
      "(Aya Vision 32B: q/k norms); tiles + thumbnail between markers", "`boi`, `eoi`, `tile_marker`, `global_marker`, "
@@ -203,7 +208,6 @@ REFUSED: dict[str, str] = {
     "MiniCPMV4_7ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniMaxM3SparseForConditionalGeneration": "the MiniMax M3 sparse-attention MoE LM and its vision tower",
     "MistralLarge4ForConditionalGeneration": "the Mistral Large 4 LM (indexed sparse attention, MoE)",
-    "MllamaForConditionalGeneration": "cross-attention layers to the image (Mllama) and its tiled vision tower",
     "Molmo2ForConditionalGeneration": "Molmo 2's adapter (Molmo2Adapter: attention pooling of the patch windows named by "
                                       "pooled_patches_idx, over concatenated feature layers) and its vision / text parts",
     "MuseGlimmerForConditionalGeneration": "the Muse LM (centred RMS norms, normed embeddings) and its vision adapter",

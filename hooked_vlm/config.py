@@ -62,6 +62,32 @@ class ShortConvConfig:
 
 
 @dataclass
+class CrossAttentionConfig:
+    """Cross-attention token mixer (``cross_attention`` layers; Mllama): queries from the text stream, keys / values
+    from the projected image features (components/cross_attention.py)."""
+
+    n_heads: int
+    n_key_value_heads: int
+    d_head: int
+    qk_norm: str | None = None  # "RMS" | "LN": each head's q (over text) and k (over image keys) normed over d_head
+    qk_norm_eps: float = 1e-6
+    attn_bias: bool = False  # bias on q, k, v (and o)
+    # text rows whose cross-attention mask allows no image key (text before the first image): True = HF Mllama's
+    # "full text row" rule: such a row attends to EVERY key (its mask row is all True) and the layer's MLP output is
+    # zeroed at that row; False = such a row gets zeros from the attention and keeps its MLP output
+    empty_rows_attend_all: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_heads", "n_key_value_heads", "d_head"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"CrossAttentionConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.n_heads % self.n_key_value_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}")
+        if self.qk_norm not in (None, "RMS", "LN"):
+            raise ValueError(f"CrossAttentionConfig.qk_norm must be None, 'RMS' or 'LN', got {self.qk_norm!r}")
+
+
+@dataclass
 class TowerConfig:
     """One stack of pre-norm transformer blocks (language model or vision tower)."""
 
@@ -144,6 +170,12 @@ class TowerConfig:
     # False: added ungated (GLM-4.5 / DeepSeek-style shared experts)
     d_mlp_shared_expert: int | None = None
     shared_expert_gate: bool = False
+    # cross-attention mixer of the layers whose layer_types entry is "cross_attention" (Mllama)
+    cross_attention: CrossAttentionConfig | None = None
+    # tanh-gated residual adds (Mllama's cross-attention layers, Mllama's global vision encoder): in these layers the
+    # mixer and MLP outputs are multiplied by tanh of learned scalars attn_gate / mlp_gate before they are added
+    # (hook_attn_gate / hook_mlp_gate [1] show the tanh values; hook_attn_out / hook_mlp_out what is added)
+    tanh_gated_layers: tuple[int, ...] = ()
     # parallel block (Cohere / Command R): ONE input norm ln1 feeds both attention and the MLP, whose outputs are added
     # to the residual together: resid_post = resid_pre + attn(ln1(x)) + mlp(ln1(x)). No ln2 and no hook_resid_mid
     # (no residual exists between the sublayers); hook_attn_out / hook_mlp_out are the two summands
@@ -185,7 +217,8 @@ class TowerConfig:
             rotary_kinds = set(self.layer_types) & set(ATTENTION_LAYER_TYPES)
             if self.layer_rope_parameters is not None and rotary_kinds - set(self.layer_rope_parameters):
                 raise ValueError(f"layer_rope_parameters has no entry for {sorted(rotary_kinds - set(self.layer_rope_parameters))}")
-            for kind, name in (("linear_attention", "linear_attention"), ("conv", "short_conv")):
+            for kind, name in (("linear_attention", "linear_attention"), ("conv", "short_conv"),
+                               ("cross_attention", "cross_attention")):
                 if kind in self.layer_types and getattr(self, name) is None:
                     raise ValueError(f"layer_types has {kind} layers but {name} is None: give TowerConfig.{name} "
                                      f"(a {type(self).__name__} field describing that mixer)")
@@ -219,6 +252,11 @@ class TowerConfig:
             raise ValueError("shared_expert_gate needs a shared expert (d_mlp_shared_expert)")
         if self.normalization_type not in ("RMS", "LN"):
             raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
+        self.tanh_gated_layers = tuple(self.tanh_gated_layers)
+        if any(not 0 <= l < self.n_layers for l in self.tanh_gated_layers):
+            raise ValueError(f"tanh_gated_layers {self.tanh_gated_layers} must be layers of the {self.n_layers}-layer tower")
+        if self.tanh_gated_layers and self.norm_placement != "pre":
+            raise ValueError("tanh_gated_layers are implemented for pre-norm blocks only")
         if not self.norm_bias and self.normalization_type != "LN":
             raise ValueError("norm_bias=False is a LayerNorm without bias; it needs normalization_type='LN' "
                              f"(an RMS norm has no bias), got {self.normalization_type!r}")
@@ -329,6 +367,9 @@ class HookedVLMConfig:
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    # rows of the token-embedding table when it is larger than the unembedding (Mllama: vocab + 8, the image
+    # placeholder <|image|> is id vocab_size, embedded but never predicted); None = d_vocab
+    d_vocab_embed: int | None = None
 
     # --- TransformerLens-compatible views of the language model ---
     @property

@@ -138,7 +138,7 @@ def _text_prompt(model: "HookedVLM", text: Any, pixel_values: Any, attention_mas
 
 
 #: inputs with one entry per token position ([batch, pos, ...]); they move with the tokens when re-laying out
-PER_POSITION_INPUTS = ("mm_token_type_ids", "token_type_ids")
+PER_POSITION_INPUTS = ("mm_token_type_ids", "token_type_ids", "cross_attention_mask")
 
 
 def is_left_padded(mask: Tensor) -> bool:

@@ -72,6 +72,13 @@ def _record(model: Any, wanted: Any, run: Any) -> tuple[dict[str, tuple[tuple[in
     for name in model.hook_dict:
         if not wanted(name) or name in seen:
             continue
+        cross = name.rpartition(".cross_attn.")[0]
+        keys = seen.get(f"{cross}.cross_attn.hook_k", ((), False))[0]
+        if cross and len(keys) == 4 and name.endswith(QUADRATIC_PER_HEAD + (QUADRATIC_MASK,)):  # [batch, head | 1, q, key]
+            q_len = seen[f"{cross}.hook_resid_pre"][0][1]
+            heads = 1 if name.endswith(QUADRATIC_MASK) else model.get_submodule(f"{cross}.cross_attn").cfg.n_heads
+            seen[name] = ((keys[0], heads, q_len, keys[1]), name.endswith(QUADRATIC_MASK))
+            continue
         block = name.rpartition(".attn.")[0]
         resid = seen.get(f"{block}.hook_resid_pre", ((), False))[0]
         heads = model.get_submodule(f"{block}.attn").cfg.n_heads if block and len(resid) == 3 else None
@@ -102,11 +109,24 @@ def lm_activation_numels(model: Any, tokens: int) -> tuple[dict[str, tuple[int, 
         if model.rotary is not None:
             rotary = tuple(torch.empty(1, tokens, 1, t.rotary_dim or t.d_head, device="meta") for _ in range(2))
         for block in model.blocks:
-            resid = block(resid, mask, rotary)
+            resid = block(resid, mask, rotary, _meta_cross_state(model, tokens) if block.mixer_kind == "cross_attention"
+                          else None)
         model.ln_final(resid)
 
     seen, unsized = _record(model, is_lm_hook, run)
     return {k: (_numel(shape), is_bool) for k, (shape, is_bool) in seen.items()}, unsized
+
+
+def _meta_cross_state(model: Any, tokens: int) -> Any:
+    """A cross-attention layer's state holding the keys of ONE image on the meta device (every tile of the tower's
+    largest tiling, class token included), every text position allowed to see them."""
+    from .components.cross_attention import CrossKV
+
+    v = model.cfg.vision
+    n_keys = v.extra.get("max_num_tiles", 1) * (v.n_patches + int(v.class_token))
+    state = CrossKV()
+    state.begin(torch.empty(1, n_keys, model.cfg.d_model, device="meta"), None, tokens)
+    return state
 
 
 def vision_activation_numels(model: Any) -> tuple[dict[str, tuple[int, bool]] | None, str]:
@@ -116,10 +136,16 @@ def vision_activation_numels(model: Any) -> tuple[dict[str, tuple[int, bool]] | 
     if not isinstance(size, int):
         return None, "unknown: the vision config has no fixed image size"
     pixels = torch.empty(1, v.n_channels, size, size, device="meta")
+    extras: dict = {}
+    tiles = v.extra.get("max_num_tiles")
+    if tiles:  # a tiled tower (pixel_values [batch, images, tiles, C, H, W]): one image of the largest tiling
+        pixels = torch.empty(1, 1, tiles, v.n_channels, size, size, device="meta")
+        extras = {"aspect_ratio_ids": torch.tensor([[v.extra["max_aspect_ratio_id"]]]),
+                  "aspect_ratio_mask": torch.ones(1, 1, tiles, dtype=torch.long)}
     embeds: list[torch.Tensor] = []  # hook_image_embeds is the pipeline's output (the forward hooks it before splicing)
     try:
         seen, unsized = _record(model, lambda n: not is_lm_hook(n),
-                                lambda: embeds.append(model.encode_images(pixels, {})[0]))
+                                lambda: embeds.append(model.encode_images(pixels, extras)[0]))
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError, NotImplementedError) as err:
         pipeline = model.cfg.extra.get("image_pipeline", "vit_mlp")
         return None, (f"unknown: the {pipeline!r} image pipeline needs more than a pixel batch to run on the meta "
@@ -127,7 +153,8 @@ def vision_activation_numels(model: Any) -> tuple[dict[str, tuple[int, bool]] | 
     if "hook_image_embeds" in unsized:
         unsized.remove("hook_image_embeds")
         seen["hook_image_embeds"] = (tuple(embeds[0].shape), False)
-    note = f"one {size}x{size} image, every vision-tower, projector and hook_image_embeds hook point cached"
+    note = (f"one {size}x{size} image" if not tiles else f"one image of {tiles} tiles of {size}x{size}") + \
+        ", every vision-tower, projector and hook_image_embeds hook point cached"
     if unsized:
         note += f"; not sized: {', '.join(unsized)}"
     return {k: (_numel(shape), is_bool) for k, (shape, is_bool) in seen.items()}, note

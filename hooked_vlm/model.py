@@ -50,10 +50,12 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         self.device_map: dict[str, str] | None = None  # {module: device} when loaded with device_map= (hooked_vlm.devices)
         self._main_device: torch.device | None = None  # with a device map: where inputs go
         t = cfg.text
-        self.embed = Embed(cfg.d_vocab, t.d_model, scale=t.embed_scale)
+        self.embed = Embed(cfg.d_vocab_embed or cfg.d_vocab, t.d_model, scale=t.embed_scale)
         self.vision = build_vision(cfg.vision)
         self.projector = build_projector(cfg.projector)
-        self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model] (projector output, before splicing)
+        # [n_image_tokens, d_model] (projector output, before splicing); cross-attention models (text.cross_attention):
+        # [batch, key, d_model], the image features every cross-attention layer reads as keys / values
+        self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
         self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
@@ -167,7 +169,7 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         self.run_state.query_positions = torch.arange(past, past + q_len, device=self.device)
 
         resid = self.embed(tokens)
-        deepstack = []
+        deepstack, cross_images = [], None
         if pixel_values is not None:
             image_embeds, encoded, *more = self.encode_images(pixel_values, image_extras)
             if encoded != layouts:
@@ -178,7 +180,10 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             if len(deepstack) != self.cfg.text.deepstack_layers:
                 raise ValueError(f"the image pipeline gave {len(deepstack)} DeepStack features for "
                                  f"{self.cfg.text.deepstack_layers} DeepStack blocks (text.deepstack_layers)")
-            resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+            if self.cfg.text.cross_attention is not None:  # the image reaches the text only as cross-attention keys
+                cross_images = self.hook_image_embeds(image_embeds)
+            else:
+                resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
         if self.cfg.text.embedding_multiplier != 1.0:  # Granite: the whole stream, image embeddings included
             resid = resid * self.cfg.text.embedding_multiplier
         resid = self.hook_embed(resid)
@@ -203,8 +208,17 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         rotary = self.rotary(position_ids, resid.dtype) if self.rotary is not None else None
         rotaries = rotary if isinstance(rotary, list) else [rotary] * self.cfg.n_layers
         n_run = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
+        states = list(kv_cache.layers) if kv_cache is not None else [None] * self.cfg.n_layers
+        if self.cfg.text.cross_attention is not None:  # image keys and mask rows of this forward, per layer state
+            from .pipelines.cross_tiles import begin_cross_attention, key_spans_for
+
+            states = begin_cross_attention(self, states, cross_images, extras.get("cross_attention_mask"), past, q_len)
+            if cross_images is not None:  # the key axis's roles (hooked_vlm.key_spans); decode steps keep the prompt's
+                self.run_state.extra["kv_spans"] = key_spans_for(self, extras)
+            elif past == 0:
+                self.run_state.extra.pop("kv_spans", None)
         for l, block in enumerate(self.blocks[:n_run]):
-            resid = block(resid, masks[l], rotaries[l], kv_cache.layers[l] if kv_cache is not None else None)
+            resid = block(resid, masks[l], rotaries[l], states[l])
             if l < len(deepstack):
                 resid = self._splice_add(tokens, resid, block.hook_deepstack(deepstack[l]))
         if kv_cache is not None:
@@ -260,9 +274,10 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             raise ValueError(f"input_ids must hold integer token ids (a LongTensor), got dtype {input_ids.dtype}")
         if input_ids.numel():
             lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= self.cfg.d_vocab:
+            n_embed = self.cfg.d_vocab_embed or self.cfg.d_vocab
+            if lo < 0 or hi >= n_embed:
                 raise ValueError(f"input_ids hold token id {lo if lo < 0 else hi}, outside the vocabulary "
-                                 f"(0..{self.cfg.d_vocab - 1}); were they made by another model's tokenizer?")
+                                 f"(0..{n_embed - 1}); were they made by another model's tokenizer?")
         if attention_mask is not None:
             b, q_len = input_ids.shape
             lengths = (q_len,) if past == 0 else (q_len, past + q_len)
@@ -366,6 +381,7 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             self.run_state.extra.pop("cache_buffers", None)
         buffers.keep(cache_dict, self.hook_dict)
         cache = VLMActivationCache(cache_dict, self, spans=self.run_state.spans)  # hooked_vlm.tl_cache
+        cache.kv_spans = self.run_state.extra.get("kv_spans")  # cross-attention models: the key axis (key_spans.py)
         return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
     def get_caching_hooks(self, names_filter: Any = None, incl_bwd: bool = False, device: Any = None,  # type: ignore[override]

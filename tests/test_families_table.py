@@ -67,9 +67,9 @@ def test_inspect_names_the_missing_parts_of_a_refused_family():
     from hooked_vlm.inspect import build_report
     from tests.test_real_configs import REAL, checkpoint_name, config_folder
 
-    path = REAL / "meta-llama__Llama-3.2-11B-Vision.json"
+    path = REAL / "google__gemma-4-26B-A4B.json"
     report = build_report(checkpoint_name(path), "a real config.json", config_folder(path), None, {})
-    assert not report.loadable and REFUSED["MllamaForConditionalGeneration"] in report.format()
+    assert not report.loadable and REFUSED["Gemma4ForConditionalGeneration"] in report.format()
 
 
 def _block(path: Path, markers: tuple[str, str]) -> list[str]:

@@ -16,6 +16,7 @@ from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
 from tests import tiny_llava_like as tll
+from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen35 as tq35
@@ -71,6 +72,7 @@ FAMILIES = {
     "lighton_ocr": _from_factory(tll.lighton_ocr),
     "llava_next_video": _from_factory(tll.llava_next_video),
     "deepseek_vl": _from_factory(tll.deepseek_vl),
+    "mllama": _from_factory(tml.mllama),
 }
 
 

@@ -23,6 +23,7 @@ from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
 from tests import tiny_llava_like as tll
+from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
@@ -87,6 +88,7 @@ CASES = [
     ("lighton-ocr", tll.lighton_ocr),
     ("next-video-clip", tll.llava_next_video),
     ("deepseek-vl", tll.deepseek_vl),
+    ("mllama", tml.mllama),  # cross-attention layers 1, 3; a row with two images (the mask changes mid-row)
 ]
 CASE_IDS = [c[0] for c in CASES]
 

@@ -38,7 +38,7 @@ TABLE_END = "<!-- end of real-configs table -->"
 MUST_BE_SUPPORTED = {"Cohere2VisionForConditionalGeneration", "Gemma3ForConditionalGeneration", "Idefics2ForConditionalGeneration",
                      "Idefics3ForConditionalGeneration", "InternVLForConditionalGeneration", "Lfm2VlForConditionalGeneration",
                      "LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
-                     "Mistral3ForConditionalGeneration", "PaliGemmaForConditionalGeneration",
+                     "Mistral3ForConditionalGeneration", "MllamaForConditionalGeneration", "PaliGemmaForConditionalGeneration",
                      "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                      "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
                      "SmolVLMForConditionalGeneration"}
@@ -118,7 +118,9 @@ def _problems(m: TensorMapping) -> dict:
 
 
 def test_real_configs_are_there():
-    assert len(CONFIGS) >= 6 and SUPPORTED and UNSUPPORTED
+    # UNSUPPORTED may be empty (Mllama was the last real config refused): an unsupported architecture's report is
+    # also checked with a made-up one in tests/test_inspect.py::test_unsupported_architecture_lists_the_supported
+    assert len(CONFIGS) >= 6 and SUPPORTED
     sources = (REAL / "SOURCES.md").read_text()
     assert [p.name for p in CONFIGS if p.name not in sources] == []  # every file says where it was read
 

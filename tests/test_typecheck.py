@@ -68,7 +68,7 @@ SCRIPT = textwrap.dedent(
     from tests import tiny, tiny_native as tn, tiny_next_pixtral as tnp, tiny_qwen_idefics as tq
     from tests import tiny_gemma3 as tg3, tiny_qwen3vl as tq3, tiny_internvl as tiv, tiny_idefics2 as ti2
     from tests import tiny_paligemma as tpg, tiny_llava_like as tll, tiny_cohere as tco
-    from tests import tiny_qwen35 as tq35, tiny_lfm2vl as tlv
+    from tests import tiny_qwen35 as tq35, tiny_lfm2vl as tlv, tiny_mllama as tml
 
     def built(factory):  # a cached tests/tiny*.py factory -> a case (folder, hf, inputs)
         def case():
@@ -92,7 +92,7 @@ SCRIPT = textwrap.dedent(
               "deepseek_vl": built(tll.deepseek_vl),
               "aya_vision": built(tco.aya), "cohere2_vision": built(tco.cohere2_vision),
               "qwen3_5": built(tq35.qwen35), "qwen3_5_moe": built(lambda: tq35.qwen35(moe=True)),
-              "lfm2_vl": built(tlv.lfm2vl)}}
+              "lfm2_vl": built(tlv.lfm2vl), "mllama": built(tml.mllama)}}
     models = {{}}
     for fam, case in cases.items():
         folder, hf, inputs = case()
@@ -102,7 +102,9 @@ SCRIPT = textwrap.dedent(
             _, cache = model.run_with_cache(**inputs, names_filter=lambda n: "hook_resid" in n or n == "ln_final.hook_normalized")
             assert cache.spans.positions("image", 0).numel() > 0
             model.generate(**inputs, max_new_tokens=2, return_type="tokens")
-            model.run_with_hooks(**inputs, fwd_hooks=knockout_hooks(model, "image", "last", layers=[1]))
+            # Mllama: the image is in the cross-attention keys (layers 1, 3), not at positions: a text -> last knockout
+            src, layers = ("text", [0]) if fam == "mllama" else ("image", [1])
+            model.run_with_hooks(**inputs, fwd_hooks=knockout_hooks(model, src, "last", layers=layers))
             logit_lens(model, cache=cache)
         assert logits.shape[-1] == model.cfg.d_vocab and model.W_U.shape[1] == model.cfg.d_vocab
         models[fam] = (model, inputs)

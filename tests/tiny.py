@@ -231,7 +231,10 @@ def pattern_hooks(model: Any) -> list:
 
 def hf_final_norm(hf: Any) -> Any:
     """HF's final norm of the language model (its input is the last block's output)."""
-    norm = getattr(hf.get_decoder(), "norm", None)
+    decoder = hf.get_decoder()
+    norm = getattr(decoder, "norm", None)
+    if norm is None:  # LFM2 names its final norm embedding_norm
+        norm = getattr(decoder, "embedding_norm", None)
     if norm is None:
         raise AttributeError(f"{type(hf).__name__}: its decoder {type(hf.get_decoder()).__name__} has no .norm")
     return norm

@@ -64,6 +64,10 @@ def ablation_hook(span: SpanLike = "image", how: str = "zero", value: Tensor | N
 def span_ablation(model: Any, inputs: dict, span: SpanLike = "image", how: str = "mean", value: Tensor | None = None,
                   hook_name: str = "hook_embed") -> Tensor:
     """Logits of ``inputs`` with ``span`` ablated at ``hook_name`` (default: LM input at image tokens)."""
+    from .cross_attention import refuse_image_positions
+
+    if hook_name == "hook_embed":
+        refuse_image_positions(model, span, "span ablation at hook_embed", "key_ablation(model, inputs, keys=...)")
     return forward_with_hooks(model, inputs, [(hook_name, ablation_hook(span, how, value))])
 
 

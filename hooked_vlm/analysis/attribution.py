@@ -268,6 +268,11 @@ def patch_attribution(model: Any, inputs: dict, target: TargetLike, query: SpanL
     """
     n_layers, H = model.cfg.n_layers, model.cfg.text.n_heads
     n_rep = H // model.cfg.text.n_key_value_heads
+    cross = {l for l, block in enumerate(model.blocks) if block.mixer_kind == "cross_attention"}
+    named = [] if layers is None else [l + n_layers if l < 0 else l for l in ([layers] if isinstance(layers, int) else layers)]
+    if cross & set(named):  # cross-attention heads read image keys, not positions
+        raise ValueError(f"layers {sorted(cross & set(named))} are cross-attention layers: their sources are image keys, "
+                         "not positions; use hooked_vlm.analysis.cross_attention.cross_patch_attribution for them")
     chosen, undecomposed = attention_layers(model, layers, "patch_attribution (a per-source split of attention)")
     wanted = set(chosen)
     if isinstance(query, int):

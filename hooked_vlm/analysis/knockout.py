@@ -119,6 +119,9 @@ def knockout_hooks(model: Any, src: SpanLike = "image", dst: SpanLike = "text", 
                    linear: str = "skip") -> KnockoutHooks:
     """(hook name, hook fn) pairs knocking out ``src`` -> ``dst`` attention in ``layers`` (default all attention
     layers); ``linear``: what happens on layers without attention (module docstring)."""
+    from .cross_attention import refuse_image_positions
+
+    refuse_image_positions(model, src, "attention knockout", "cross_attention_knockout(model, inputs, keys=...)")
     if heads is not None:
         heads = index_list("heads", heads, model.cfg.n_heads)
     if mode not in ("mask", "zero"):
@@ -126,6 +129,11 @@ def knockout_hooks(model: Any, src: SpanLike = "image", dst: SpanLike = "text", 
     if linear not in ("skip", "remove_source", "edges"):
         raise ValueError(f"linear must be 'skip', 'remove_source' or 'edges', got {linear!r}")
     attention, other = split_layers(model, layers)
+    cross = sorted(l for l, kind in other.items() if kind == "cross_attention")
+    if cross and (layers is not None or linear != "skip"):  # their keys are image features, not positions
+        raise ValueError(f"attention knockout: layers {cross} are cross-attention layers, whose keys are image features, "
+                         "not positions (zeroing their input would remove text queries, not a source); knock image "
+                         "keys out with hooked_vlm.analysis.cross_attention.cross_attention_knockout")
     if other and linear == "skip" and layers is not None:
         listing = ", ".join(f"layer {l} is a {kind!r} layer" for l, kind in other.items())
         raise ValueError(f"attention knockout: {listing}, with no attention edges to knock out. Pass "

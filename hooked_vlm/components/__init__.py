@@ -20,6 +20,7 @@ VISION_KINDS = {
     "vq": "hooked_vlm.components.vq:VQTokenizer",
     "vit_post_norm": "hooked_vlm.components.vision_post_norm:PostNormVisionTower",
     "siglip2_naflex": "hooked_vlm.components.naflex_vision:NaFlexVisionTower",
+    "tiled_vit": "hooked_vlm.components.tiled_vision:TiledVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",

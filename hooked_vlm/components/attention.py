@@ -117,7 +117,8 @@ class Attention(nn.Module):
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]
         allowed = None
         if self.hook_mask.fwd_hooks or not mask.is_plain_causal or self._explicit():
-            allowed = self.hook_mask(mask.dense(b))
+            # unhooked: one dense mask per forward, shared by the layers (a hook gets its own copy to edit)
+            allowed = self.hook_mask(mask.dense(b, memo=not self.hook_mask.fwd_hooks))
 
         if self._explicit():
             z = self._explicit_attention(qh, kh, vh, allowed)
@@ -139,6 +140,15 @@ class Attention(nn.Module):
                 k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
         if allowed is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=mask.sdpa_is_causal(), scale=self.scale, **kwargs)
+        memo = getattr(mask, "_memo", None)
+        if memo is not None and memo.get("dense") is allowed:  # the forward's shared mask: derive its parts once
+            if memo.get("sdpa") is None or memo["sdpa"].dtype != q.dtype:
+                memo["sdpa"] = torch.zeros(allowed.shape, dtype=q.dtype, device=allowed.device).masked_fill_(
+                    ~allowed, float("-inf"))  # additive: SDPA would convert a bool mask on every call
+                memo["dead"] = ~allowed.any(-1, keepdim=True)
+                memo["any_dead"] = allowed.is_meta or bool(memo["dead"].any())  # (meta: shapes only, no values)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=memo["sdpa"], scale=self.scale, **kwargs)
+            return out.masked_fill(memo["dead"], 0.0) if memo["any_dead"] else out
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale, **kwargs)
         # queries that may attend to nothing (left padding, knockouts) output zeros on every torch version
         return out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)

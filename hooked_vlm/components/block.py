@@ -6,6 +6,12 @@ The token mixer comes from the layer's ``layer_types`` entry through ``component
 that kind's attribute name (``attn`` for attention, ``linear_attn`` for Gated DeltaNet, ...); ``block.mixer`` is it
 whatever its name, ``block.mixer_kind`` the entry. ``hook_attn_out`` is the mixer's output whatever the kind.
 
+Tanh-gated layers (``cfg.tanh_gated_layers``; Mllama's cross-attention layers and global vision encoder): the mixer
+and MLP outputs are multiplied by tanh of learned scalars ``attn_gate`` / ``mlp_gate`` before they are added
+(``hook_attn_gate`` / ``hook_mlp_gate`` show the tanh values). A cross-attention block with no image keys in its
+state passes the residual through unchanged (HF skips the layer: text-only forwards); where the mixer reports text
+rows that see no image (``state.row_has_image``), their MLP output is zeroed (HF's full-text-row mask).
+
 Parallel blocks (``cfg.parallel_block``, Cohere / Command R): one norm ``ln1`` feeds the mixer AND the MLP, and
 ``resid_post = resid_pre + attn_out + mlp_out``. Such a block has no ``ln2`` and no ``hook_resid_mid`` (no residual
 exists between the sublayers, and a hook that never fires is not created); ``blocks.{l}.ln1.hook_normalized`` is the
@@ -47,6 +53,12 @@ class TransformerBlock(nn.Module):
         # layer scale (InternViT): per-channel gains on the sublayer outputs, before they are added (and hooked)
         self.ls1 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.layer_scale else None
         self.ls2 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.layer_scale else None
+        self.gated = layer in cfg.tanh_gated_layers
+        if self.gated:  # scalar gates; what is added is tanh(gate) * output
+            self.attn_gate = nn.Parameter(torch.zeros(1))
+            self.mlp_gate = nn.Parameter(torch.zeros(1))
+            self.hook_attn_gate = HookPoint()  # [1]  tanh(attn_gate)
+            self.hook_mlp_gate = HookPoint()  # [1]  tanh(mlp_gate)
         self.residual_multiplier = cfg.residual_multiplier  # Granite: a scalar on the sublayer outputs (1.0: none)
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
@@ -64,6 +76,10 @@ class TransformerBlock(nn.Module):
         kv_cache: Any = None,  # this layer's state in the KVCache (components/mixers.py: MIXERS[kind].state)
     ) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
+        if self.mixer_kind == "cross_attention" and (kv_cache is None or not kv_cache.has_keys):
+            return self.hook_resid_post(resid)  # no images in this forward nor in the cache: HF skips the layer
+        if self.gated:
+            return self._gated_forward(resid, mask, rotary, kv_cache)
         if self.parallel:  # one norm, both sublayers read it, both outputs added at once
             x = self.ln1(resid)
             attn_out = self.hook_attn_out(self.mixer(x, mask, rotary, kv_cache))
@@ -79,6 +95,17 @@ class TransformerBlock(nn.Module):
         attn_out = self.hook_attn_out(self._scaled(self.mixer(self.ln1(resid), mask, rotary, kv_cache), self.ls1))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self._scaled(self.mlp(self.ln2(resid)), self.ls2))
+        return self.hook_resid_post(resid + mlp_out)
+
+    def _gated_forward(self, resid, mask, rotary, kv_cache) -> torch.Tensor:
+        attn_gate = self.hook_attn_gate(self.attn_gate.tanh())
+        attn_out = self.hook_attn_out(attn_gate * self.mixer(self.ln1(resid), mask, rotary, kv_cache))
+        resid = self.hook_resid_mid(resid + attn_out)
+        mlp = self.mlp(self.ln2(resid))
+        rows = getattr(kv_cache, "row_has_image", None)  # [batch, pos]: text rows that see some image key
+        if rows is not None:
+            mlp = mlp * rows[..., None].to(mlp.dtype)
+        mlp_out = self.hook_mlp_out(self.hook_mlp_gate(self.mlp_gate.tanh()) * mlp)
         return self.hook_resid_post(resid + mlp_out)
 
     @property

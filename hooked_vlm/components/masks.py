@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -26,6 +26,12 @@ class AttentionMask:
     block_ids: torch.Tensor | None = None
     # True: the blocks are OR-ed on AFTER the sliding window (HF's block_sequence_ids overlay, PaliGemma's prefix)
     block_after_window: bool = False
+    # [batch, k_len] True at padding (non-causal towers): a query and a key that are BOTH padding are masked, every
+    # other pair may attend (HF Mllama's aspect-ratio mask over padding patches and padding tiles)
+    pad_pairs: torch.Tensor | None = None
+    # dense() of this forward, kept for the next layers when memo=True (and what the fast path derives from it); a new
+    # mask (dataclasses.replace, .to) starts empty. Never handed to hooks: they get a fresh tensor to edit.
+    _memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "AttentionMask":
         """This mask with its tensors on ``device`` (itself when they are there): accelerate's device hooks call it
@@ -45,15 +51,21 @@ class AttentionMask:
         """True when SDPA's ``is_causal`` (or no mask at all) gives exactly this mask."""
         if self.sliding_window is not None and self.k_len > self.sliding_window:
             return False
-        if self.segment_ids is not None or self.block_ids is not None:
+        if self.segment_ids is not None or self.block_ids is not None or self.pad_pairs is not None:
             return False
         return self.key_padding is None and (self.q_len == self.k_len or self.q_len == 1 or not self.causal)
 
     def sdpa_is_causal(self) -> bool:
         return self.causal and self.q_len == self.k_len and self.q_len > 1
 
-    def dense(self, batch: int) -> torch.Tensor:
-        """Bool [batch, 1, q_pos, k_pos]; True = the query may attend to the key."""
+    def dense(self, batch: int, memo: bool = False) -> torch.Tensor:
+        """Bool [batch, 1, q_pos, k_pos]; True = the query may attend to the key. ``memo``: built once per mask and
+        batch and shared by the layers that ask (do not edit it in place)."""
+        if memo:
+            if self._memo.get("batch") != batch:
+                self._memo.clear()
+                self._memo.update(batch=batch, dense=self.dense(batch))
+            return self._memo["dense"]
         device = self.query_positions.device
         keys = torch.arange(self.k_len, device=device)
         if self.causal:
@@ -76,4 +88,7 @@ class AttentionMask:
         if self.segment_ids is not None:
             seg = self.segment_ids.to(device)
             allowed = allowed & (seg[:, None, self.query_positions, None] == seg[:, None, None, :])
+        if self.pad_pairs is not None:
+            pad = self.pad_pairs.to(device)
+            allowed = allowed & ~(pad[:, None, self.query_positions, None] & pad[:, None, None, :])
         return allowed

@@ -73,9 +73,10 @@ def _attention(cfg: TowerConfig, layer: int) -> nn.Module:
 for _kind in ("full_attention", "sliding_attention"):
     register_mixer(_kind, "attn", _attention, LayerKVCache, attention=True)
 register_mixer("linear_attention", "linear_attn", lambda cfg, layer: GatedDeltaNet(cfg), RecurrentState)
-# chunked_attention (Llama 4) and cross_attention (Mllama) are LAYER_TYPES without a class here yet:
-# mixer_kind() refuses them by name
+# chunked_attention (Llama 4) is a LAYER_TYPES entry without a class here yet: mixer_kind() refuses it by name
 
 from .short_conv import ConvState, ShortConv  # noqa: E402  (LFM2 short convolution)
 
 register_mixer("conv", "conv", lambda cfg, layer: ShortConv(cfg), ConvState)
+
+from . import cross_attention  # noqa: E402,F401  (Mllama cross-attention registers itself in its module)

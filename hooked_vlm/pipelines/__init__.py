@@ -18,3 +18,4 @@ from . import qwen3_vl  # noqa: F401,E402
 from . import tiles  # noqa: F401,E402
 from . import resampled  # noqa: F401,E402
 from . import naflex  # noqa: F401,E402
+from . import cross_tiles  # noqa: F401,E402
