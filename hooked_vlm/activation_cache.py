@@ -31,8 +31,11 @@ PER_IMAGE_PREFIXES = ("vision.", "projector.")
 PER_IMAGE_TOKEN_POINTS = ("hook_image_embeds", "hook_deepstack")
 #: LM entries laid out [batch, head, q_pos, k_pos]: positions on axis 2; every other LM entry has them on axis 1
 QK_SUFFIXES = ("hook_attn_scores", "hook_pattern", "hook_mask")
-#: LM entries without a position axis: a linear-attention layer's state after the last position [batch, head, d_k, d_v]
-NO_POS_SUFFIXES = ("linear_attn.hook_state",)
+#: LM entries without a sequence-position axis: a linear-attention layer's state after the last position
+#: [batch, head, d_k, d_v]; a cross-attention layer's keys / values (and their norms) over the IMAGE key axis
+#: [batch, key, kv_head, d_head]; the tanh gates of cross-attention blocks (scalars)
+NO_POS_SUFFIXES = ("linear_attn.hook_state", "cross_attn.hook_k", "cross_attn.hook_v", "cross_attn.k_norm.hook_normalized",
+                   "cross_attn.k_norm.hook_scale", "hook_attn_gate", "hook_mlp_gate")
 
 
 def is_per_image(name: str) -> bool:
