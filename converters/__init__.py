@@ -24,6 +24,7 @@ FAMILY_MODULES = [
     "converters.idefics2",
     "converters.aya_vision",
     "converters.cohere2_vision",
+    "converters.qwen3_5",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

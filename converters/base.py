@@ -132,19 +132,42 @@ def check_legacy_vocab_size(hf_config: Any) -> None:
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+class Part(str):
+    """A KeyMap target that is one slice of our parameter: the name (a str, as every target) plus ``index``, the
+    tuple of ints / slices the checkpoint tensor fills (e.g. one expert's rows of a fused expert tensor)."""
+
+    index: tuple
+
+    def __new__(cls, name: str, index: tuple) -> "Part":
+        out = super().__new__(cls, name)
+        out.index = index
+        return out
+
+    @property
+    def slot(self) -> str:  # one name per filled slice: two tensors for the same slot are duplicates
+        return f"{str(self)}[{', '.join(_index_text(i) for i in self.index)}]"
+
+
+def _index_text(i: Any) -> str:
+    return f"{i.start}:{i.stop}" if isinstance(i, slice) else str(i)
+
+
 @dataclass
 class KeyMap:
     """Checkpoint tensor name -> our parameter name.
 
     ``aliases`` first rewrite the legacy on-disk layout into the in-memory one (both are accepted);
-    ``rules`` are (regex, replacement) pairs tried in order; ``ignored`` lists (regex, reason) for
-    tensors deliberately not loaded; ``transforms`` maps our names (regex) to a layout change.
+    ``rules`` are (regex, replacement) pairs tried in order; ``parts`` (regex, replacement, index) map a tensor
+    onto one slice of our parameter (index(match) -> tuple of ints / slices; e.g. per-expert checkpoint tensors into
+    the fused expert parameters), tried after the rules; ``ignored`` lists (regex, reason) for tensors deliberately
+    not loaded; ``transforms`` maps our names (regex) to a layout change.
     """
 
     aliases: list[tuple[str, str]] = field(default_factory=list)
     rules: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
     transforms: list[tuple[str, Transform]] = field(default_factory=list)
+    parts: list[tuple[str, str, Callable[[re.Match], tuple]]] = field(default_factory=list)
 
     def canonical(self, key: str) -> str:
         for pattern, repl in self.aliases:  # applied in order, each at most once
@@ -157,6 +180,10 @@ class KeyMap:
         for pattern, repl in self.rules:
             if re.fullmatch(pattern, key):
                 return re.sub(pattern, repl, key)
+        for pattern, repl, index in self.parts:
+            match = re.fullmatch(pattern, key)
+            if match:
+                return Part(match.expand(repl), index(match))
         for pattern, _reason in self.ignored:
             if re.fullmatch(pattern, key):
                 return None

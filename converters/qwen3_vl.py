@@ -86,7 +86,7 @@ def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
     if rope.get("rope_type", "axial") != "axial":
         raise UnsupportedConfigError(f"{where}: rope_parameters.rope_type={rope.get('rope_type')!r}; supported: "
                                      "'axial' (the 2-D rotary over patch rows and columns)")
-    indexes = list(vc.deepstack_visual_indexes)
+    indexes = list(getattr(vc, "deepstack_visual_indexes", None) or [])  # Qwen3.5: no such field (no DeepStack)
     if indexes != sorted(set(indexes)) or any(not 0 <= i < vc.depth for i in indexes):
         raise UnsupportedConfigError(f"{where}: deepstack_visual_indexes={indexes} must be increasing blocks of the "
                                      f"{vc.depth}-block tower")
@@ -106,11 +106,13 @@ def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
     return vision, projector
 
 
-def qwen3_vl_config(hf: Any) -> HookedVLMConfig:
+def qwen3_vl_config(hf: Any, make_text: Any = None) -> HookedVLMConfig:
+    """``make_text``: (HF text config) -> TowerConfig for a family that shares this one's vision tower, inputs and
+    top-level fields (Qwen3.5); default: the Qwen3-VL LM, with DeepStack."""
     check_fields(hf, TOP_FIELDS, type(hf).__name__)
     tc = hf.text_config
     vision, projector = vision_config(hf.vision_config)
-    text = text_config(tc, projector.extra["n_deepstack"])
+    text = text_config(tc, projector.extra["n_deepstack"]) if make_text is None else make_text(tc)
     if projector.d_out != text.d_model:
         raise UnsupportedConfigError(
             f"vision_config.out_hidden_size={projector.d_out} differs from text hidden_size={text.d_model}: HF's "

@@ -21,8 +21,9 @@ import torch
 
 from .loading import (CHECKPOINT_PATTERNS, SAFETENSORS_DTYPES, SafetensorsFile, converter_for, load_auto_processor,
                       safetensors_files)
-from .tensor_mapping import TensorMapping, map_checkpoint_tensors
-from .memory import activation_bytes, kv_cache_bytes, numel_bytes, vision_activation_numels
+from .tensor_mapping import TensorMapping, _listing, map_checkpoint_tensors
+from .components.mixers import layer_kinds
+from .memory import activation_bytes, kv_cache_bytes, numel_bytes, recurrent_state_bytes, vision_activation_numels
 
 #: what a hub inspect downloads: everything a checkpoint folder holds except its weights
 METADATA_PATTERNS = [p for p in CHECKPOINT_PATTERNS if p != "*.safetensors"]
@@ -58,6 +59,9 @@ class CheckpointReport:
     checkpoint_dtypes: dict[str, int] = field(default_factory=dict)  # safetensors dtype -> tensor count
     weight_bytes: dict[str, int] = field(default_factory=dict)  # dtype -> bytes of our parameters
     kv_cache_bytes_per_1k: dict[str, int] = field(default_factory=dict)
+    # linear-attention (Gated DeltaNet) layers: their state per sequence, constant in tokens; empty without such layers
+    recurrent_state_bytes: dict[str, int] = field(default_factory=dict)
+    layer_kinds: dict[str, int] = field(default_factory=dict)  # LM layer kind (layer_types entry) -> count
     cache_bytes_per_1k: dict[str, int] = field(default_factory=dict)  # full LM run_with_cache, text positions
     cache_assumptions: str = ""
     vision_cache_bytes_per_image: dict[str, int] = field(default_factory=dict)  # vision + projector hooks, one image
@@ -157,6 +161,10 @@ def build_report(name: str, source: str, folder: Path, shapes: dict[str, tuple[i
     report.n_hook_points = len(model.hook_dict)
     report.towers = towers(cfg)
     report.kv_cache_bytes_per_1k = {d: kv_cache_bytes(cfg.text, TOKENS, b) for d, b in DTYPE_BYTES.items()}
+    if recurrent_state_bytes(cfg.text, 4):
+        report.recurrent_state_bytes = {d: recurrent_state_bytes(cfg.text, b) for d, b in DTYPE_BYTES.items()}
+    for kind in layer_kinds(cfg.text):
+        report.layer_kinds[kind] = report.layer_kinds.get(kind, 0) + 1
     per_dtype, assumptions = activation_bytes(model, TOKENS, DTYPE_BYTES)
     report.cache_bytes_per_1k, report.cache_assumptions = per_dtype, assumptions
     if cfg.vision is not None:
@@ -319,6 +327,11 @@ def format_report(r: CheckpointReport) -> str:
         lines.append(f"  checkpoint:     {_gib(r.checkpoint_bytes)} on disk ({dtypes})")
     if r.kv_cache_bytes_per_1k:
         lines.append(f"  KV cache per {TOKENS} tokens: " + ", ".join(f"{d} {_gib(b)}" for d, b in r.kv_cache_bytes_per_1k.items()))
+        if r.recurrent_state_bytes:
+            lines.append(f"  recurrent state per sequence ({r.layer_kinds.get('linear_attention', 0)} linear-attention "
+                         "layers; constant, it does not grow with the tokens): "
+                         + ", ".join(f"{d} {_gib(b)}" for d, b in r.recurrent_state_bytes.items())
+                         + " (the delta-rule state is float32 in every dtype)")
         lines.append(f"  run_with_cache per {TOKENS} tokens: " + ", ".join(f"{d} {_gib(b)}" for d, b in r.cache_bytes_per_1k.items()))
         lines.append(f"    ({r.cache_assumptions})")
     if r.vision_cache_note:
@@ -327,7 +340,9 @@ def format_report(r: CheckpointReport) -> str:
     if r.n_hook_points is not None:
         lines.append(f"  hook points:    {r.n_hook_points}")
     for t in r.towers:
-        lines.append(f"  {t.name + ':':15s} {t.n_layers} layers, d_model {t.d_model}, {t.n_heads} heads "
+        kinds = f" ({', '.join(f'{n} {k}' for k, n in r.layer_kinds.items())})" \
+            if t.name == "language model" and len(r.layer_kinds) > 1 else ""
+        lines.append(f"  {t.name + ':':15s} {t.n_layers} layers{kinds}, d_model {t.d_model}, {t.n_heads} heads "
                      f"({t.n_key_value_heads} kv) x d_head {t.d_head}, d_mlp {t.d_mlp}")
     if r.image_tokens_note:
         n = "" if r.image_tokens_per_image is None else f"{r.image_tokens_per_image} for "
@@ -336,8 +351,12 @@ def format_report(r: CheckpointReport) -> str:
     if m is not None:
         lines.append(f"  tensor mapping: {len(m.plan)} mapped, {len(m.ignored)} ignored by design, {len(m.unused)} unused, "
                      f"{len(m.missing)} missing, {len(m.misshaped)} misshaped")
-        for key, reason in m.ignored[:5]:
-            lines.append(f"    ignored {key}: {reason}")
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in m.ignored:  # grouped by reason: every ignored tensor is accounted for, by name
+            by_reason.setdefault(reason, []).append(key)
+        for reason, keys in by_reason.items():
+            lines.append(f"    ignored {keys[0]}: {reason}" if len(keys) == 1 else
+                         f"    ignored {len(keys)} tensors ({_listing(keys, 4)}): {reason}")
         lines += [f"    unused {k}" for k in m.unused[:20]]
         lines += [f"    missing {k}" for k in m.missing[:20]]
         lines += [f"    misshaped {k} -> {ours}: {tuple(s)} vs {tuple(e)}" for k, ours, s, e, _ in m.misshaped[:20]]

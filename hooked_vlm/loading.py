@@ -242,6 +242,13 @@ def fill_from_safetensors(model: torch.nn.Module, folder: Path, keymap: Any, off
             with open(sf.path, "rb") as handle:
                 for key, ours in items:
                     param = targets[ours]
+                    index = ours.index if hasattr(ours, "slot") else None  # a slice (converters.base.Part)
+                    if index is not None:
+                        if param.is_meta:
+                            raise NotImplementedError(f"{ours} is filled from several checkpoint tensors ({key} is "
+                                                      "one); offloading such a parameter to disk is not supported")
+                        param.data[index].copy_(sf.read_into(handle, key))
+                        continue
                     fn = keymap.transform(ours)
                     tensor = sf.read_into(handle, key, dest=param.data if fn is None and not param.is_meta else None)
                     if fn is not None:

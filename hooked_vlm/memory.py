@@ -19,9 +19,31 @@ QUADRATIC_PER_HEAD = ("attn.hook_attn_scores", "attn.hook_pattern")
 QUADRATIC_MASK = "attn.hook_mask"
 
 
+def _n_layers_of(text: Any, kinds: tuple[str, ...]) -> int:
+    from .components.mixers import layer_kinds
+
+    return sum(kind in kinds for kind in layer_kinds(text))
+
+
 def kv_cache_bytes(text: Any, tokens: int, element_size: int, batch: int = 1) -> int:
-    """Keys and values of every layer, as ``KVCache`` keeps them: [batch, pos, kv_head, d_head] each, all positions."""
-    return 2 * text.n_layers * batch * tokens * text.n_key_value_heads * text.d_head * element_size
+    """Keys and values of every attention layer, as ``KVCache`` keeps them: [batch, pos, kv_head, d_head] each, all
+    positions (linear / conv layers keep a constant-size state instead: :func:`recurrent_state_bytes`)."""
+    from .config import ATTENTION_LAYER_TYPES
+
+    n_attention = _n_layers_of(text, ATTENTION_LAYER_TYPES)
+    return 2 * n_attention * batch * tokens * text.n_key_value_heads * text.d_head * element_size
+
+
+def recurrent_state_bytes(text: Any, element_size: int, batch: int = 1) -> int:
+    """The state ``KVCache`` keeps per linear-attention layer, whatever the number of tokens: the causal-conv window
+    [batch, conv_dim, conv_kernel - 1] (model dtype) and the delta-rule state [batch, head, d_k, d_v] (float32, as HF's
+    torch path keeps it)."""
+    la = text.linear_attention
+    n_linear = _n_layers_of(text, ("linear_attention",))
+    if la is None or not n_linear:
+        return 0
+    per_layer = la.conv_dim * (la.conv_kernel - 1) * element_size + la.n_value_heads * la.d_key * la.d_value * 4
+    return n_linear * batch * per_layer
 
 
 def is_lm_hook(name: str) -> bool:
@@ -69,7 +91,7 @@ def lm_activation_numels(model: Any, tokens: int) -> tuple[dict[str, tuple[int, 
                              query_positions=torch.arange(tokens, device="meta"))
         rotary = None
         if model.rotary is not None:
-            rotary = tuple(torch.empty(1, tokens, 1, t.d_head, device="meta") for _ in range(2))
+            rotary = tuple(torch.empty(1, tokens, 1, t.rotary_dim or t.d_head, device="meta") for _ in range(2))
         for block in model.blocks:
             resid = block(resid, mask, rotary)
         model.ln_final(resid)

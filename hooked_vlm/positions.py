@@ -66,9 +66,14 @@ def mrope_positions(
             text = text + deltas.to(text.device)
         return text[None].expand(3, -1, -1)
     spec = model.cfg.extra["mrope"]
-    if (tokens == spec["video_token_id"]).any():
+    # without a KV cache generate reruns prompt + generated tokens: positions beyond the prompt's mm_token_type_ids
+    # are generated text (as HF's cached generation treats them), whatever their ids
+    types = extras.get("mm_token_type_ids")
+    prompt = tokens.shape[1] if types is None else min(types.shape[1], tokens.shape[1])
+    if (tokens[:, :prompt] == spec["video_token_id"]).any():
         raise ValueError("the prompt holds video tokens; videos are not supported (images only)")
     is_image = tokens == spec["image_token_id"]
+    is_image[:, prompt:] = False
     if not is_image.any():
         positions = _text_positions(tokens, position_ids, 0)[None].expand(3, -1, -1)
         deltas = torch.zeros(tokens.shape[0], 1, dtype=torch.long, device=tokens.device)

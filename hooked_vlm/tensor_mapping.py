@@ -102,21 +102,35 @@ def map_checkpoint_tensors(model: torch.nn.Module, keymap: Any, shapes: Mapping[
         if ours not in targets:
             out.unknown_targets.append((key, ours))
             continue
-        sources.setdefault(ours, []).append(key)
+        index = ours.index if hasattr(ours, "slot") else None  # converters.base.Part: one slice of our parameter
+        sources.setdefault(ours if index is None else ours.slot, []).append(key)
         out.plan.append((key, ours))
-        expected = tuple(targets[ours].shape)
+        expected = tuple(targets[ours].shape if index is None else targets[ours][index].shape)
         fn = keymap.transform(ours)
         got = tuple(shape) if fn is None else tuple(fn(torch.empty(tuple(shape), device="meta")).shape)
         if got != expected:
             out.misshaped.append((key, ours, got, expected, fn is not None))
     out.duplicates = [(ours, keys) for ours, keys in sources.items() if len(keys) > 1]
+    filled = _filled_by_parts(out.plan, targets)
     groups: dict[int, list[str]] = {}
     for name, tensor in targets.items():
         groups.setdefault(id(tensor), []).append(name)
-    out.missing = [name for names in groups.values() if not any(n in sources for n in names) for name in names]
+    out.missing = [name for names in groups.values() if not any(n in sources or filled.get(n) for n in names)
+                   for name in names]
     out.tied_twice = [{n: sources[n][0] for n in names if n in sources} for names in groups.values()
                       if sum(n in sources for n in names) > 1]
     return out
+
+
+def _filled_by_parts(plan: list, targets: Mapping[str, torch.Tensor]) -> dict[str, bool]:
+    """{our parameter: True} for those its slices fill completely: distinct slots (a repeated slot is a duplicate)
+    whose sizes add up to the parameter's (the converters' slices of one parameter are disjoint by construction)."""
+    slots: dict[str, dict[str, int]] = {}
+    for _, ours in plan:
+        index = ours.index if hasattr(ours, "slot") else None
+        if index is not None:
+            slots.setdefault(str(ours), {})[ours.slot] = targets[ours][index].numel()
+    return {name: sum(sizes.values()) == targets[name].numel() for name, sizes in slots.items()}
 
 
 def _ignore_reason(keymap: Any, key: str) -> str:

@@ -16,6 +16,7 @@ from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
+from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -60,6 +61,8 @@ FAMILIES = {
     "aya_vision": _from_factory(tco.aya),
     "aya_vision_cohere_lm": _from_factory(functools.partial(tco.aya, "cohere")),
     "cohere2_vision": _from_factory(tco.cohere2_vision),
+    "qwen3_5": _from_factory(tq35.qwen35),
+    "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
 }
 
 

@@ -24,6 +24,7 @@ from tests import tiny_idefics2 as ti2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
+from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
 ATOL = 1e-4  # ours vs HF
@@ -69,6 +70,8 @@ CASES = [
     ("gemma3", tg3.gemma3),
     ("qwen3-vl", tq3.qwen3vl),
     ("qwen3-vl-moe", functools.partial(tq3.qwen3vl, moe=True)),
+    ("qwen3.5", tq35.qwen35),  # hybrid: Gated DeltaNet + gated attention layers
+    ("qwen3.5-moe", functools.partial(tq35.qwen35, moe=True)),
     ("internvl-qwen2", tiv.internvl),
     ("internvl-qwen3", functools.partial(tiv.internvl, "qwen3")),
     ("idefics2", ti2.idefics2),
@@ -173,6 +176,11 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+def _n_attention(model) -> int:
+    """LM layers with attention (hybrid models: the others are linear / conv mixers, which have no attention path)."""
+    return sum(hasattr(block, "attn") for block in model.blocks)
+
+
 def _assert_path(calls: dict, path: str, n_attention: int) -> None:
     """Every one of the >= n_attention attention calls took ``path``."""
     took, other = ("explicit", "fast") if path == "explicit" else ("fast", "explicit")
@@ -185,7 +193,7 @@ def test_default_forward_logits_match_hf(case_id):
     without a mask, are compared with the explicit path in test_fast_and_explicit_paths_agree.)"""
     b = built(case_id)
     logits, _, calls = ours_run(case_id, "padded", "default")
-    _assert_path(calls, "default", b.model.cfg.n_layers)
+    _assert_path(calls, "default", _n_attention(b.model))
     real = _real(b.inputs)
     assert torch.isfinite(logits).all()
     assert _max_diff(hf_run(case_id).logits[real], logits[real]) <= ATOL
@@ -198,7 +206,7 @@ def test_logits_and_residuals_match_hf(case_id, path):
     model, inputs = b.model, b.inputs
     ref = hf_run(case_id)
     logits, cache, calls = ours_run(case_id, "padded", path)
-    _assert_path(calls, path, model.cfg.n_layers)
+    _assert_path(calls, path, _n_attention(model))
     real = _real(inputs)
     assert torch.isfinite(logits).all()
     assert _max_diff(ref.logits[real], logits[real]) <= ATOL
@@ -239,10 +247,10 @@ def test_fast_and_explicit_paths_agree(case_id, batch):
     model = built(case_id).model
     fast_logits, fast, fast_calls = ours_run(case_id, batch, "fast")
     slow_logits, slow, slow_calls = ours_run(case_id, batch, "explicit")
-    _assert_path(fast_calls, "fast", model.cfg.n_layers)
+    _assert_path(fast_calls, "fast", _n_attention(model))
     _assert_path(slow_calls, "explicit", fast_calls["fast"])  # every attention call took the explicit path
     if batch == "unpadded" and model.cfg.text.sliding_window is None:
-        assert fast_calls["fast_unmasked"] >= model.cfg.n_layers
+        assert fast_calls["fast_unmasked"] >= _n_attention(model)
     assert _max_diff(fast_logits, slow_logits) <= PATH_ATOL
     names = sorted(fast.keys())
     has_vision_attention = any(n.startswith("vision.blocks.") for n in model.hook_dict)

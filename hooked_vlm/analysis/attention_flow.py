@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, image_region_mask, layer_list, span_mask
+from ._common import SpanLike, forward_with_hooks, image_region_mask, span_mask
+from .layer_kinds import attention_layers
 from ..spans import TokenSpans
 
 _NOT_MARKERS = {"image", "text", "pad", "last", "generated"}
@@ -74,10 +75,11 @@ def attention_flow_frame(model: Any, inputs: dict, query_span: SpanLike = "after
                          per_head: bool = False) -> Any:
     """Per-example raw attention mass: tidy DataFrame (batch, layer, head, role, weight).
 
-    ``head`` is -1 for the sum over heads (``per_head=False``)."""
+    ``head`` is -1 for the sum over heads (``per_head=False``). Hybrid models: attention layers only;
+    ``frame.attrs["skipped_layers"]`` {layer: kind} lists the others (naming one raises)."""
     import pandas as pd
 
-    layers = layer_list(model, layers)
+    layers, skipped = attention_layers(model, layers, "attention_flow")
     store: dict = {}
     forward_with_hooks(model, inputs, [(f"blocks.{l}.attn.hook_pattern", flow_hook(store, l, query_span, keys))
                                        for l in layers], return_type=None)
@@ -91,7 +93,9 @@ def attention_flow_frame(model: Any, inputs: dict, query_span: SpanLike = "after
             for hi in range(h):
                 for ri, role in enumerate(store["roles"]):
                     rows.append((bi, l, hi if per_head else -1, role, float(mass[bi, hi, ri])))
-    return pd.DataFrame(rows, columns=["batch", "layer", "head", "role", "weight"])
+    frame = pd.DataFrame(rows, columns=["batch", "layer", "head", "role", "weight"])
+    frame.attrs["skipped_layers"] = skipped
+    return frame
 
 
 def attention_flow(model: Any, data: dict | Iterable[Any], *, query_span: SpanLike = "after_image",
@@ -106,11 +110,14 @@ def attention_flow(model: Any, data: dict | Iterable[Any], *, query_span: SpanLi
     from .runner import run_dataset
 
     fn = lambda m, inp: attention_flow_frame(m, inp, query_span, keys, layers, per_head)
+    _, skipped = attention_layers(model, layers, "attention_flow")
     if isinstance(data, dict):
         per_example = fn(model, data).rename(columns={"batch": "example"})
     else:
         per_example = run_dataset(model, data, fn, batch_size=batch_size, progress=progress, desc="attention flow")
-    return summarise_flow(per_example)
+    out = summarise_flow(per_example)
+    out.attrs["skipped_layers"] = skipped  # layers without attention (hybrid models): not in the result
+    return out
 
 
 def summarise_flow(per_example: Any) -> Any:

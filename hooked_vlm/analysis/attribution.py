@@ -31,6 +31,12 @@ too (the same linearisation as the final norm's), so the per-source terms still 
 ``hook_attn_out``; ``frozen_norms`` on the result names every norm whose scale was frozen.
 Final-logit soft-capping (``cfg.text.final_logit_softcap``, Gemma 2) is not linear and has no frozen
 form: the attribution is to the logit *before* capping (``softcap`` on the result says so).
+
+Gated attention (Qwen3.5 ``attn_output_gate``): the gate depends on the query only, so each source's term is
+``pattern[h, q, s] * (v[s] * sigmoid(gate[q, h])) @ W_O[h]`` -- still exact. Layers without attention (Gated DeltaNet,
+short convolutions) have no per-source split of their output: with ``layers=None`` they are left out (zero in
+``attribution`` and ``bias``; their whole output is in ``attn_total``) and listed in ``undecomposed`` {layer: kind};
+naming one raises (docs/hybrid_models.md).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ._common import SpanLike, forward_with_hooks, span_mask
+from .layer_kinds import attention_layers
 from ..spans import TokenSpans
 
 TargetLike = Any  # int | str | (a, b) | Tensor [batch] | Tensor [batch, 2]
@@ -69,6 +76,7 @@ class PatchAttributionResult:
     softcap: float | None = None
     frozen_norms: list[str] = field(default_factory=list)
     tokenizer: Any = None
+    undecomposed: dict[int, str] = field(default_factory=dict)  # layers without attention (hybrids): layer -> kind
 
     @property
     def target_label(self) -> str:
@@ -257,9 +265,8 @@ def patch_attribution(model: Any, inputs: dict, target: TargetLike, query: SpanL
     """
     n_layers, H = model.cfg.n_layers, model.cfg.text.n_heads
     n_rep = H // model.cfg.text.n_key_value_heads
-    wanted = set(range(n_layers)) if layers is None else {l + n_layers if l < 0 else l for l in layers}
-    if not wanted <= set(range(n_layers)):
-        raise ValueError(f"layers {sorted(wanted - set(range(n_layers)))} out of range 0..{n_layers - 1}")
+    chosen, undecomposed = attention_layers(model, layers, "patch_attribution (a per-source split of attention)")
+    wanted = set(chosen)
     if isinstance(query, int):
         query = [query]
     state: dict[str, Any] = {}
@@ -282,11 +289,16 @@ def patch_attribution(model: Any, inputs: dict, target: TargetLike, query: SpanL
     def grab_v(v: Tensor, hook: Any, layer: int) -> None:
         state[f"v{layer}"] = v
 
+    def grab_gate(gate: Tensor, hook: Any, layer: int) -> None:  # gated attention: sigmoid(gate) at the query row
+        state[f"g{layer}"] = torch.sigmoid(rows(gate).float())  # [batch, head, d_head]
+
     def grab_pattern(pattern: Tensor, hook: Any, layer: int) -> None:
         post = post_attention_norm(model, layer)
         d = state["dir"] if post is None else through_norm(state["dir"], post[1])
         W_O = model.blocks[layer].attn.W_O.float()  # [head, d_head, d_model]
         wo_dir = einsum("head d_head d_model, batch d_model -> batch head d_head", W_O, d)
+        if f"g{layer}" in state:
+            wo_dir = wo_dir * state.pop(f"g{layer}")
         v = einops.repeat(state.pop(f"v{layer}").float(), "batch pos kv d_head -> batch pos (kv rep) d_head", rep=n_rep)
         per_source = einsum("batch pos head d_head, batch head d_head -> batch head pos", v, wo_dir)
         q_row = pattern[torch.arange(pattern.shape[0], device=pattern.device), :, state["q"]].float()  # [b, head, k]
@@ -310,6 +322,8 @@ def patch_attribution(model: Any, inputs: dict, target: TargetLike, query: SpanL
         if l in wanted:
             hooks += [(f"blocks.{l}.attn.hook_v", lambda t, hook, l=l: grab_v(t, hook, l)),
                       (f"blocks.{l}.attn.hook_pattern", lambda t, hook, l=l: grab_pattern(t, hook, l))]
+            if model.blocks[l].attn.gated:
+                hooks.append((f"blocks.{l}.attn.hook_gate", lambda t, hook, l=l: grab_gate(t, hook, l)))
         post = post_attention_norm(model, l)
         if post is not None:
             hooks.append((f"{post[0]}.hook_scale", lambda t, hook, l=l: grab_post_scale(t, hook, l)))
@@ -325,7 +339,7 @@ def patch_attribution(model: Any, inputs: dict, target: TargetLike, query: SpanL
     bias = torch.zeros(b, n_layers, device=d.device)
     for l in range(n_layers):
         post = post_attention_norm(model, l)
-        b_O = model.blocks[l].attn.b_O.float()
+        b_O = model.blocks[l].mixer.b_O.float()
         if post is None:
             bias[:, l] = d @ b_O
         else:
@@ -350,4 +364,4 @@ def patch_attribution(model: Any, inputs: dict, target: TargetLike, query: SpanL
         mlp_total=torch.stack([project(mlp_out[l]) for l in range(n_layers)], 1).cpu(),
         embed_total=project(state["embed"].float()).cpu(), logit=logit.cpu(), query_positions=state["q"].cpu(),
         target_ids=ids.cpu(), spans=state["spans"], softcap=model.cfg.text.final_logit_softcap, frozen_norms=frozen,
-        tokenizer=getattr(model, "tokenizer", None))
+        tokenizer=getattr(model, "tokenizer", None), undecomposed=undecomposed)

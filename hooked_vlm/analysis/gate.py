@@ -12,6 +12,10 @@ up across examples. Two scores, averaged over the dataset:
   after the image in ``knockout_layers`` (``mask`` knockout, :mod:`.knockout`).
 
 The gate has a high attention share and a large knockout effect (EOI in Chameleon/Emu3).
+
+Hybrid models (docs/hybrid_models.md): both scores use the attention layers only (``layers`` /
+``knockout_layers`` None = every attention layer; naming a linear / conv layer raises); the result's
+``attrs["skipped_layers"]`` {layer: kind} lists the layers neither score looked at.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, image_region_mask, layer_list, span_mask
+from ._common import SpanLike, forward_with_hooks, image_region_mask, span_mask
+from .layer_kinds import attention_layers
 from .knockout import knockout_hooks
 from .patching import last_logits
 
@@ -66,7 +71,8 @@ def gate_frame(model: Any, inputs: dict, *, query_span: SpanLike = "after_image"
     attention, knockout_kl, knockout_tv). ``offsets=[]`` skips the knockouts."""
     import pandas as pd
 
-    layers = layer_list(model, layers)
+    layers, skipped = attention_layers(model, layers, "find_gate (attention share)")
+    knockout_layers, skipped_ko = attention_layers(model, knockout_layers, "find_gate (knockout)")
     store: dict[str, Any] = {}
 
     def received(pattern: Tensor, hook: Any) -> None:
@@ -103,7 +109,9 @@ def gate_frame(model: Any, inputs: dict, *, query_span: SpanLike = "after_image"
                              attention=float(store["att"][b, p]) if has_q else float("nan"),
                              knockout_kl=float(kl[b]) if kl is not None else float("nan"),
                              knockout_tv=float(tv[b]) if tv is not None else float("nan")))
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs["skipped_layers"] = {**skipped, **skipped_ko}
+    return frame
 
 
 def find_gate(model: Any, data: dict | Iterable[Any], *, query_span: SpanLike = "after_image",
@@ -133,7 +141,10 @@ def find_gate(model: Any, data: dict | Iterable[Any], *, query_span: SpanLike = 
         keep = set(summary.nlargest(knockout_top, "attention_share")["offset"]) | set(
             summary.loc[~summary.role.isin(["image", "image_last"]), "offset"])
         per_example = run(sorted(int(o) for o in keep))
-    return _summarise(per_example)
+    out = _summarise(per_example)
+    out.attrs["skipped_layers"] = {**attention_layers(model, layers, "find_gate")[1],
+                                   **attention_layers(model, knockout_layers, "find_gate")[1]}
+    return out
 
 
 def _summarise(per_example: Any) -> Any:

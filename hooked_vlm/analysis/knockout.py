@@ -12,6 +12,13 @@ which are ``text`` and ``generated``, so new queries are blocked too):
 ``src`` is the span whose *keys* are blocked (where information comes from), ``dst`` the span
 whose *queries* are blocked (where it would go): ``knockout_hooks(src="image", dst="text")``
 blocks every image -> text edge.
+
+Hybrid models (Qwen3.5's Gated DeltaNet, LFM2's short convolutions: docs/hybrid_models.md): those layers have no
+attention edges. ``linear="skip"`` (default): with ``layers=None`` the knockout acts on the attention layers only,
+and the returned hook list says so (``.acted_on`` {layer: what}, ``.skipped`` {layer: kind}); naming such a layer
+raises. ``linear="remove_source"``: on those layers the ``src`` positions' input to the mixer is zeroed (the layer
+treats them as padding), which blocks ``src`` from EVERY later position through that layer -- ``dst`` cannot be
+selective there, a recurrent state has no per-query edges; ``heads`` cannot be given with it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from ._common import SpanLike, forward_with_hooks, layer_list, span_mask
+from ._common import SpanLike, forward_with_hooks, span_mask
+from .layer_kinds import check_source_removal, source_removal_hook, split_layers
 
 
 def blocked_edges(hook: Any, src: SpanLike, dst: SpanLike, k_len: int) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
@@ -93,30 +101,68 @@ def zero_knockout_hook(src: SpanLike, dst: SpanLike, heads: Sequence[int] | None
     return knockout_pattern
 
 
+class KnockoutHooks(list):
+    """The (hook name, hook fn) pairs of a knockout, plus which layers it acts on and how (``acted_on``
+    {layer: "attention mask" | "attention pattern" | "source removal"}) and which it skipped (``skipped`` {layer:
+    layer kind}: layers without attention under ``linear="skip"``)."""
+
+    acted_on: dict[int, str]
+    skipped: dict[int, str]
+
+
 def knockout_hooks(model: Any, src: SpanLike = "image", dst: SpanLike = "text", layers: Sequence[int] | int | None = None,
-                   heads: Sequence[int] | None = None, mode: str = "mask") -> list[tuple[str, Callable]]:
-    """(hook name, hook fn) pairs knocking out ``src`` -> ``dst`` attention in ``layers`` (default all)."""
+                   heads: Sequence[int] | None = None, mode: str = "mask",
+                   linear: str = "skip") -> KnockoutHooks:
+    """(hook name, hook fn) pairs knocking out ``src`` -> ``dst`` attention in ``layers`` (default all attention
+    layers); ``linear``: what happens on layers without attention (module docstring)."""
+    if mode not in ("mask", "zero"):
+        raise ValueError(f"mode must be 'mask' or 'zero', got {mode!r}")
+    if linear not in ("skip", "remove_source"):
+        raise ValueError(f"linear must be 'skip' or 'remove_source', got {linear!r}")
+    attention, other = split_layers(model, layers)
+    if other and linear == "skip" and layers is not None:
+        listing = ", ".join(f"layer {l} is a {kind!r} layer" for l, kind in other.items())
+        raise ValueError(f"attention knockout: {listing}, with no attention edges to knock out. Pass "
+                         "linear='remove_source' (the src positions' input to that layer zeroed: blocks src from every "
+                         "later position through it; docs/hybrid_models.md) or name attention layers only")
+    if other and linear == "remove_source" and heads is not None:
+        raise ValueError(f"heads={list(heads)} with linear='remove_source': layers {sorted(other)} "
+                         f"({sorted(set(other.values()))}) have no per-head edges to remove")
+    out = KnockoutHooks()
+    out.acted_on, out.skipped = {}, {}
     if mode == "mask":
         fn = mask_knockout_hook(src, dst, heads, model.cfg.n_heads)
-        return [(f"blocks.{l}.attn.hook_mask", fn) for l in layer_list(model, layers)]
-    if mode == "zero":
+        out += [(f"blocks.{l}.attn.hook_mask", fn) for l in attention]
+    else:
         fn = zero_knockout_hook(src, dst, heads)
-        return [(f"blocks.{l}.attn.hook_pattern", fn) for l in layer_list(model, layers)]
-    raise ValueError(f"mode must be 'mask' or 'zero', got {mode!r}")
+        out += [(f"blocks.{l}.attn.hook_pattern", fn) for l in attention]
+    out.acted_on.update({l: f"attention {mode}" for l in attention})
+    if linear == "remove_source":
+        removal = source_removal_hook(src)
+        out += [(check_source_removal(model, l), removal) for l in other]
+        out.acted_on.update({l: "source removal" for l in other})
+    else:
+        out.skipped.update(other)
+    return out
 
 
 def attention_knockout(model: Any, inputs: dict, src: SpanLike = "image", dst: SpanLike = "text",
                        layers: Sequence[int] | int | None = None, heads: Sequence[int] | None = None,
-                       mode: str = "mask") -> Tensor:
-    """Logits of ``inputs`` with ``src`` -> ``dst`` attention knocked out (see :func:`knockout_hooks`)."""
-    return forward_with_hooks(model, inputs, knockout_hooks(model, src, dst, layers, heads, mode))
+                       mode: str = "mask", linear: str = "skip") -> Tensor:
+    """Logits of ``inputs`` with ``src`` -> ``dst`` attention knocked out (see :func:`knockout_hooks`). The logits
+    carry ``.knockout_acted_on`` / ``.knockout_skipped`` (the hook list's ``acted_on`` / ``skipped``)."""
+    hooks = knockout_hooks(model, src, dst, layers, heads, mode, linear)
+    logits = forward_with_hooks(model, inputs, hooks)
+    logits.knockout_acted_on, logits.knockout_skipped = hooks.acted_on, hooks.skipped
+    return logits
 
 
 def knockout_generate(model: Any, inputs: dict, src: SpanLike = "image", dst: SpanLike = "text",
                       layers: Sequence[int] | int | None = None, heads: Sequence[int] | None = None,
-                      mode: str = "mask", **generate_kwargs: Any) -> Any:
+                      mode: str = "mask", linear: str = "skip", **generate_kwargs: Any) -> Any:
     """``model.generate`` with the knockout active on the prompt and on every generated token."""
-    return model.generate(**dict(inputs), fwd_hooks=knockout_hooks(model, src, dst, layers, heads, mode), **generate_kwargs)
+    return model.generate(**dict(inputs), fwd_hooks=knockout_hooks(model, src, dst, layers, heads, mode, linear),
+                          **generate_kwargs)
 
 
 def layer_windows(n_layers: int, size: int, stride: int | None = None) -> list[list[int]]:

@@ -41,7 +41,16 @@ def site_hook_names(model: Any, site: str = "resid_pre", layers: Sequence[int] |
     template = SITES.get(site, site)
     if "{l}" not in template:
         return [template]
-    return [template.format(l=l) for l in layer_list(model, layers)]
+    names = [template.format(l=l) for l in layer_list(model, layers)]
+    missing = {n: model.blocks[int(n.split(".")[1])].mixer_kind for n in names
+               if n not in model.hook_dict and n.startswith("blocks.")}
+    if missing and layers is None and len(missing) < len(names):  # hybrid: the site exists in some layer kinds only
+        return [n for n in names if n not in missing]
+    if missing:
+        listing = ", ".join(f"{n} ({kind!r} layer)" for n, kind in missing.items())
+        raise ValueError(f"site {site!r} does not exist in {listing}: that layer kind has no such hook (hybrid models: "
+                         "docs/hybrid_models.md); name layers that have it, or layers=None for all that do")
+    return names
 
 
 @torch.no_grad()

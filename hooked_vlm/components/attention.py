@@ -6,6 +6,10 @@ Fast path: ``F.scaled_dot_product_attention`` (no [q, k] matrix) -- used unless 
 is on it; hooks on it (e.g. attention knockout) therefore work on the fast path too.
 With ``cfg.attn_logit_softcap`` set (Gemma 2) every forward takes the explicit path (SDPA cannot soft-cap):
 scores = tanh(scores / cap) * cap, then the mask; ``hook_attn_scores`` shows the capped, masked scores.
+With ``cfg.attn_output_gate`` (Qwen3.5) q_proj also makes a gate per head (the checkpoint's layout: each head's q rows,
+then its gate rows); ``hook_gate`` shows it before the sigmoid and ``hook_z`` is the gated output o_proj reads
+(pattern @ v times sigmoid(gate)), so per-head decompositions through W_O stay exact.
+Partial rotary (``cfg.rotary_dim`` < d_head) turns the first rotary_dim channels of each head (components/rope.py).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.use_rope = use_rope
         h, kvh, dh, d = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
-        self.q_proj = nn.Linear(d, h * dh, bias=cfg.attn_bias)  # weight [(head d_head), d_model]
+        self.gated = cfg.attn_output_gate
+        # weight [(head d_head), d_model]; gated: [(head (q|gate) d_head), d_model]
+        self.q_proj = nn.Linear(d, h * dh * (2 if self.gated else 1), bias=cfg.attn_bias)
         self.k_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
         self.v_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
         self.o_proj = nn.Linear(h * dh, d, bias=cfg.attn_out_bias)  # weight [d_model, (head d_head)]
@@ -53,11 +59,14 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        if self.gated:
+            self.hook_gate = HookPoint()  # [batch, pos, head, d_head]  output gate before the sigmoid
 
     # --- TransformerLens weight views (views of the stored weights, not copies) ---
     @property
     def W_Q(self) -> torch.Tensor:  # [head, d_model, d_head]
-        return self.q_proj.weight.view(self.cfg.n_heads, self.cfg.d_head, -1).transpose(1, 2)
+        w = self.q_proj.weight.view(self.cfg.n_heads, -1, self.cfg.d_model)[:, : self.cfg.d_head]  # gated: q rows only
+        return w.transpose(1, 2)
 
     @property
     def W_K(self) -> torch.Tensor:  # [kv_head, d_model, d_head]
@@ -87,7 +96,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, q_len, _ = x.shape
         cfg = self.cfg
-        q = self.hook_q(self.q_proj(x).view(b, q_len, cfg.n_heads, cfg.d_head))
+        gate = None
+        if self.gated:
+            q, gate = self.q_proj(x).view(b, q_len, cfg.n_heads, 2 * cfg.d_head).chunk(2, dim=-1)
+            gate = self.hook_gate(gate)
+        else:
+            q = self.q_proj(x).view(b, q_len, cfg.n_heads, cfg.d_head)
+        q = self.hook_q(q)
         k = self.hook_k(self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
         v = self.hook_v(self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
         if self.q_norm is not None:
@@ -108,7 +123,10 @@ class Attention(nn.Module):
             z = self._explicit_attention(qh, kh, vh, allowed)
         else:
             z = self._fast_attention(qh, kh, vh, mask, allowed)
-        z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
+        z = z.transpose(1, 2)  # [batch, pos, head, d_head]
+        if gate is not None:
+            z = z * torch.sigmoid(gate)
+        z = self.hook_z(z)
         return self.o_proj(z.reshape(b, q_len, cfg.n_heads * cfg.d_head))
 
     def _fast_attention(self, q, k, v, mask: AttentionMask, allowed: torch.Tensor | None) -> torch.Tensor:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import LAYER_TYPES, TowerConfig
 from .attention import Attention, LayerKVCache
+from .gated_deltanet import GatedDeltaNet, RecurrentState
 
 
 @dataclass(frozen=True)
@@ -71,5 +72,6 @@ def _attention(cfg: TowerConfig, layer: int) -> nn.Module:
 
 for _kind in ("full_attention", "sliding_attention"):
     register_mixer(_kind, "attn", _attention, LayerKVCache, attention=True)
-# linear_attention (Gated DeltaNet), chunked_attention (Llama 4), conv (LFM2) and cross_attention (Mllama) are LAYER_TYPES without a class here yet:
+register_mixer("linear_attention", "linear_attn", lambda cfg, layer: GatedDeltaNet(cfg), RecurrentState)
+# chunked_attention (Llama 4), conv (LFM2) and cross_attention (Mllama) are LAYER_TYPES without a class here yet:
 # mixer_kind() refuses them by name

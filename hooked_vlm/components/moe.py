@@ -9,6 +9,11 @@ first) and ``down_proj`` [expert, d_model, d_mlp].
 Hooks: ``hook_router_logits`` [batch, pos, n_experts]; ``hook_expert_indices`` [batch, pos, k] (the chosen experts,
 in top-k order, long); ``hook_expert_weights`` [batch, pos, k] (their normalised weights: zero one to drop that
 expert for that token); ``hook_expert_out`` [batch, pos, k, d_model] (each chosen expert's output, before weighting).
+
+Shared expert (``cfg.d_mlp_shared_expert``; Qwen3.5-MoE, Qwen2-MoE, GLM / DeepSeek): a gated MLP every token takes,
+``shared_expert`` (its own hook_pre / hook_post), added to the routed sum. With ``cfg.shared_expert_gate`` its output
+is scaled by ``sigmoid(shared_expert_gate(x))`` (one scalar per token, ``hook_shared_gate`` [batch, pos, 1], after the
+sigmoid: 0 switches the shared expert off for that token); ``hook_shared_out`` [batch, pos, d_model] is what is added.
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ class MoEMLP(nn.Module):
         self.hook_expert_indices = HookPoint()  # [batch, pos, k]
         self.hook_expert_weights = HookPoint()  # [batch, pos, k]
         self.hook_expert_out = HookPoint()  # [batch, pos, k, d_model]
+        self.shared_expert = self.shared_expert_gate = None
+        if cfg.d_mlp_shared_expert is not None:
+            self.shared_expert = MLP(d, cfg.d_mlp_shared_expert, cfg.act_fn, gated=True, bias=False)
+            self.hook_shared_out = HookPoint()  # [batch, pos, d_model]
+            if cfg.shared_expert_gate:
+                self.shared_expert_gate = nn.Linear(d, 1, bias=False)  # weight [1, d_model]
+                self.hook_shared_gate = HookPoint()  # [batch, pos, 1]
 
     @property
     def b_out(self) -> torch.Tensor:
@@ -53,15 +65,27 @@ class MoEMLP(nn.Module):
         indices, weights = self.route(x)
         b, p, d = x.shape
         flat, flat_idx = x.reshape(-1, d), indices.reshape(-1, self.top_k)
+        out = flat.new_zeros(flat.shape[0], self.top_k, d)
+        if flat.is_meta:  # shapes only (hooked_vlm.memory sizes the hooks on the meta device): no routing to run
+            return self._combine(x, out.view(b, p, self.top_k, d), weights)
         if bool(((flat_idx < 0) | (flat_idx >= self.n_experts)).any()):
             raise ValueError(f"hook_expert_indices must hold expert ids in [0, {self.n_experts})")
-        out = flat.new_zeros(flat.shape[0], self.top_k, d)
         for e in flat_idx.unique().tolist():
             tok, slot = torch.where(flat_idx == e)
             gate, up = F.linear(flat[tok], self.gate_up_proj[e]).chunk(2, dim=-1)
             out[tok, slot] = F.linear(self.act(gate) * up, self.down_proj[e])
-        out = self.hook_expert_out(out.view(b, p, self.top_k, d))
-        return (out * weights[..., None].to(out.dtype)).sum(-2)
+        return self._combine(x, out.view(b, p, self.top_k, d), weights)
+
+    def _combine(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The chosen experts' outputs [batch, pos, k, d_model] weighted and summed, plus the shared expert."""
+        out = self.hook_expert_out(out)
+        routed = (out * weights[..., None].to(out.dtype)).sum(-2)
+        if self.shared_expert is None:
+            return routed
+        shared = self.shared_expert(x)
+        if self.shared_expert_gate is not None:
+            shared = self.hook_shared_gate(torch.sigmoid(self.shared_expert_gate(x))) * shared
+        return routed + self.hook_shared_out(shared)
 
 
 def build_mlp(cfg: TowerConfig, layer: int) -> nn.Module:

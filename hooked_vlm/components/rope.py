@@ -2,6 +2,9 @@
 (even, odd) pairs of each head, as HF Cohere / Cohere2 do: its cos/sin repeat each frequency twice side by side,
 ``repeat_interleave`` instead of ``cat``, and its rotate_half maps (x0, x1, x2, x3 ...) to (-x1, x0, -x3, x2 ...)).
 
+``TowerConfig.rotary_dim`` (partial rotary, Qwen3.5: ``int(head_dim * partial_rotary_factor)``): the tables cover
+rotary_dim channels (frequencies from rotary_dim, as HF computes them) and :func:`apply_rotary` turns only those.
+
 Scaled variants (``linear``, ``llama3``, ``yarn``) reuse transformers' own inverse-frequency
 functions so the numbers cannot drift from HF's. Variants that change with sequence length at
 run time are refused by the converters (``longrope``), or, for ``dynamic`` (NTK), implemented where
@@ -124,5 +127,12 @@ def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
-    """x [batch, pos, head, d_head]; ``interleaved`` with the tables of ``Rotary(..., interleaved=True)``."""
-    return x * cos + (rotate_interleaved(x) if interleaved else rotate_half(x)) * sin
+    """x [batch, pos, head, d_head]; cos / sin [..., rotary_dim]; ``interleaved`` with the tables of
+    ``Rotary(..., interleaved=True)``. Partial rotary (rotary_dim < d_head, Qwen3.5's ``partial_rotary_factor``):
+    the first rotary_dim channels are turned (rotate-half within them), the rest pass."""
+    rotate = rotate_interleaved if interleaved else rotate_half
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + rotate(x) * sin
+    turned, kept = x[..., :r], x[..., r:]
+    return torch.cat([turned * cos + rotate(turned) * sin, kept], dim=-1)
