@@ -25,6 +25,7 @@ FAMILY_MODULES = [
     "converters.aya_vision",
     "converters.cohere2_vision",
     "converters.qwen3_5",
+    "converters.gemma4",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -25,7 +25,8 @@ from .components.norms import make_norm
 from .components import build_projector, build_vision
 from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
-from .kv_cache import KVCache
+from .components.per_layer_inputs import PerLayerInputs
+from .kv_cache import KVCache, layer_states
 from .pipelines import PIPELINES
 from .saes.splice import SAEMixin
 from .spans import TokenSpans, build_spans
@@ -56,6 +57,7 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
         self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
+        self.per_layer_inputs = PerLayerInputs(t) if t.d_per_layer_input else None  # Gemma 4 PLE
         for block in self.blocks[: t.deepstack_layers]:  # [n_image_tokens, d_model], added after hook_resid_post
             block.hook_deepstack = HookPoint()
         self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset, bias=t.norm_bias)
@@ -189,8 +191,10 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         rotary = self.rotary(position_ids, resid.dtype) if self.rotary is not None else None
         rotaries = rotary if isinstance(rotary, list) else [rotary] * self.cfg.n_layers
         n_run = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
+        states = layer_states(self.cfg.text, kv_cache)  # KV-sharing layers get their source layer's state
+        per_layer = self._per_layer_inputs(tokens, resid)
         for l, block in enumerate(self.blocks[:n_run]):
-            resid = block(resid, masks[l], rotaries[l], kv_cache.layers[l] if kv_cache is not None else None)
+            resid = block(resid, masks[l], rotaries[l], states[l], None if per_layer is None else per_layer[:, :, l])
             if l < len(deepstack):
                 resid = self._splice_add(tokens, resid, block.hook_deepstack(deepstack[l]))
         if kv_cache is not None:
@@ -208,6 +212,17 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             return None
         loss = self.loss(logits, tokens, spans)
         return loss if return_type == "loss" else (logits, loss)
+
+    def _per_layer_inputs(self, tokens: Tensor, embeds: Tensor) -> Tensor | None:
+        """Gemma 4 PLE [batch, pos, layer, d]: the token part looks up the pad id at image placeholders (as HF)."""
+        if self.per_layer_inputs is None:
+            return None
+        roles = self.cfg.roles
+        if roles is not None and roles.pad_token_id is None:
+            raise ValueError("per-layer inputs need the pad token id (TokenRoles.pad_token_id) for image positions")
+        if roles is not None:
+            tokens = torch.where(tokens == roles.image_token_id, torch.full_like(tokens, roles.pad_token_id), tokens)
+        return self.per_layer_inputs(tokens, embeds)
 
     def _postprocess_logits(self, logits: Tensor) -> Tensor:
         """Vocabulary suppression some families apply (e.g. image-code ids in text mode)."""

@@ -19,6 +19,7 @@ from hooked_vlm.components.rope import Rotary
 from tests import tiny, tiny_native
 from tests import tiny_cohere as tco
 from tests import tiny_gemma3 as tg3
+from tests import tiny_gemma4 as tg4
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_next_pixtral as tnp
@@ -79,6 +80,8 @@ CASES = [
     ("aya-vision", tco.aya),
     ("aya-vision-cohere-lm", functools.partial(tco.aya, "cohere")),  # Aya Vision 32B's LM kind, with q/k norms
     ("cohere2-vision", tco.cohere2_vision),
+    ("gemma4-ple-kv-sharing", functools.partial(tg4.gemma4, "ple_kv")),  # text model; per-layer inputs, KV sharing
+    ("gemma4-k-eq-v", functools.partial(tg4.gemma4, "k_eq_v")),  # text model; global layers v = k, 1 KV head
 ]
 CASE_IDS = [c[0] for c in CASES]
 

@@ -9,7 +9,12 @@ whatever its name, ``block.mixer_kind`` the entry. ``hook_attn_out`` is the mixe
 Parallel blocks (``cfg.parallel_block``, Cohere / Command R): one norm ``ln1`` feeds the mixer AND the MLP, and
 ``resid_post = resid_pre + attn_out + mlp_out``. Such a block has no ``ln2`` and no ``hook_resid_mid`` (no residual
 exists between the sublayers, and a hook that never fires is not created); ``blocks.{l}.ln1.hook_normalized`` is the
-input of both sublayers (analyses' "mlp_in" is ln1's output there)."""
+input of both sublayers (analyses' "mlp_in" is ln1's output there).
+
+Gemma 4 (docs/architecture.md section 4): per-layer inputs (``cfg.d_per_layer_input``): after the MLP the block adds
+``hook_ple_out = ln_ple(ple_proj(act(ple_gate(resid)) * hook_per_layer_input))``; ``cfg.layer_scalar``: the residual
+is then multiplied by the stored scalar ``layer_scalar`` (both before ``hook_resid_post``); ``cfg.moe_beside_dense``:
+the MoE block runs beside the dense MLP (components/moe_beside.py) and ``hook_mlp_out`` is their normed sum."""
 
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from ..config import TowerConfig
 from ..hook_points import HookPoint
 from .masks import AttentionMask
 from .mixers import layer_kind, mixer_kind
+from transformers.activations import ACT2FN
+
 from .moe import build_mlp
 from .norms import make_norm
 
@@ -47,6 +54,15 @@ class TransformerBlock(nn.Module):
         # layer scale (InternViT): per-channel gains on the sublayer outputs, before they are added (and hooked)
         self.ls1 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.layer_scale else None
         self.ls2 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.layer_scale else None
+        self.ple = cfg.d_per_layer_input > 0
+        if self.ple:  # Gemma 4 per-layer inputs (components/per_layer_inputs.py makes them)
+            self.ple_gate = nn.Linear(cfg.d_model, cfg.d_per_layer_input, bias=False)  # weight [d_ple, d_model]
+            self.ple_proj = nn.Linear(cfg.d_per_layer_input, cfg.d_model, bias=False)  # weight [d_model, d_ple]
+            self.ln_ple = norm()
+            self.ple_act = ACT2FN[cfg.act_fn]
+            self.hook_per_layer_input = HookPoint()  # [batch, pos, d_per_layer_input]
+            self.hook_ple_out = HookPoint()  # [batch, pos, d_model]  what the per-layer input adds
+        self.layer_scalar = nn.Parameter(torch.ones(1)) if cfg.layer_scalar else None  # [1], multiplies the output
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
@@ -61,24 +77,36 @@ class TransformerBlock(nn.Module):
         mask: AttentionMask,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_cache: Any = None,  # this layer's state in the KVCache (components/mixers.py: MIXERS[kind].state)
+        per_layer_input: torch.Tensor | None = None,  # [batch, pos, d_per_layer_input] (Gemma 4 PLE)
     ) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
         if self.parallel:  # one norm, both sublayers read it, both outputs added at once
             x = self.ln1(resid)
             attn_out = self.hook_attn_out(self.mixer(x, mask, rotary, kv_cache))
-            return self.hook_resid_post(resid + attn_out + self.hook_mlp_out(self.mlp(x)))
+            return self._finish(resid + attn_out + self.hook_mlp_out(self.mlp(x)), per_layer_input)
         if self.post_sublayer_norm:  # Swin-style: the sublayer's OUTPUT is normed (hook_attn_out/mlp_out after it)
             attn_out = self.hook_attn_out(self.ln1(self.mixer(resid, mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
-            return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2(self.mlp(resid))))
+            return self._finish(resid + self.hook_mlp_out(self.ln2(self.mlp(resid))), per_layer_input)
         if self.ln1_post is not None:  # sandwich: hook_attn_out / hook_mlp_out are what is added (after ln*_post)
             attn_out = self.hook_attn_out(self.ln1_post(self.mixer(self.ln1(resid), mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
-            return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid)))))
+            return self._finish(resid + self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid)))), per_layer_input)
         attn_out = self.hook_attn_out(self._scaled(self.mixer(self.ln1(resid), mask, rotary, kv_cache), self.ls1))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self._scaled(self.mlp(self.ln2(resid)), self.ls2))
-        return self.hook_resid_post(resid + mlp_out)
+        return self._finish(resid + mlp_out, per_layer_input)
+
+    def _finish(self, resid: torch.Tensor, per_layer_input: torch.Tensor | None) -> torch.Tensor:
+        """The per-layer input and the layer scalar (Gemma 4; neither: nothing), then hook_resid_post."""
+        if self.ple:
+            if per_layer_input is None:
+                raise ValueError("this block adds a per-layer input (cfg.d_per_layer_input) but none was given")
+            gated = self.ple_act(self.ple_gate(resid)) * self.hook_per_layer_input(per_layer_input)
+            resid = resid + self.hook_ple_out(self.ln_ple(self.ple_proj(gated)))
+        if self.layer_scalar is not None:
+            resid = resid * self.layer_scalar
+        return self.hook_resid_post(resid)
 
     @property
     def mixer(self) -> nn.Module:

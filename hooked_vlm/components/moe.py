@@ -93,4 +93,5 @@ def build_mlp(cfg: TowerConfig, layer: int) -> nn.Module:
     (None = every layer), else the dense gated / plain MLP."""
     if cfg.mlp_kind == "moe" and (cfg.moe_layers is None or layer in cfg.moe_layers):
         return MoEMLP(cfg)
-    return MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)
+    width = cfg.d_mlp * (cfg.kv_shared_mlp_factor if cfg.kv_source(layer) is not None else 1)  # Gemma 4 double-wide
+    return MLP(cfg.d_model, width, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)

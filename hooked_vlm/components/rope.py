@@ -20,7 +20,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "proportional")
 BOUNDED_ROPE_TYPES = ("dynamic",)  # exact below max_position_embeddings; Rotary refuses positions beyond it
 
 
@@ -30,6 +30,13 @@ def rope_inv_freq(rope_parameters: dict[str, Any], d_head: int, max_position_emb
     theta = float(rope_parameters.get("rope_theta", 10000.0))
     if rope_type == "default":
         return 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head)), 1.0
+    if rope_type == "proportional":  # Gemma 4 global layers: HF's _compute_proportional_rope_parameters
+        # the first int(partial_rotary_factor * d_head // 2) pairs turn at frequencies from d_head; the rest get
+        # frequency 0 (cos 1, sin 0: passed through unchanged), so the table still spans all of d_head
+        angles = int(float(rope_parameters.get("partial_rotary_factor", 1.0)) * d_head // 2)
+        turned = 1.0 / (theta ** (torch.arange(0, 2 * angles, 2, dtype=torch.int64).float() / d_head))
+        inv_freq = torch.cat([turned, torch.zeros(d_head // 2 - angles)])
+        return inv_freq / float(rope_parameters.get("factor", 1.0)), 1.0
     if rope_type not in STATIC_ROPE_TYPES + BOUNDED_ROPE_TYPES:
         raise ValueError(f"rope_type {rope_type!r} is not supported; supported: "
                          f"{', '.join(STATIC_ROPE_TYPES + BOUNDED_ROPE_TYPES)}")
