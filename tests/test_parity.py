@@ -268,7 +268,8 @@ def test_greedy_generate_matches_hf(case_id):
 
 
 @pytest.mark.parametrize("case_id, batch", [("llava-llama-gqa", "padded"), ("llava-mistral-window", "padded"),
-                                            ("llava-mistral-window", "unpadded")])
+                                            ("llava-mistral-window", "unpadded"), ("gemma4-ple-kv-sharing", "padded"),
+                                            ("gemma4-k-eq-v", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

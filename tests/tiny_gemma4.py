@@ -44,19 +44,27 @@ def gemma4_text_config(**overrides: Any) -> dict:
     return cfg
 
 
+def tiny_hf_config(variant: str) -> Any:
+    """The Gemma4Config of a variant (text only)."""
+    from transformers import Gemma4Config
+
+    return Gemma4Config(text_config=gemma4_text_config(**VARIANTS[variant]), vision_config=None, audio_config=None,
+                        image_token_id=IMAGE, boi_token_id=BOI, eoi_token_id=EOI, video_token_id=VIDEO,
+                        audio_token_id=AUDIO, boa_token_id=BOA, eoa_token_index=EOA)
+
+
 def make_gemma4(variant: str, folder: Path | None = None, seed: int = 0) -> tuple[Path, Any]:
     """Save a tiny random Gemma4ForConditionalGeneration (text only); returns (folder, hf_model in eval mode)."""
-    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+    from transformers import Gemma4ForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = Gemma4Config(text_config=gemma4_text_config(**VARIANTS[variant]), vision_config=None, audio_config=None,
-                          image_token_id=IMAGE, boi_token_id=BOI, eoi_token_id=EOI, video_token_id=VIDEO,
-                          audio_token_id=AUDIO, boa_token_id=BOA, eoa_token_index=EOA)
-    model = Gemma4ForConditionalGeneration(config).eval()
+    model = Gemma4ForConditionalGeneration(tiny_hf_config(variant)).eval()
     with torch.no_grad():  # norms and layer scalars start at 1: perturb them so a misplaced one shows
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
+            if name.endswith(("q_norm.weight", "k_norm.weight")):  # attention scale is 1.0: scores up to ~d_head with
+                p.mul_(0.4)  # unit q / k norms; halved, the softmax is less sharp (path diffs ~1e-6, not 1e-5)
         for name, buf in model.named_buffers():
             if name.endswith("layer_scalar"):
                 buf.copy_(1.0 + torch.randn_like(buf) * 0.2)
