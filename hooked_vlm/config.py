@@ -168,9 +168,6 @@ class TowerConfig:
     d_per_layer_input: int = 0
     per_layer_vocab: int = 0
     layer_scalar: bool = False  # each block's output residual is multiplied by a stored scalar (Gemma 4)
-    # the MoE block BESIDE the dense MLP (Gemma 4 enable_moe_block): mlp_out = ln2_post(ln_mlp_post(mlp(ln2(x))) +
-    # ln_moe_post(moe(ln_moe(x)))), routed from the residual by a norm-scale router (components/moe_beside.py)
-    moe_beside_dense: bool = False
 
     def attention_cfg(self, layer: int) -> "TowerConfig":
         """The config block ``layer``'s attention reads: this one, with its kind's d_head / n_key_value_heads."""
@@ -271,10 +268,6 @@ class TowerConfig:
         if (self.d_per_layer_input > 0) != (self.per_layer_vocab > 0):
             raise ValueError(f"per-layer inputs need both d_per_layer_input ({self.d_per_layer_input}) and "
                              f"per_layer_vocab ({self.per_layer_vocab}) > 0, or both 0")
-        if self.moe_beside_dense and self.mlp_kind != "moe":
-            raise ValueError("moe_beside_dense adds routed experts beside the dense MLP: it needs mlp_kind='moe'")
-        if self.moe_beside_dense and self.norm_placement != "sandwich":
-            raise ValueError("moe_beside_dense is implemented for sandwich-norm blocks (Gemma 4)")
 
     def layer_uses_rope(self, layer: int) -> bool:
         """Whether block ``layer`` rotates q and k: a rotary tower (any positional but "learned" / "none", e.g. Pixtral's

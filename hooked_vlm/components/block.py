@@ -13,8 +13,7 @@ input of both sublayers (analyses' "mlp_in" is ln1's output there).
 
 Gemma 4 (docs/architecture.md section 4): per-layer inputs (``cfg.d_per_layer_input``): after the MLP the block adds
 ``hook_ple_out = ln_ple(ple_proj(act(ple_gate(resid)) * hook_per_layer_input))``; ``cfg.layer_scalar``: the residual
-is then multiplied by the stored scalar ``layer_scalar`` (both before ``hook_resid_post``); ``cfg.moe_beside_dense``:
-the MoE block runs beside the dense MLP (components/moe_beside.py) and ``hook_mlp_out`` is their normed sum."""
+is then multiplied by the stored scalar ``layer_scalar`` (both before ``hook_resid_post``)."""
 
 from __future__ import annotations
 
