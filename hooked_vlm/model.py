@@ -53,7 +53,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         self.embed = Embed(cfg.d_vocab, t.d_model, scale=t.embed_scale)
         self.vision = build_vision(cfg.vision)
         self.projector = build_projector(cfg.projector)
-        self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model] (projector output, before splicing)
+        if cfg.vision is not None:  # a text-only model has no image path (hooks that never fire are not created)
+            self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model] (projector output, before splicing)
         self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
         self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
@@ -149,6 +150,9 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
 
         resid = self.embed(tokens)
         layouts, deepstack = [], []
+        if pixel_values is not None and self.vision is None:
+            raise ValueError(f"this {self.cfg.architecture} model was converted without an image tower (its config has "
+                             "no vision_config): pass text only (no pixel_values)")
         if pixel_values is not None:
             image_embeds, layouts, *more = self.encode_images(pixel_values, {**extras, "input_ids": tokens})
             deepstack = more[0] if more else []  # DeepStack features, one per early block
