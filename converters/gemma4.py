@@ -6,12 +6,12 @@ Gemma 4's parts are config fields of the shared components (docs/architecture.md
 full layers, ``rope.py``), full layers with their own head size and KV heads (``layer_d_head``,
 ``layer_n_key_value_heads``) and values equal to keys (``k_eq_v_layer_types``, ``attention_k_eq_v``), per-layer
 inputs (PLE: ``d_per_layer_input``), KV sharing of the last ``num_kv_shared_layers`` layers (``kv_shared_layers``)
-with their double-wide MLP (``kv_shared_mlp_factor``), a stored scalar per layer (``layer_scalar``), and the final
-logit soft-cap.
+with their double-wide MLP (``kv_shared_mlp_factor``), a stored scalar per layer (``layer_scalar``), the MoE block
+beside the dense MLP (``moe_beside_dense`` with a norm-scale router, ``router_norm_scale``), and the final logit
+soft-cap.
 
 Not implemented (refused by name): the ``gemma4_vision`` image tower and the audio tower (so ``vision_config`` /
-``audio_config`` must be null: the text model of a Gemma4ForConditionalGeneration checkpoint), the MoE block beside
-the dense MLP (``enable_moe_block``), bidirectional attention (``use_bidirectional_attention``, which only acts on
+``audio_config`` must be null: the text model of a Gemma4ForConditionalGeneration checkpoint), bidirectional attention (``use_bidirectional_attention``, which only acts on
 image / "all" inputs).
 """
 
@@ -54,9 +54,11 @@ def _per_kind(tc: Any, name: str, layer_types: tuple[str, ...]) -> dict[str, int
 
 def gemma4_text_config(tc: Any) -> TowerConfig:
     check_fields(tc, GEMMA4_TEXT_FIELDS, "text_config (gemma4_text)", ignored=GEMMA4_TEXT_IGNORED)
-    if getattr(tc, "enable_moe_block", False):
-        raise UnsupportedConfigError("text_config.enable_moe_block=True (the MoE block beside the dense MLP, "
-                                     "gemma-4-26B-A4B) is not implemented yet")
+    moe = bool(getattr(tc, "enable_moe_block", False))
+    if moe and not (tc.num_experts and tc.top_k_experts and tc.moe_intermediate_size):
+        raise UnsupportedConfigError("text_config.enable_moe_block=True needs num_experts, top_k_experts and "
+                                     f"moe_intermediate_size; got {tc.num_experts}, {tc.top_k_experts}, "
+                                     f"{tc.moe_intermediate_size}")
     if getattr(tc, "use_bidirectional_attention", None) is not None:
         raise UnsupportedConfigError(f"text_config.use_bidirectional_attention={tc.use_bidirectional_attention!r} is "
                                      "not implemented (it needs the image tower, or is the all-bidirectional encoder)")
@@ -88,6 +90,9 @@ def gemma4_text_config(tc: Any) -> TowerConfig:
         kv_shared_mlp_factor=2 if tc.use_double_wide_mlp else 1,
         d_per_layer_input=d_ple, per_layer_vocab=int(tc.vocab_size_per_layer_input) if d_ple else 0,
         layer_scalar=True,
+        mlp_kind="moe" if moe else "dense", moe_beside_dense=moe, router_norm_scale=moe,
+        n_experts=int(tc.num_experts or 0) if moe else 0, n_experts_per_tok=int(tc.top_k_experts or 0) if moe else 0,
+        d_mlp_expert=int(tc.moe_intermediate_size) if moe else None,
     )
 
 
@@ -112,7 +117,9 @@ def gemma4_keymap(cfg: HookedVLMConfig) -> KeyMap:
     p = re.escape("model.language_model")
     layer = rf"{p}\.layers\.(\d+)"
     norms = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post", "pre_feedforward_layernorm": "ln2",
-             "post_feedforward_layernorm": "ln2_post", "post_per_layer_input_norm": "ln_ple"}
+             "post_feedforward_layernorm": "ln2_post", "post_per_layer_input_norm": "ln_ple",
+             "post_feedforward_layernorm_1": "ln_mlp_post", "pre_feedforward_layernorm_2": "ln_moe",
+             "post_feedforward_layernorm_2": "ln_moe_post"}
     rules = [
         (rf"{p}\.embed_tokens\.weight", "embed.weight"),
         (rf"{p}\.embed_tokens_per_layer\.weight", "per_layer_inputs.embed"),
@@ -124,6 +131,10 @@ def gemma4_keymap(cfg: HookedVLMConfig) -> KeyMap:
         (rf"{layer}\.per_layer_input_gate\.weight", r"blocks.\1.ple_gate.weight"),
         (rf"{layer}\.per_layer_projection\.weight", r"blocks.\1.ple_proj.weight"),
         (rf"{layer}\.layer_scalar", r"blocks.\1.layer_scalar"),
+        (rf"{layer}\.router\.proj\.weight", r"blocks.\1.moe.router.weight"),
+        (rf"{layer}\.router\.scale", r"blocks.\1.moe.router_scale"),
+        (rf"{layer}\.router\.per_expert_scale", r"blocks.\1.moe.per_expert_scale"),
+        (rf"{layer}\.experts\.(gate_up_proj|down_proj)", r"blocks.\1.moe.\2"),
         *[(rf"{layer}\.{hf}\.weight", rf"blocks.\1.{ours}.w") for hf, ours in norms.items()],
         (rf"{p}\.norm\.weight", "ln_final.w"),
         (r"lm_head\.weight", "unembed.weight"),

@@ -168,6 +168,13 @@ class TowerConfig:
     d_per_layer_input: int = 0
     per_layer_vocab: int = 0
     layer_scalar: bool = False  # each block's output residual is multiplied by a stored scalar (Gemma 4)
+    # the MoE block BESIDE the dense MLP (Gemma 4 enable_moe_block; needs mlp_kind="moe" and sandwich norms): the block
+    # keeps its dense mlp and adds moe (components/moe.py), hook_mlp_out = ln2_post(ln_mlp_post(mlp(ln2(x))) +
+    # ln_moe_post(moe(ln_moe(x)))), the experts routed from the residual x itself
+    moe_beside_dense: bool = False
+    # router of the form x -> proj(rms(x) * router_scale * d_model ** -0.5); chosen weights times per_expert_scale
+    # (Gemma 4)
+    router_norm_scale: bool = False
 
     def attention_cfg(self, layer: int) -> "TowerConfig":
         """The config block ``layer``'s attention reads: this one, with its kind's d_head / n_key_value_heads."""
@@ -261,6 +268,10 @@ class TowerConfig:
         if not self.logit_scale > 0:
             raise ValueError(f"logit_scale must be a positive number, got {self.logit_scale!r}")
         self.k_eq_v_layer_types = tuple(self.k_eq_v_layer_types)
+        if self.moe_beside_dense and (self.mlp_kind != "moe" or self.norm_placement != "sandwich"):
+            raise ValueError("moe_beside_dense adds routed experts beside the dense MLP of a sandwich-norm block: it "
+                             f"needs mlp_kind='moe' and norm_placement='sandwich', got {self.mlp_kind!r}, "
+                             f"{self.norm_placement!r}")
         if not 0 <= self.kv_shared_layers < self.n_layers:
             raise ValueError(f"kv_shared_layers={self.kv_shared_layers} must be in [0, n_layers={self.n_layers})")
         for l in range(self.n_layers - self.kv_shared_layers, self.n_layers):

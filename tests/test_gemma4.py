@@ -120,16 +120,45 @@ def _hf_config(variant: str, **text):
     return cfg
 
 
-@pytest.mark.parametrize("field, value", [("enable_moe_block", True), ("use_bidirectional_attention", "vision")])
+@pytest.mark.parametrize("field, value", [("use_bidirectional_attention", "vision")])
 def test_unimplemented_text_fields_are_refused_by_name(field, value):
     with pytest.raises(UnsupportedConfigError, match=field):
-        gemma4_config(_hf_config("k_eq_v", **{field: value}))
+        gemma4_config(_hf_config("k_eq_v_moe", **{field: value}))
 
 
 def test_a_vision_tower_is_refused_by_name():
-    cfg = _hf_config("k_eq_v")
+    cfg = _hf_config("k_eq_v_moe")
     from transformers import Gemma4VisionConfig
 
     cfg.vision_config = Gemma4VisionConfig()
     with pytest.raises(UnsupportedConfigError, match="vision_config"):
         gemma4_config(cfg)
+
+
+def test_routing_matches_hf_and_the_router_hooks_act():
+    """The MoE block beside the dense MLP: chosen experts and their weights (per_expert_scale included) equal HF's
+    router's on every real token of every layer; zeroing the weights at one layer changes the logits."""
+    b = tg4.gemma4("k_eq_v_moe")
+    real = b.inputs["attention_mask"].bool()
+    seen, handles = {}, []
+    for l, layer in enumerate(b.hf.model.language_model.layers):
+        handles.append(layer.router.register_forward_hook(lambda m, a, out, l=l: seen.__setitem__(l, out)))
+    try:
+        with torch.no_grad():
+            b.hf(**b.inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    names = [f"blocks.{l}.moe.hook_expert_{w}" for l in range(6) for w in ("indices", "weights")]
+    with torch.no_grad():
+        _, cache = b.model.run_with_cache(**b.inputs, names_filter=lambda n: n in names)
+    for l in range(6):
+        _, weights, indices = seen[l]
+        shape = (*real.shape, -1)
+        assert torch.equal(indices.view(shape)[real], cache[f"blocks.{l}.moe.hook_expert_indices"][real])
+        assert (weights.view(shape)[real] - cache[f"blocks.{l}.moe.hook_expert_weights"][real]).abs().max() <= 1e-5
+    with torch.no_grad():
+        plain = b.model(**b.inputs)
+        off = b.model.run_with_hooks(**b.inputs, fwd_hooks=[("blocks.2.moe.hook_expert_weights",
+                                                                lambda t, hook: torch.zeros_like(t))])
+    assert (off - plain)[real].abs().max() > 1e-3

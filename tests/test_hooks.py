@@ -65,7 +65,7 @@ FAMILIES = {
     "qwen3_5": _from_factory(tq35.qwen35),
     "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
     "gemma4_ple_kv": _from_factory(functools.partial(tg4.gemma4, "ple_kv")),
-    "gemma4_k_eq_v": _from_factory(functools.partial(tg4.gemma4, "k_eq_v")),
+    "gemma4_k_eq_v_moe": _from_factory(functools.partial(tg4.gemma4, "k_eq_v_moe")),
 }
 
 

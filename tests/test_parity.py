@@ -81,7 +81,7 @@ CASES = [
     ("aya-vision-cohere-lm", functools.partial(tco.aya, "cohere")),  # Aya Vision 32B's LM kind, with q/k norms
     ("cohere2-vision", tco.cohere2_vision),
     ("gemma4-ple-kv-sharing", functools.partial(tg4.gemma4, "ple_kv")),  # text model; per-layer inputs, KV sharing
-    ("gemma4-k-eq-v", functools.partial(tg4.gemma4, "k_eq_v")),  # text model; global layers v = k, 1 KV head
+    ("gemma4-k-eq-v-moe", functools.partial(tg4.gemma4, "k_eq_v_moe")),  # text model; global v = k, 1 KV head; MoE beside MLP
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -269,7 +269,7 @@ def test_greedy_generate_matches_hf(case_id):
 
 @pytest.mark.parametrize("case_id, batch", [("llava-llama-gqa", "padded"), ("llava-mistral-window", "padded"),
                                             ("llava-mistral-window", "unpadded"), ("gemma4-ple-kv-sharing", "padded"),
-                                            ("gemma4-k-eq-v", "padded")])
+                                            ("gemma4-k-eq-v-moe", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

@@ -4,7 +4,8 @@ LM 6 layers (sliding, full) x 3, sliding_window 8 (prompts are 14-26 tokens), GQ
 have global_head_dim 16 and proportional RoPE turning a quarter of it. Variants (one cached factory each):
 - "ple_kv": per-layer inputs (8 per layer) + the last 2 layers share keys / values (layer 4 reads layer 2's, layer 5
   layer 3's) with double-wide MLPs;
-- "k_eq_v": full layers with values = keys and 1 KV head (num_global_key_value_heads), no PLE, no sharing.
+- "k_eq_v_moe": full layers with values = keys and 1 KV head (num_global_key_value_heads), and the MoE block (4 experts,
+  top 2) beside every dense MLP; no PLE, no sharing.
 Both: final logit soft-cap 0.5 (uncapped logits reach ~0.4: the cap bends them), random layer scalars and norm weights.
 """
 
@@ -27,7 +28,8 @@ LAYER_TYPES = ["sliding_attention", "full_attention"] * 3
 VARIANTS = {
     "ple_kv": dict(hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB, num_kv_shared_layers=2,
                    use_double_wide_mlp=True),
-    "k_eq_v": dict(hidden_size_per_layer_input=0, attention_k_eq_v=True, num_global_key_value_heads=1),
+    "k_eq_v_moe": dict(hidden_size_per_layer_input=0, attention_k_eq_v=True, num_global_key_value_heads=1,
+                   enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16),
 }
 
 
@@ -63,6 +65,8 @@ def make_gemma4(variant: str, folder: Path | None = None, seed: int = 0) -> tupl
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
+            if name.endswith(("router.scale", "per_expert_scale")):  # start at 1: perturb (each one must be read)
+                p.add_(torch.randn_like(p) * 0.3)
             if name.endswith(("q_norm.weight", "k_norm.weight")):  # attention scale is 1.0: scores up to ~d_head with
                 p.mul_(0.4)  # unit q / k norms; halved, the softmax is less sharp (path diffs ~1e-6, not 1e-5)
         for name, buf in model.named_buffers():

@@ -13,7 +13,10 @@ input of both sublayers (analyses' "mlp_in" is ln1's output there).
 
 Gemma 4 (docs/architecture.md section 4): per-layer inputs (``cfg.d_per_layer_input``): after the MLP the block adds
 ``hook_ple_out = ln_ple(ple_proj(act(ple_gate(resid)) * hook_per_layer_input))``; ``cfg.layer_scalar``: the residual
-is then multiplied by the stored scalar ``layer_scalar`` (both before ``hook_resid_post``)."""
+is then multiplied by the stored scalar ``layer_scalar`` (both before ``hook_resid_post``); ``cfg.moe_beside_dense``:
+routed experts ``moe`` (router hooks at ``blocks.{l}.moe.*``) run beside the dense ``mlp``, each output normed
+(``ln_mlp_post``, ``ln_moe_post``; the experts read ``ln_moe(resid)`` and are routed from ``resid``), and
+``hook_mlp_out`` is ``ln2_post`` of their sum."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from .masks import AttentionMask
 from .mixers import layer_kind, mixer_kind
 from transformers.activations import ACT2FN
 
-from .moe import build_mlp
+from .moe import MoEMLP, build_mlp
 from .norms import make_norm
 
 
@@ -45,6 +48,10 @@ class TransformerBlock(nn.Module):
         self.parallel = cfg.parallel_block
         self.ln2 = None if self.parallel else norm()
         self.mlp = build_mlp(cfg, layer)  # dense MLP unless cfg.mlp_kind == "moe" (components/moe.py)
+        self.moe = None
+        if cfg.moe_beside_dense and (cfg.moe_layers is None or layer in cfg.moe_layers):  # Gemma 4: experts beside it
+            self.moe = MoEMLP(cfg)
+            self.ln_mlp_post, self.ln_moe, self.ln_moe_post = norm(), norm(), norm()
         self.post_sublayer_norm = cfg.norm_placement == "post_sublayer"
         if cfg.norm_placement == "sandwich":  # Gemma: the sublayer outputs are normed too (TL's ln1_post / ln2_post)
             self.ln1_post, self.ln2_post = norm(), norm()
@@ -90,11 +97,18 @@ class TransformerBlock(nn.Module):
         if self.ln1_post is not None:  # sandwich: hook_attn_out / hook_mlp_out are what is added (after ln*_post)
             attn_out = self.hook_attn_out(self.ln1_post(self.mixer(self.ln1(resid), mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
-            return self._finish(resid + self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid)))), per_layer_input)
+            return self._finish(resid + self.hook_mlp_out(self.ln2_post(self._feed_forward(resid))), per_layer_input)
         attn_out = self.hook_attn_out(self._scaled(self.mixer(self.ln1(resid), mask, rotary, kv_cache), self.ls1))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self._scaled(self.mlp(self.ln2(resid)), self.ls2))
         return self._finish(resid + mlp_out, per_layer_input)
+
+    def _feed_forward(self, resid: torch.Tensor) -> torch.Tensor:
+        """The sandwich block's feed-forward before ln2_post: the MLP of ln2(resid), plus the experts beside it."""
+        out = self.mlp(self.ln2(resid))
+        if self.moe is None:
+            return out
+        return self.ln_mlp_post(out) + self.ln_moe_post(self.moe(self.ln_moe(resid), route_from=resid))
 
     def _finish(self, resid: torch.Tensor, per_layer_input: torch.Tensor | None) -> torch.Tensor:
         """The per-layer input and the layer scalar (Gemma 4; neither: nothing), then hook_resid_post."""
