@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from hooked_vlm.components.rope import STATIC_ROPE_TYPES
-from hooked_vlm.config import HookedVLMConfig, TokenRoles, TowerConfig
+from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
 
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
@@ -37,6 +37,16 @@ GEMMA4_TEXT_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hid
                       # checked below
                       "use_bidirectional_attention", "enable_moe_block", "num_experts", "top_k_experts",
                       "moe_intermediate_size"}
+GEMMA4_VISION_FIELDS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "head_dim", "global_head_dim", "hidden_activation", "rms_norm_eps",
+                        "max_position_embeddings", "attention_bias", "rope_parameters", "pooling_kernel_size",
+                        "patch_size", "position_embedding_size", "standardize",
+                        "use_clipped_linears"}  # checked below
+GEMMA4_IGNORED = {"vision_soft_tokens_per_image": "the image processor's soft-token budget; the model reads the "
+                                                  "patches it is given",
+                  "eoa_token_id": "audio (not converted)"}
+GEMMA4_VISION_IGNORED = {"default_output_length": "the processor's default soft-token budget",
+                         "attention_dropout": "dropout, off in eval", "initializer_range": "initialisation only"}
 GEMMA4_TEXT_IGNORED = {"attention_dropout": "dropout, off in eval", "initializer_range": "initialisation only"}
 
 
@@ -59,9 +69,10 @@ def gemma4_text_config(tc: Any) -> TowerConfig:
         raise UnsupportedConfigError("text_config.enable_moe_block=True needs num_experts, top_k_experts and "
                                      f"moe_intermediate_size; got {tc.num_experts}, {tc.top_k_experts}, "
                                      f"{tc.moe_intermediate_size}")
-    if getattr(tc, "use_bidirectional_attention", None) is not None:
-        raise UnsupportedConfigError(f"text_config.use_bidirectional_attention={tc.use_bidirectional_attention!r} is "
-                                     "not implemented (it needs the image tower, or is the all-bidirectional encoder)")
+    bidirectional = getattr(tc, "use_bidirectional_attention", None)
+    if bidirectional not in (None, "vision"):
+        raise UnsupportedConfigError(f"text_config.use_bidirectional_attention={bidirectional!r} (every token "
+                                     "bidirectional) is not implemented; None and 'vision' are")
     layer_types = tuple(tc.layer_types)
     rope = {kind: dict(params) for kind, params in (tc.rope_parameters or {}).items()}
     for kind in sorted(set(layer_types)):
@@ -93,23 +104,62 @@ def gemma4_text_config(tc: Any) -> TowerConfig:
         mlp_kind="moe" if moe else "dense", moe_beside_dense=moe, router_norm_scale=moe,
         n_experts=int(tc.num_experts or 0) if moe else 0, n_experts_per_tok=int(tc.top_k_experts or 0) if moe else 0,
         d_mlp_expert=int(tc.moe_intermediate_size) if moe else None,
+        # "vision": the tokens of one image attend to each other on sliding layers (HF's create_masks_for_vision_model:
+        # full layers stay causal), when mm_token_type_ids is given
+        mask_policy="causal+image_bidirectional" if bidirectional == "vision" else "causal",
+        mask_policy_input="mm_token_type_ids" if bidirectional == "vision" else None,
+        mask_policy_layer_types=("sliding_attention",) if bidirectional == "vision" else None,
     )
 
 
+def gemma4_vision_config(vc: Any) -> VisionConfig:
+    check_fields(vc, GEMMA4_VISION_FIELDS, "vision_config (gemma4_vision)", ignored=GEMMA4_VISION_IGNORED)
+    if vc.use_clipped_linears:
+        raise UnsupportedConfigError("vision_config.use_clipped_linears=True (clamped linear inputs / outputs) is not "
+                                     "implemented yet")
+    rope = dict(vc.rope_parameters or {})
+    if rope.get("rope_type", "default") not in ("default", "axial"):
+        raise UnsupportedConfigError(f"vision_config.rope_parameters={rope!r}: only the axial 2-D RoPE is supported")
+    if vc.head_dim % 4:
+        raise UnsupportedConfigError(f"vision_config.head_dim={vc.head_dim} must be a multiple of 4 (2-D RoPE)")
+    tower = TowerConfig(
+        n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads,
+        n_key_value_heads=vc.num_key_value_heads, d_head=vc.head_dim, d_mlp=vc.intermediate_size,
+        act_fn=vc.hidden_activation, gated_mlp=True, normalization_type="RMS", norm_eps=vc.rms_norm_eps,
+        attn_bias=bool(vc.attention_bias), attn_out_bias=bool(vc.attention_bias), causal=False, positional="rope",
+        max_position_embeddings=vc.max_position_embeddings, attn_scale=1.0, qk_norm="RMS", v_norm=True,
+        norm_placement="sandwich", rope_axes=2)
+    return VisionConfig(tower=tower, image_size=vc.patch_size * vc.position_embedding_size, patch_size=vc.patch_size,
+                        kind="gemma4_vit", class_token=False, ln_pre=False, feature_layers=(-1,), feature_select="full",
+                        extra={"position_embedding_size": vc.position_embedding_size,
+                               "pooling_kernel": vc.pooling_kernel_size, "standardize": bool(vc.standardize),
+                               "rope_theta": float(rope.get("rope_theta", 100.0))})
+
+
 def gemma4_config(hf: Any) -> HookedVLMConfig:
-    check_fields(hf, GEMMA4_FIELDS, "Gemma4Config")
-    for name in ("vision_config", "audio_config"):
-        if getattr(hf, name, None) is not None:
-            raise UnsupportedConfigError(f"Gemma4Config.{name} is set: the {getattr(hf, name).model_type} tower is not "
-                                         "implemented yet (the text model alone, with it null, is)")
-    tc = hf.text_config
+    check_fields(hf, GEMMA4_FIELDS, "Gemma4Config", ignored=GEMMA4_IGNORED)
+    if getattr(hf, "audio_config", None) is not None:
+        raise UnsupportedConfigError("Gemma4Config.audio_config is set: the audio tower is not implemented (images and "
+                                     "text are)")
+    tc, vc = hf.text_config, hf.vision_config
     text = gemma4_text_config(tc)
     eos = hf.eos_token_id if getattr(hf, "eos_token_id", None) is not None else tc.eos_token_id
+    vision = projector = None
+    extra: dict[str, Any] = {}
+    if vc is not None:
+        vision = gemma4_vision_config(vc)
+        projector = ProjectorConfig(d_in=vc.hidden_size, d_out=tc.hidden_size, bias=False, kind="unit_norm_linear",
+                                    extra={"norm_eps": vc.rms_norm_eps})
+        extra = {"image_pipeline": "gemma4_patches", "input_keys": ("image_position_ids", "mm_token_type_ids"),
+                 "image_markers": ("boi", "eoi")}
+    elif text.mask_policy != "causal":
+        raise UnsupportedConfigError("text_config.use_bidirectional_attention='vision' without a vision_config")
     return HookedVLMConfig(
-        architecture="Gemma4ForConditionalGeneration", text=text, d_vocab=tc.vocab_size,
+        architecture="Gemma4ForConditionalGeneration", text=text, d_vocab=tc.vocab_size, vision=vision,
+        projector=projector,
         roles=TokenRoles(image_token_id=hf.image_token_id, boi_token_id=hf.boi_token_id, eoi_token_id=hf.eoi_token_id,
                          pad_token_id=tc.pad_token_id, bos_token_id=tc.bos_token_id, eos_token_id=eos),
-        tie_word_embeddings=bool(hf.tie_word_embeddings),
+        tie_word_embeddings=bool(hf.tie_word_embeddings), extra=extra,
     )
 
 
@@ -138,6 +188,20 @@ def gemma4_keymap(cfg: HookedVLMConfig) -> KeyMap:
         *[(rf"{layer}\.{hf}\.weight", rf"blocks.\1.{ours}.w") for hf, ours in norms.items()],
         (rf"{p}\.norm\.weight", "ln_final.w"),
         (r"lm_head\.weight", "unembed.weight"),
+    ]
+    vt = r"model\.vision_tower"
+    vlayer = rf"{vt}\.encoder\.layers\.(\d+)"
+    vnorms = {k: v for k, v in norms.items() if k in ("input_layernorm", "post_attention_layernorm",
+                                                      "pre_feedforward_layernorm", "post_feedforward_layernorm")}
+    rules += [
+        (rf"{vt}\.patch_embedder\.input_proj\.weight", "vision.patch_embed.weight"),
+        (rf"{vt}\.patch_embedder\.position_embedding_table", "vision.position_table"),
+        (rf"{vlayer}\.self_attn\.(q|k|v|o)_proj\.linear\.(weight|bias)", r"vision.blocks.\1.attn.\2_proj.\3"),
+        (rf"{vlayer}\.self_attn\.(q|k)_norm\.weight", r"vision.blocks.\1.attn.\2_norm.w"),
+        (rf"{vlayer}\.mlp\.(gate|up|down)_proj\.linear\.weight", r"vision.blocks.\1.mlp.\2_proj.weight"),
+        *[(rf"{vlayer}\.{hf}\.weight", rf"vision.blocks.\1.{ours}.w") for hf, ours in vnorms.items()],
+        (rf"{vt}\.std_(bias|scale)", r"vision.std_\1"),
+        (r"model\.embed_vision\.embedding_projection\.weight", "projector.linear.weight"),
     ]
     return KeyMap(rules=rules)
 

@@ -168,6 +168,11 @@ class TowerConfig:
     d_per_layer_input: int = 0
     per_layer_vocab: int = 0
     layer_scalar: bool = False  # each block's output residual is multiplied by a stored scalar (Gemma 4)
+    # RoPE over equal parts of each head: part i turns (rotate-half within it) by part i of the (cos, sin) table
+    # (Gemma 4's vision tower: 2, x positions then y); 1 = the whole head
+    rope_axes: int = 1
+    # the bidirectional blocks of mask_policy apply only on these layer kinds (Gemma 4: sliding layers); None = all
+    mask_policy_layer_types: tuple[str, ...] | None = None
     # the MoE block BESIDE the dense MLP (Gemma 4 enable_moe_block; needs mlp_kind="moe" and sandwich norms): the block
     # keeps its dense mlp and adds moe (components/moe.py), hook_mlp_out = ln2_post(ln_mlp_post(mlp(ln2(x))) +
     # ln_moe_post(moe(ln_moe(x)))), the experts routed from the residual x itself

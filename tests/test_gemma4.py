@@ -11,6 +11,7 @@ import torch
 
 from converters.base import UnsupportedConfigError
 from converters.gemma4 import gemma4_config
+from hooked_vlm.analysis import knockout_hooks
 from hooked_vlm.components.attention import LayerKVCache
 from hooked_vlm.kv_cache import KVCache
 from tests import tiny_gemma4 as tg4
@@ -120,18 +121,22 @@ def _hf_config(variant: str, **text):
     return cfg
 
 
-@pytest.mark.parametrize("field, value", [("use_bidirectional_attention", "vision")])
+@pytest.mark.parametrize("field, value", [("use_bidirectional_attention", "all")])
 def test_unimplemented_text_fields_are_refused_by_name(field, value):
     with pytest.raises(UnsupportedConfigError, match=field):
         gemma4_config(_hf_config("k_eq_v_moe", **{field: value}))
 
 
-def test_a_vision_tower_is_refused_by_name():
-    cfg = _hf_config("k_eq_v_moe")
-    from transformers import Gemma4VisionConfig
+def test_clipped_linears_and_audio_are_refused_by_name():
+    from transformers import Gemma4AudioConfig
 
-    cfg.vision_config = Gemma4VisionConfig()
-    with pytest.raises(UnsupportedConfigError, match="vision_config"):
+    cfg = _hf_config("k_eq_v_moe")
+    cfg.vision_config.use_clipped_linears = True
+    with pytest.raises(UnsupportedConfigError, match="use_clipped_linears"):
+        gemma4_config(cfg)
+    cfg = _hf_config("k_eq_v_moe")
+    cfg.audio_config = Gemma4AudioConfig()
+    with pytest.raises(UnsupportedConfigError, match="audio_config"):
         gemma4_config(cfg)
 
 
@@ -162,3 +167,106 @@ def test_routing_matches_hf_and_the_router_hooks_act():
         off = b.model.run_with_hooks(**b.inputs, fwd_hooks=[("blocks.2.moe.hook_expert_weights",
                                                                 lambda t, hook: torch.zeros_like(t))])
     assert (off - plain)[real].abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------- the image tower and the bidirectional image mask
+def _real(inputs):
+    return inputs["attention_mask"].bool()
+
+
+@pytest.mark.parametrize("variant", ["ple_kv", "k_eq_v_moe"])
+def test_vision_tower_every_layer_and_image_embeddings_match_hf(variant):
+    b = tg4.gemma4(variant)
+    pixels, positions = b.inputs["pixel_values"], b.inputs["image_position_ids"]
+    valid = (positions != -1).all(-1)
+    tower = b.hf.model.vision_tower
+    outs, handles = [], [layer.register_forward_hook(lambda m, a, out: outs.append(out)) for layer in tower.encoder.layers]
+    handles.append(tower.patch_embedder.register_forward_hook(lambda m, a, out: outs.insert(0, out)))
+    try:
+        with torch.no_grad():
+            ref = tower(pixel_values=pixels, pixel_position_ids=positions)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        features = torch.cat(b.hf.model.get_image_features(pixels, positions).pooler_output)
+        _, cache = b.model.run_with_cache(**b.inputs, names_filter=lambda n: n.startswith("vision.")
+                                          or n == "hook_image_embeds")
+    assert len(outs) == 3
+    assert (outs[0][valid] - cache["vision.hook_patch_embed"][valid]).abs().max() <= ATOL
+    for layer in range(2):
+        ours = cache[f"vision.blocks.{layer}.hook_resid_post"]
+        assert (outs[layer + 1][valid] - ours[valid]).abs().max() <= ATOL, layer
+    assert (ref.last_hidden_state - cache["vision.hook_standardized"]).abs().max() <= ATOL
+    assert features.shape == cache["hook_image_embeds"].shape == (4 + 6 + 4, 32)
+    assert (features - cache["hook_image_embeds"]).abs().max() <= ATOL
+
+
+def test_image_spans_have_the_pooled_grid():
+    b = tg4.gemma4("k_eq_v_moe")
+    _, cache = b.model.run_with_cache(**b.inputs, names_filter="hook_embed")
+    spans = cache.spans
+    assert [spans.n_images(i) for i in range(3)] == [1, 2, 0]
+    assert [(lay.rows, lay.cols) for lay in spans.layouts[1]] == [(2, 3), (2, 2)]
+    cells = spans.grid[1, spans.positions("image.0", 1)]
+    assert cells[:, 2:].tolist() == [[r, c] for r in range(2) for c in range(3)]  # (row, col), row-major
+
+
+def _hf_masks(hf, inputs):
+    from transformers.models.gemma4 import modeling_gemma4 as mg
+
+    ids = inputs["input_ids"]
+    kwargs = dict(config=hf.config.get_text_config(), inputs_embeds=torch.zeros(*ids.shape, 1),
+                  attention_mask=inputs["attention_mask"], past_key_values=None,
+                  position_ids=torch.arange(ids.shape[1])[None])
+    blocks = mg.get_block_sequence_ids_for_mask(inputs["mm_token_type_ids"], device=ids.device)
+    return mg.create_masks_for_vision_model(block_sequence_ids=blocks, **kwargs)
+
+
+def test_hook_mask_of_every_layer_equals_hf_mask():
+    """Bidirectional inside each image on sliding layers only (Gemma 4: full layers stay causal)."""
+    b = tg4.gemma4("k_eq_v_moe")
+    ref = _hf_masks(b.hf, b.inputs)
+    _, cache = b.model.run_with_cache(**b.inputs, names_filter=lambda n: n.endswith("hook_mask"))
+    real = _real(b.inputs)
+    for layer, kind in enumerate(tg4.LAYER_TYPES):
+        ours = cache[f"blocks.{layer}.attn.hook_mask"][:, 0]
+        assert torch.equal(ours[real], ref[kind][:, 0][real]), (layer, kind)
+    first = int((b.inputs["input_ids"][0] == tg4.IMAGE).nonzero()[0])
+    assert bool(cache["blocks.0.attn.hook_mask"][0, 0, first, first + 3])  # sliding: sees a later token of its image
+    assert not bool(cache["blocks.1.attn.hook_mask"][0, 0, first, first + 3])  # full: causal
+
+
+def test_mm_token_type_ids_switch_the_bidirectional_mask_as_in_hf():
+    b = tg4.gemma4("k_eq_v_moe")
+    causal = {k: v for k, v in b.inputs.items() if k != "mm_token_type_ids"}
+    real = _real(b.inputs)
+    with torch.no_grad():
+        ref = b.hf(**causal).logits
+        ours = b.model(**causal)
+        bidi = b.model(**b.inputs)
+    assert (ref - ours)[real].abs().max() <= ATOL
+    assert (bidi - ours)[real].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("src,dst", [("image", "last"), ("image", "image")])
+def test_mask_knockout_equals_hf_with_the_edges_removed_by_hand(src, dst):
+    """knockout (an edit of every layer's hook_mask) on the bidirectional model == HF given its own per-kind masks with
+    the src -> dst edges set to False by hand (Gemma4Model takes a prepared mask mapping as is)."""
+    b = tg4.gemma4("k_eq_v_moe")
+    inputs = b.inputs
+    masks = _hf_masks(b.hf, inputs)
+    is_image = (inputs["input_ids"] == tg4.IMAGE) & _real(inputs)
+    is_last = torch.zeros_like(is_image)
+    is_last[:, -1] = True
+    q = is_last if dst == "last" else is_image
+    blocked = q[:, None, :, None] & is_image[:, None, None, :]
+    edited = {kind: m & ~blocked for kind, m in masks.items()}
+    hf_inputs = {k: v for k, v in inputs.items() if k not in ("attention_mask", "mm_token_type_ids")}
+    with torch.no_grad():
+        ref = b.hf(**hf_inputs, attention_mask=edited).logits
+        base = b.model(**inputs)
+        ours = b.model.run_with_hooks(**inputs, fwd_hooks=knockout_hooks(b.model, src=src, dst=dst, mode="mask"))
+    real = _real(inputs)
+    assert (ref - ours)[real].abs().max() <= ATOL
+    assert (base - ours)[real].abs().max() > 1e-3

@@ -19,6 +19,7 @@ VISION_KINDS = {
     "pixtral": "hooked_vlm.components.pixtral_vision:PixtralVisionTower",
     "vq": "hooked_vlm.components.vq:VQTokenizer",
     "vit_post_norm": "hooked_vlm.components.vision_post_norm:PostNormVisionTower",
+    "gemma4_vit": "hooked_vlm.components.gemma4_vision:Gemma4VisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
@@ -29,6 +30,7 @@ PROJECTOR_KINDS = {
     "unfold_merge_mlp": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",
     "pooled_norm_matmul": "hooked_vlm.components.pooled_projector:PooledNormProjector",
     "linear": "hooked_vlm.components.linear_projector:LinearProjector",
+    "unit_norm_linear": "hooked_vlm.components.gemma4_vision:UnitNormLinearProjector",
     "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
 }
 

@@ -125,7 +125,7 @@ class Attention(nn.Module):
         rotate = rotary is not None and self.use_rope  # a NoPE layer ignores a table handed to every layer (memory.py)
         if rotate:
             cos, sin = rotary
-            q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved))
+            q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
         if self.shares_kv:  # the source layer's keys / values of every position so far (its state; no copy)
             if kv_cache is None or kv_cache.k is None:
                 raise ValueError("a KV-sharing layer needs its source layer's state (HookedVLM.forward passes it)")
@@ -139,7 +139,7 @@ class Attention(nn.Module):
             if self.v_norm is not None:
                 v = self.v_norm(v)
             if rotate:
-                k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved))
+                k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
             if kv_cache is not None:
                 k, v = kv_cache.append(k, v)
 

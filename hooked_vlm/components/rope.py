@@ -133,10 +133,16 @@ def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
     return rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d two -> ... (d two)")
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False,
+                 axes: int = 1) -> torch.Tensor:
     """x [batch, pos, head, d_head]; cos / sin [..., rotary_dim]; ``interleaved`` with the tables of
     ``Rotary(..., interleaved=True)``. Partial rotary (rotary_dim < d_head, Qwen3.5's ``partial_rotary_factor``):
-    the first rotary_dim channels are turned (rotate-half within them), the rest pass."""
+    the first rotary_dim channels are turned (rotate-half within them), the rest pass. ``axes`` > 1
+    (``TowerConfig.rope_axes``, Gemma 4's vision tower): x and the tables split into that many equal parts, each
+    rotated on its own (HF's apply_multidimensional_rope)."""
+    if axes > 1:
+        parts = zip(x.chunk(axes, -1), cos.chunk(axes, -1), sin.chunk(axes, -1))
+        return torch.cat([apply_rotary(p, c, s, interleaved) for p, c, s in parts], dim=-1)
     rotate = rotate_interleaved if interleaved else rotate_half
     r = cos.shape[-1]
     if r == x.shape[-1]:

@@ -16,3 +16,4 @@ from . import pooled  # noqa: F401,E402
 from . import qwen3_vl  # noqa: F401,E402
 from . import tiles  # noqa: F401,E402
 from . import resampled  # noqa: F401,E402
+from . import gemma4  # noqa: F401,E402
