@@ -61,22 +61,23 @@ def gemma4_vision_config(**overrides: Any) -> dict:
     return cfg
 
 
-def tiny_hf_config(variant: str) -> Any:
-    """The Gemma4Config of a variant."""
+def tiny_hf_config(variant: str, **text: Any) -> Any:
+    """The Gemma4Config of a variant (``text``: more text_config overrides, e.g. benchmark sizes)."""
     from transformers import Gemma4Config
 
-    return Gemma4Config(text_config=gemma4_text_config(**VARIANTS[variant]), vision_config=gemma4_vision_config(),
+    return Gemma4Config(text_config=gemma4_text_config(**{**VARIANTS[variant], **text}),
+                        vision_config=gemma4_vision_config(),
                         audio_config=None,
                         image_token_id=IMAGE, boi_token_id=BOI, eoi_token_id=EOI, video_token_id=VIDEO,
                         audio_token_id=AUDIO, boa_token_id=BOA, eoa_token_index=EOA)
 
 
-def make_gemma4(variant: str, folder: Path | None = None, seed: int = 0) -> tuple[Path, Any]:
-    """Save a tiny random Gemma4ForConditionalGeneration (text only); returns (folder, hf_model in eval mode)."""
+def make_gemma4(variant: str, folder: Path | None = None, seed: int = 0, **text: Any) -> tuple[Path, Any]:
+    """Save a tiny random Gemma4ForConditionalGeneration; returns (folder, hf_model in eval mode)."""
     from transformers import Gemma4ForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = Gemma4ForConditionalGeneration(tiny_hf_config(variant)).eval()
+    model = Gemma4ForConditionalGeneration(tiny_hf_config(variant, **text)).eval()
     with torch.no_grad():  # norms and layer scalars start at 1: perturb them so a misplaced one shows
         for name, p in model.named_parameters():
             if "norm" in name:

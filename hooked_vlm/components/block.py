@@ -68,7 +68,8 @@ class TransformerBlock(nn.Module):
             self.ple_act = ACT2FN[cfg.act_fn]
             self.hook_per_layer_input = HookPoint()  # [batch, pos, d_per_layer_input]
             self.hook_ple_out = HookPoint()  # [batch, pos, d_model]  what the per-layer input adds
-        self.layer_scalar = nn.Parameter(torch.ones(1)) if cfg.layer_scalar else None  # [1], multiplies the output
+        # [1], multiplies the output; a stored buffer as in HF (loaded from the checkpoint, not a trained parameter)
+        self.register_buffer("layer_scalar", torch.ones(1) if cfg.layer_scalar else None)
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]

@@ -41,8 +41,8 @@ class Gemma4VisionTower(nn.Module):
         self.kernel = int(ex["pooling_kernel"])
         self.standardize = bool(ex.get("standardize"))
         if self.standardize:
-            self.std_bias = nn.Parameter(torch.zeros(t.d_model))
-            self.std_scale = nn.Parameter(torch.ones(t.d_model))
+            self.register_buffer("std_bias", torch.zeros(t.d_model))  # stored buffers, as in HF
+            self.register_buffer("std_scale", torch.ones(t.d_model))
         self.register_buffer("inv_freq", torch.empty(t.d_head // 4), persistent=False)
         self.reset_buffers()
         self.hook_patch_embed = HookPoint()  # [image, patch, d_vision]
