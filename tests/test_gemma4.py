@@ -270,3 +270,18 @@ def test_mask_knockout_equals_hf_with_the_edges_removed_by_hand(src, dst):
     real = _real(inputs)
     assert (ref - ours)[real].abs().max() <= ATOL
     assert (base - ours)[real].abs().max() > 1e-3
+
+
+def test_prompts_are_longer_than_the_window_with_an_image_inside_and_the_window_acts(monkeypatch):
+    b = tg4.gemma4("k_eq_v_moe")
+    inputs, real = b.inputs, _real(b.inputs)
+    window = b.model.cfg.text.sliding_window
+    for row in range(2):  # the rows with images: an image, then text reaching past the window
+        ids = inputs["input_ids"][row][real[row]]
+        first = int((ids == tg4.IMAGE).nonzero()[0])
+        assert len(ids) - 1 - first >= window
+    with torch.no_grad():
+        ref = b.hf(**inputs).logits
+        assert (ref - b.model(**inputs))[real].abs().max() <= ATOL
+        monkeypatch.setattr(b.model.cfg.text, "sliding_window", 10_000)
+        assert (ref - b.model(**inputs))[real].abs().max() > 10 * ATOL

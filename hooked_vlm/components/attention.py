@@ -120,28 +120,29 @@ class Attention(nn.Module):
         else:
             q = self.q_proj(x).view(b, q_len, cfg.n_heads, cfg.d_head)
         q = self.hook_q(q)
+        k = v = None
+        if not self.shares_kv:  # hooks fire in the order q, k, v, then the norms, then RoPE
+            k_raw = self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head)
+            v_raw = k_raw if self.v_proj is None else self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head)
+            k, v = self.hook_k(k_raw), self.hook_v(v_raw)
         if self.q_norm is not None:
             q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if self.v_norm is not None:
+            v = self.v_norm(v)
         rotate = rotary is not None and self.use_rope  # a NoPE layer ignores a table handed to every layer (memory.py)
         if rotate:
             cos, sin = rotary
             q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
+            if k is not None:
+                k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
         if self.shares_kv:  # the source layer's keys / values of every position so far (its state; no copy)
             if kv_cache is None or kv_cache.k is None:
                 raise ValueError("a KV-sharing layer needs its source layer's state (HookedVLM.forward passes it)")
             k, v = kv_cache.k, kv_cache.v
-        else:
-            k_raw = self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head)
-            v_raw = k_raw if self.v_proj is None else self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head)
-            k, v = self.hook_k(k_raw), self.hook_v(v_raw)
-            if self.k_norm is not None:
-                k = self.k_norm(k)
-            if self.v_norm is not None:
-                v = self.v_norm(v)
-            if rotate:
-                k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
-            if kv_cache is not None:
-                k, v = kv_cache.append(k, v)
+        elif kv_cache is not None:
+            k, v = kv_cache.append(k, v)
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]
         allowed = None
