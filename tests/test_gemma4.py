@@ -285,3 +285,18 @@ def test_prompts_are_longer_than_the_window_with_an_image_inside_and_the_window_
         assert (ref - b.model(**inputs))[real].abs().max() <= ATOL
         monkeypatch.setattr(b.model.cfg.text, "sliding_window", 10_000)
         assert (ref - b.model(**inputs))[real].abs().max() > 10 * ATOL
+
+
+def test_a_config_without_vision_is_the_text_model_and_refuses_pixels():
+    from hooked_vlm import HookedVLM
+
+    cfg = _hf_config("ple_kv")
+    cfg.vision_config = None
+    model = HookedVLM(gemma4_config(cfg))
+    assert model.vision is None and "hook_image_embeds" not in model.hook_dict
+    inputs = {k: v for k, v in tg4.gemma4("ple_kv").inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+    with pytest.raises(ValueError, match="without an image tower"):
+        model(**inputs)
+    cfg.text_config.use_bidirectional_attention = "vision"
+    with pytest.raises(UnsupportedConfigError, match="without a vision_config"):
+        gemma4_config(cfg)
