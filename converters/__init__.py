@@ -31,6 +31,7 @@ FAMILY_MODULES = [
     "converters.llava_next_video",
     "converters.deepseek_vl",
     "converters.mllama",
+    "converters.gemma4",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -74,6 +74,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Qwen3_5ForConditionalGeneration": ("qwen3.5",),
     "Qwen3_5MoeForConditionalGeneration": ("qwen3.5-moe",),
     "Lfm2VlForConditionalGeneration": ("lfm2-vl",),
+    "Gemma4ForConditionalGeneration": ("gemma4-ple-kv-sharing", "gemma4-k-eq-v-moe"),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -138,6 +139,12 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "hook_conv_out`, conv window in the KV cache) + GQA attention; knockouts skip conv layers and say so, or remove "
      "exact conv edges (`linear=\"edges\"`; docs/hybrid_models.md)", "`boi`, `eoi`, `tile_marker`, `thumbnail_marker`, "
      "tile of each token, `thumbnail`"),
+    ("Gemma4ForConditionalGeneration", "gemma4_vision tower (patch lists of any size, 2-D RoPE, position pooling, "
+     "standardisation; images only, no audio / video / clipped linears); LM with per-layer inputs "
+     "(`blocks.{l}.hook_per_layer_input`), KV sharing (the source layer's `hook_k` edits reach the sharing layers; no "
+     "cache copies), k_eq_v + own head size / KV heads on global layers, proportional RoPE, MoE beside the dense MLP "
+     "(`blocks.{l}.moe.*` router hooks), layer scalars, logit soft-cap, bidirectional image mask on sliding layers "
+     "(`hook_mask`)", "`boi`, `eoi`, the pooled grid of each image"),
 ]
 
 _TIMM = "its tower is a timm model (TimmWrapper: `timm` is not a dependency, and its weights follow timm's layout)"
@@ -168,7 +175,6 @@ REFUSED: dict[str, str] = {
                        "part: partial rotary, LayerNorm q/k norms, squared ReLU)",
     "Gemma3nForConditionalGeneration": _TIMM + " (MobileNetV5), and the Gemma 3n LM (AltUp, laurel blocks, "
                                        "per-layer inputs)",
-    "Gemma4ForConditionalGeneration": "the Gemma 4 LM (per-layer inputs, KV sharing) and its vision tower",
     "Gemma4UnifiedForConditionalGeneration": "the Gemma 4 LM (per-layer inputs, KV sharing) and its unified encoder",
     "GitForCausalLM": "GIT's BERT-style decoder over [image tokens; text] with learned positions and LayerNorm (no "
                       "decoder LM part of that kind)",

@@ -186,6 +186,58 @@ class TowerConfig:
     # the final logits are multiplied by it (Cohere2ForCausalLM's logit_scale); the unembedding applies it, so W_U,
     # the logit lens and direct logit attribution all include it (components/embed.py Unembed)
     logit_scale: float = 1.0
+    # --- Gemma 4 parts (docs/architecture.md section 4) ---
+    # per layer kind attention geometry: layer_d_head[kind] / layer_n_key_value_heads[kind] replace d_head /
+    # n_key_value_heads on the layers of that kind (Gemma 4's global_head_dim, num_global_key_value_heads);
+    # attention_cfg(l) is the config a layer's attention reads
+    layer_d_head: dict[str, int] | None = None
+    layer_n_key_value_heads: dict[str, int] | None = None
+    # layer kinds whose values are the key projection (no v_proj: v = k_proj(x) before the k norm; Gemma 4
+    # attention_k_eq_v on full-attention layers)
+    k_eq_v_layer_types: tuple[str, ...] = ()
+    v_norm: bool = False  # a weightless RMS norm over d_head on each value head (Gemma 4), after hook_v
+    # KV sharing (Gemma 4 num_kv_shared_layers): the last kv_shared_layers layers compute no keys / values; each reads
+    # those of kv_source(l), the last earlier non-sharing layer of its kind (after that layer's norm and RoPE)
+    kv_shared_layers: int = 0
+    kv_shared_mlp_factor: int = 1  # the MLP of a KV-sharing layer is this many times d_mlp wide (Gemma 4: 2)
+    # per-layer inputs (Gemma 4 PLE): a [per_layer_vocab, n_layers * d_per_layer_input] token table plus a projection
+    # of the embeddings give every layer a [d_per_layer_input] input, gated by the residual and added after the MLP
+    d_per_layer_input: int = 0
+    per_layer_vocab: int = 0
+    layer_scalar: bool = False  # each block's output residual is multiplied by a stored scalar (Gemma 4)
+    # RoPE over equal parts of each head: part i turns (rotate-half within it) by part i of the (cos, sin) table
+    # (Gemma 4's vision tower: 2, x positions then y); 1 = the whole head
+    rope_axes: int = 1
+    # the bidirectional blocks of mask_policy apply only on these layer kinds (Gemma 4: sliding layers); None = all
+    mask_policy_layer_types: tuple[str, ...] | None = None
+    # the MoE block BESIDE the dense MLP (Gemma 4 enable_moe_block; needs mlp_kind="moe" and sandwich norms): the block
+    # keeps its dense mlp and adds moe (components/moe.py), hook_mlp_out = ln2_post(ln_mlp_post(mlp(ln2(x))) +
+    # ln_moe_post(moe(ln_moe(x)))), the experts routed from the residual x itself
+    moe_beside_dense: bool = False
+    # router of the form x -> proj(rms(x) * router_scale * d_model ** -0.5); chosen weights times per_expert_scale
+    # (Gemma 4)
+    router_norm_scale: bool = False
+
+    def attention_cfg(self, layer: int) -> "TowerConfig":
+        """The config block ``layer``'s attention reads: this one, with its kind's d_head / n_key_value_heads."""
+        kind = self.layer_types[layer] if self.layer_types is not None else None
+        changes = {}
+        for field_name, per_kind in (("d_head", self.layer_d_head), ("n_key_value_heads", self.layer_n_key_value_heads)):
+            if per_kind and kind in per_kind and per_kind[kind] != getattr(self, field_name):
+                changes[field_name] = per_kind[kind]
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def kv_source(self, layer: int) -> int | None:
+        """The layer whose keys and values ``layer`` reads (KV sharing), or None when it computes its own."""
+        first = self.n_layers - self.kv_shared_layers
+        if self.kv_shared_layers == 0 or layer < first:
+            return None
+        kind = self.layer_types[layer] if self.layer_types is not None else None
+        for source in range(first - 1, -1, -1):
+            if (self.layer_types[source] if self.layer_types is not None else None) == kind:
+                return source
+        raise ValueError(f"layer {layer} shares keys and values (kv_shared_layers={self.kv_shared_layers}) but no "
+                         f"earlier layer of its kind {kind!r} computes them")
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -265,6 +317,18 @@ class TowerConfig:
                              f"norm_placement={self.norm_placement!r}, layer_scale={self.layer_scale}")
         if not self.logit_scale > 0:
             raise ValueError(f"logit_scale must be a positive number, got {self.logit_scale!r}")
+        self.k_eq_v_layer_types = tuple(self.k_eq_v_layer_types)
+        if self.moe_beside_dense and (self.mlp_kind != "moe" or self.norm_placement != "sandwich"):
+            raise ValueError("moe_beside_dense adds routed experts beside the dense MLP of a sandwich-norm block: it "
+                             f"needs mlp_kind='moe' and norm_placement='sandwich', got {self.mlp_kind!r}, "
+                             f"{self.norm_placement!r}")
+        if not 0 <= self.kv_shared_layers < self.n_layers:
+            raise ValueError(f"kv_shared_layers={self.kv_shared_layers} must be in [0, n_layers={self.n_layers})")
+        for l in range(self.n_layers - self.kv_shared_layers, self.n_layers):
+            self.kv_source(l)  # raises when a sharing layer has no source
+        if (self.d_per_layer_input > 0) != (self.per_layer_vocab > 0):
+            raise ValueError(f"per-layer inputs need both d_per_layer_input ({self.d_per_layer_input}) and "
+                             f"per_layer_vocab ({self.per_layer_vocab}) > 0, or both 0")
 
     def layer_uses_rope(self, layer: int) -> bool:
         """Whether block ``layer`` rotates q and k: a rotary tower (any positional but "learned" / "none", e.g. Pixtral's

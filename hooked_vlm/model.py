@@ -26,7 +26,8 @@ from .components.norms import make_norm
 from .components import build_projector, build_vision
 from .config import HookedVLMConfig
 from .hook_points import HookPoint, RunState
-from .kv_cache import KVCache
+from .components.per_layer_inputs import PerLayerInputs
+from .kv_cache import KVCache, layer_states
 from .pipelines import LAYOUTS, PIPELINES
 from .saes.splice import SAEMixin
 from .spans import TokenSpans, build_spans
@@ -53,12 +54,14 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         self.embed = Embed(cfg.d_vocab_embed or cfg.d_vocab, t.d_model, scale=t.embed_scale)
         self.vision = build_vision(cfg.vision)
         self.projector = build_projector(cfg.projector)
-        # [n_image_tokens, d_model] (projector output, before splicing); cross-attention models (text.cross_attention):
-        # [batch, key, d_model], the image features every cross-attention layer reads as keys / values
-        self.hook_image_embeds = HookPoint()
+        if cfg.vision is not None:  # a text-only model has no image path (hooks that never fire are not created)
+            # [n_image_tokens, d_model] (projector output, before splicing); cross-attention models
+            # (text.cross_attention): [batch, key, d_model], the image features every cross-attention layer reads
+            self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
         self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
+        self.per_layer_inputs = PerLayerInputs(t) if t.d_per_layer_input else None  # Gemma 4 PLE
         for block in self.blocks[: t.deepstack_layers]:  # [n_image_tokens, d_model], added after hook_resid_post
             block.hook_deepstack = HookPoint()
         self.ln_final = make_norm(t.normalization_type, t.d_model, t.norm_eps, t.norm_offset, bias=t.norm_bias)
@@ -148,6 +151,9 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
 
+        if pixel_values is not None and self.vision is None:
+            raise ValueError(f"this {self.cfg.architecture} model was converted without an image tower (its config has "
+                             "no vision_config): pass text only (no pixel_values)")
         # the spans first (image layouts from the inputs alone), so that every hook of this forward -- the vision
         # tower's, the projector's and hook_image_embeds included -- sees this forward's hook.spans
         image_extras = {**extras, "input_ids": tokens}
@@ -208,17 +214,19 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         rotary = self.rotary(position_ids, resid.dtype) if self.rotary is not None else None
         rotaries = rotary if isinstance(rotary, list) else [rotary] * self.cfg.n_layers
         n_run = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
-        states = list(kv_cache.layers) if kv_cache is not None else [None] * self.cfg.n_layers
+        states = layer_states(self.cfg.text, kv_cache)  # KV-sharing layers get their source layer's state
         if self.cfg.text.cross_attention is not None:  # image keys and mask rows of this forward, per layer state
             from .pipelines.cross_tiles import begin_cross_attention, key_spans_for
 
-            states = begin_cross_attention(self, states, cross_images, extras.get("cross_attention_mask"), past, q_len)
+            states = begin_cross_attention(self, list(states), cross_images, extras.get("cross_attention_mask"), past,
+                                           q_len)
             if cross_images is not None:  # the key axis's roles (hooked_vlm.key_spans); decode steps keep the prompt's
                 self.run_state.extra["kv_spans"] = key_spans_for(self, extras)
             elif past == 0:
                 self.run_state.extra.pop("kv_spans", None)
+        per_layer = self._per_layer_inputs(tokens, resid)
         for l, block in enumerate(self.blocks[:n_run]):
-            resid = block(resid, masks[l], rotaries[l], states[l])
+            resid = block(resid, masks[l], rotaries[l], states[l], None if per_layer is None else per_layer[:, :, l])
             if l < len(deepstack):
                 resid = self._splice_add(tokens, resid, block.hook_deepstack(deepstack[l]))
         if kv_cache is not None:
@@ -236,6 +244,17 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             return None
         loss = self.loss(logits, tokens, spans)
         return loss if return_type == "loss" else (logits, loss)
+
+    def _per_layer_inputs(self, tokens: Tensor, embeds: Tensor) -> Tensor | None:
+        """Gemma 4 PLE [batch, pos, layer, d]: the token part looks up the pad id at image placeholders (as HF)."""
+        if self.per_layer_inputs is None:
+            return None
+        roles = self.cfg.roles
+        if roles is not None and roles.pad_token_id is None:
+            raise ValueError("per-layer inputs need the pad token id (TokenRoles.pad_token_id) for image positions")
+        if roles is not None:
+            tokens = torch.where(tokens == roles.image_token_id, torch.full_like(tokens, roles.pad_token_id), tokens)
+        return self.per_layer_inputs(tokens, embeds)
 
     def _postprocess_logits(self, logits: Tensor) -> Tensor:
         """Vocabulary suppression some families apply (e.g. image-code ids in text mode)."""

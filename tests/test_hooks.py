@@ -12,6 +12,7 @@ import torch
 from tests import tiny, tiny_native
 from tests import tiny_cohere as tco
 from tests import tiny_gemma3 as tg3
+from tests import tiny_gemma4 as tg4
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
@@ -73,6 +74,10 @@ FAMILIES = {
     "llava_next_video": _from_factory(tll.llava_next_video),
     "deepseek_vl": _from_factory(tll.deepseek_vl),
     "mllama": _from_factory(tml.mllama),
+    "qwen3_5": _from_factory(tq35.qwen35),
+    "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
+    "gemma4_ple_kv": _from_factory(functools.partial(tg4.gemma4, "ple_kv")),
+    "gemma4_k_eq_v_moe": _from_factory(functools.partial(tg4.gemma4, "k_eq_v_moe")),
 }
 
 

@@ -19,6 +19,7 @@ from hooked_vlm.components.rope import Rotary
 from tests import tiny, tiny_native
 from tests import tiny_cohere as tco
 from tests import tiny_gemma3 as tg3
+from tests import tiny_gemma4 as tg4
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
@@ -89,6 +90,8 @@ CASES = [
     ("next-video-clip", tll.llava_next_video),
     ("deepseek-vl", tll.deepseek_vl),
     ("mllama", tml.mllama),  # cross-attention layers 1, 3; a row with two images (the mask changes mid-row)
+    ("gemma4-ple-kv-sharing", functools.partial(tg4.gemma4, "ple_kv")),  # text model; per-layer inputs, KV sharing
+    ("gemma4-k-eq-v-moe", functools.partial(tg4.gemma4, "k_eq_v_moe")),  # text model; global v = k, 1 KV head; MoE beside MLP
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -289,7 +292,8 @@ def test_greedy_generate_matches_hf(case_id):
 @pytest.mark.parametrize("case_id, batch", [("llava-llama-gqa", "padded"), ("llava-mistral-window", "padded"),
                                             ("llava-mistral-window", "unpadded"), ("lfm2-vl", "padded"), ("vipllava", "padded"),
                                             ("granite-vision", "padded"), ("lighton-ocr", "padded"),
-                                            ("next-video-clip", "padded"), ("deepseek-vl", "padded")])
+                                            ("next-video-clip", "padded"), ("deepseek-vl", "padded"),
+                                            ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

@@ -21,6 +21,7 @@ VISION_KINDS = {
     "vit_post_norm": "hooked_vlm.components.vision_post_norm:PostNormVisionTower",
     "siglip2_naflex": "hooked_vlm.components.naflex_vision:NaFlexVisionTower",
     "tiled_vit": "hooked_vlm.components.tiled_vision:TiledVisionTower",
+    "gemma4_vit": "hooked_vlm.components.gemma4_vision:Gemma4VisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
@@ -31,6 +32,7 @@ PROJECTOR_KINDS = {
     "unfold_merge_mlp": "hooked_vlm.components.patch_merger_projector:PatchMergerProjector",
     "pooled_norm_matmul": "hooked_vlm.components.pooled_projector:PooledNormProjector",
     "linear": "hooked_vlm.components.linear_projector:LinearProjector",
+    "unit_norm_linear": "hooked_vlm.components.gemma4_vision:UnitNormLinearProjector",
     "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
     "pixel_unshuffle_mlp": "hooked_vlm.components.pixel_unshuffle_projector:PixelUnshuffleProjector",
 }

@@ -10,6 +10,10 @@ With ``cfg.attn_output_gate`` (Qwen3.5) q_proj also makes a gate per head (the c
 then its gate rows); ``hook_gate`` shows it before the sigmoid and ``hook_z`` is the gated output o_proj reads
 (pattern @ v times sigmoid(gate)), so per-head decompositions through W_O stay exact.
 Partial rotary (``cfg.rotary_dim`` < d_head) turns the first rotary_dim channels of each head (components/rope.py).
+Gemma 4: ``k_eq_v`` layers have no v_proj (v is k_proj's output, taken before hook_k, so hook_k edits keys only and
+hook_v values only); ``cfg.v_norm`` normalises each value head (weightless RMS) after hook_v; a KV-sharing layer
+(``shares_kv``) has no k / v projections or hooks: its state is the source layer's LayerKVCache, whose keys (after
+the source's norm and RoPE) and values it reads, so an edit at the source's hook_k / hook_v reaches it too.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import nn
 from ..config import TowerConfig
 from ..hook_points import HookPoint
 from .masks import AttentionMask
+from .norms import UnitRMSNorm
 from .qk_norm import make_qk_norms
 from .rope import apply_rotary
 
@@ -33,28 +38,35 @@ def _mask_shape_ok(new: torch.Tensor, old: torch.Tensor) -> bool:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TowerConfig, use_rope: bool = True):
+    def __init__(self, cfg: TowerConfig, use_rope: bool = True, k_eq_v: bool = False, shares_kv: bool = False):
         """``use_rope=False``: this layer never rotates q / k (a NoPE layer of a RoPE tower, ``cfg.layer_uses_rope``),
-        so it has no hook_rot_q / hook_rot_k."""
+        so it has no hook_rot_q / hook_rot_k. ``k_eq_v``: values are the key projection (no v_proj). ``shares_kv``:
+        keys and values come from another layer's cache state (no k / v projections, norms or hooks)."""
         super().__init__()
         self.cfg = cfg
         self.use_rope = use_rope
+        self.shares_kv = shares_kv
         h, kvh, dh, d = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
         self.gated = cfg.attn_output_gate
         # weight [(head d_head), d_model]; gated: [(head (q|gate) d_head), d_model]
         self.q_proj = nn.Linear(d, h * dh * (2 if self.gated else 1), bias=cfg.attn_bias)
-        self.k_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
-        self.v_proj = nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
+        self.k_proj = None if shares_kv else nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
+        self.v_proj = None if shares_kv or k_eq_v else nn.Linear(d, kvh * dh, bias=cfg.attn_bias)
         self.o_proj = nn.Linear(h * dh, d, bias=cfg.attn_out_bias)  # weight [d_model, (head d_head)]
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else dh**-0.5
         self.q_norm, self.k_norm = make_qk_norms(cfg)  # None unless cfg.qk_norm
+        self.v_norm = UnitRMSNorm(cfg.norm_eps) if cfg.v_norm and not shares_kv else None
+        if shares_kv:
+            self.k_norm = None
 
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        if not shares_kv:
+            self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
+            self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
         if use_rope and cfg.positional not in ("learned", "none"):  # rotary layers only: hooks that never fire do not exist
             self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
-            self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
+            if not shares_kv:
+                self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_mask = HookPoint(_mask_shape_ok, "a bool mask [batch, 1 or head, q, k] like")  # [batch, 1, q_pos, k_pos]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
@@ -70,11 +82,16 @@ class Attention(nn.Module):
 
     @property
     def W_K(self) -> torch.Tensor:  # [kv_head, d_model, d_head]
+        if self.k_proj is None:
+            raise AttributeError("this layer shares another layer's keys and values (KV sharing): it has no W_K / W_V; "
+                                 "read the source layer's (TowerConfig.kv_source)")
         return self.k_proj.weight.view(self.cfg.n_key_value_heads, self.cfg.d_head, -1).transpose(1, 2)
 
     @property
     def W_V(self) -> torch.Tensor:  # [kv_head, d_model, d_head]
-        return self.v_proj.weight.view(self.cfg.n_key_value_heads, self.cfg.d_head, -1).transpose(1, 2)
+        if self.k_proj is None:
+            return self.W_K  # raises
+        return (self.v_proj if self.v_proj is not None else self.k_proj).weight.view(self.cfg.n_key_value_heads, self.cfg.d_head, -1).transpose(1, 2)
 
     @property
     def W_O(self) -> torch.Tensor:  # [head, d_head, d_model]
@@ -103,15 +120,28 @@ class Attention(nn.Module):
         else:
             q = self.q_proj(x).view(b, q_len, cfg.n_heads, cfg.d_head)
         q = self.hook_q(q)
-        k = self.hook_k(self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
-        v = self.hook_v(self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head))
+        k = v = None
+        if not self.shares_kv:  # hooks fire in the order q, k, v, then the norms, then RoPE
+            k_raw = self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head)
+            v_raw = k_raw if self.v_proj is None else self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head)
+            k, v = self.hook_k(k_raw), self.hook_v(v_raw)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rotary is not None and self.use_rope:  # a NoPE layer ignores a table handed to every layer (memory.py)
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if self.v_norm is not None:
+            v = self.v_norm(v)
+        rotate = rotary is not None and self.use_rope  # a NoPE layer ignores a table handed to every layer (memory.py)
+        if rotate:
             cos, sin = rotary
-            q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved))
-            k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved))
-        if kv_cache is not None:
+            q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
+            if k is not None:
+                k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
+        if self.shares_kv:  # the source layer's keys / values of every position so far (its state; no copy)
+            if kv_cache is None or kv_cache.k is None:
+                raise ValueError("a KV-sharing layer needs its source layer's state (HookedVLM.forward passes it)")
+            k, v = kv_cache.k, kv_cache.v
+        elif kv_cache is not None:
             k, v = kv_cache.append(k, v)
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]

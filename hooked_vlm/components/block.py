@@ -15,7 +15,14 @@ rows that see no image (``state.row_has_image``), their MLP output is zeroed (HF
 Parallel blocks (``cfg.parallel_block``, Cohere / Command R): one norm ``ln1`` feeds the mixer AND the MLP, and
 ``resid_post = resid_pre + attn_out + mlp_out``. Such a block has no ``ln2`` and no ``hook_resid_mid`` (no residual
 exists between the sublayers, and a hook that never fires is not created); ``blocks.{l}.ln1.hook_normalized`` is the
-input of both sublayers (analyses' "mlp_in" is ln1's output there)."""
+input of both sublayers (analyses' "mlp_in" is ln1's output there).
+
+Gemma 4 (docs/architecture.md section 4): per-layer inputs (``cfg.d_per_layer_input``): after the MLP the block adds
+``hook_ple_out = ln_ple(ple_proj(act(ple_gate(resid)) * hook_per_layer_input))``; ``cfg.layer_scalar``: the residual
+is then multiplied by the stored scalar ``layer_scalar`` (both before ``hook_resid_post``); ``cfg.moe_beside_dense``:
+routed experts ``moe`` (router hooks at ``blocks.{l}.moe.*``) run beside the dense ``mlp``, each output normed
+(``ln_mlp_post``, ``ln_moe_post``; the experts read ``ln_moe(resid)`` and are routed from ``resid``), and
+``hook_mlp_out`` is ``ln2_post`` of their sum."""
 
 from __future__ import annotations
 
@@ -28,7 +35,9 @@ from ..config import TowerConfig
 from ..hook_points import HookPoint
 from .masks import AttentionMask
 from .mixers import layer_kind, mixer_kind
-from .moe import build_mlp
+from transformers.activations import ACT2FN
+
+from .moe import MoEMLP, build_mlp
 from .norms import make_norm
 
 
@@ -45,6 +54,10 @@ class TransformerBlock(nn.Module):
         self.parallel = cfg.parallel_block
         self.ln2 = None if self.parallel else norm()
         self.mlp = build_mlp(cfg, layer)  # dense MLP unless cfg.mlp_kind == "moe" (components/moe.py)
+        self.moe = None
+        if cfg.moe_beside_dense and (cfg.moe_layers is None or layer in cfg.moe_layers):  # Gemma 4: experts beside it
+            self.moe = MoEMLP(cfg)
+            self.ln_mlp_post, self.ln_moe, self.ln_moe_post = norm(), norm(), norm()
         self.post_sublayer_norm = cfg.norm_placement == "post_sublayer"
         if cfg.norm_placement == "sandwich":  # Gemma: the sublayer outputs are normed too (TL's ln1_post / ln2_post)
             self.ln1_post, self.ln2_post = norm(), norm()
@@ -60,6 +73,16 @@ class TransformerBlock(nn.Module):
             self.hook_attn_gate = HookPoint()  # [1]  tanh(attn_gate)
             self.hook_mlp_gate = HookPoint()  # [1]  tanh(mlp_gate)
         self.residual_multiplier = cfg.residual_multiplier  # Granite: a scalar on the sublayer outputs (1.0: none)
+        self.ple = cfg.d_per_layer_input > 0
+        if self.ple:  # Gemma 4 per-layer inputs (components/per_layer_inputs.py makes them)
+            self.ple_gate = nn.Linear(cfg.d_model, cfg.d_per_layer_input, bias=False)  # weight [d_ple, d_model]
+            self.ple_proj = nn.Linear(cfg.d_per_layer_input, cfg.d_model, bias=False)  # weight [d_model, d_ple]
+            self.ln_ple = norm()
+            self.ple_act = ACT2FN[cfg.act_fn]
+            self.hook_per_layer_input = HookPoint()  # [batch, pos, d_per_layer_input]
+            self.hook_ple_out = HookPoint()  # [batch, pos, d_model]  what the per-layer input adds
+        # [1], multiplies the output; a stored buffer as in HF (loaded from the checkpoint, not a trained parameter)
+        self.register_buffer("layer_scalar", torch.ones(1) if cfg.layer_scalar else None)
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
@@ -74,6 +97,7 @@ class TransformerBlock(nn.Module):
         mask: AttentionMask,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_cache: Any = None,  # this layer's state in the KVCache (components/mixers.py: MIXERS[kind].state)
+        per_layer_input: torch.Tensor | None = None,  # [batch, pos, d_per_layer_input] (Gemma 4 PLE)
     ) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
         if self.mixer_kind == "cross_attention" and (kv_cache is None or not kv_cache.has_keys):
@@ -83,19 +107,37 @@ class TransformerBlock(nn.Module):
         if self.parallel:  # one norm, both sublayers read it, both outputs added at once
             x = self.ln1(resid)
             attn_out = self.hook_attn_out(self.mixer(x, mask, rotary, kv_cache))
-            return self.hook_resid_post(resid + attn_out + self.hook_mlp_out(self.mlp(x)))
+            return self._finish(resid + attn_out + self.hook_mlp_out(self.mlp(x)), per_layer_input)
         if self.post_sublayer_norm:  # Swin-style: the sublayer's OUTPUT is normed (hook_attn_out/mlp_out after it)
             attn_out = self.hook_attn_out(self.ln1(self.mixer(resid, mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
-            return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2(self.mlp(resid))))
+            return self._finish(resid + self.hook_mlp_out(self.ln2(self.mlp(resid))), per_layer_input)
         if self.ln1_post is not None:  # sandwich: hook_attn_out / hook_mlp_out are what is added (after ln*_post)
             attn_out = self.hook_attn_out(self.ln1_post(self.mixer(self.ln1(resid), mask, rotary, kv_cache)))
             resid = self.hook_resid_mid(resid + attn_out)
-            return self.hook_resid_post(resid + self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid)))))
+            return self._finish(resid + self.hook_mlp_out(self.ln2_post(self._feed_forward(resid))), per_layer_input)
         attn_out = self.hook_attn_out(self._scaled(self.mixer(self.ln1(resid), mask, rotary, kv_cache), self.ls1))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self._scaled(self.mlp(self.ln2(resid)), self.ls2))
-        return self.hook_resid_post(resid + mlp_out)
+        return self._finish(resid + mlp_out, per_layer_input)
+
+    def _feed_forward(self, resid: torch.Tensor) -> torch.Tensor:
+        """The sandwich block's feed-forward before ln2_post: the MLP of ln2(resid), plus the experts beside it."""
+        out = self.mlp(self.ln2(resid))
+        if self.moe is None:
+            return out
+        return self.ln_mlp_post(out) + self.ln_moe_post(self.moe(self.ln_moe(resid), route_from=resid))
+
+    def _finish(self, resid: torch.Tensor, per_layer_input: torch.Tensor | None) -> torch.Tensor:
+        """The per-layer input and the layer scalar (Gemma 4; neither: nothing), then hook_resid_post."""
+        if self.ple:
+            if per_layer_input is None:
+                raise ValueError("this block adds a per-layer input (cfg.d_per_layer_input) but none was given")
+            gated = self.ple_act(self.ple_gate(resid)) * self.hook_per_layer_input(per_layer_input)
+            resid = resid + self.hook_ple_out(self.ln_ple(self.ple_proj(gated)))
+        if self.layer_scalar is not None:
+            resid = resid * self.layer_scalar
+        return self.hook_resid_post(resid)
 
     def _gated_forward(self, resid, mask, rotary, kv_cache) -> torch.Tensor:
         attn_gate = self.hook_attn_gate(self.attn_gate.tanh())

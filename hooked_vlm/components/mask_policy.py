@@ -11,7 +11,8 @@
   suffix (1) is causal. Positions beyond the given ids (generated tokens) are suffix. As in HF the block is OR-ed on
   AFTER the sliding window, and it applies only to a forward without a filled KV cache (HF: the first iteration).
 
-``TowerConfig.layer_types`` gives each layer its kind: ``"sliding_attention"`` layers get the sliding window,
+``TowerConfig.mask_policy_layer_types`` limits the blocks to those layer kinds (Gemma 4: sliding layers only; its
+full layers stay causal). ``TowerConfig.layer_types`` gives each layer its kind: ``"sliding_attention"`` layers get the sliding window,
 ``"full_attention"`` layers do not. Every layer's mask is shown at ``blocks.{l}.attn.hook_mask``, so attention
 knockout (which edits that hook) works on every policy unchanged.
 """
@@ -86,6 +87,10 @@ def layer_masks(cfg: TowerConfig, base: AttentionMask, block_ids: torch.Tensor |
                                                              block_after_window=cfg.mask_policy == "prefix")
     if cfg.layer_types is None:
         return [mask] * cfg.n_layers
-    full = dataclasses.replace(mask, sliding_window=None)
-    sliding = dataclasses.replace(mask, sliding_window=cfg.sliding_window)
-    return [sliding if kind == "sliding_attention" else full for kind in cfg.layer_types]
+    kinds = cfg.mask_policy_layer_types  # None: the blocks on every layer kind (Gemma 4: sliding layers only)
+    plain = lambda kind: block_ids is not None and kinds is not None and kind not in kinds  # noqa: E731
+    masks = {}
+    for kind in set(cfg.layer_types):
+        source = base if plain(kind) else mask
+        masks[kind] = dataclasses.replace(source, sliding_window=cfg.sliding_window if kind == "sliding_attention" else None)
+    return [masks[kind] for kind in cfg.layer_types]

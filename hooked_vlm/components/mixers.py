@@ -67,7 +67,10 @@ def layer_kinds(cfg: TowerConfig) -> tuple[str, ...]:
 
 
 def _attention(cfg: TowerConfig, layer: int) -> nn.Module:
-    return Attention(cfg, use_rope=cfg.layer_uses_rope(layer))  # False: a NoPE layer (Cohere2's full layers)
+    """use_rope False: a NoPE layer (Cohere2's full layers); the layer kind's geometry (Gemma 4 global layers: their
+    own d_head / kv heads, k_eq_v); shares_kv: a KV-sharing layer (Gemma 4), reading kv_source(layer)'s state."""
+    return Attention(cfg.attention_cfg(layer), use_rope=cfg.layer_uses_rope(layer),
+                     k_eq_v=layer_kind(cfg, layer) in cfg.k_eq_v_layer_types, shares_kv=cfg.kv_source(layer) is not None)
 
 
 for _kind in ("full_attention", "sliding_attention"):

@@ -14,6 +14,11 @@ Shared expert (``cfg.d_mlp_shared_expert``; Qwen3.5-MoE, Qwen2-MoE, GLM / DeepSe
 ``shared_expert`` (its own hook_pre / hook_post), added to the routed sum. With ``cfg.shared_expert_gate`` its output
 is scaled by ``sigmoid(shared_expert_gate(x))`` (one scalar per token, ``hook_shared_gate`` [batch, pos, 1], after the
 sigmoid: 0 switches the shared expert off for that token); ``hook_shared_out`` [batch, pos, d_model] is what is added.
+
+Gemma 4 (``cfg.router_norm_scale``): the router reads ``rms(x) * router_scale * d_model ** -0.5`` (a weightless RMS
+norm, ``router_norm``), and the renormalised top-k weights are multiplied by ``per_expert_scale[expert]``
+(``hook_expert_weights`` shows the product, what multiplies each expert's output). ``forward(x, route_from=r)`` routes
+from ``r`` instead of ``x`` (Gemma 4 routes from the residual and feeds the experts its normed copy).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from transformers.activations import ACT2FN
 from ..config import TowerConfig
 from ..hook_points import HookPoint
 from .mlp import MLP
+from .norms import UnitRMSNorm
 
 
 class MoEMLP(nn.Module):
@@ -37,6 +43,12 @@ class MoEMLP(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * dm, d))
         self.down_proj = nn.Parameter(torch.empty(e, d, dm))
         self.act = ACT2FN[cfg.act_fn]
+        self.router_norm = None
+        if cfg.router_norm_scale:
+            self.router_norm = UnitRMSNorm(cfg.norm_eps)
+            self.router_scale = nn.Parameter(torch.ones(d))  # [d_model]
+            self.per_expert_scale = nn.Parameter(torch.ones(e))  # [n_experts]
+            self.router_input_scale = d**-0.5
         self.hook_router_logits = HookPoint()  # [batch, pos, n_experts]
         self.hook_expert_indices = HookPoint()  # [batch, pos, k]
         self.hook_expert_weights = HookPoint()  # [batch, pos, k]
@@ -55,14 +67,18 @@ class MoEMLP(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [batch, pos, d_model] -> (expert indices [batch, pos, k], weights [batch, pos, k]), as HF's top-k router."""
+        if self.router_norm is not None:
+            x = self.router_norm(x) * self.router_scale * self.router_input_scale
         logits = self.hook_router_logits(self.router(x))
         probs = torch.softmax(logits, dim=-1, dtype=torch.float)
         top, indices = torch.topk(probs, self.top_k, dim=-1)
         top = top / top.sum(dim=-1, keepdim=True)
+        if self.router_norm is not None:
+            top = top * self.per_expert_scale[indices]
         return self.hook_expert_indices(indices), self.hook_expert_weights(top.to(logits.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        indices, weights = self.route(x)
+    def forward(self, x: torch.Tensor, route_from: torch.Tensor | None = None) -> torch.Tensor:
+        indices, weights = self.route(x if route_from is None else route_from)
         b, p, d = x.shape
         flat, flat_idx = x.reshape(-1, d), indices.reshape(-1, self.top_k)
         out = flat.new_zeros(flat.shape[0], self.top_k, d)
@@ -91,6 +107,7 @@ class MoEMLP(nn.Module):
 def build_mlp(cfg: TowerConfig, layer: int) -> nn.Module:
     """The feed-forward of block ``layer``: MoE where ``cfg.mlp_kind == "moe"`` and the layer is in ``cfg.moe_layers``
     (None = every layer), else the dense gated / plain MLP."""
-    if cfg.mlp_kind == "moe" and (cfg.moe_layers is None or layer in cfg.moe_layers):
+    if cfg.mlp_kind == "moe" and not cfg.moe_beside_dense and (cfg.moe_layers is None or layer in cfg.moe_layers):
         return MoEMLP(cfg)
-    return MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)
+    width = cfg.d_mlp * (cfg.kv_shared_mlp_factor if cfg.kv_source(layer) is not None else 1)  # Gemma 4 double-wide
+    return MLP(cfg.d_model, width, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)

@@ -61,6 +61,21 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(out.to(dtype))
 
 
+class UnitRMSNorm(nn.Module):
+    """RMSNorm without a weight (Gemma 4's value norm, router norm and image-embedding norm): x / rms(x), float32."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.hook_scale = HookPoint()  # [..., 1]
+        self.hook_normalized = HookPoint()  # same shape as the input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        scale = self.hook_scale(torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))
+        return self.hook_normalized((x32 / scale).to(x.dtype))
+
+
 def make_norm(kind: str, d: int, eps: float, offset: float = 0.0, bias: bool = True) -> nn.Module:
     """``bias=False`` with "LN": a LayerNorm without bias (Cohere's LayerNorm: mean-centred, weight only, float32)."""
     if kind == "RMS":

@@ -20,7 +20,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "proportional")
 BOUNDED_ROPE_TYPES = ("dynamic",)  # exact below max_position_embeddings; Rotary refuses positions beyond it
 
 
@@ -30,6 +30,13 @@ def rope_inv_freq(rope_parameters: dict[str, Any], d_head: int, max_position_emb
     theta = float(rope_parameters.get("rope_theta", 10000.0))
     if rope_type == "default":
         return 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head)), 1.0
+    if rope_type == "proportional":  # Gemma 4 global layers: HF's _compute_proportional_rope_parameters
+        # the first int(partial_rotary_factor * d_head // 2) pairs turn at frequencies from d_head; the rest get
+        # frequency 0 (cos 1, sin 0: passed through unchanged), so the table still spans all of d_head
+        angles = int(float(rope_parameters.get("partial_rotary_factor", 1.0)) * d_head // 2)
+        turned = 1.0 / (theta ** (torch.arange(0, 2 * angles, 2, dtype=torch.int64).float() / d_head))
+        inv_freq = torch.cat([turned, torch.zeros(d_head // 2 - angles)])
+        return inv_freq / float(rope_parameters.get("factor", 1.0)), 1.0
     if rope_type not in STATIC_ROPE_TYPES + BOUNDED_ROPE_TYPES:
         raise ValueError(f"rope_type {rope_type!r} is not supported; supported: "
                          f"{', '.join(STATIC_ROPE_TYPES + BOUNDED_ROPE_TYPES)}")
@@ -126,10 +133,16 @@ def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
     return rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d two -> ... (d two)")
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
-    """x [batch, pos, head, d_head]; cos / sin [..., rotary_dim] (``interleaved`` with the tables of
-    ``Rotary(..., interleaved=True)``). Partial rotary (rotary_dim < d_head, Qwen3.5's ``partial_rotary_factor``): the
-    first rotary_dim channels are turned, the rest pass."""
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False,
+                 axes: int = 1) -> torch.Tensor:
+    """x [batch, pos, head, d_head]; cos / sin [..., rotary_dim]; ``interleaved`` with the tables of
+    ``Rotary(..., interleaved=True)``. Partial rotary (rotary_dim < d_head, Qwen3.5's ``partial_rotary_factor``):
+    the first rotary_dim channels are turned (rotate-half within them), the rest pass. ``axes`` > 1
+    (``TowerConfig.rope_axes``, Gemma 4's vision tower): x and the tables split into that many equal parts, each
+    rotated on its own (HF's apply_multidimensional_rope)."""
+    if axes > 1:
+        parts = zip(x.chunk(axes, -1), cos.chunk(axes, -1), sin.chunk(axes, -1))
+        return torch.cat([apply_rotary(p, c, s, interleaved) for p, c, s in parts], dim=-1)
     rotate = rotate_interleaved if interleaved else rotate_half
     r = cos.shape[-1]
     if r == x.shape[-1]:
