@@ -16,8 +16,7 @@ if TYPE_CHECKING:
     from ..model import HookedVLM
 
 
-@register_pipeline("gemma4_patches")
-def gemma4_patches(model: "HookedVLM", pixel_values: Tensor, extras: dict) -> tuple[Tensor, list[ImageLayout]]:
+def _checked_positions(model: "HookedVLM", pixel_values: Tensor, extras: dict) -> Tensor:
     vcfg = model.cfg.vision
     positions = extras.get("image_position_ids")
     width = vcfg.n_channels * vcfg.patch_size**2
@@ -29,5 +28,17 @@ def gemma4_patches(model: "HookedVLM", pixel_values: Tensor, extras: dict) -> tu
     if tuple(positions.shape) != (*pixel_values.shape[:2], 2):
         raise ValueError(f"image_position_ids has shape {tuple(positions.shape)}; expected "
                          f"{(*pixel_values.shape[:2], 2)} like pixel_values")
+    return positions
+
+
+def gemma4_layouts(model: "HookedVLM", pixel_values: Tensor, extras: dict) -> list[ImageLayout]:
+    """Each image's pooled grid, from its patch positions alone (the tower is not run)."""
+    positions = _checked_positions(model, pixel_values, extras)
+    return [ImageLayout(rows=r, cols=c) for r, c in model.vision.grids(positions)]
+
+
+@register_pipeline("gemma4_patches", layouts=gemma4_layouts)
+def gemma4_patches(model: "HookedVLM", pixel_values: Tensor, extras: dict) -> tuple[Tensor, list[ImageLayout]]:
+    positions = _checked_positions(model, pixel_values, extras)
     features, grids = model.vision(pixel_values, positions)
     return model.projector(features), [ImageLayout(rows=r, cols=c) for r, c in grids]
