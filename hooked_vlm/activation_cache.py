@@ -36,6 +36,14 @@ QK_SUFFIXES = ("hook_attn_scores", "hook_pattern", "hook_mask")
 #: [batch, key, kv_head, d_head]; the tanh gates of cross-attention blocks (scalars)
 NO_POS_SUFFIXES = ("linear_attn.hook_state", "cross_attn.hook_k", "cross_attn.hook_v", "cross_attn.k_norm.hook_normalized",
                    "cross_attn.k_norm.hook_scale", "hook_attn_gate", "hook_mlp_gate")
+#: entries without a batch axis: functions of parameters alone (a cross-attention block's tanh gates, [1]); batch
+#: slicing and remove_batch_dim keep them whole
+UNBATCHED_SUFFIXES = ("hook_attn_gate", "hook_mlp_gate")
+
+
+def is_unbatched(name: str) -> bool:
+    base = name[: -len("_grad")] if name.endswith("_grad") else name
+    return base.endswith(UNBATCHED_SUFFIXES)
 
 
 def is_per_image(name: str) -> bool:
@@ -77,7 +85,8 @@ def pos_sliced_hooks(fwd: list, bwd: list, pos_slice: Any, remove_batch_dim: boo
     def sliced(save: Callable) -> Callable:
         def save_sliced(tensor: torch.Tensor, hook: Any) -> None:
             kept = slice_positions(tensor, hook.name, pos) if pos is not None else tensor
-            save(kept[0] if remove_batch_dim and kept.ndim > 0 and kept.shape[0] == 1 else kept, hook=hook)
+            drop = remove_batch_dim and kept.ndim > 0 and kept.shape[0] == 1 and not is_unbatched(hook.name)
+            save(kept[0] if drop else kept, hook=hook)
 
         return save_sliced
 
@@ -116,7 +125,7 @@ class VLMBatchMixin:
             raise ValueError(f"cannot remove the batch dimension of a cache of {n} items; select one first "
                              "(cache.apply_slice_to_batch_dim(i)) or run the model on one item")
         for key, value in self.cache_dict.items():
-            if value.ndim > 0 and value.shape[0] == 1:
+            if value.ndim > 0 and value.shape[0] == 1 and not is_unbatched(key):
                 self.cache_dict[key] = value[0]
         self.has_batch_dim = False
         return self
@@ -135,7 +144,9 @@ class VLMBatchMixin:
         images, image_tokens = self._image_rows(items)
         out = {}
         for name, value in self.cache_dict.items():
-            if not is_per_image(name):
+            if is_unbatched(name):
+                out[name] = value
+            elif not is_per_image(name):
                 if value.ndim == 0 or value.shape[0] != n:
                     raise ValueError(f"cache entry {name!r} has shape {tuple(value.shape)}; expected a batch axis of {n}")
                 out[name] = batch_slice.apply(value, dim=0)

@@ -93,13 +93,15 @@ def test_lm_entries_have_batch_then_positions_where_the_cache_slices(family):
     """The layout rule behind run_with_cache(pos_slice=...) and cache batch slicing (hooked_vlm.activation_cache):
     every LM entry is [batch, ...] with the sequence on lm_pos_axis (none for recurrent states); the rest is the
     image path (vision tower, projector, image embeddings). TL's own rule (by name) slices image tokens and heads."""
-    from hooked_vlm.activation_cache import is_per_image, lm_pos_axis
+    from hooked_vlm.activation_cache import is_per_image, is_unbatched, lm_pos_axis
 
     model, inputs = FAMILIES[family]()
     _, cache = model.run_with_cache(**inputs)
     b, n = inputs["input_ids"].shape
     for name, value in cache.items():
-        if not is_per_image(name):
+        if is_unbatched(name):  # parameters' functions (tanh gates): no batch axis
+            assert value.ndim <= 1, (name, tuple(value.shape))
+        elif not is_per_image(name):
             axis = lm_pos_axis(name)
             assert value.shape[0] == b and (axis is None or value.shape[axis] == n), (name, tuple(value.shape))
 
