@@ -113,6 +113,9 @@ class TowerConfig:
     # feed-forward kind: "dense" (MLP) or "moe" (components/moe.py: top-k routed experts of width d_mlp_expert in the
     # layers listed in moe_layers, None = all; the other layers keep the dense MLP of width d_mlp)
     mlp_kind: str = "dense"
+    # dense gated MLP stored as one gate_up_proj Linear [2 * d_mlp, d_model], gate rows first (GLM-4); gate_proj /
+    # up_proj are views of its halves (components/mlp.py)
+    fused_gate_up: bool = False
     n_experts: int = 0
     n_experts_per_tok: int = 0
     d_mlp_expert: int | None = None

@@ -24,6 +24,7 @@ from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
+from tests import tiny_glm4v as tgl
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
@@ -81,6 +82,7 @@ CASES = [
     ("aya-vision", tco.aya),
     ("aya-vision-cohere-lm", functools.partial(tco.aya, "cohere")),  # Aya Vision 32B's LM kind, with q/k norms
     ("cohere2-vision", tco.cohere2_vision),
+    ("glm4v", tgl.glm4v),  # GLM-4 LM (sandwich norms, partial interleaved M-RoPE); GLM ViT + downsample merger
 ]
 CASE_IDS = [c[0] for c in CASES]
 

@@ -93,4 +93,4 @@ def build_mlp(cfg: TowerConfig, layer: int) -> nn.Module:
     (None = every layer), else the dense gated / plain MLP."""
     if cfg.mlp_kind == "moe" and (cfg.moe_layers is None or layer in cfg.moe_layers):
         return MoEMLP(cfg)
-    return MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)
+    return MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias, fused_gate_up=cfg.fused_gate_up)

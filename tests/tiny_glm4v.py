@@ -1,0 +1,71 @@
+"""Tiny random GLM-4.1V checkpoints built offline (norms and biases perturbed), plus input batches.
+
+LM: 3 GLM-4 layers (sandwich norms, fused gate_up), width 64, 4 heads of 16, 2 kv heads, RoPE on the first 8
+channels of each head (partial_rotary_factor 0.5) on (even, odd) pairs, M-RoPE sections [2, 1, 1]. Vision: 3 blocks,
+width 16 (2 heads), qkv bias, an 8 / 2 = 4 x 4 position table sampled at every grid, a 2 x 2 downsample conv to 64.
+Inputs: the Qwen2-VL layout (``tests.tiny_qwen_idefics.qwen_batch``: <begin_of_image> image tokens <end_of_image>,
+mm_token_type_ids), which is how HF's Glm4vProcessor lays out images.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tests import tiny
+from tests.tiny import BOS, EOS, PAD, VOCAB
+from tests.tiny_qwen_idefics import IMAGE, VEND, VIDEO, VSTART, _perturb_and_save, qwen_batch
+
+# item 0: one 4 x 6 image (6 LM tokens); item 1 (left-padded): a 4 x 4 and a 6 x 8 image (4 + 12 LM tokens)
+GRIDS = [[(1, 4, 6)], [(1, 4, 4), (1, 6, 8)]]
+
+
+def text_config(**overrides: Any) -> dict:
+    cfg = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, pad_token_id=PAD,
+               rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                                "mrope_section": [2, 1, 1]})
+    cfg.update(overrides)
+    return cfg
+
+
+def vision_config(**overrides: Any) -> dict:
+    cfg = dict(depth=3, hidden_size=16, intermediate_size=24, num_heads=2, out_hidden_size=64, patch_size=2,
+               image_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, attention_bias=True)
+    cfg.update(overrides)
+    return cfg
+
+
+def hf_config(text: dict | None = None, vision: dict | None = None, **top: Any) -> Any:
+    from transformers import Glm4vConfig
+
+    config = Glm4vConfig(text_config=text or text_config(), vision_config=vision or vision_config(),
+                         image_token_id=IMAGE, video_token_id=VIDEO, image_start_token_id=VSTART,
+                         image_end_token_id=VEND, video_start_token_id=VSTART + 4, video_end_token_id=VEND + 4, **top)
+    config.text_config.bos_token_id, config.text_config.eos_token_id = BOS, EOS
+    return config
+
+
+def make_glm4v(folder: Path | None = None, seed: int = 0, **kwargs: Any) -> tuple[Path, Any]:
+    from transformers import Glm4vForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Glm4vForConditionalGeneration(hf_config(**kwargs)).eval()
+    return _perturb_and_save(model, "tiny_glm4v_", folder), model
+
+
+def batch(grids: list[list[tuple[int, int, int]]] | None = None, pad_left: list[int] | None = None,
+          seed: int = 0) -> dict:
+    grids = GRIDS if grids is None else grids
+    return qwen_batch(grids, pad_left if pad_left is not None else [0, 3][: len(grids)], seed=seed)
+
+
+@functools.lru_cache(maxsize=None)
+def glm4v() -> tiny.Built:
+    """tests/test_parity.py's factory: the tiny GLM-4.1V, the padded batch of different image sizes, and an unpadded
+    batch (2 items with one 4 x 6 image each)."""
+    folder, hf = make_glm4v()
+    return tiny.load(folder, hf, batch(), batch([[(1, 4, 6)], [(1, 4, 6)]], [0, 0], seed=1))
