@@ -17,6 +17,7 @@ from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
+from tests import tiny_glm4v as tgl
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
@@ -65,6 +66,7 @@ FAMILIES = {
     "lfm2vl": _from_factory(tlv.lfm2vl),
     "qwen3_5": _from_factory(tq35.qwen35),
     "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
+    "glm4v": _from_factory(tgl.glm4v),
 }
 
 
