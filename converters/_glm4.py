@@ -78,3 +78,53 @@ def glm4_rules(prefix: str) -> list[tuple[str, str]]:
         (rf"{p}\.norm\.weight", "ln_final.w"),
         (r"lm_head\.weight", "unembed.weight"),
     ]
+
+
+# ---------------------------------------------------------------- GLM-4.5V's LM (text_config.model_type "glm4v_moe_text")
+GLM4_MOE_TEXT_FIELDS = GLM4_TEXT_FIELDS | {
+    "head_dim", "attention_bias", "moe_intermediate_size", "num_experts_per_tok", "n_shared_experts",
+    "n_routed_experts", "routed_scaling_factor", "n_group", "topk_group", "first_k_dense_replace", "norm_topk_prob"}
+GLM4_MOE_IGNORED = {"output_router_logits": "returns the router logits / adds the auxiliary loss: training outputs only",
+                    "router_aux_loss_coef": "weight of the load-balancing loss, used in training only"}
+
+
+def glm4_moe_text_config(tc: Any) -> TowerConfig:
+    """HF Glm4vMoeTextConfig -> TowerConfig. Unlike GLM-4.1V's LM: pre-norm blocks (no post norms), rotate-half RoPE
+    (HF's GLM-4.5V rotary concatenates the tables), separate gate / up in the dense layers (< first_k_dense_replace),
+    attention_bias read; the other layers are MoE: ``n_routed_experts`` experts with the bias-corrected grouped sigmoid
+    router (``moe_router="sigmoid_grouped"``) and ``n_shared_experts`` ungated shared experts (one MLP of width
+    ``n_shared_experts * moe_intermediate_size``)."""
+    where = f"text_config ({tc.model_type})"
+    check_fields(tc, GLM4_MOE_TEXT_FIELDS, where, GLM4_MOE_IGNORED)
+    n_experts = tc.n_routed_experts
+    if n_experts % tc.n_group or not 0 < tc.topk_group <= tc.n_group:
+        raise UnsupportedConfigError(f"{where}: n_routed_experts={n_experts} must split into n_group={tc.n_group} "
+                                     f"groups with 0 < topk_group={tc.topk_group} <= n_group (HF's grouped router)")
+    moe_layers = tuple(range(tc.first_k_dense_replace, tc.num_hidden_layers))
+    moe = dict(mlp_kind="moe", n_experts=n_experts, n_experts_per_tok=tc.num_experts_per_tok,
+               d_mlp_expert=tc.moe_intermediate_size, moe_layers=moe_layers,
+               d_mlp_shared_expert=tc.moe_intermediate_size * tc.n_shared_experts if tc.n_shared_experts else None,
+               shared_expert_gate=False, moe_router="sigmoid_grouped", moe_n_group=tc.n_group,
+               moe_topk_group=tc.topk_group, moe_norm_topk_prob=bool(tc.norm_topk_prob),
+               moe_routed_scaling=float(tc.routed_scaling_factor)) if moe_layers else {}
+    return glm4_text_config(tc, norm_placement="pre", fused_gate_up=False, rope_interleaved=False,
+                            attn_bias=bool(tc.attention_bias), **moe)
+
+
+def glm4_moe_rules(prefix: str) -> list[tuple[str, str]]:
+    p = re.escape(prefix)
+    lyr = rf"{p}\.layers\.(\d+)"
+    return [
+        (rf"{p}\.embed_tokens\.weight", "embed.weight"),
+        (rf"{lyr}\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.\2_proj.\3"),
+        (rf"{lyr}\.self_attn\.o_proj\.weight", r"blocks.\1.attn.o_proj.weight"),
+        (rf"{lyr}\.mlp\.(gate|up|down)_proj\.weight", r"blocks.\1.mlp.\2_proj.weight"),  # dense layers
+        (rf"{lyr}\.mlp\.gate\.weight", r"blocks.\1.mlp.router.weight"),
+        (rf"{lyr}\.mlp\.gate\.e_score_correction_bias", r"blocks.\1.mlp.e_score_correction_bias"),
+        (rf"{lyr}\.mlp\.experts\.(gate_up|down)_proj", r"blocks.\1.mlp.\2_proj"),
+        (rf"{lyr}\.mlp\.shared_experts\.(gate|up|down)_proj\.weight", r"blocks.\1.mlp.shared_expert.\2_proj.weight"),
+        (rf"{lyr}\.input_layernorm\.weight", r"blocks.\1.ln1.w"),
+        (rf"{lyr}\.post_attention_layernorm\.weight", r"blocks.\1.ln2.w"),
+        (rf"{p}\.norm\.weight", "ln_final.w"),
+        (r"lm_head\.weight", "unembed.weight"),
+    ]

@@ -1,4 +1,4 @@
-"""Glm4vForConditionalGeneration (GLM-4.1V) and Glm46vForConditionalGeneration (GLM-4.6V): images; videos refused.
+"""Glm4vForConditionalGeneration (GLM-4.1V) and Glm46VForConditionalGeneration (GLM-4.6V): images; videos refused.
 
 Vision (``hooked_vlm/components/glm4v_vision.py``): the Qwen2-VL packed-patch ViT with RMS norms, a gated SiLU MLP of
 width ``out_hidden_size`` (HF's ``Glm4VisionMlp``), qkv bias from ``attention_bias``, o_proj without bias, a norm
@@ -17,8 +17,9 @@ from typing import Any
 
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
 
-from ._glm4 import glm4_rules, glm4_text_config
+from ._glm4 import glm4_moe_rules, glm4_moe_text_config, glm4_rules, glm4_text_config
 from ._qwen_inputs import QwenVLInputs
+from .qwen3_5 import expert_parts
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
 TOP_FIELDS = {"image_token_id", "video_token_id", "image_start_token_id", "image_end_token_id",
@@ -28,8 +29,9 @@ VISION_FIELDS = {"depth", "hidden_size", "hidden_act", "attention_bias", "num_he
                  "intermediate_size", "rope_parameters"}
 VIDEO_REFUSAL = ("video inputs are not supported for GLM-4.xV (images only): pass images as pixel_values + "
                  "image_grid_thw, or extract frames and pass them as images")
-# text_config.model_type -> (text config function, key rules); the MoE LM registers itself here (converters/_glm4_moe.py)
-GLM_LMS: dict[str, tuple[Any, Any]] = {"glm4v_text": (glm4_text_config, glm4_rules)}
+# text_config.model_type -> (text config function, key rules)
+GLM_LMS: dict[str, tuple[Any, Any]] = {"glm4v_text": (glm4_text_config, glm4_rules),
+                                       "glm4v_moe_text": (glm4_moe_text_config, glm4_moe_rules)}
 
 
 def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
@@ -82,7 +84,7 @@ def glm4v_config(hf: Any) -> HookedVLMConfig:
                          eoi_token_id=hf.image_end_token_id, pad_token_id=getattr(tc, "pad_token_id", None),
                          bos_token_id=getattr(tc, "bos_token_id", None), eos_token_id=getattr(tc, "eos_token_id", None)),
         tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
-        extra={"image_pipeline": "qwen_vl", "input_keys": ("image_grid_thw", "mm_token_type_ids"),
+        extra={"image_pipeline": "qwen_vl", "lm_model_type": tc.model_type, "input_keys": ("image_grid_thw", "mm_token_type_ids"),
                "refused_inputs": {"pixel_values_videos": VIDEO_REFUSAL, "video_grid_thw": VIDEO_REFUSAL},
                "position_fn": "mrope",
                "mrope": {"image_token_id": hf.image_token_id, "video_token_id": hf.video_token_id,
@@ -119,12 +121,14 @@ ALIASES = [
 
 
 def glm4v_keymap(cfg: HookedVLMConfig) -> KeyMap:
-    return KeyMap(aliases=ALIASES, rules=glm_lm_rules(cfg)("model.language_model") + vision_rules("model.visual"))
+    # per-expert tensors (what save_pretrained writes and the hub holds) fill the fused expert parameters
+    parts = expert_parts("model.language_model", cfg.text.d_mlp_expert) if cfg.text.mlp_kind == "moe" else []
+    return KeyMap(aliases=ALIASES, rules=glm_lm_rules(cfg)("model.language_model") + vision_rules("model.visual"),
+                  parts=parts)
 
 
 def glm_lm_rules(cfg: HookedVLMConfig) -> Any:
-    kind = "glm4v_moe_text" if cfg.text.mlp_kind == "moe" else "glm4v_text"
-    return GLM_LMS[kind][1]
+    return GLM_LMS[cfg.extra["lm_model_type"]][1]
 
 
 def load_glm4v_inputs(folder: str) -> Any:
@@ -147,7 +151,7 @@ def load_glm4v_inputs(folder: str) -> Any:
 
 
 CONVERTER = Converter(
-    architectures=("Glm4vForConditionalGeneration", "Glm46vForConditionalGeneration"),
+    architectures=("Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration", "Glm46VForConditionalGeneration"),
     make_config=glm4v_config,
     make_keymap=glm4v_keymap,
     load_processor=load_glm4v_inputs,

@@ -147,3 +147,60 @@ def test_refusals_name_the_field():
     bad.text_config.model_type = "glm4_unknown"
     with pytest.raises(UnsupportedConfigError, match="glm4_unknown"):
         convert(bad)
+
+
+# ---------------------------------------------------------------- GLM-4.5V (Glm4vMoe): the grouped sigmoid router
+def _moe():
+    b = tg.glm4v_moe()
+    return b.hf, b.model, b.inputs
+
+
+def test_sigmoid_grouped_router_equals_hf_and_its_groups_and_bias_matter():
+    """Our router == HF's Glm4vMoeTextTopkRouter on random states (same experts, same weights); on these states the
+    group limit and the choice bias each change some token's experts, so neither is a no-op."""
+    from hooked_vlm.components.moe_router import sigmoid_grouped_topk
+
+    hf, model, _ = _moe()
+    for layer in tg.MOE_LAYERS:
+        gate, ours = hf.model.language_model.layers[layer].mlp.gate, model.blocks[layer].mlp
+        x = torch.randn(64, model.cfg.d_model, generator=torch.Generator().manual_seed(layer))
+        with torch.no_grad():
+            logits, ref_w, ref_i = gate(x)
+            idx, w = ours.route(x[None])
+        idx, w = idx[0], w[0]
+        order, ref_order = idx.sort(-1), ref_i.sort(-1)
+        assert torch.equal(order.values, ref_order.values)
+        assert _max(w.gather(-1, order.indices), ref_w.gather(-1, ref_order.indices)) <= 1e-6
+        cfg = model.cfg.text
+        bias = ours.e_score_correction_bias.detach()
+        ungrouped, _ = sigmoid_grouped_topk(logits, bias, cfg.n_experts_per_tok, 1, 1, True, 1.0)
+        unbiased, _ = sigmoid_grouped_topk(logits, torch.zeros_like(bias), cfg.n_experts_per_tok, cfg.moe_n_group,
+                                           cfg.moe_topk_group, True, 1.0)
+        assert not torch.equal(ungrouped.sort(-1).values, order.values)
+        assert not torch.equal(unbiased.sort(-1).values, order.values)
+
+
+def test_moe_last_block_and_generation_without_kv_cache_match_hf():
+    hf, model, inputs = _moe()
+    real = _real(inputs)
+    seen = []
+    handle = hf.model.language_model.layers[-1].register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            ref = hf.generate(**inputs, max_new_tokens=10, do_sample=False)
+    finally:
+        handle.remove()
+    _, cache = model.run_with_cache(**inputs, names_filter=lambda n: n.endswith("hook_resid_post"))
+    last = seen[0][0] if isinstance(seen[0], tuple) else seen[0]
+    assert _max(last, cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"], real) <= ATOL
+    ours = model.generate(**inputs, max_new_tokens=10, return_type="tokens", use_kv_cache=False)
+    assert torch.equal(ref, ours)
+
+
+def test_moe_refusals_name_the_field():
+    hf, _, _ = _moe()
+    convert = get_converter("Glm4vMoeForConditionalGeneration").make_config
+    bad = copy.deepcopy(hf.config)
+    bad.text_config.n_group = 3  # 8 experts do not split into 3 groups
+    with pytest.raises(UnsupportedConfigError, match="n_group"):
+        convert(bad)

@@ -69,3 +69,39 @@ def glm4v() -> tiny.Built:
     batch (2 items with one 4 x 6 image each)."""
     folder, hf = make_glm4v()
     return tiny.load(folder, hf, batch(), batch([[(1, 4, 6)], [(1, 4, 6)]], [0, 0], seed=1))
+
+
+# ---------------------------------------------------------------- GLM-4.5V (Glm4vMoe)
+MOE_LAYERS = (1, 2)  # first_k_dense_replace=1: layer 0 keeps a dense MLP
+
+
+def moe_text_config(**overrides: Any) -> dict:
+    cfg = text_config(moe_intermediate_size=8, num_experts_per_tok=2, n_routed_experts=8, n_shared_experts=1,
+                      n_group=2, topk_group=1, first_k_dense_replace=1, routed_scaling_factor=1.5,
+                      norm_topk_prob=True, attention_bias=True, head_dim=16)
+    cfg.update(overrides)
+    return cfg
+
+
+def make_glm4v_moe(folder: Path | None = None, seed: int = 0, text: dict | None = None, **top: Any) -> tuple[Path, Any]:
+    from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = Glm4vMoeConfig(text_config=text or moe_text_config(), vision_config=vision_config(),
+                            image_token_id=IMAGE, video_token_id=VIDEO, image_start_token_id=VSTART,
+                            image_end_token_id=VEND, video_start_token_id=VSTART + 4, video_end_token_id=VEND + 4, **top)
+    config.text_config.bos_token_id, config.text_config.eos_token_id = BOS, EOS
+    model = Glm4vMoeForConditionalGeneration(config).eval()
+    with torch.no_grad():  # routers start at zero and the choice bias at zero: give both real values
+        for layer in MOE_LAYERS:
+            gate = model.model.language_model.layers[layer].mlp.gate
+            gate.weight.normal_(0.0, 0.5)
+            gate.e_score_correction_bias.normal_(0.0, 0.3)
+    return _perturb_and_save(model, "tiny_glm4v_moe_", folder), model
+
+
+@functools.lru_cache(maxsize=None)
+def glm4v_moe() -> tiny.Built:
+    """The tiny GLM-4.5V (8 routed experts in 2 groups, 1 group kept, top-2, 1 shared expert), with glm4v()'s batches."""
+    folder, hf = make_glm4v_moe()
+    return tiny.load(folder, hf, batch(), batch([[(1, 4, 6)], [(1, 4, 6)]], [0, 0], seed=1))
