@@ -68,6 +68,7 @@ FAMILIES = {
     "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
     "glm4v": _from_factory(tgl.glm4v),
     "glm4v_moe": _from_factory(tgl.glm4v_moe),
+    "glm46v": _from_factory(tgl.glm46v),
 }
 
 

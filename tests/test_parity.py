@@ -83,7 +83,8 @@ CASES = [
     ("aya-vision-cohere-lm", functools.partial(tco.aya, "cohere")),  # Aya Vision 32B's LM kind, with q/k norms
     ("cohere2-vision", tco.cohere2_vision),
     ("glm4v", tgl.glm4v),  # GLM-4 LM (sandwich norms, partial interleaved M-RoPE); GLM ViT + downsample merger
-    ("glm4v-moe", tgl.glm4v_moe),  # GLM-4.5V: grouped sigmoid router with choice bias, ungated shared expert
+    ("glm4v-moe", tgl.glm4v_moe),
+    ("glm46v", tgl.glm46v),  # GLM-4.6V: the GLM ViT with the GLM-4.5V MoE LM, picked by text_config.model_type  # GLM-4.5V: grouped sigmoid router with choice bias, ungated shared expert
 ]
 CASE_IDS = [c[0] for c in CASES]
 

@@ -105,3 +105,29 @@ def glm4v_moe() -> tiny.Built:
     """The tiny GLM-4.5V (8 routed experts in 2 groups, 1 group kept, top-2, 1 shared expert), with glm4v()'s batches."""
     folder, hf = make_glm4v_moe()
     return tiny.load(folder, hf, batch(), batch([[(1, 4, 6)], [(1, 4, 6)]], [0, 0], seed=1))
+
+
+# ---------------------------------------------------------------- GLM-4.6V (Glm46V: the GLM ViT + an LM by model_type)
+def make_glm46v(folder: Path | None = None, seed: int = 0) -> tuple[Path, Any]:
+    """GLM-4.6V with the GLM-4.5V MoE LM (``text_config.model_type="glm4v_moe_text"``, as the published checkpoint)."""
+    from transformers import Glm46VConfig, Glm46VForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = Glm46VConfig(text_config=dict(moe_text_config(), model_type="glm4v_moe_text"),
+                          vision_config=dict(vision_config(), model_type="glm4v_vision"), image_token_id=IMAGE,
+                          video_token_id=VIDEO, image_start_token_id=VSTART, image_end_token_id=VEND,
+                          video_start_token_id=VSTART + 4, video_end_token_id=VEND + 4)
+    config.text_config.bos_token_id, config.text_config.eos_token_id = BOS, EOS
+    model = Glm46VForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for layer in MOE_LAYERS:
+            gate = model.model.language_model.layers[layer].mlp.gate
+            gate.weight.normal_(0.0, 0.5)
+            gate.e_score_correction_bias.normal_(0.0, 0.3)
+    return _perturb_and_save(model, "tiny_glm46v_", folder), model
+
+
+@functools.lru_cache(maxsize=None)
+def glm46v() -> tiny.Built:
+    folder, hf = make_glm46v()
+    return tiny.load(folder, hf, batch(), batch([[(1, 4, 6)], [(1, 4, 6)]], [0, 0], seed=1))
