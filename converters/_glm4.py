@@ -24,6 +24,18 @@ from .base import UnsupportedConfigError, check_fields
 GLM4_TEXT_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
                     "tie_word_embeddings"}
+# hub configs of GLM-4.5V / 4.6V carry these in text_config; HF's GLM-4V modeling never reads them there (the image
+# token ids are read from the top-level config; GLM-4V's attention has no q/k norm whatever use_qk_norm says)
+GLM4_TEXT_IGNORED = {
+    "image_token_id": "HF's GLM-4V models read the top-level image_token_id, never text_config's",
+    "image_start_token_id": "HF's GLM-4V models never read text_config.image_start_token_id",
+    "image_end_token_id": "HF's GLM-4V models never read text_config.image_end_token_id",
+    "video_token_id": "HF's GLM-4V models read the top-level video_token_id, never text_config's",
+}
+GLM4_QK_NORM_PIN = {"use_qk_norm": (False, "HF's GLM-4V attention has no q/k norm (a GLM-4.5 text-model field): a "
+                                           "checkpoint trained with it would carry q_norm / k_norm weights HF drops")}
+
+
 HF_MROPE_SECTION = [8, 12, 12]  # Glm4vTextRotaryEmbedding's default
 
 
@@ -47,8 +59,9 @@ def glm4_rope(tc: Any, d_head: int, where: str) -> tuple[dict[str, Any], int]:
 def glm4_text_config(tc: Any, **fields: Any) -> TowerConfig:
     """HF Glm4vTextConfig -> TowerConfig; ``fields``: more TowerConfig fields (the MoE LM's)."""
     where = f"text_config ({tc.model_type})"
-    if not fields:
-        check_fields(tc, GLM4_TEXT_FIELDS, where)
+    if not fields:  # HF's GLM-4.1V q/k/v always have a bias; hub text configs say attention_bias: true
+        check_fields(tc, GLM4_TEXT_FIELDS, where, GLM4_TEXT_IGNORED,
+                     {**GLM4_QK_NORM_PIN, "attention_bias": (True, "HF's Glm4vTextAttention always has q/k/v biases")})
     d_head = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
     rope, rotary_dim = glm4_rope(tc, d_head, where)
     base = dict(
@@ -86,8 +99,6 @@ GLM4_MOE_TEXT_FIELDS = GLM4_TEXT_FIELDS | {
     "n_routed_experts", "routed_scaling_factor", "n_group", "topk_group", "first_k_dense_replace", "norm_topk_prob"}
 GLM4_MOE_IGNORED = {"output_router_logits": "returns the router logits / adds the auxiliary loss: training outputs only",
                     "router_aux_loss_coef": "weight of the load-balancing loss, used in training only"}
-
-
 def glm4_moe_text_config(tc: Any) -> TowerConfig:
     """HF Glm4vMoeTextConfig -> TowerConfig. Unlike GLM-4.1V's LM: pre-norm blocks (no post norms), rotate-half RoPE
     (HF's GLM-4.5V rotary concatenates the tables), separate gate / up in the dense layers (< first_k_dense_replace),
@@ -95,7 +106,7 @@ def glm4_moe_text_config(tc: Any) -> TowerConfig:
     router (``moe_router="sigmoid_grouped"``) and ``n_shared_experts`` ungated shared experts (one MLP of width
     ``n_shared_experts * moe_intermediate_size``)."""
     where = f"text_config ({tc.model_type})"
-    check_fields(tc, GLM4_MOE_TEXT_FIELDS, where, GLM4_MOE_IGNORED)
+    check_fields(tc, GLM4_MOE_TEXT_FIELDS, where, {**GLM4_MOE_IGNORED, **GLM4_TEXT_IGNORED}, GLM4_QK_NORM_PIN)
     n_experts = tc.n_routed_experts
     if n_experts % tc.n_group or not 0 < tc.topk_group <= tc.n_group:
         raise UnsupportedConfigError(f"{where}: n_routed_experts={n_experts} must split into n_group={tc.n_group} "

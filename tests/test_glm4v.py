@@ -204,3 +204,27 @@ def test_moe_refusals_name_the_field():
     bad.text_config.n_group = 3  # 8 experts do not split into 3 groups
     with pytest.raises(UnsupportedConfigError, match="n_group"):
         convert(bad)
+
+
+def test_real_glm45v_config_counts_the_checkpoints_parameters():
+    """zai-org/GLM-4.5V (tests/real_configs, an AutoConfig print): our parameters number exactly the real checkpoint's
+    107,710,933,120 tensor elements (the 45 float32 e_score_correction_bias vectors included), as its weight report
+    states; the structural test in tests/test_real_configs.py maps every tensor name and shape."""
+    from pathlib import Path
+
+    from tests.test_real_configs import structure
+
+    s = structure(Path(__file__).parent / "real_configs" / "zai-org__GLM-4.5V.json")
+    assert s.n_parameters == 107_710_933_120
+
+
+def test_glm41v_text_config_accepts_attention_bias_true_and_refuses_false():
+    hf, _, _ = _built()
+    convert = get_converter("Glm4vForConditionalGeneration").make_config
+    ok = copy.deepcopy(hf.config)
+    ok.text_config.attention_bias = True  # what the hub's GLM-4.1V config says (HF always has the biases)
+    assert convert(ok).text.attn_bias
+    bad = copy.deepcopy(hf.config)
+    bad.text_config.attention_bias = False
+    with pytest.raises(UnsupportedConfigError, match="attention_bias"):
+        convert(bad)
