@@ -17,8 +17,8 @@ from typing import Any
 
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
 
-from ._glm4 import glm4_moe_rules, glm4_moe_text_config, glm4_rules, glm4_text_config
 from ._qwen_inputs import QwenVLInputs
+from .parts import LM_PARTS, lm_part
 from .qwen3_5 import expert_parts
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
@@ -29,9 +29,7 @@ VISION_FIELDS = {"depth", "hidden_size", "hidden_act", "attention_bias", "num_he
                  "intermediate_size", "rope_parameters"}
 VIDEO_REFUSAL = ("video inputs are not supported for GLM-4.xV (images only): pass images as pixel_values + "
                  "image_grid_thw, or extract frames and pass them as images")
-# text_config.model_type -> (text config function, key rules)
-GLM_LMS: dict[str, tuple[Any, Any]] = {"glm4v_text": (glm4_text_config, glm4_rules),
-                                       "glm4v_moe_text": (glm4_moe_text_config, glm4_moe_rules)}
+GLM_LMS = ("glm4v_text", "glm4v_moe_text")  # LM_PARTS keys (converters/parts.py) these families accept
 
 
 def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
@@ -61,17 +59,10 @@ def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
     return vision, projector
 
 
-def glm_lm(tc: Any) -> tuple[Any, Any]:
-    if tc.model_type not in GLM_LMS:
-        raise UnsupportedConfigError(f"text_config.model_type={tc.model_type!r} has no GLM LM part; supported: "
-                                     f"{', '.join(sorted(GLM_LMS))}")
-    return GLM_LMS[tc.model_type]
-
-
 def glm4v_config(hf: Any) -> HookedVLMConfig:
     check_fields(hf, TOP_FIELDS, type(hf).__name__)
     tc = hf.text_config
-    text = glm_lm(tc)[0](tc)
+    text = lm_part(tc, GLM_LMS, type(hf).__name__).config(tc)
     vision, projector = vision_config(hf.vision_config)
     if projector.d_out != text.d_model:
         raise UnsupportedConfigError(
@@ -128,7 +119,7 @@ def glm4v_keymap(cfg: HookedVLMConfig) -> KeyMap:
 
 
 def glm_lm_rules(cfg: HookedVLMConfig) -> Any:
-    return GLM_LMS[cfg.extra["lm_model_type"]][1]
+    return LM_PARTS[cfg.extra["lm_model_type"]].rules
 
 
 def load_glm4v_inputs(folder: str) -> Any:

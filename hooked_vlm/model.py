@@ -178,6 +178,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
                 raise ValueError(f"the image pipeline gave {len(deepstack)} DeepStack features for "
                                  f"{self.cfg.text.deepstack_layers} DeepStack blocks (text.deepstack_layers)")
             resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+        if self.cfg.text.embedding_multiplier != 1.0:  # Granite: the whole stream, image embeddings included
+            resid = resid * self.cfg.text.embedding_multiplier
         resid = self.hook_embed(resid)
 
         position_fn = self.cfg.extra.get("position_fn")

@@ -15,6 +15,7 @@ from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
+from tests import tiny_llava_like as tll
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_glm4v as tgl
@@ -66,6 +67,11 @@ FAMILIES = {
     "lfm2vl": _from_factory(tlv.lfm2vl),
     "qwen3_5": _from_factory(tq35.qwen35),
     "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
+    "vipllava": _from_factory(tll.vipllava),
+    "granite_vision": _from_factory(tll.granite_vision),
+    "lighton_ocr": _from_factory(tll.lighton_ocr),
+    "llava_next_video": _from_factory(tll.llava_next_video),
+    "deepseek_vl": _from_factory(tll.deepseek_vl),
     "glm4v": _from_factory(tgl.glm4v),
     "glm4v_moe": _from_factory(tgl.glm4v_moe),
     "glm46v": _from_factory(tgl.glm46v),
