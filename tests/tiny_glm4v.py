@@ -83,17 +83,18 @@ def moe_text_config(**overrides: Any) -> dict:
     return cfg
 
 
-def make_glm4v_moe(folder: Path | None = None, seed: int = 0, text: dict | None = None, **top: Any) -> tuple[Path, Any]:
+def make_glm4v_moe(folder: Path | None = None, seed: int = 0, text: dict | None = None, vision: dict | None = None,
+                   **top: Any) -> tuple[Path, Any]:
     from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = Glm4vMoeConfig(text_config=text or moe_text_config(), vision_config=vision_config(),
+    config = Glm4vMoeConfig(text_config=text or moe_text_config(), vision_config=vision or vision_config(),
                             image_token_id=IMAGE, video_token_id=VIDEO, image_start_token_id=VSTART,
                             image_end_token_id=VEND, video_start_token_id=VSTART + 4, video_end_token_id=VEND + 4, **top)
     config.text_config.bos_token_id, config.text_config.eos_token_id = BOS, EOS
     model = Glm4vMoeForConditionalGeneration(config).eval()
     with torch.no_grad():  # routers start at zero and the choice bias at zero: give both real values
-        for layer in MOE_LAYERS:
+        for layer in range(config.text_config.first_k_dense_replace, config.text_config.num_hidden_layers):
             gate = model.model.language_model.layers[layer].mlp.gate
             gate.weight.normal_(0.0, 0.5)
             gate.e_score_correction_bias.normal_(0.0, 0.3)
