@@ -228,3 +228,37 @@ def test_glm41v_text_config_accepts_attention_bias_true_and_refuses_false():
     bad.text_config.attention_bias = False
     with pytest.raises(UnsupportedConfigError, match="attention_bias"):
         convert(bad)
+
+
+def test_processor_layout_runs_end_to_end_and_matches_hf():
+    """GLM-4V's torchvision-free image processor (Glm4vImageProcessorPil, sized for the tiny tower) behind the
+    converter's QwenVLInputs (``<|image|>`` expanded to t * h * w / merge**2 copies, as HF's Glm4vProcessor): two
+    images of different aspect ratios give the same logits here and in HF."""
+    import numpy as np
+    from PIL import Image
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    from converters._qwen_inputs import QwenVLInputs
+    from tests.tiny_qwen_idefics import IMAGE, VEND, VSTART
+
+    vocab = {f"w{i}": i for i in range(100)}
+    specials = {"<|image|>": IMAGE, "<|begin_of_image|>": VSTART, "<|end_of_image|>": VEND}
+    tok = Tokenizer(models.WordLevel({**vocab, **specials}, unk_token="w3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w3", pad_token="w0",
+                                        additional_special_tokens=list(specials))
+    images = Image.new("RGB", (24, 16), (200, 30, 90)), Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (20, 12, 3), dtype=np.uint8))
+    processor = QwenVLInputs(tokenizer, Glm4vImageProcessorPil(patch_size=2, temporal_patch_size=2, merge_size=2,
+                                                               size={"shortest_edge": 16, "longest_edge": 4096}),
+                             image_token="<|image|>")
+    text = "w1 w5 <|begin_of_image|> <|image|> <|end_of_image|> w7 <|begin_of_image|> <|image|> <|end_of_image|> w9"
+    inputs = processor(images=list(images), text=[text])
+    hf, model, _ = _built()
+    grid = inputs["image_grid_thw"]
+    assert grid[:, 1:].tolist() == [[8, 12], [10, 6]]
+    assert int((inputs["input_ids"] == IMAGE).sum()) == int(grid.prod(-1).sum()) // 4
+    with torch.no_grad():
+        assert _max(hf(**inputs).logits, model(**inputs)) <= ATOL
