@@ -19,6 +19,7 @@ FAMILY_MODULES = [
     "converters.janus",
     "converters.gemma3",
     "converters.qwen3_vl",
+    "converters.glm4v",
     "converters.paligemma",
     "converters.internvl",
     "converters.idefics2",

@@ -75,6 +75,9 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Qwen3_5MoeForConditionalGeneration": ("qwen3.5-moe",),
     "Lfm2VlForConditionalGeneration": ("lfm2-vl",),
     "Gemma4ForConditionalGeneration": ("gemma4-ple-kv-sharing", "gemma4-k-eq-v-moe"),
+    "Glm4vForConditionalGeneration": ("glm4v",),
+    "Glm4vMoeForConditionalGeneration": ("glm4v-moe",),
+    "Glm46VForConditionalGeneration": ("glm46v",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -145,6 +148,13 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "cache copies), k_eq_v + own head size / KV heads on global layers, proportional RoPE, MoE beside the dense MLP "
      "(`blocks.{l}.moe.*` router hooks), layer scalars, logit soft-cap, bidirectional image mask on sliding layers "
      "(`hook_mask`)", "`boi`, `eoi`, the pooled grid of each image"),
+    ("Glm4vForConditionalGeneration", "GLM-4.1V: packed ViT (post-conv norm, bicubic-sampled position table, RMS, SwiGLU) "
+     "+ downsample conv and gated merger (`projector.hook_downsampled`), GLM-4 LM (sandwich post-norms, partial "
+     "interleaved M-RoPE; images; video refused)", "`boi`, `eoi`"),
+    ("Glm4vMoeForConditionalGeneration", "GLM-4.5V: the GLM-4V tower, GLM-4.5 MoE LM: bias-corrected grouped sigmoid "
+     "router (`moe_router=\"sigmoid_grouped\"`) + ungated shared expert (`mlp.shared_expert.*`)", "`boi`, `eoi`"),
+    ("Glm46VForConditionalGeneration", "GLM-4.6V: the same declaration, its LM picked by `text_config.model_type` "
+     "(GLM-4 or GLM-4.5 MoE)", "`boi`, `eoi`"),
 ]
 
 _TIMM = "its tower is a timm model (TimmWrapper: `timm` is not a dependency, and its weights follow timm's layout)"
@@ -178,12 +188,6 @@ REFUSED: dict[str, str] = {
     "Gemma4UnifiedForConditionalGeneration": "the Gemma 4 LM (per-layer inputs, KV sharing) and its unified encoder",
     "GitForCausalLM": "GIT's BERT-style decoder over [image tokens; text] with learned positions and LayerNorm (no "
                       "decoder LM part of that kind)",
-    "Glm46VForConditionalGeneration": "the GLM-4 LM part (post-norms, partial rotary) and the GLM-4V vision tower "
-                                      "(3-D RoPE)",
-    "Glm4vForConditionalGeneration": "the GLM-4 LM part (post-norms, partial rotary) and the GLM-4V vision tower "
-                                     "(3-D RoPE)",
-    "Glm4vMoeForConditionalGeneration": "the GLM-4 MoE LM part (shared experts, bias-corrected sigmoid routing) and "
-                                        "the GLM-4V vision tower",
     "Glm5NextForConditionalGeneration": "the GLM-5 Next LM (linear attention, hyper-connections, indexer) and its "
                                         "vision tower",
     "GlmImageForConditionalGeneration": "GLM-Image's VQ-VAE image tokenizer and its vision tower (image generation)",

@@ -21,6 +21,8 @@ from hooked_vlm.config import ProjectorConfig, TowerConfig, VisionConfig
 
 from ._cohere2 import COHERE2_FIELDS, COHERE_FIELDS, cohere2_rules, cohere2_text_config, cohere_text_config
 from ._clip import CLIP_VISION_FIELDS, clip_aliases, clip_ignored, clip_rules, clip_vision_config
+from ._glm4 import (GLM4_MOE_TEXT_FIELDS, GLM4_TEXT_FIELDS, glm4_moe_rules, glm4_moe_text_config, glm4_rules,
+                    glm4_text_config)
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
 from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
@@ -87,6 +89,8 @@ LM_PARTS: dict[str, LMPart] = {
     "cohere": LMPart(config=cohere_text_config, rules=cohere2_rules, fields=frozenset(COHERE_FIELDS)),
     # LFM2 (LFM2-VL): short-convolution + attention layers
     "lfm2": LMPart(config=lfm2_config, rules=lfm2_rules, fields=frozenset(LFM2_FIELDS)),
+    "glm4v_text": LMPart(config=glm4_text_config, rules=glm4_rules, fields=frozenset(GLM4_TEXT_FIELDS)),
+    "glm4v_moe_text": LMPart(config=glm4_moe_text_config, rules=glm4_moe_rules, fields=frozenset(GLM4_MOE_TEXT_FIELDS)),
 }
 
 

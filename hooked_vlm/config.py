@@ -139,6 +139,9 @@ class TowerConfig:
     # feed-forward kind: "dense" (MLP) or "moe" (components/moe.py: top-k routed experts of width d_mlp_expert in the
     # layers listed in moe_layers, None = all; the other layers keep the dense MLP of width d_mlp)
     mlp_kind: str = "dense"
+    # dense gated MLP stored as one gate_up_proj Linear [2 * d_mlp, d_model], gate rows first (GLM-4); gate_proj /
+    # up_proj are views of its halves (components/mlp.py)
+    fused_gate_up: bool = False
     n_experts: int = 0
     n_experts_per_tok: int = 0
     d_mlp_expert: int | None = None
@@ -176,6 +179,14 @@ class TowerConfig:
     # mixer and MLP outputs are multiplied by tanh of learned scalars attn_gate / mlp_gate before they are added
     # (hook_attn_gate / hook_mlp_gate [1] show the tanh values; hook_attn_out / hook_mlp_out what is added)
     tanh_gated_layers: tuple[int, ...] = ()
+    # MoE router (components/moe_router.py): "softmax_topk" (softmax, top-k, renormalised) or "sigmoid_grouped"
+    # (GLM-4.5 / DeepSeek-V3: sigmoid scores, choice biased by e_score_correction_bias among the moe_topk_group best of
+    # moe_n_group groups, weights renormalised when moe_norm_topk_prob, times moe_routed_scaling)
+    moe_router: str = "softmax_topk"
+    moe_n_group: int = 1
+    moe_topk_group: int = 1
+    moe_norm_topk_prob: bool = True
+    moe_routed_scaling: float = 1.0
     # parallel block (Cohere / Command R): ONE input norm ln1 feeds both attention and the MLP, whose outputs are added
     # to the residual together: resid_post = resid_pre + attn(ln1(x)) + mlp(ln1(x)). No ln2 and no hook_resid_mid
     # (no residual exists between the sublayers); hook_attn_out / hook_mlp_out are the two summands
@@ -298,6 +309,17 @@ class TowerConfig:
             raise ValueError("qk_norm_scope='all' normalises all heads together; it cannot have per-head weights")
         if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.d_head and self.rotary_dim % 2 == 0):
             raise ValueError(f"rotary_dim={self.rotary_dim} must be an even number in (0, d_head={self.d_head}]")
+        from .components.moe_router import MOE_ROUTERS
+
+        if self.moe_router not in MOE_ROUTERS:
+            raise ValueError(f"moe_router must be one of {MOE_ROUTERS}, got {self.moe_router!r}")
+        if self.moe_router != "softmax_topk" and (self.n_experts % self.moe_n_group
+                                                   or not 0 < self.moe_topk_group <= self.moe_n_group
+                                                   or self.n_experts_per_tok > self.moe_topk_group
+                                                   * (self.n_experts // self.moe_n_group)):
+            raise ValueError(f"moe_router={self.moe_router!r}: n_experts ({self.n_experts}) must split into "
+                             f"moe_n_group ({self.moe_n_group}) groups, 0 < moe_topk_group ({self.moe_topk_group}) <= "
+                             f"moe_n_group, and the kept groups must hold n_experts_per_tok ({self.n_experts_per_tok})")
         if self.d_mlp_shared_expert is not None and self.mlp_kind != "moe":
             raise ValueError("d_mlp_shared_expert is a shared expert beside routed experts: it needs mlp_kind='moe'")
         if self.shared_expert_gate and self.d_mlp_shared_expert is None:

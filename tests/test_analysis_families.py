@@ -15,9 +15,11 @@ ATOL = 1e-4
 #: one family per kind of image region: markers + image codes, row breaks, tiles + newlines, 3-D rope; bidirectional
 #: image blocks (Gemma 3), DeepStack and experts (Qwen3-VL), tiles + thumbnail (InternVL), resampler latents (Idefics2),
 #: tiles with markers between them and parallel NoPE / RoPE blocks (Aya Vision);
+#: GLM-4.xV (sandwich post-norms, grouped sigmoid MoE routing);
 #: the LLaVA-like declarations (issue 27): Granite's scaled stream, merged Pixtral grid, normed projector, post-norm tower
 CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "gemma3", "qwen3vl", "qwen3vl_moe", "internvl",
-         "idefics2", "aya_vision", "vipllava", "granite_vision", "lighton_ocr", "llava_next_video", "deepseek_vl"]
+         "idefics2", "aya_vision", "vipllava", "granite_vision", "lighton_ocr", "llava_next_video", "deepseek_vl",
+         "glm4v", "glm4v_moe"]  # GLM-4.1V: sandwich post-norms; GLM-4.5V: grouped sigmoid router
 
 
 @pytest.mark.parametrize("family", CASES)

@@ -20,6 +20,7 @@ from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
+from tests import tiny_glm4v as tgl
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
@@ -78,6 +79,9 @@ FAMILIES = {
     "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
     "gemma4_ple_kv": _from_factory(functools.partial(tg4.gemma4, "ple_kv")),
     "gemma4_k_eq_v_moe": _from_factory(functools.partial(tg4.gemma4, "k_eq_v_moe")),
+    "glm4v": _from_factory(tgl.glm4v),
+    "glm4v_moe": _from_factory(tgl.glm4v_moe),
+    "glm46v": _from_factory(tgl.glm46v),
 }
 
 

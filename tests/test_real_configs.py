@@ -108,8 +108,11 @@ def structure(path: Path) -> Structure:
     ignored = {k for k, _ in memory.ignored}
     mapped = {id(p) for n, p in hf.named_parameters(remove_duplicate=False) if n in dict(memory.plan)}
     skipped = {id(p): p.numel() for n, p in hf.named_parameters(remove_duplicate=False) if n in ignored and id(p) not in mapped}
+    # checkpoint tensors HF keeps as persistent buffers and we as parameters (GLM-4.5V's e_score_correction_bias)
+    buffers = sum(b.numel() for n, b in hf.named_buffers() if n in dict(memory.plan))
     return Structure(checkpoint_name(path), hf_config.architectures[0], sum(p.numel() for p in ours.parameters()),
-                     hf.num_parameters(), sum(skipped.values()), len(ours.hook_dict), memory, on_disk, len(saved))
+                     hf.num_parameters() + buffers, sum(skipped.values()), len(ours.hook_dict), memory, on_disk,
+                     len(saved))
 
 
 def _problems(m: TensorMapping) -> dict:

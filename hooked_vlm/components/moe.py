@@ -1,4 +1,5 @@
-"""Sparse mixture-of-experts feed-forward (``TowerConfig.mlp_kind="moe"``; Qwen3-MoE-style top-k routing).
+"""Sparse mixture-of-experts feed-forward (``TowerConfig.mlp_kind="moe"``; Qwen3-MoE-style top-k routing by default,
+GLM-4.5's bias-corrected grouped sigmoid router with ``moe_router="sigmoid_grouped"``: components/moe_router.py).
 
 A linear router gives each token ``n_experts`` logits; softmax (float32) -> the ``n_experts_per_tok`` largest
 probabilities (``torch.topk``, so ties break as in HF) -> renormalised to sum to 1 -> cast back. Each chosen expert is
@@ -32,6 +33,7 @@ from ..config import TowerConfig
 from ..hook_points import HookPoint
 from .mlp import MLP
 from .norms import UnitRMSNorm
+from .moe_router import sigmoid_grouped_topk
 
 
 class MoEMLP(nn.Module):
@@ -40,6 +42,10 @@ class MoEMLP(nn.Module):
         e, d, dm = cfg.n_experts, cfg.d_model, cfg.d_mlp_expert
         self.n_experts, self.top_k, self.d_mlp = e, cfg.n_experts_per_tok, dm
         self.router = nn.Linear(d, e, bias=False)  # weight [expert, d_model]
+        self.router_kind = cfg.moe_router
+        if cfg.moe_router == "sigmoid_grouped":  # components/moe_router.py: the choice bias (load balancing)
+            self.e_score_correction_bias = nn.Parameter(torch.zeros(e))  # [expert]
+            self._group = (cfg.moe_n_group, cfg.moe_topk_group, cfg.moe_norm_topk_prob, cfg.moe_routed_scaling)
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * dm, d))
         self.down_proj = nn.Parameter(torch.empty(e, d, dm))
         self.act = ACT2FN[cfg.act_fn]
@@ -67,6 +73,12 @@ class MoEMLP(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [batch, pos, d_model] -> (expert indices [batch, pos, k], weights [batch, pos, k]), as HF's top-k router."""
+        if self.router_kind == "sigmoid_grouped":  # float32 logits, as HF's sigmoid routers
+            logits = self.hook_router_logits(F.linear(x.float(), self.router.weight.float()))
+            n_group, topk_group, norm, scale = self._group
+            indices, top = sigmoid_grouped_topk(logits, self.e_score_correction_bias, self.top_k, n_group, topk_group,
+                                                norm, scale)
+            return self.hook_expert_indices(indices), self.hook_expert_weights(top.to(x.dtype))
         if self.router_norm is not None:
             x = self.router_norm(x) * self.router_scale * self.router_input_scale
         logits = self.hook_router_logits(self.router(x))
@@ -110,4 +122,4 @@ def build_mlp(cfg: TowerConfig, layer: int) -> nn.Module:
     if cfg.mlp_kind == "moe" and not cfg.moe_beside_dense and (cfg.moe_layers is None or layer in cfg.moe_layers):
         return MoEMLP(cfg)
     width = cfg.d_mlp * (cfg.kv_shared_mlp_factor if cfg.kv_source(layer) is not None else 1)  # Gemma 4 double-wide
-    return MLP(cfg.d_model, width, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias)
+    return MLP(cfg.d_model, width, cfg.act_fn, cfg.gated_mlp, cfg.mlp_bias, fused_gate_up=cfg.fused_gate_up)
