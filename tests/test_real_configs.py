@@ -108,8 +108,10 @@ def structure(path: Path) -> Structure:
     ignored = {k for k, _ in memory.ignored}
     mapped = {id(p) for n, p in hf.named_parameters(remove_duplicate=False) if n in dict(memory.plan)}
     skipped = {id(p): p.numel() for n, p in hf.named_parameters(remove_duplicate=False) if n in ignored and id(p) not in mapped}
-    # checkpoint tensors HF keeps as persistent buffers and we as parameters (GLM-4.5V's e_score_correction_bias)
-    buffers = sum(b.numel() for n, b in hf.named_buffers() if n in dict(memory.plan))
+    # checkpoint tensors HF keeps as persistent buffers and we as parameters (GLM-4.5V's e_score_correction_bias);
+    # buffers on both sides (Gemma 4's layer scalars) count on neither
+    plan, our_params = dict(memory.plan), dict(ours.named_parameters())
+    buffers = sum(b.numel() for n, b in hf.named_buffers() if n in plan and str(plan[n]) in our_params)
     return Structure(checkpoint_name(path), hf_config.architectures[0], sum(p.numel() for p in ours.parameters()),
                      hf.num_parameters() + buffers, sum(skipped.values()), len(ours.hook_dict), memory, on_disk,
                      len(saved))
