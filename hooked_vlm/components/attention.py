@@ -10,6 +10,9 @@ With ``cfg.attn_output_gate`` (Qwen3.5) q_proj also makes a gate per head (the c
 then its gate rows); ``hook_gate`` shows it before the sigmoid and ``hook_z`` is the gated output o_proj reads
 (pattern @ v times sigmoid(gate)), so per-head decompositions through W_O stay exact.
 Partial rotary (``cfg.rotary_dim`` < d_head) turns the first rotary_dim channels of each head (components/rope.py).
+Llama 4: ``cfg.qk_l2_norm_after_rope`` divides each rotated head of q and k by its RMS (no weight; rotary layers only;
+``hook_l2_q`` / ``hook_l2_k``); ``cfg.attn_temperature_floor`` multiplies the queries of NoPE layers by a factor growing
+with the absolute position (``hook_q_temperature`` [pos]), as HF's Llama4TextAttention.
 """
 
 from __future__ import annotations
@@ -61,6 +64,14 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         if self.gated:
             self.hook_gate = HookPoint()  # [batch, pos, head, d_head]  output gate before the sigmoid
+        # Llama 4: L2 q/k norm after RoPE on rotary layers; temperature-tuned queries on NoPE layers
+        self.l2_qk = cfg.qk_l2_norm_after_rope and use_rope and cfg.positional not in ("learned", "none")
+        if self.l2_qk:
+            self.hook_l2_q = HookPoint()  # [batch, pos, head, d_head]  q / rms(q) over d_head, after RoPE
+            self.hook_l2_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.temperature = cfg.attn_temperature_floor is not None and not use_rope
+        if self.temperature:
+            self.hook_q_temperature = HookPoint()  # [pos]  the factor each query position's q is multiplied by
 
     # --- TransformerLens weight views (views of the stored weights, not copies) ---
     @property
@@ -111,6 +122,13 @@ class Attention(nn.Module):
             cos, sin = rotary
             q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved))
             k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved))
+        if self.l2_qk:  # HF Llama4TextL2Norm: x * rsqrt(mean(x^2) + eps) in float32, no weight
+            q, k = self.hook_l2_q(_l2_norm(q, cfg.norm_eps)), self.hook_l2_k(_l2_norm(k, cfg.norm_eps))
+        if self.temperature:  # HF Llama4TextAttention: log1p(floor((p + 1) / floor_scale)) * attn_scale + 1
+            p = mask.query_positions.to(torch.float32)
+            factor = torch.log1p(torch.floor((p + 1.0) / cfg.attn_temperature_floor)) * cfg.attn_temperature_scale + 1.0
+            factor = self.hook_q_temperature(factor)
+            q = (q * factor[None, :, None, None]).to(q.dtype)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)
 
@@ -176,6 +194,12 @@ class Attention(nn.Module):
             pattern = pattern.masked_fill_(dead, 0.0)
         pattern = self.hook_pattern(pattern.to(q.dtype))
         return torch.matmul(pattern, v)
+
+
+def _l2_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each head's vector divided by its root mean square over d_head (float32, cast back)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
 
 class LayerKVCache:

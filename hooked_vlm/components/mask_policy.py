@@ -12,7 +12,7 @@
   AFTER the sliding window, and it applies only to a forward without a filled KV cache (HF: the first iteration).
 
 ``TowerConfig.layer_types`` gives each layer its kind: ``"sliding_attention"`` layers get the sliding window,
-``"full_attention"`` layers do not. Every layer's mask is shown at ``blocks.{l}.attn.hook_mask``, so attention
+``"chunked_attention"`` layers get ``attention_chunk_size`` chunks (Llama 4), ``"full_attention"`` layers neither. Every layer's mask is shown at ``blocks.{l}.attn.hook_mask``, so attention
 knockout (which edits that hook) works on every policy unchanged.
 """
 
@@ -88,4 +88,6 @@ def layer_masks(cfg: TowerConfig, base: AttentionMask, block_ids: torch.Tensor |
         return [mask] * cfg.n_layers
     full = dataclasses.replace(mask, sliding_window=None)
     sliding = dataclasses.replace(mask, sliding_window=cfg.sliding_window)
-    return [sliding if kind == "sliding_attention" else full for kind in cfg.layer_types]
+    chunked = dataclasses.replace(mask, sliding_window=None, chunk_size=cfg.attention_chunk_size)
+    by_kind = {"sliding_attention": sliding, "chunked_attention": chunked}
+    return [by_kind.get(kind, full) for kind in cfg.layer_types]

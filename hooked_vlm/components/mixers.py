@@ -70,11 +70,11 @@ def _attention(cfg: TowerConfig, layer: int) -> nn.Module:
     return Attention(cfg, use_rope=cfg.layer_uses_rope(layer))  # False: a NoPE layer (Cohere2's full layers)
 
 
-for _kind in ("full_attention", "sliding_attention"):
+# chunked_attention (Llama 4): the same Attention class; its chunked mask comes from mask_policy.layer_masks
+for _kind in ("full_attention", "sliding_attention", "chunked_attention"):
     register_mixer(_kind, "attn", _attention, LayerKVCache, attention=True)
 register_mixer("linear_attention", "linear_attn", lambda cfg, layer: GatedDeltaNet(cfg), RecurrentState)
-# chunked_attention (Llama 4) and cross_attention (Mllama) are LAYER_TYPES without a class here yet:
-# mixer_kind() refuses them by name
+# cross_attention (Mllama) is a LAYER_TYPE without a class here yet: mixer_kind() refuses it by name
 
 from .short_conv import ConvState, ShortConv  # noqa: E402  (LFM2 short convolution)
 
