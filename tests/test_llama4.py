@@ -177,3 +177,16 @@ def test_converter_refuses_rope_split_across_one_kind():
         llama4_text_config(tc)
     with pytest.raises(UnsupportedConfigError, match="router_jitter_noise|does not handle"):
         llama4_text_config(Llama4TextConfig(**{**tl.TEXT, "some_new_field": 3}))
+
+
+def test_hook_names_are_golden_and_every_hook_fires():
+    """Golden names (tests/golden/hook_names_llama4_lm.txt); every hook fires on the padded batch, except
+    hook_image_embeds: this LM-only build has no vision tower, so no image embeddings exist to pass through it."""
+    from pathlib import Path
+
+    b = tl.llama4_lm()
+    golden = (Path(__file__).parent / "golden" / "hook_names_llama4_lm.txt").read_text().split()
+    assert sorted(b.model.hook_dict) == golden
+    fired = set()
+    b.model.run_with_hooks(**b.inputs, fwd_hooks=[(lambda n: True, lambda t, hook: fired.add(hook.name))])
+    assert fired == set(b.model.hook_dict) - {"hook_image_embeds"}
