@@ -233,3 +233,13 @@ def test_real_config_language_model_structure_matches_hf(path):
     kinds = cfg.text.layer_types
     assert kinds.count("full_attention") == 12 and cfg.text.attention_chunk_size == 8192  # NoPE every 4th layer
     assert len(cfg.text.moe_layers) == (48 if tc.num_local_experts == 16 else 24)
+
+
+def test_memory_estimate_sizes_every_lm_hook():
+    from hooked_vlm.memory import lm_activation_numels
+
+    with torch.device("meta"):
+        model = HookedVLM(tl.llama4_lm().model.cfg)
+    numels, unsized = lm_activation_numels(model, 40)
+    assert unsized == [] and numels["blocks.1.attn.hook_q_temperature"] == (40, False)
+    assert numels["blocks.1.mlp.hook_expert_out"] == (40 * 2 * 32, False)  # [batch, pos, k, d_model]
