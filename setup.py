@@ -28,7 +28,7 @@ setup(
     ],
     keywords=["interpretability", "vision-language models", "transformer-lens", "hooks", "llava", "chameleon"],
     packages=find_packages(include=["hooked_vlm", "hooked_vlm.*", "converters", "converters.*"]),
-    package_data={"hooked_vlm": ["toy/checkpoints/*/*", "viz/assets/*.js", "viz/assets/*.css"]},
+    package_data={"hooked_vlm": ["toy/checkpoints/*/*", "toy/checkpoints/*/*/*", "viz/assets/*.js", "viz/assets/*.css"]},
     include_package_data=True,
     # Loose ranges for Colab; CI pins exact versions with constraints.txt (newest) and tests the lower
     # bounds of transformers, transformer-lens, huggingface_hub and safetensors with constraints-min.txt

@@ -26,6 +26,10 @@ FAMILY_MODULES = [
     "converters.cohere2_vision",
     "converters.qwen3_5",
     "converters.lfm2_vl",
+    "converters.vipllava",
+    "converters.lighton_ocr",
+    "converters.llava_next_video",
+    "converters.deepseek_vl",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None
@@ -37,6 +41,7 @@ def registry() -> dict[str, Converter]:
         _REGISTRY = {}
         for name in FAMILY_MODULES:
             conv = importlib.import_module(name).CONVERTER
+            conv.module = conv.module or name
             for arch in conv.architectures:
                 _REGISTRY[arch] = conv
     return _REGISTRY
@@ -49,7 +54,11 @@ def supported_architectures() -> list[str]:
 def get_converter(architecture: str) -> Converter:
     reg = registry()
     if architecture not in reg:
+        from .coverage import missing_parts
+
+        missing = missing_parts(architecture)
         raise UnsupportedConfigError(
             f"architecture {architecture!r} is not supported. Supported architectures: {', '.join(sorted(reg))}"
+            + (f". {architecture} lacks: {missing} (docs/families.md, coverage table)" if missing else "")
         )
     return reg[architecture]

@@ -1,4 +1,4 @@
-"""The decoder-only language models inside VLMs (Llama / Vicuna, Mistral, Qwen2, Qwen3) -> TowerConfig + key rules.
+"""The decoder-only language models inside VLMs (Llama / Vicuna, Mistral, Qwen2, Qwen3, Granite) -> TowerConfig + key rules.
 
 Qwen3's q/k norms are parameters ``blocks.{l}.attn.q_norm.w`` / ``k_norm.w``: add :func:`qk_norm_rules` to
 :func:`decoder_rules` for a Qwen3 LM."""
@@ -29,6 +29,13 @@ DECODER_FIELDS = {
               "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
               "attention_bias", "use_sliding_window", "sliding_window", "max_window_layers", "layer_types",
               "tie_word_embeddings"},
+    # Granite: Llama + three scalars (embedding_multiplier on the whole input stream, image embeddings included;
+    # residual_multiplier on each sub-layer output; attention_multiplier as the attention scale). logits_scaling is
+    # read by GraniteForCausalLM's head only: inside a VLM the VLM's own lm_head makes the logits (HF never divides)
+    "granite": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+                "rope_parameters", "attention_bias", "mlp_bias", "tie_word_embeddings", "embedding_multiplier",
+                "logits_scaling", "residual_multiplier", "attention_multiplier"},
     "emu3_text_model": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                         "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                         "rope_parameters", "attention_bias", "mlp_bias", "tie_word_embeddings"},
@@ -73,7 +80,14 @@ def decoder_config(tc: Any, ignored: dict[str, str] | None = None,
         max_position_embeddings=tc.max_position_embeddings,
         sliding_window=sliding,
         qk_norm="RMS" if kind == "qwen3" else None,  # Qwen3RMSNorm(head_dim, eps=rms_norm_eps) on q and k
+        **(granite_scalars(tc) if kind == "granite" else {}),
     )
+
+
+def granite_scalars(tc: Any) -> dict[str, float]:
+    """Granite's multipliers as TowerConfig fields (HF GraniteModel / GraniteDecoderLayer / GraniteAttention)."""
+    return dict(embedding_multiplier=float(tc.embedding_multiplier), residual_multiplier=float(tc.residual_multiplier),
+                attn_scale=float(tc.attention_multiplier))
 
 
 def check_rope_type(rope: dict[str, Any], where: str, dynamic: bool = False) -> None:

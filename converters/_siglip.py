@@ -32,6 +32,14 @@ def siglip_vision_config(vc: Any, feature_layers: tuple[int, ...], feature_selec
                         feature_select=feature_select)
 
 
+def siglip_last_hidden_config(vc: Any) -> VisionConfig:
+    """A SigLIP tower read at its ``last_hidden_state``: AFTER ``post_layernorm`` (Gemma 3, DeepSeek-VL)."""
+    check_fields(vc, SIGLIP_VISION_FIELDS, "vision_config (siglip_vision_model)")
+    return VisionConfig(tower=vit_tower(vc), image_size=vc.image_size, patch_size=vc.patch_size, kind="vit_post_norm",
+                        n_channels=vc.num_channels, class_token=False, patch_bias=True, ln_pre=False,
+                        feature_layers=(-1,), feature_select="full")
+
+
 def siglip_rules(prefix: str) -> list[tuple[str, str]]:
     """Key rules for an HF SiglipVisionModel under ``prefix`` (e.g. 'model.vision_tower')."""
     return patch_embedding_rules(prefix) + vit_layer_rules(prefix)

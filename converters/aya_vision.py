@@ -23,7 +23,8 @@ from typing import Any
 
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles
 
-from ._cohere2 import cohere2_rules, cohere_lm_config
+from ._cohere2 import cohere2_rules
+from .parts import lm_part
 from ._siglip import siglip_ignored, siglip_rules, siglip_vision_config
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
@@ -58,7 +59,7 @@ def aya_vision_config(hf: Any) -> HookedVLMConfig:
                                   hf.vision_feature_select_strategy)
     check_shuffle(vision.grid_size, hf.downsample_factor)
     # HF's VLM forward never multiplies by text_config.logit_scale (module docstring)
-    text = dataclasses.replace(cohere_lm_config(tc), logit_scale=1.0)
+    text = dataclasses.replace(lm_part(tc, ("cohere2", "cohere"), "AyaVisionConfig").config(tc), logit_scale=1.0)
     if not 0 <= hf.image_token_id < tc.vocab_size:
         raise UnsupportedConfigError(f"image_token_index={hf.image_token_id} is outside the vocabulary ({tc.vocab_size})")
     d_hidden = getattr(hf, "alignment_intermediate_size", tc.hidden_size)

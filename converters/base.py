@@ -43,6 +43,8 @@ IGNORED_FIELDS: dict[str, str] = {
     "use_reentrant_checkpointing": "a gradient-checkpointing switch (training only: it changes how the backward "
                                    "recomputes activations, never the forward)",
     "neftune_noise_alpha": "NEFTune noise is added to the embeddings by the Trainer while fine-tuning only",
+    "type": "a stray top-level copy of rope_scaling's legacy 'type' key (llava-hf/LLaVA-NeXT-Video-7B-hf's text_config); "
+            "HF reads the rope type only inside rope_parameters / rope_scaling (modeling_rope_utils)",
 }
 
 #: field -> (the value HF's code computes with, why another value would change the numbers). HF never reads these
@@ -204,3 +206,4 @@ class Converter:
     load_processor: Callable[[str], Any] | None = None  # folder -> processor (default: AutoProcessor)
     # (our config, processor or None) -> None: fill what only the processor knows (e.g. marker token ids)
     finalize: Callable[[HookedVLMConfig, Any], None] | None = None
+    module: str | None = None  # the family module that declares it (set by the registry)

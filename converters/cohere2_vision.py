@@ -20,7 +20,8 @@ from typing import Any
 
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, VisionConfig
 
-from ._cohere2 import cohere2_rules, cohere_lm_config
+from ._cohere2 import cohere2_rules
+from .parts import lm_part
 from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_rules
 from ._vit import post_layernorm_rules, vit_tower
 from .aya_vision import ALIASES, check_shuffle
@@ -42,7 +43,7 @@ def cohere2_vision_config(hf: Any) -> HookedVLMConfig:
                           n_channels=vc.num_channels, class_token=False, patch_bias=True, ln_pre=False,
                           feature_layers=(-1,), feature_select="full")
     check_shuffle(vision.grid_size, hf.downsample_factor)
-    text = dataclasses.replace(cohere_lm_config(tc), logit_scale=1.0)  # HF's VLM forward never applies it
+    text = dataclasses.replace(lm_part(tc, ("cohere2", "cohere"), "Cohere2VisionConfig").config(tc), logit_scale=1.0)  # HF's VLM forward never applies it
     if not 0 <= hf.image_token_id < tc.vocab_size:
         raise UnsupportedConfigError(f"image_token_id={hf.image_token_id} is outside the vocabulary ({tc.vocab_size})")
     projector = ProjectorConfig(

@@ -19,8 +19,8 @@ import torch
 from hooked_vlm.components.rope import STATIC_ROPE_TYPES
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
 
-from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_rules
-from ._vit import post_layernorm_rules, vit_tower
+from ._siglip import siglip_ignored, siglip_last_hidden_config, siglip_rules
+from ._vit import post_layernorm_rules
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
 GEMMA3_FIELDS = {"mm_tokens_per_image", "boi_token_index", "eoi_token_index", "image_token_index", "tie_word_embeddings"}
@@ -71,11 +71,8 @@ def gemma3_text_config(tc: Any) -> TowerConfig:
 def gemma3_vision_config(vc: Any) -> VisionConfig:
     if vc.model_type != "siglip_vision_model":
         raise UnsupportedConfigError(f"Gemma 3 with a {vc.model_type!r} vision tower; supported: siglip_vision_model")
-    check_fields(vc, SIGLIP_VISION_FIELDS, "vision_config (siglip_vision_model)")
     # Gemma 3 reads SigLIP's last_hidden_state, which is AFTER post_layernorm (the pooling head is never used)
-    return VisionConfig(tower=vit_tower(vc), image_size=vc.image_size, patch_size=vc.patch_size, kind="vit_post_norm",
-                        n_channels=vc.num_channels, class_token=False, patch_bias=True, ln_pre=False,
-                        feature_layers=(-1,), feature_select="full")
+    return siglip_last_hidden_config(vc)
 
 
 def gemma3_config(hf: Any) -> HookedVLMConfig:

@@ -1,18 +1,16 @@
-"""LlavaNextForConditionalGeneration (LLaVA-NeXT / 1.6: anyres tiles + image_newline; CLIP tower)."""
+"""LlavaNextForConditionalGeneration (LLaVA-NeXT / 1.6: anyres tiles + image_newline; CLIP or SigLIP tower)."""
 
 from __future__ import annotations
 
-from typing import Any
+from ._anyres import ANYRES_ALIASES, ANYRES_FIELDS, anyres_check, anyres_extra
+from .llava_like import LlavaLike
 
-from hooked_vlm.config import HookedVLMConfig
-
-from ._anyres import anyres_config, anyres_keymap
-from .base import Converter
-
-
-def llava_next_config(hf: Any) -> HookedVLMConfig:
-    return anyres_config(hf, "LlavaNextForConditionalGeneration", set(), {"input_keys": ("image_sizes",)})
-
-
-CONVERTER = Converter(architectures=("LlavaNextForConditionalGeneration",), make_config=llava_next_config,
-                      make_keymap=anyres_keymap)
+CONVERTER = LlavaLike(
+    architecture="LlavaNextForConditionalGeneration",
+    fields=ANYRES_FIELDS,
+    towers=("clip_vision_model", "siglip_vision_model"),
+    projector="anyres_mlp",
+    aliases=ANYRES_ALIASES,
+    check=anyres_check,
+    extra=anyres_extra,
+).converter()

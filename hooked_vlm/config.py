@@ -125,6 +125,11 @@ class TowerConfig:
     # attention path: SDPA cannot cap), final logits -> tanh(l / cap) * cap; None = off
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
+    # Granite's scalars: the whole input stream (image embeddings included) x embedding_multiplier before block 0 (at
+    # hook_embed); each sub-layer output x residual_multiplier before it is added (hook_attn_out / hook_mlp_out show
+    # what is added)
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
     position_offset: int = 0  # added to default position ids and generate's (PaliGemma positions are 1-indexed)
     # partial rotary (Qwen3.5: partial_rotary_factor 0.25): RoPE turns the first rotary_dim of each head's d_head
     # channels (rotate-half within them) and passes the rest through; None = all of d_head
@@ -216,6 +221,8 @@ class TowerConfig:
             raise ValueError(f"deepstack_layers={self.deepstack_layers} must be between 0 and n_layers={self.n_layers}")
         if self.qk_norm_scope not in ("head", "all"):
             raise ValueError(f"qk_norm_scope must be 'head' or 'all', got {self.qk_norm_scope!r}")
+        if self.residual_multiplier != 1.0 and self.norm_placement != "pre":
+            raise ValueError(f"residual_multiplier is implemented for pre-norm blocks only, not {self.norm_placement!r}")
         if self.layer_scale and self.norm_placement != "pre":
             raise ValueError(f"layer_scale is implemented for pre-norm blocks only, not norm_placement={self.norm_placement!r}")
         if self.qk_norm_scope == "all" and self.qk_norm_per_head:

@@ -65,9 +65,15 @@ class HookPoint(_TLHookPoint):
         return int(found.group(1))
 
     def add_hook(self, hook: Callable, dir: str = "fwd", **kwargs: Any):  # type: ignore[override]
+        user_hook = hook
         if dir == "fwd":
             hook = self._checked(hook)
-        return super().add_hook(hook, dir=dir, **kwargs)
+        handle = super().add_hook(hook, dir=dir, **kwargs)
+        if handle is None:  # TL 3.x returns nothing: the new handle is first (prepend) or last in its list
+            handles = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+            handle = handles[0] if kwargs.get("prepend") else handles[-1]
+        handle.user_hook = user_hook  # list_hooks() shows the user's function, not our shape-checking wrapper
+        return handle
 
     def _checked(self, hook: Callable) -> Callable:
         def checked_hook(tensor: torch.Tensor, hook: "HookPoint") -> Any:

@@ -154,7 +154,7 @@ def build_report(name: str, source: str, folder: Path, shapes: dict[str, tuple[i
         report.architecture = _architecture_of(folder)
         return report
     report.architecture = hf_config.architectures[0]
-    report.converter = converter.make_config.__module__
+    report.converter = converter.module or converter.make_config.__module__
     model = meta_model(cfg)
     report.n_parameters = sum(p.numel() for p in model.parameters())
     report.weight_bytes = {d: report.n_parameters * b for d, b in DTYPE_BYTES.items()}

@@ -16,6 +16,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from .activation_cache import check_one_item, pos_sliced_hooks
 from .components.block import TransformerBlock
 from .components.embed import Embed, Unembed
 from .components.layer_rotary import build_rotary
@@ -178,6 +179,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
                 raise ValueError(f"the image pipeline gave {len(deepstack)} DeepStack features for "
                                  f"{self.cfg.text.deepstack_layers} DeepStack blocks (text.deepstack_layers)")
             resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+        if self.cfg.text.embedding_multiplier != 1.0:  # Granite: the whole stream, image embeddings included
+            resid = resid * self.cfg.text.embedding_multiplier
         resid = self.hook_embed(resid)
 
         position_fn = self.cfg.extra.get("position_fn")
@@ -340,7 +343,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         """Like TransformerLens: returns (output, ActivationCache); ``cache.spans`` holds the spans.
 
         ``cache_device`` (TL's ``device``): where cached tensors go; default where each was computed (under a device
-        map, its block's device; pass e.g. "cpu" to gather them on one device)."""
+        map, its block's device; pass e.g. "cpu" to gather them on one device). ``pos_slice`` slices the sequence
+        positions of LM entries only; ``remove_batch_dim`` needs a one-item batch (hooked_vlm.activation_cache)."""
         if cache_device is not None:
             if kwargs.get("device") is not None:
                 raise ValueError("give cache_device or device (TransformerLens's name for it), not both")
@@ -350,19 +354,26 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         elif isinstance(names_filter, (list, tuple)):
             for n in names_filter:
                 self._resolve_hook_name(n)
+        if remove_batch_dim:
+            check_one_item(args, kwargs)
         buffers = self._cache_buffers()
         buffers.active, buffers.reused = True, 0
         self.run_state.extra["cache_buffers"] = buffers
         try:
-            out, cache_dict = super().run_with_cache(*args, names_filter=names_filter, remove_batch_dim=remove_batch_dim,
-                                                     **kwargs)
+            out, cache_dict = super().run_with_cache(*args, names_filter=names_filter, remove_batch_dim=False, **kwargs)
         finally:
             buffers.active = False
             self.run_state.extra.pop("cache_buffers", None)
         buffers.keep(cache_dict, self.hook_dict)
-        cache = VLMActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)  # hooked_vlm.tl_cache
-        cache.spans = self.run_state.spans
-        return out, cache
+        cache = VLMActivationCache(cache_dict, self, spans=self.run_state.spans)  # hooked_vlm.tl_cache
+        return out, cache.remove_batch_dim() if remove_batch_dim else cache
+
+    def get_caching_hooks(self, names_filter: Any = None, incl_bwd: bool = False, device: Any = None,  # type: ignore[override]
+                          remove_batch_dim: bool = False, cache: dict | None = None, pos_slice: Any = None):
+        """TL's caching hooks; ``pos_slice`` slices the sequence positions of LM entries only (TL picks the axis
+        from the hook's name and would slice image tokens, vision patches or the heads of hook_rot_q/k)."""
+        cache, fwd, bwd = super().get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim=False, cache=cache)
+        return (cache, *pos_sliced_hooks(fwd, bwd, pos_slice, remove_batch_dim))
 
     def _cache_buffers(self) -> "CacheBuffers":
         from .cache_buffers import CacheBuffers

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 
+from .activation_cache import VLMBatchMixin
+
 
 def norm_gain(model: Any, layer: int | None, mlp_input: bool = False) -> Tensor:
     """[d_model] float32: what the norm read at the input of ``layer`` multiplies by after dividing by its scale.
@@ -58,8 +60,9 @@ def norm_gain(model: Any, layer: int | None, mlp_input: bool = False) -> Tensor:
     return w + norm.weight_offset if norm.weight_offset else w
 
 
-class VLMActivationCache(ActivationCache):
-    """TransformerLens's ActivationCache with each norm's weight applied in ``apply_ln_to_stack`` (module docstring)."""
+class VLMActivationCache(VLMBatchMixin, ActivationCache):
+    """TransformerLens's ActivationCache with each norm's weight applied in ``apply_ln_to_stack`` (module docstring),
+    and (VLMBatchMixin, hooked_vlm.activation_cache) its batch size, ``spans`` and the VLM's batch / position slicing."""
 
     def apply_ln_to_stack(self, residual_stack: Tensor, layer: int | None = None, mlp_input: bool = False,
                           pos_slice: Any = None, batch_slice: Any = None, has_batch_dim: bool = True,
@@ -137,7 +140,3 @@ class VLMActivationCache(ActivationCache):
                 f"{what}: this model adds DeepStack image features to the residual stream after "
                 f"blocks.0-{n - 1}.hook_resid_post (blocks.L.hook_deepstack), which TransformerLens's decomposition "
                 "(embed + attn_out + mlp_out) leaves out, so its components would not sum to the residual stream")
-
-    def apply_slice_to_batch_dim(self, batch_slice: Any) -> "VLMActivationCache":
-        sliced = super().apply_slice_to_batch_dim(batch_slice)
-        return VLMActivationCache(sliced.cache_dict, self.model, has_batch_dim=sliced.has_batch_dim)

@@ -14,9 +14,10 @@ from tests.test_hooks import FAMILIES
 ATOL = 1e-4
 #: one family per kind of image region: markers + image codes, row breaks, tiles + newlines, 3-D rope; bidirectional
 #: image blocks (Gemma 3), DeepStack and experts (Qwen3-VL), tiles + thumbnail (InternVL), resampler latents (Idefics2),
-#: tiles with markers between them and parallel NoPE / RoPE blocks (Aya Vision)
+#: tiles with markers between them and parallel NoPE / RoPE blocks (Aya Vision);
+#: the LLaVA-like declarations (issue 27): Granite's scaled stream, merged Pixtral grid, normed projector, post-norm tower
 CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "gemma3", "qwen3vl", "qwen3vl_moe", "internvl",
-         "idefics2", "aya_vision"]
+         "idefics2", "aya_vision", "vipllava", "granite_vision", "lighton_ocr", "llava_next_video", "deepseek_vl"]
 
 
 @pytest.mark.parametrize("family", CASES)

@@ -39,7 +39,7 @@ def assert_parity(folder: Path, hf, inputs: dict) -> HookedVLM:
     """Logits and every residual equal HF's, on the default (SDPA) path and on the explicit (hook_pattern) path."""
     model = HookedVLM.from_pretrained(str(folder))
     real = inputs["attention_mask"].bool()
-    with torch.no_grad():
+    with tiny.final_norm_input(hf) as last, torch.no_grad():
         ref = hf(**inputs, output_hidden_states=True)
         default_logits = model(**inputs)
         _, default_cache = model.run_with_cache(**inputs, names_filter=_resid)
@@ -50,8 +50,9 @@ def assert_parity(folder: Path, hf, inputs: dict) -> HookedVLM:
     for path, logits, cache in (("default", default_logits, default_cache), ("explicit", explicit_logits, explicit_cache)):
         assert _max_diff(ref.logits[real], logits[real]) <= ATOL, path
         assert _max_diff(ref.hidden_states[0][real], cache["hook_embed"][real]) <= ATOL, path
-        for layer in range(n - 1):
-            assert _max_diff(ref.hidden_states[layer + 1][real], cache[f"blocks.{layer}.hook_resid_post"][real]) <= ATOL, \
+        for layer in range(n):  # the last block against HF's final-norm input (hidden_states[n] is after it)
+            hf_state = ref.hidden_states[layer + 1] if layer < n - 1 else last["x"]
+            assert _max_diff(hf_state[real], cache[f"blocks.{layer}.hook_resid_post"][real]) <= ATOL, \
                 f"{path} path, layer {layer}"
         assert _max_diff(ref.hidden_states[n][real], cache["ln_final.hook_normalized"][real]) <= ATOL, path
     return model

@@ -57,14 +57,15 @@ def test_right_padded_batch_matches_hf_on_both_paths():
 def test_every_residual_matches_hf_hidden_states():
     _, hf, model, inputs = built()
     real = _real(inputs)
-    with torch.no_grad():
+    with tiny.final_norm_input(hf) as last, torch.no_grad():
         ref = hf(**inputs, output_hidden_states=True).hidden_states
         _, cache = model.run_with_cache(**inputs)
     n = model.cfg.n_layers
     assert len(ref) == n + 1
     assert _max(ref[0], cache["hook_embed"], real) <= ATOL  # scaled token embeddings + image embeddings
-    for layer in range(n - 1):
-        assert _max(ref[layer + 1], cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, f"layer {layer}"
+    for layer in range(n):  # the last block against HF's final-norm input (hidden_states[n] is after the norm)
+        hf_state = ref[layer + 1] if layer < n - 1 else last["x"]
+        assert _max(hf_state, cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, f"layer {layer}"
     assert _max(ref[n], cache["ln_final.hook_normalized"], real) <= ATOL  # HF's last entry is after the final norm
 
 
@@ -324,11 +325,13 @@ def test_logit_lens_of_every_layer_equals_hf_norm_and_head():
 
     _, hf, model, inputs = built()
     real = _real(inputs)
-    with torch.no_grad():
+    n = model.cfg.n_layers
+    with tiny.final_norm_input(hf) as last, torch.no_grad():
         hidden = hf(**inputs, output_hidden_states=True).hidden_states
+    with torch.no_grad():
         _, cache = model.run_with_cache(**inputs, names_filter=lambda n: n.endswith("hook_resid_post"))
-        for layer in range(model.cfg.n_layers - 1):
-            ref = hf.lm_head(hf.model.language_model.norm(hidden[layer + 1]))
+        for layer in range(n):  # the last block's state is HF's final-norm input
+            ref = hf.lm_head(hf.model.language_model.norm(hidden[layer + 1] if layer < n - 1 else last["x"]))
             assert _max(ref, lens_logits(model, cache[f"blocks.{layer}.hook_resid_post"]), real) <= ATOL, layer
 
 

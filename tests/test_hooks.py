@@ -15,6 +15,7 @@ from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
+from tests import tiny_llava_like as tll
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen35 as tq35
@@ -65,6 +66,11 @@ FAMILIES = {
     "lfm2vl": _from_factory(tlv.lfm2vl),
     "qwen3_5": _from_factory(tq35.qwen35),
     "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
+    "vipllava": _from_factory(tll.vipllava),
+    "granite_vision": _from_factory(tll.granite_vision),
+    "lighton_ocr": _from_factory(tll.lighton_ocr),
+    "llava_next_video": _from_factory(tll.llava_next_video),
+    "deepseek_vl": _from_factory(tll.deepseek_vl),
 }
 
 
@@ -73,6 +79,22 @@ def test_hook_names_are_golden(family):
     model, _ = FAMILIES[family]()
     expected = (GOLDEN / f"hook_names_{family}.txt").read_text().split()
     assert sorted(model.hook_dict) == expected
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_lm_entries_have_batch_then_positions_where_the_cache_slices(family):
+    """The layout rule behind run_with_cache(pos_slice=...) and cache batch slicing (hooked_vlm.activation_cache):
+    every LM entry is [batch, ...] with the sequence on lm_pos_axis (none for recurrent states); the rest is the
+    image path (vision tower, projector, image embeddings). TL's own rule (by name) slices image tokens and heads."""
+    from hooked_vlm.activation_cache import is_per_image, lm_pos_axis
+
+    model, inputs = FAMILIES[family]()
+    _, cache = model.run_with_cache(**inputs)
+    b, n = inputs["input_ids"].shape
+    for name, value in cache.items():
+        if not is_per_image(name):
+            axis = lm_pos_axis(name)
+            assert value.shape[0] == b and (axis is None or value.shape[axis] == n), (name, tuple(value.shape))
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

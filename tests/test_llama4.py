@@ -164,7 +164,7 @@ def test_temperature_factor_on_nope_layers_only():
     _, cache = b.model.run_with_cache(input_ids=ids, attention_mask=mask, names_filter="blocks.1.attn.hook_q_temperature")
     p = torch.arange(ids.shape[1], dtype=torch.float32)
     expected = torch.log1p(torch.floor((p + 1) / tl.TEXT["floor_scale"])) * tl.TEXT["attn_scale"] + 1
-    assert _max(cache["blocks.1.attn.hook_q_temperature"], expected) == 0
+    assert _max(cache["blocks.1.attn.hook_q_temperature"], expected.expand(ids.shape[0], -1)) == 0
 
 
 def test_converter_refuses_rope_split_across_one_kind():

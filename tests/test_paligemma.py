@@ -83,14 +83,15 @@ def test_right_padded_batch_matches_hf():
 def test_every_residual_matches_hf_hidden_states():
     _, hf, model, inputs = built()
     real = _real(inputs)
-    with torch.no_grad():
+    with tiny.final_norm_input(hf) as last, torch.no_grad():
         ref = hf(**inputs, output_hidden_states=True).hidden_states
         _, cache = model.run_with_cache(**inputs)
     n = model.cfg.n_layers
     assert len(ref) == n + 1
     assert _max(ref[0], cache["hook_embed"], real) <= ATOL  # scaled token embeddings + unscaled image embeddings
-    for layer in range(n - 1):
-        assert _max(ref[layer + 1], cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, f"layer {layer}"
+    for layer in range(n):  # the last block against HF's final-norm input (hidden_states[n] is after the norm)
+        hf_state = ref[layer + 1] if layer < n - 1 else last["x"]
+        assert _max(hf_state, cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, f"layer {layer}"
     assert _max(ref[n], cache["ln_final.hook_normalized"], real) <= ATOL  # HF's last entry is after the final norm
 
 
@@ -322,13 +323,15 @@ def test_paligemma1_logits_and_residuals_match_hf():
     _, hf, model, inputs = built1()
     assert hf.config.text_config._attn_implementation == "sdpa" and model.cfg.text.norm_placement == "pre"
     real = _real(inputs)
-    with torch.no_grad():
+    with tiny.final_norm_input(hf) as last, torch.no_grad():
         out = hf(**inputs, output_hidden_states=True)
         logits, cache = model.run_with_cache(**inputs)
         explicit = model.run_with_hooks(**inputs, fwd_hooks=_pattern_hooks(model))
     assert _max(out.logits, logits, real) <= ATOL and _max(out.logits, explicit, real) <= ATOL
-    for layer in range(model.cfg.n_layers - 1):
-        assert _max(out.hidden_states[layer + 1], cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, layer
+    n = model.cfg.n_layers
+    for layer in range(n):  # the last block against HF's final-norm input
+        hf_state = out.hidden_states[layer + 1] if layer < n - 1 else last["x"]
+        assert _max(hf_state, cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, layer
     no_types = {k: v for k, v in inputs.items() if k != "token_type_ids"}  # padded: HF materialises a causal mask
     with torch.no_grad():
         assert _max(hf(**no_types).logits, model(**no_types), real) <= ATOL

@@ -22,6 +22,7 @@ from tests import tiny_gemma3 as tg3
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
+from tests import tiny_llava_like as tll
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
 from tests import tiny_qwen3vl as tq3
@@ -81,6 +82,11 @@ CASES = [
     ("aya-vision", tco.aya),
     ("aya-vision-cohere-lm", functools.partial(tco.aya, "cohere")),  # Aya Vision 32B's LM kind, with q/k norms
     ("cohere2-vision", tco.cohere2_vision),
+    ("vipllava", tll.vipllava),
+    ("granite-vision", tll.granite_vision),
+    ("lighton-ocr", tll.lighton_ocr),
+    ("next-video-clip", tll.llava_next_video),
+    ("deepseek-vl", tll.deepseek_vl),
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -100,12 +106,24 @@ def _batch(b: tiny.Built, batch: str) -> dict:
 
 
 # Each forward below runs once per (case, batch[, path]) and is shared by the tests that check it.
+#: (case, batch) -> the input of HF's final LM norm in hf_run's forward: the last block's output
+_HF_LAST_BLOCK: dict[tuple[str, str], torch.Tensor] = {}
+
+
 @functools.lru_cache(maxsize=None)
 def hf_run(case_id: str, batch: str = "padded"):
-    """HF's forward (logits, hidden_states) on the case's padded or unpadded batch."""
+    """HF's forward (logits, hidden_states) on the case's padded or unpadded batch; the last block's output (HF's
+    final-norm input, which hidden_states does not hold) is kept for :func:`hf_last_block`."""
     b = built(case_id)
-    with torch.no_grad():
-        return b.hf(**_batch(b, batch), output_hidden_states=True)
+    with tiny.final_norm_input(b.hf) as seen, torch.no_grad():
+        out = b.hf(**_batch(b, batch), output_hidden_states=True)
+    _HF_LAST_BLOCK[case_id, batch] = seen["x"]
+    return out
+
+
+def hf_last_block(case_id: str, batch: str = "padded") -> torch.Tensor:
+    hf_run(case_id, batch)
+    return _HF_LAST_BLOCK[case_id, batch]
 
 
 @functools.lru_cache(maxsize=None)
@@ -215,10 +233,10 @@ def test_logits_and_residuals_match_hf(case_id, path):
     n = model.cfg.n_layers
     assert len(ref.hidden_states) == n + 1
     assert _max_diff(ref.hidden_states[0][real], cache["hook_embed"][real]) <= ATOL
-    for layer in range(n - 1):
+    for layer in range(n):  # HF's last hidden state is after the final norm: the last block's is its input
+        hf_state = ref.hidden_states[layer + 1] if layer < n - 1 else hf_last_block(case_id)
         ours = cache[f"blocks.{layer}.hook_resid_post"]
-        assert _max_diff(ref.hidden_states[layer + 1][real], ours[real]) <= ATOL, f"layer {layer}"
-    # HF's last hidden state is after the final norm
+        assert _max_diff(hf_state[real], ours[real]) <= ATOL, f"layer {layer}"
     assert _max_diff(ref.hidden_states[n][real], cache["ln_final.hook_normalized"][real]) <= ATOL
 
 
@@ -267,7 +285,9 @@ def test_greedy_generate_matches_hf(case_id):
 
 
 @pytest.mark.parametrize("case_id, batch", [("llava-llama-gqa", "padded"), ("llava-mistral-window", "padded"),
-                                            ("llava-mistral-window", "unpadded"), ("lfm2-vl", "padded")])
+                                            ("llava-mistral-window", "unpadded"), ("lfm2-vl", "padded"), ("vipllava", "padded"),
+                                            ("granite-vision", "padded"), ("lighton-ocr", "padded"),
+                                            ("next-video-clip", "padded"), ("deepseek-vl", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""
@@ -320,3 +340,12 @@ def test_rope_scaling_is_converted_and_changes_the_logits(case_id, monkeypatch):
     real = _real(inputs)
     # measured: linear 2.3e-2, yarn 3.3e-2, llama3 5.2e-3 (llama3 with the default init and 5-word prompts: 1.5e-5 < ATOL)
     assert _max_diff(hf_run(case_id).logits[real], unscaled[real]) > 10 * ATOL
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_case_is_listed_under_its_architecture_in_the_coverage_table(case_id):
+    """converters/coverage.py PARITY_CASES (the docs' coverage table) names each case under the architecture its
+    model really has (the builds are the cached ones above)."""
+    from converters.coverage import PARITY_CASES
+
+    assert case_id in PARITY_CASES[built(case_id).model.cfg.architecture]

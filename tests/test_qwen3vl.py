@@ -18,6 +18,7 @@ import torch
 from converters import get_converter
 from converters.base import UnsupportedConfigError
 from hooked_vlm import HookedVLM
+from tests import tiny
 from tests import tiny_qwen3vl as tq
 from tests.tiny_qwen_idefics import IMAGE, VEND, VIDEO, VSTART
 from tests.tiny import max_abs_diff as _max, pattern_hooks as _pattern_hooks, real_positions as _real  # the shared comparison helpers
@@ -50,14 +51,15 @@ def test_every_residual_matches_hf_hidden_states():
     the next block (hook_resid_pre = hook_resid_post + the DeepStack feature at the image positions)."""
     _, hf, model, inputs = built()
     real = _real(inputs)
-    with torch.no_grad():
+    with tiny.final_norm_input(hf) as last, torch.no_grad():
         ref = hf(**inputs, output_hidden_states=True).hidden_states
         _, cache = model.run_with_cache(**inputs)
     n = model.cfg.n_layers
-    assert len(ref) == n + 1
+    assert len(ref) == n + 1 and model.cfg.text.deepstack_layers < n  # the last block adds no DeepStack feature
     assert _max(ref[0], cache["hook_embed"], real) <= ATOL
-    for layer in range(n - 1):
-        assert _max(ref[layer + 1], cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, f"layer {layer}"
+    for layer in range(n):  # the last block against HF's final-norm input (hidden_states[n] is after the norm)
+        hf_state = ref[layer + 1] if layer < n - 1 else last["x"]
+        assert _max(hf_state, cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, f"layer {layer}"
     assert _max(ref[n], cache["ln_final.hook_normalized"], real) <= ATOL  # HF's last entry is after the final norm
     is_image = inputs["input_ids"] == IMAGE
     for layer in tq.DEEPSTACK:

@@ -15,6 +15,7 @@ from converters import get_converter
 from converters.base import UnsupportedConfigError
 from hooked_vlm import HookedVLM
 from hooked_vlm.components.moe import MoEMLP
+from tests import tiny
 from tests import tiny_qwen3vl as tq
 from tests.tiny import max_abs_diff as _max, real_positions as _real  # the shared comparison helpers
 
@@ -39,14 +40,16 @@ def test_logits_and_residuals_match_hf_on_both_paths():
     _, hf, model, inputs = built()
     real = _real(inputs)
     hooks = [(f"blocks.{l}.attn.hook_pattern", lambda t, hook: t) for l in range(model.cfg.n_layers)]
-    with torch.no_grad():
+    with tiny.final_norm_input(hf) as last, torch.no_grad():
         out = hf(**inputs, output_hidden_states=True)
         logits, cache = model.run_with_cache(**inputs)
         explicit = model.run_with_hooks(**inputs, fwd_hooks=hooks)
     assert _max(out.logits, logits, real) <= ATOL
     assert _max(out.logits, explicit, real) <= ATOL
-    for layer in range(model.cfg.n_layers - 1):
-        assert _max(out.hidden_states[layer + 1], cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, layer
+    n = model.cfg.n_layers
+    for layer in range(n):  # the last block against HF's final-norm input
+        hf_state = out.hidden_states[layer + 1] if layer < n - 1 else last["x"]
+        assert _max(hf_state, cache[f"blocks.{layer}.hook_resid_post"], real) <= ATOL, layer
 
 
 def test_router_logits_chosen_experts_and_weights_match_hf():

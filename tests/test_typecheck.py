@@ -3,7 +3,7 @@
 In a subprocess (the rest of the suite keeps unchecked code), jaxtyping's import hook with beartype is
 installed *before any* hooked_vlm / converters import and stays installed, so modules imported later
 (lazily, or through importlib: converters, vision towers, pipelines, loading, generation) are checked too;
-every module of both packages is then imported. Under it, the tiny models of thirteen families run forward,
+every module of both packages is then imported. Under it, the tiny models of every family run forward,
 run_with_cache (+ spans), generate and two analyses. Coverage is proven twice: every function and method
 defined in every module carries the checker (``__wrapped__`` chain), and a deliberately wrong call into
 each of the named modules raises beartype's BeartypeCallHintParamViolation naming the wrong parameter.
@@ -65,10 +65,16 @@ SCRIPT = textwrap.dedent(
     from hooked_vlm import HookedVLM
     from hooked_vlm.analysis import knockout_hooks
     from hooked_vlm.analysis.logit_lens import logit_lens
-    from tests import tiny, tiny_cohere as tco, tiny_native as tn, tiny_next_pixtral as tnp, tiny_qwen_idefics as tq
+    from tests import tiny, tiny_native as tn, tiny_next_pixtral as tnp, tiny_qwen_idefics as tq
+    from tests import tiny_gemma3 as tg3, tiny_qwen3vl as tq3, tiny_internvl as tiv, tiny_idefics2 as ti2
+    from tests import tiny_paligemma as tpg, tiny_llava_like as tll, tiny_cohere as tco
+    from tests import tiny_qwen35 as tq35, tiny_lfm2vl as tlv
 
-    def built_case(b):  # a cached tests.tiny*.py factory's Built -> (folder, hf, inputs)
-        return b.folder, b.hf, b.inputs
+    def built(factory):  # a cached tests/tiny*.py factory -> a case (folder, hf, inputs)
+        def case():
+            b = factory()
+            return b.folder, b.hf, b.inputs
+        return case
 
     def llava_case():
         folder, hf = tiny.make_llava()
@@ -78,7 +84,15 @@ SCRIPT = textwrap.dedent(
               "pixtral": tnp.pixtral_case, "mistral3": tnp.mistral3_case, "qwen2": lambda: tq.qwen_case("2"),
               "qwen2.5": lambda: tq.qwen_case("2.5"), "idefics3": lambda: tq.idefics_case("idefics3"),
               "chameleon": tn.chameleon_case, "emu3": tn.emu3_case, "janus": tn.janus_case,
-              "aya_vision": lambda: built_case(tco.aya()), "cohere2_vision": lambda: built_case(tco.cohere2_vision())}}
+              "smolvlm": lambda: tq.idefics_case("smolvlm"), "gemma3": tg3.gemma3_case,
+              "qwen3vl": built(tq3.qwen3vl), "qwen3vl_moe": built(lambda: tq3.qwen3vl(moe=True)),
+              "internvl": built(tiv.internvl), "idefics2": ti2.idefics2_case, "paligemma": tpg.paligemma_case,
+              "vipllava": built(tll.vipllava), "granite_vision": built(tll.granite_vision),
+              "lighton_ocr": built(tll.lighton_ocr), "llava_next_video": built(tll.llava_next_video),
+              "deepseek_vl": built(tll.deepseek_vl),
+              "aya_vision": built(tco.aya), "cohere2_vision": built(tco.cohere2_vision),
+              "qwen3_5": built(tq35.qwen35), "qwen3_5_moe": built(lambda: tq35.qwen35(moe=True)),
+              "lfm2_vl": built(tlv.lfm2vl)}}
     models = {{}}
     for fam, case in cases.items():
         folder, hf, inputs = case()
@@ -92,7 +106,7 @@ SCRIPT = textwrap.dedent(
             logit_lens(model, cache=cache)
         assert logits.shape[-1] == model.cfg.d_vocab and model.W_U.shape[1] == model.cfg.d_vocab
         models[fam] = (model, inputs)
-        print("RAN", fam)
+        print("RAN", fam, model.cfg.architecture)
 
     from jaxtyping import TypeCheckError
 
@@ -131,7 +145,7 @@ SCRIPT = textwrap.dedent(
     violation("converters.base.check_fields", "handled", lambda: converters.base.check_fields(object(), 5, "here"))
     for name in converters.FAMILY_MODULES:
         keymap = modules[name].CONVERTER.make_keymap
-        violation(f"{{keymap.__module__}}.{{keymap.__name__}}", "cfg", lambda: keymap("not a config"))
+        violation(f"{{keymap.__module__}}.{{keymap.__qualname__}}", "cfg", lambda: keymap("not a config"))
     print("TYPECHECK OK")
     """
 )
@@ -141,8 +155,10 @@ def test_annotations_hold_at_run_time_package_wide():
     out = subprocess.run([sys.executable, "-c", SCRIPT.format(root=str(ROOT))], capture_output=True, text=True,
                          timeout=600, cwd=ROOT)
     assert "TYPECHECK OK" in out.stdout, out.stdout[-3000:] + out.stderr[-5000:]
-    ran = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("RAN ")]
-    assert len(ran) == 13, ran
+    ran = [line.split()[2] for line in out.stdout.splitlines() if line.startswith("RAN ")]
+    from converters import supported_architectures
+
+    assert sorted(set(ran)) == supported_architectures(), ran  # every family runs under the checker
     violations = [line for line in out.stdout.splitlines() if line.startswith("VIOLATION ")]
     # 3 functions + every pipeline + loading, generation, converters.base + every converter family module
     from converters import FAMILY_MODULES

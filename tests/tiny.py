@@ -9,6 +9,7 @@ share one model per variant. Do not mutate what they return (copy a dict before 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import tempfile
@@ -226,3 +227,23 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = 
 def pattern_hooks(model: Any) -> list:
     """Identity hooks on every layer's hook_pattern: the explicit attention path in every layer."""
     return [(f"blocks.{l}.attn.hook_pattern", lambda t, hook: t) for l in range(model.cfg.n_layers)]
+
+
+def hf_final_norm(hf: Any) -> Any:
+    """HF's final norm of the language model (its input is the last block's output)."""
+    norm = getattr(hf.get_decoder(), "norm", None)
+    if norm is None:
+        raise AttributeError(f"{type(hf).__name__}: its decoder {type(hf.get_decoder()).__name__} has no .norm")
+    return norm
+
+
+@contextlib.contextmanager
+def final_norm_input(hf: Any):
+    """While active, ``seen["x"]`` is the input of HF's final LM norm in the latest forward: the last block's
+    ``hook_resid_post`` (HF's ``hidden_states[-1]`` is after that norm, so the last block is compared with this)."""
+    seen: dict = {}
+    handle = hf_final_norm(hf).register_forward_pre_hook(lambda module, args: seen.__setitem__("x", args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()

@@ -12,6 +12,7 @@ from .attribution_patching import (AttributionPatchingResult, attribution_patchi
                                    last_logit_diff_metric, rank_correlation)
 from .attention_flow import (attention_flow, attention_flow_frame, default_key_roles, flow_hook, plot_attention_flow,
                              role_masks, summarise_flow)
+from .graph import AttributionGraph, TranscoderSet, attribution_graph
 from .gate import candidate_span, find_gate, gate_frame
 from .modality import (abs_cosine, adp_clusters, cluster_homogeneity, collect_span_vectors, label_overlap,
                        modality_separation, neighbourhood_overlap)
@@ -31,6 +32,7 @@ __all__ = [
     "AttributionPatchingResult", "attribution_patching", "exact_patching", "last_logit_diff_metric", "rank_correlation",
     "attention_flow", "attention_flow_frame", "default_key_roles", "flow_hook", "plot_attention_flow", "role_masks",
     "summarise_flow",
+    "AttributionGraph", "TranscoderSet", "attribution_graph",
     "candidate_span", "find_gate", "gate_frame",
     "abs_cosine", "adp_clusters", "cluster_homogeneity", "collect_span_vectors", "label_overlap",
     "modality_separation", "neighbourhood_overlap",

@@ -12,7 +12,7 @@ then its gate rows); ``hook_gate`` shows it before the sigmoid and ``hook_z`` is
 Partial rotary (``cfg.rotary_dim`` < d_head) turns the first rotary_dim channels of each head (components/rope.py).
 Llama 4: ``cfg.qk_l2_norm_after_rope`` divides each rotated head of q and k by its RMS (no weight; rotary layers only;
 ``hook_l2_q`` / ``hook_l2_k``); ``cfg.attn_temperature_floor`` multiplies the queries of NoPE layers by a factor growing
-with the absolute position (``hook_q_temperature`` [pos]), as HF's Llama4TextAttention.
+with the absolute position (``hook_q_temperature`` [batch, pos]), as HF's Llama4TextAttention.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Attention(nn.Module):
             self.hook_l2_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.temperature = cfg.attn_temperature_floor is not None and not use_rope
         if self.temperature:
-            self.hook_q_temperature = HookPoint()  # [pos]  the factor each query position's q is multiplied by
+            self.hook_q_temperature = HookPoint()  # [batch, pos]  the factor each query's q is multiplied by
 
     # --- TransformerLens weight views (views of the stored weights, not copies) ---
     @property
@@ -127,8 +127,8 @@ class Attention(nn.Module):
         if self.temperature:  # HF Llama4TextAttention: log1p(floor((p + 1) / floor_scale)) * attn_scale + 1
             p = mask.query_positions.to(torch.float32)
             factor = torch.log1p(torch.floor((p + 1.0) / cfg.attn_temperature_floor)) * cfg.attn_temperature_scale + 1.0
-            factor = self.hook_q_temperature(factor)
-            q = (q * factor[None, :, None, None]).to(q.dtype)
+            factor = self.hook_q_temperature(factor[None, :].expand(b, -1))
+            q = (q * factor[:, :, None, None]).to(q.dtype)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)
 

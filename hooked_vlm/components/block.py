@@ -47,6 +47,7 @@ class TransformerBlock(nn.Module):
         # layer scale (InternViT): per-channel gains on the sublayer outputs, before they are added (and hooked)
         self.ls1 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.layer_scale else None
         self.ls2 = nn.Parameter(torch.ones(cfg.d_model)) if cfg.layer_scale else None
+        self.residual_multiplier = cfg.residual_multiplier  # Granite: a scalar on the sublayer outputs (1.0: none)
 
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
@@ -85,6 +86,6 @@ class TransformerBlock(nn.Module):
         """The token mixer, whatever its kind's attribute name."""
         return getattr(self, self._mixer_attr)
 
-    @staticmethod
-    def _scaled(out: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
-        return out if gain is None else gain * out
+    def _scaled(self, out: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        out = out if gain is None else gain * out
+        return out if self.residual_multiplier == 1.0 else out * self.residual_multiplier

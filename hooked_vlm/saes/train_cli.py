@@ -36,6 +36,8 @@ def add_parser(sub: Any, dtypes: list[str], default_device: str | None) -> argpa
                                                                "parquet index) and train from the folder")
     p.add_argument("--write-only", action="store_true", help="only write the activations (needs --write-activations)")
     p.add_argument("--shard-rows", type=int, default=1 << 16)
+    p.add_argument("--hook-out", help="train a skip transcoder from --hook to this hook (e.g. --hook blocks.3.ln2."
+                   "hook_normalized --hook-out blocks.3.hook_mlp_out; ReLU + --l1, hooked_vlm.saes.transcoder_train)")
     p.add_argument("--out", help="output folder of the SAE (SAELens format)")
     p.add_argument("--architecture", default="standard", help="a SAELens training architecture (standard, topk, "
                                                               "batchtopk, jumprelu, gated, ...)")
@@ -114,6 +116,8 @@ def run(args: argparse.Namespace, load_model: Any) -> int:
         raise SystemExit("--write-only needs --write-activations DIR")
     if not args.write_only and not args.out:
         raise SystemExit("give --out DIR for the SAE (or --write-only to only write activations)")
+    if args.hook_out:
+        return _run_transcoder(args, load_model)
     if args.activations and args.span:
         raise SystemExit("--span comes from the activations folder with --activations; drop --span")
     spans = args.span or ["image"]
@@ -150,4 +154,29 @@ def run(args: argparse.Namespace, load_model: Any) -> int:
                              lr_decay_steps=args.lr_decay_steps, metadata=metadata, **_sae_kwargs(args))
     print(f"trained a {args.architecture} SAE ({store.d_in} -> {d_sae}) for {trainer.n_training_steps} steps on "
           f"{trainer.n_training_samples} rows of {args.hook} at {list(store.spans)}; saved to {args.out}")
+    return 0
+
+
+def _run_transcoder(args: argparse.Namespace, load_model: Any) -> int:
+    """``--hook-out``: a skip transcoder on (``--hook``, ``--hook-out``) pairs, streamed from the model."""
+    if args.activations or args.write_activations or args.write_only:
+        raise SystemExit("--hook-out streams (input, output) pairs from the model: drop --activations / "
+                         "--write-activations / --write-only")
+    if args.architecture != "standard":
+        raise SystemExit("--hook-out trains ReLU skip transcoders (SAELens's standard training SAE + W_skip); "
+                         "drop --architecture")
+    if not args.out:
+        raise SystemExit("give --out DIR for the transcoder")
+    from .transcoder_train import VLMPairStore, train_transcoder
+
+    model = load_model(args)
+    store = VLMPairStore(model, _dataset(args, model), args.hook, args.hook_out, args.span or ["all"],
+                         model_batch_size=args.model_batch, cache_in_memory=args.in_memory, train_batch_size=args.batch,
+                         buffer_size=args.buffer, seed=args.seed, device=args.device)
+    d_sae = args.d_sae or 8 * store.d_in
+    tc, trainer = train_transcoder(store, d_sae, args.samples, l1_coefficient=1.0 if args.l1 is None else args.l1,
+                                   lr=args.lr, seed=args.seed, device=args.device, out=args.out,
+                                   lr_warm_up_steps=args.lr_warm_up_steps, metadata=dict(model_name=args.model))
+    print(f"trained a skip transcoder ({args.hook} -> {args.hook_out}, {store.d_in} -> {d_sae}) for "
+          f"{trainer.n_training_steps} steps; saved to {args.out}")
     return 0

@@ -1,0 +1,182 @@
+"""The parts a family is made of, each found by the HF ``model_type`` (or projector kind) it converts.
+
+``LM_PARTS[text_config.model_type]``: the HF text config -> our :class:`TowerConfig` and the checkpoint key rules of
+the decoder under a prefix. ``TOWER_PARTS[vision_config.model_type]``: the HF vision config -> our
+:class:`VisionConfig`, its key rules / aliases / ignored tensors, the image pipeline it needs and what only the
+processor knows (``finalize``). ``PROJECTOR_PARTS[kind]``: our :class:`ProjectorConfig` and the key rules of HF's
+projector module. A family declares which of each it takes (``converters/llava_like.py`` for the LLaVA-like ones);
+a new LM or tower is one entry here and every family that accepts it gets it.
+
+Each part refuses what it does not handle (``check_fields`` in its config function); :func:`lm_part` /
+:func:`tower_part` refuse a ``model_type`` with no part, naming the supported ones.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from hooked_vlm.config import ProjectorConfig, TowerConfig, VisionConfig
+
+from ._cohere2 import COHERE2_FIELDS, COHERE_FIELDS, cohere2_rules, cohere2_text_config, cohere_text_config
+from ._clip import CLIP_VISION_FIELDS, clip_aliases, clip_ignored, clip_rules, clip_vision_config
+from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
+from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
+from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
+from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
+from ._vit import post_layernorm_rules
+from .base import UnsupportedConfigError
+
+Rules = Callable[[str], list[tuple[str, str]]]
+
+
+def _none(prefix: str) -> list[tuple[str, str]]:
+    return []
+
+
+@dataclass(frozen=True)
+class LMPart:
+    """A decoder LM: ``config(text_config, **options) -> TowerConfig``; ``rules(prefix)``; the fields it handles."""
+
+    config: Callable[..., TowerConfig]
+    rules: Rules
+    fields: frozenset[str]
+
+
+@dataclass(frozen=True)
+class TowerPart:
+    """A vision tower: ``config(vision_config, feature_layers, feature_select) -> VisionConfig``; key rules, aliases
+    (legacy layouts) and ignored tensors (with reasons) under a prefix; the cfg.extra entries of its image pipeline
+    (``image_pipeline``, ``input_keys``); ``finalize(cfg, processor)`` for roles only the processor knows."""
+
+    config: Callable[[Any, tuple[int, ...], str], VisionConfig]
+    rules: Rules
+    fields: frozenset[str]
+    aliases: Rules = _none
+    ignored: Rules = _none
+    pipeline: dict[str, Any] = field(default_factory=lambda: {"image_pipeline": "vit_mlp"})
+    finalize: Callable[[Any, Any], None] | None = None
+    # the same tower read at its last_hidden_state (after its final norm), for families that read that
+    last_hidden_state: "TowerPart | None" = None
+
+
+@dataclass(frozen=True)
+class ProjectorPart:
+    """A projector kind: ``config(d_in, d_out, settings) -> ProjectorConfig`` (settings: act_fn, bias and the
+    kind's own entries, from the family); ``rules(prefix)``: HF's projector module under ``prefix``."""
+
+    config: Callable[[int, int, dict[str, Any]], ProjectorConfig]
+    rules: Rules
+
+
+# ---------------------------------------------------------------- language models
+def _decoder_part(kind: str, qk_norm: bool = False) -> LMPart:
+    rules = (lambda p: decoder_rules(p) + qk_norm_rules(p)) if qk_norm else decoder_rules
+    return LMPart(config=decoder_config, rules=rules, fields=frozenset(DECODER_FIELDS[kind]))
+
+
+LM_PARTS: dict[str, LMPart] = {
+    "llama": _decoder_part("llama"),
+    "mistral": _decoder_part("mistral"),
+    "qwen2": _decoder_part("qwen2"),
+    "qwen3": _decoder_part("qwen3", qk_norm=True),
+    "granite": _decoder_part("granite"),
+    # Cohere2 (Aya Vision 8B, Cohere2 Vision: parallel block, NoPE global layers) and Cohere (Aya Vision 32B)
+    "cohere2": LMPart(config=cohere2_text_config, rules=cohere2_rules, fields=frozenset(COHERE2_FIELDS)),
+    "cohere": LMPart(config=cohere_text_config, rules=cohere2_rules, fields=frozenset(COHERE_FIELDS)),
+    # LFM2 (LFM2-VL): short-convolution + attention layers
+    "lfm2": LMPart(config=lfm2_config, rules=lfm2_rules, fields=frozenset(LFM2_FIELDS)),
+}
+
+
+def lm_part(tc: Any, accepted: tuple[str, ...] | None = None, where: str = "") -> LMPart:
+    """The part for ``tc.model_type`` (one of ``accepted`` when given), or a refusal naming the supported ones."""
+    kinds = tuple(LM_PARTS) if accepted is None else accepted
+    if tc.model_type not in kinds or tc.model_type not in LM_PARTS:
+        raise UnsupportedConfigError(
+            f"{where + ': ' if where else ''}text_config.model_type={tc.model_type!r}: a language model this converter "
+            f"does not build; supported: {', '.join(sorted(k for k in kinds if k in LM_PARTS))}")
+    return LM_PARTS[tc.model_type]
+
+
+# ---------------------------------------------------------------- vision towers
+def _pixtral_config(vc: Any, feature_layers: tuple[int, ...], feature_select: str) -> VisionConfig:
+    if feature_select != "full":
+        raise UnsupportedConfigError(f"vision_feature_select_strategy={feature_select!r} with a pixtral tower; "
+                                     "supported: 'full' (pixtral has no class token: 'default' would drop a real patch)")
+    return pixtral_vision_config(vc, feature_layers)
+
+
+def _siglip_last_hidden(vc: Any, feature_layers: tuple[int, ...], feature_select: str) -> VisionConfig:
+    if tuple(feature_layers) != (-1,) or feature_select != "full":
+        raise UnsupportedConfigError(f"a SigLIP tower read at last_hidden_state gives every patch of its last layer; "
+                                     f"feature layers {feature_layers} / selection {feature_select!r} do not apply")
+    return siglip_last_hidden_config(vc)
+
+
+TOWER_PARTS: dict[str, TowerPart] = {
+    "clip_vision_model": TowerPart(config=clip_vision_config, rules=clip_rules, aliases=clip_aliases,
+                                   ignored=clip_ignored, fields=frozenset(CLIP_VISION_FIELDS)),
+    "siglip_vision_model": TowerPart(
+        config=siglip_vision_config, rules=siglip_rules, ignored=siglip_ignored, fields=frozenset(SIGLIP_VISION_FIELDS),
+        last_hidden_state=TowerPart(
+            config=_siglip_last_hidden, rules=lambda p: siglip_rules(p) + post_layernorm_rules(p),
+            ignored=lambda p: [(k, why) for k, why in siglip_ignored(p) if "post_layernorm" not in k],
+            fields=frozenset(SIGLIP_VISION_FIELDS))),
+    # images of any size packed into one block-diagonal sequence; [IMG_BREAK] / [IMG_END] from the tokenizer
+    "pixtral": TowerPart(config=_pixtral_config, rules=pixtral_rules, fields=frozenset(PIXTRAL_VISION_FIELDS),
+                         pipeline={"image_pipeline": "pixtral", "input_keys": ("image_sizes",)},
+                         finalize=pixtral_marker_roles),
+}
+
+
+def tower_part(vc: Any, accepted: tuple[str, ...], where: str, last_hidden_state: bool = False) -> TowerPart:
+    """The part for ``vc.model_type``; ``last_hidden_state``: its variant read after the tower's final norm."""
+    if vc.model_type not in accepted or vc.model_type not in TOWER_PARTS:
+        raise UnsupportedConfigError(
+            f"{where}: vision_config.model_type={vc.model_type!r} is a tower this converter does not build; "
+            f"supported: {', '.join(k for k in accepted if k in TOWER_PARTS)}")
+    part = TOWER_PARTS[vc.model_type]
+    if last_hidden_state:
+        if part.last_hidden_state is None:
+            raise UnsupportedConfigError(f"{where}: a {vc.model_type!r} tower read at its last_hidden_state is not "
+                                         "implemented")
+        return part.last_hidden_state
+    return part
+
+
+# ---------------------------------------------------------------- projectors
+def _mlp(kind: str) -> Callable[[int, int, dict[str, Any]], ProjectorConfig]:
+    def config(d_in: int, d_out: int, settings: dict[str, Any]) -> ProjectorConfig:
+        extra = {k: v for k, v in settings.items() if k not in ("act_fn", "bias")}
+        return ProjectorConfig(d_in=d_in, d_out=d_out, act_fn=settings["act_fn"], bias=settings["bias"], kind=kind,
+                               extra=extra)
+    return config
+
+
+def _linears(prefix: str) -> list[tuple[str, str]]:
+    """linear_1 / linear_2 (DeepSeek-VL's aligner: linear1 / linear2)."""
+    return [(rf"{re.escape(prefix)}\.linear_?(1|2)\.(weight|bias)", r"projector.linear_\1.\2")]
+
+
+PROJECTOR_PARTS: dict[str, ProjectorPart] = {
+    # linear_1 -> act -> linear_2 (LLaVA); with settings["pre_norm_eps"] a LayerNorm ``ln`` first (VipLlava)
+    "mlp": ProjectorPart(config=_mlp("mlp"), rules=lambda p: _linears(p) + [
+        (rf"{re.escape(p)}\.projector_layernorm\.(weight)", r"projector.ln.w"),
+        (rf"{re.escape(p)}\.projector_layernorm\.(bias)", r"projector.ln.b")]),
+    # the MLP + image_newline (LLaVA-NeXT / OneVision); HF keeps image_newline beside the projector, in the model
+    "anyres_mlp": ProjectorPart(config=_mlp("anyres_mlp"), rules=lambda p: _linears(p) + [
+        (re.escape(p.rsplit(".", 1)[0] + ".image_newline") if "." in p else r"image_newline",
+         "projector.image_newline")]),
+    # RMSNorm -> s x s unfold + merging_layer -> MLP (Mistral3, LightOnOcr)
+    "unfold_merge_mlp": ProjectorPart(config=_mlp("unfold_merge_mlp"), rules=lambda p: _linears(p) + [
+        (rf"{re.escape(p)}\.norm\.weight", "projector.norm.w"),
+        (rf"{re.escape(p)}\.patch_merger\.merging_layer\.weight", "projector.merging_layer.weight")]),
+}
+
+
+def projector_part(kind: str) -> ProjectorPart:
+    if kind not in PROJECTOR_PARTS:
+        raise ValueError(f"unknown projector part {kind!r}; known: {', '.join(sorted(PROJECTOR_PARTS))}")
+    return PROJECTOR_PARTS[kind]
