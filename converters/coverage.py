@@ -212,7 +212,8 @@ REFUSED: dict[str, str] = {
     "Kosmos2_5ForConditionalGeneration": "Kosmos-2.5's Pix2Struct-style flattened-patch encoder and its resampler "
                                          "and sinusoidal-position LM",
     "Lfm3VlForConditionalGeneration": "the LFM3 LM and its short-convolution vision tower",
-    "Llama4ForConditionalGeneration": "the Llama 4 LM (chunked attention, MoE, no-RoPE layers) and its vision tower",
+    "Llama4ForConditionalGeneration": "the Llama 4 vision tower (2-D RoPE ViT), pixel-shuffle adapter and tile spans "
+                                      "(its LM parts exist: converters/_llama4_text.py)",
     "MiniCPMOcrForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniCPMV4_6ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniCPMV4_7ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",

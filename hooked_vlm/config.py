@@ -22,6 +22,7 @@ MASK_POLICIES = ("causal", "causal+image_bidirectional", "prefix")
 ATTENTION_LAYER_TYPES = ("sliding_attention", "full_attention", "chunked_attention")
 LAYER_TYPES = ATTENTION_LAYER_TYPES + ("linear_attention", "conv", "cross_attention")
 MLP_KINDS = ("dense", "moe")
+MOE_ROUTERS = ("softmax_topk", "sigmoid_grouped", "sigmoid_topk_input")
 
 
 @dataclass
@@ -249,6 +250,19 @@ class TowerConfig:
                 return source
         raise ValueError(f"layer {layer} shares keys and values (kv_shared_layers={self.kv_shared_layers}) but no "
                          f"earlier layer of its kind {kind!r} computes them")
+    # chunked local attention (Llama 4 attention_chunk_size): on "chunked_attention" layers a query sees only the keys
+    # of its own chunk of this many positions (chunks counted from each row's first real token, as HF's left-padding
+    # offset), on top of the causal mask; shown at blocks.{l}.attn.hook_mask
+    attention_chunk_size: int | None = None
+    # L2 q/k norm (Llama 4 use_qk_norm): each head's q and k divided by their RMS over d_head (no weight, eps =
+    # norm_eps), AFTER RoPE and on rotary layers only, as HF's Llama4TextL2Norm; read at attn.hook_l2_q / hook_l2_k
+    qk_l2_norm_after_rope: bool = False
+    # attention temperature tuning on NoPE layers (Llama 4 attn_temperature_tuning): queries at absolute position p are
+    # multiplied by log1p(floor((p + 1) / attn_temperature_floor)) * attn_temperature_scale + 1; None = off
+    attn_temperature_floor: int | None = None
+    attn_temperature_scale: float = 0.0
+    # moe_router "sigmoid_topk_input" (Llama 4: top-k of the logits -> sigmoid -> each weight multiplies the chosen
+    # expert's INPUT, HF Llama4TextMoe; the experts are nonlinear, so it is another model than weighting the outputs)
 
     def __post_init__(self) -> None:
         if self.d_head is None:
@@ -309,11 +323,7 @@ class TowerConfig:
             raise ValueError("qk_norm_scope='all' normalises all heads together; it cannot have per-head weights")
         if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.d_head and self.rotary_dim % 2 == 0):
             raise ValueError(f"rotary_dim={self.rotary_dim} must be an even number in (0, d_head={self.d_head}]")
-        from .components.moe_router import MOE_ROUTERS
-
-        if self.moe_router not in MOE_ROUTERS:
-            raise ValueError(f"moe_router must be one of {MOE_ROUTERS}, got {self.moe_router!r}")
-        if self.moe_router != "softmax_topk" and (self.n_experts % self.moe_n_group
+        if self.moe_router == "sigmoid_grouped" and (self.n_experts % self.moe_n_group
                                                    or not 0 < self.moe_topk_group <= self.moe_n_group
                                                    or self.n_experts_per_tok > self.moe_topk_group
                                                    * (self.n_experts // self.moe_n_group)):
@@ -337,6 +347,15 @@ class TowerConfig:
         if self.parallel_block and (self.norm_placement != "pre" or self.layer_scale):
             raise ValueError("parallel_block is implemented for pre-norm blocks without layer scale, not "
                              f"norm_placement={self.norm_placement!r}, layer_scale={self.layer_scale}")
+        if self.attention_chunk_size is not None and not (isinstance(self.attention_chunk_size, int)
+                                                           and self.attention_chunk_size > 0):
+            raise ValueError(f"attention_chunk_size must be a positive int or None, got {self.attention_chunk_size!r}")
+        if self.layer_types is not None and "chunked_attention" in self.layer_types and self.attention_chunk_size is None:
+            raise ValueError("layer_types has chunked_attention layers but attention_chunk_size is None")
+        if self.attn_temperature_floor is not None and not self.attn_temperature_floor > 0:
+            raise ValueError(f"attn_temperature_floor must be a positive number or None, got {self.attn_temperature_floor!r}")
+        if self.moe_router not in MOE_ROUTERS:
+            raise ValueError(f"moe_router must be one of {MOE_ROUTERS}, got {self.moe_router!r}")
         if not self.logit_scale > 0:
             raise ValueError(f"logit_scale must be a positive number, got {self.logit_scale!r}")
         self.k_eq_v_layer_types = tuple(self.k_eq_v_layer_types)

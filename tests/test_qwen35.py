@@ -300,10 +300,12 @@ def test_a_layer_kind_without_a_mixer_class_is_refused_by_name():
     from hooked_vlm.components.mixers import MixerNotRegisteredError
     from hooked_vlm.config import TowerConfig
 
-    cfg = TowerConfig(n_layers=2, d_model=8, n_heads=2, d_mlp=16, layer_types=("full_attention", "chunked_attention"))
+    cfg = TowerConfig(n_layers=2, d_model=8, n_heads=2, d_mlp=16, layer_types=("full_attention", "cross_attention"))
     TransformerBlock(cfg, 0)
-    with pytest.raises(MixerNotRegisteredError, match="'chunked_attention' has no registered token mixer"):
+    with pytest.raises(MixerNotRegisteredError, match="'cross_attention' has no registered token mixer"):
         TransformerBlock(cfg, 1)
+    with pytest.raises(ValueError, match="chunked_attention layers but attention_chunk_size is None"):
+        TowerConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, layer_types=("chunked_attention",))
     with pytest.raises(ValueError, match="linear_attention layers but linear_attention is None"):
         TowerConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, layer_types=("linear_attention",))
 

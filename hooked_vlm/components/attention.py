@@ -14,6 +14,9 @@ Gemma 4: ``k_eq_v`` layers have no v_proj (v is k_proj's output, taken before ho
 hook_v values only); ``cfg.v_norm`` normalises each value head (weightless RMS) after hook_v; a KV-sharing layer
 (``shares_kv``) has no k / v projections or hooks: its state is the source layer's LayerKVCache, whose keys (after
 the source's norm and RoPE) and values it reads, so an edit at the source's hook_k / hook_v reaches it too.
+Llama 4: ``cfg.qk_l2_norm_after_rope`` divides each rotated head of q and k by its RMS (no weight; rotary layers only;
+``hook_l2_q`` / ``hook_l2_k``); ``cfg.attn_temperature_floor`` multiplies the queries of NoPE layers by a factor growing
+with the absolute position (``hook_q_temperature`` [batch, pos]), as HF's Llama4TextAttention.
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         if self.gated:
             self.hook_gate = HookPoint()  # [batch, pos, head, d_head]  output gate before the sigmoid
+        # Llama 4: L2 q/k norm after RoPE on rotary layers; temperature-tuned queries on NoPE layers
+        self.l2_qk = cfg.qk_l2_norm_after_rope and use_rope and cfg.positional not in ("learned", "none")
+        if self.l2_qk:
+            self.hook_l2_q = HookPoint()  # [batch, pos, head, d_head]  q / rms(q) over d_head, after RoPE
+            self.hook_l2_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.temperature = cfg.attn_temperature_floor is not None and not use_rope
+        if self.temperature:
+            self.hook_q_temperature = HookPoint()  # [batch, pos]  the factor each query's q is multiplied by
 
     # --- TransformerLens weight views (views of the stored weights, not copies) ---
     @property
@@ -137,6 +148,15 @@ class Attention(nn.Module):
             q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
             if k is not None:
                 k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
+        if self.l2_qk:  # HF Llama4TextL2Norm: x * rsqrt(mean(x^2) + eps) in float32, no weight
+            q = self.hook_l2_q(_l2_norm(q, cfg.norm_eps))
+            if k is not None:
+                k = self.hook_l2_k(_l2_norm(k, cfg.norm_eps))
+        if self.temperature:  # HF Llama4TextAttention: log1p(floor((p + 1) / floor_scale)) * attn_scale + 1
+            p = mask.query_positions.to(torch.float32)
+            factor = torch.log1p(torch.floor((p + 1.0) / cfg.attn_temperature_floor)) * cfg.attn_temperature_scale + 1.0
+            factor = self.hook_q_temperature(factor[None, :].expand(b, -1))
+            q = (q * factor[:, :, None, None]).to(q.dtype)
         if self.shares_kv:  # the source layer's keys / values of every position so far (its state; no copy)
             if kv_cache is None or kv_cache.k is None:
                 raise ValueError("a KV-sharing layer needs its source layer's state (HookedVLM.forward passes it)")
@@ -216,6 +236,12 @@ class Attention(nn.Module):
             pattern = pattern.masked_fill_(dead, 0.0)
         pattern = self.hook_pattern(pattern.to(q.dtype))
         return torch.matmul(pattern, v)
+
+
+def _l2_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each head's vector divided by its root mean square over d_head (float32, cast back)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
 
 class LayerKVCache:

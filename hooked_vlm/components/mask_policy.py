@@ -12,8 +12,9 @@
   AFTER the sliding window, and it applies only to a forward without a filled KV cache (HF: the first iteration).
 
 ``TowerConfig.mask_policy_layer_types`` limits the blocks to those layer kinds (Gemma 4: sliding layers only; its
-full layers stay causal). ``TowerConfig.layer_types`` gives each layer its kind: ``"sliding_attention"`` layers get the sliding window,
-``"full_attention"`` layers do not. Every layer's mask is shown at ``blocks.{l}.attn.hook_mask``, so attention
+full layers stay causal). ``TowerConfig.layer_types`` gives each layer its kind: ``"sliding_attention"`` layers get the
+sliding window, ``"chunked_attention"`` layers get ``attention_chunk_size`` chunks (Llama 4), ``"full_attention"``
+layers neither. Every layer's mask is shown at ``blocks.{l}.attn.hook_mask``, so attention
 knockout (which edits that hook) works on every policy unchanged.
 """
 
@@ -92,5 +93,6 @@ def layer_masks(cfg: TowerConfig, base: AttentionMask, block_ids: torch.Tensor |
     masks = {}
     for kind in set(cfg.layer_types):
         source = base if plain(kind) else mask
-        masks[kind] = dataclasses.replace(source, sliding_window=cfg.sliding_window if kind == "sliding_attention" else None)
+        masks[kind] = dataclasses.replace(source, sliding_window=cfg.sliding_window if kind == "sliding_attention" else None,
+                                          chunk_size=cfg.attention_chunk_size if kind == "chunked_attention" else None)
     return [masks[kind] for kind in cfg.layer_types]

@@ -32,6 +32,9 @@ class AttentionMask:
     # dense() of this forward, kept for the next layers when memo=True (and what the fast path derives from it); a new
     # mask (dataclasses.replace, .to) starts empty. Never handed to hooks: they get a fresh tensor to edit.
     _memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    # chunked local attention (Llama 4): a query sees only keys in its own chunk of this many positions, chunks counted
+    # from each row's first real token (HF create_chunked_causal_mask's left-padding offset); None = no chunks
+    chunk_size: int | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "AttentionMask":
         """This mask with its tensors on ``device`` (itself when they are there): accelerate's device hooks call it
@@ -52,6 +55,8 @@ class AttentionMask:
         if self.sliding_window is not None and self.k_len > self.sliding_window:
             return False
         if self.segment_ids is not None or self.block_ids is not None or self.pad_pairs is not None:
+            return False
+        if self.chunk_size is not None and self.k_len > self.chunk_size:
             return False
         return self.key_padding is None and (self.q_len == self.k_len or self.q_len == 1 or not self.causal)
 
@@ -85,6 +90,14 @@ class AttentionMask:
         allowed = allowed.expand(batch, 1, self.q_len, self.k_len)
         if self.key_padding is not None:
             allowed = allowed & self.key_padding[:, None, None, :].to(device)
+        if self.chunk_size is not None:
+            if self.key_padding is not None:  # leading padding of each row: its chunks start at its first real token
+                left = (self.key_padding.to(device).long().cumsum(-1) == 0).sum(-1)  # [batch]
+            else:
+                left = torch.zeros(batch, dtype=torch.long, device=device)
+            q_chunk = (self.query_positions[None, :] - left[:, None]).div(self.chunk_size, rounding_mode="floor")
+            k_chunk = (keys[None, :] - left[:, None]).div(self.chunk_size, rounding_mode="floor")
+            allowed = allowed & (q_chunk[:, None, :, None] == k_chunk[:, None, None, :])
         if self.segment_ids is not None:
             seg = self.segment_ids.to(device)
             allowed = allowed & (seg[:, None, self.query_positions, None] == seg[:, None, None, :])

@@ -73,10 +73,10 @@ def _attention(cfg: TowerConfig, layer: int) -> nn.Module:
                      k_eq_v=layer_kind(cfg, layer) in cfg.k_eq_v_layer_types, shares_kv=cfg.kv_source(layer) is not None)
 
 
-for _kind in ("full_attention", "sliding_attention"):
+# chunked_attention (Llama 4): the same Attention class; its chunked mask comes from mask_policy.layer_masks
+for _kind in ("full_attention", "sliding_attention", "chunked_attention"):
     register_mixer(_kind, "attn", _attention, LayerKVCache, attention=True)
 register_mixer("linear_attention", "linear_attn", lambda cfg, layer: GatedDeltaNet(cfg), RecurrentState)
-# chunked_attention (Llama 4) is a LAYER_TYPES entry without a class here yet: mixer_kind() refuses it by name
 
 from .short_conv import ConvState, ShortConv  # noqa: E402  (LFM2 short convolution)
 

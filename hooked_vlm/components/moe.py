@@ -11,6 +11,10 @@ Hooks: ``hook_router_logits`` [batch, pos, n_experts]; ``hook_expert_indices`` [
 in top-k order, long); ``hook_expert_weights`` [batch, pos, k] (their normalised weights: zero one to drop that
 expert for that token); ``hook_expert_out`` [batch, pos, k, d_model] (each chosen expert's output, before weighting).
 
+``cfg.moe_router="sigmoid_topk_input"`` (Llama 4, HF Llama4Router / Llama4TextMoe): the top-k LOGITS are chosen, their
+sigmoids are the weights (no renormalisation), and each weight multiplies the chosen expert's INPUT:
+expert_e(w * x); the routed output is the plain sum of ``hook_expert_out`` (which then already includes the weights).
+
 Shared expert (``cfg.d_mlp_shared_expert``; Qwen3.5-MoE, Qwen2-MoE, GLM / DeepSeek): a gated MLP every token takes,
 ``shared_expert`` (its own hook_pre / hook_post), added to the routed sum. With ``cfg.shared_expert_gate`` its output
 is scaled by ``sigmoid(shared_expert_gate(x))`` (one scalar per token, ``hook_shared_gate`` [batch, pos, 1], after the
@@ -55,6 +59,7 @@ class MoEMLP(nn.Module):
             self.router_scale = nn.Parameter(torch.ones(d))  # [d_model]
             self.per_expert_scale = nn.Parameter(torch.ones(e))  # [n_experts]
             self.router_input_scale = d**-0.5
+        self.input_weighted = cfg.moe_router == "sigmoid_topk_input"  # Llama 4: weights scale the expert INPUT
         self.hook_router_logits = HookPoint()  # [batch, pos, n_experts]
         self.hook_expert_indices = HookPoint()  # [batch, pos, k]
         self.hook_expert_weights = HookPoint()  # [batch, pos, k]
@@ -82,6 +87,9 @@ class MoEMLP(nn.Module):
         if self.router_norm is not None:
             x = self.router_norm(x) * self.router_scale * self.router_input_scale
         logits = self.hook_router_logits(self.router(x))
+        if self.input_weighted:  # Llama 4: top-k of the logits, sigmoid of each (float32, cast back)
+            top, indices = torch.topk(logits, self.top_k, dim=-1)
+            return self.hook_expert_indices(indices), self.hook_expert_weights(torch.sigmoid(top.float()).to(logits.dtype))
         probs = torch.softmax(logits, dim=-1, dtype=torch.float)
         top, indices = torch.topk(probs, self.top_k, dim=-1)
         top = top / top.sum(dim=-1, keepdim=True)
@@ -98,16 +106,18 @@ class MoEMLP(nn.Module):
             return self._combine(x, out.view(b, p, self.top_k, d), weights)
         if bool(((flat_idx < 0) | (flat_idx >= self.n_experts)).any()):
             raise ValueError(f"hook_expert_indices must hold expert ids in [0, {self.n_experts})")
+        flat_w = weights.reshape(-1, self.top_k)
         for e in flat_idx.unique().tolist():
             tok, slot = torch.where(flat_idx == e)
-            gate, up = F.linear(flat[tok], self.gate_up_proj[e]).chunk(2, dim=-1)
+            inp = flat[tok] * flat_w[tok, slot, None].to(flat.dtype) if self.input_weighted else flat[tok]
+            gate, up = F.linear(inp, self.gate_up_proj[e]).chunk(2, dim=-1)
             out[tok, slot] = F.linear(self.act(gate) * up, self.down_proj[e])
         return self._combine(x, out.view(b, p, self.top_k, d), weights)
 
     def _combine(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The chosen experts' outputs [batch, pos, k, d_model] weighted and summed, plus the shared expert."""
         out = self.hook_expert_out(out)
-        routed = (out * weights[..., None].to(out.dtype)).sum(-2)
+        routed = out.sum(-2) if self.input_weighted else (out * weights[..., None].to(out.dtype)).sum(-2)
         if self.shared_expert is None:
             return routed
         shared = self.shared_expert(x)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-MOE_ROUTERS = ("softmax_topk", "sigmoid_grouped")
+from ..config import MOE_ROUTERS  # noqa: F401  (the router kinds; re-exported)
 
 
 def sigmoid_grouped_topk(logits: torch.Tensor, bias: torch.Tensor, top_k: int, n_group: int, topk_group: int,
