@@ -190,7 +190,8 @@ def test_hook_names_are_golden_and_every_hook_fires():
     assert sorted(b.model.hook_dict) == golden
     fired = set()
     b.model.run_with_hooks(**b.inputs, fwd_hooks=[(lambda n: True, lambda t, hook: fired.add(hook.name))])
-    assert fired == set(b.model.hook_dict) - {"hook_image_embeds"}
+    assert "hook_image_embeds" not in b.model.hook_dict  # a model without a vision tower does not create it
+    assert fired == set(b.model.hook_dict)
 
 
 REAL_LLAMA4 = sorted((Path(__file__).parent / "real_configs").glob("meta-llama__Llama-4-*.json"))
