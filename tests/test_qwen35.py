@@ -295,14 +295,20 @@ def test_converter_refuses_what_it_does_not_implement():
             "rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 2, 2], "partial_rotary_factor": 0.25})))
 
 
-def test_a_layer_kind_without_a_mixer_class_is_refused_by_name():
+def test_a_layer_kind_without_a_mixer_class_is_refused_by_name(monkeypatch):
+    """Every LAYER_TYPES kind has a class now; a kind whose class is unregistered (here: sliding_attention, taken out
+    of the registry for the test) is refused by name when its block is built."""
+    from hooked_vlm.components import mixers
     from hooked_vlm.components.block import TransformerBlock
     from hooked_vlm.components.mixers import MixerNotRegisteredError
-    from hooked_vlm.config import TowerConfig
+    from hooked_vlm.config import LAYER_TYPES, TowerConfig
 
-    cfg = TowerConfig(n_layers=2, d_model=8, n_heads=2, d_mlp=16, layer_types=("full_attention", "cross_attention"))
+    assert sorted(mixers.MIXERS) == sorted(LAYER_TYPES)
+    monkeypatch.delitem(mixers.MIXERS, "sliding_attention")
+    cfg = TowerConfig(n_layers=2, d_model=8, n_heads=2, d_mlp=16, sliding_window=4,
+                      layer_types=("full_attention", "sliding_attention"))
     TransformerBlock(cfg, 0)
-    with pytest.raises(MixerNotRegisteredError, match="'cross_attention' has no registered token mixer"):
+    with pytest.raises(MixerNotRegisteredError, match="'sliding_attention' has no registered token mixer"):
         TransformerBlock(cfg, 1)
     with pytest.raises(ValueError, match="chunked_attention layers but attention_chunk_size is None"):
         TowerConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, layer_types=("chunked_attention",))
