@@ -51,9 +51,12 @@ def test_delta_rule_algorithms_equal_hf_and_the_hand_computation(n, chunk):
     torch.manual_seed(n)
     q, k = torch.randn(2, n, 2, 8), torch.randn(2, n, 2, 8)
     v, g, beta, s0 = torch.randn(2, n, 4, 6), -torch.rand(2, n, 4), torch.rand(2, n, 4), torch.randn(2, 4, 8, 6)
-    hf_c = torch_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=chunk, initial_state=s0, output_final_state=True,
+    # HF's functions take q / k with the value heads' count (transformers 5.20 repeats the key heads in the layer
+    # before calling them; 5.23 also accepts grouped heads): repeat them here, so both versions run the same call
+    qr, kr = q.repeat_interleave(2, dim=2), k.repeat_interleave(2, dim=2)
+    hf_c = torch_chunk_gated_delta_rule(qr, kr, v, g, beta, chunk_size=chunk, initial_state=s0, output_final_state=True,
                                         use_qk_l2norm_in_kernel=True)
-    hf_r = torch_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=s0, output_final_state=True,
+    hf_r = torch_recurrent_gated_delta_rule(qr, kr, v, g, beta, initial_state=s0, output_final_state=True,
                                             use_qk_l2norm_in_kernel=True)
     ours_c = chunk_gated_delta_rule(q, k, v, g, beta, s0, chunk)
     ours_r = recurrent_gated_delta_rule(q, k, v, g, beta, s0)
