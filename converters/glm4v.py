@@ -20,6 +20,7 @@ from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, Towe
 from ._qwen_inputs import QwenVLInputs
 from .parts import LM_PARTS, lm_part
 from .qwen3_5 import expert_parts
+from .qwen3_vl import check_merger_width
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
 
 TOP_FIELDS = {"image_token_id", "video_token_id", "image_start_token_id", "image_end_token_id",
@@ -64,10 +65,7 @@ def glm4v_config(hf: Any) -> HookedVLMConfig:
     tc = hf.text_config
     text = lm_part(tc, GLM_LMS, type(hf).__name__).config(tc)
     vision, projector = vision_config(hf.vision_config)
-    if projector.d_out != text.d_model:
-        raise UnsupportedConfigError(
-            f"vision_config.out_hidden_size={projector.d_out} differs from text hidden_size={text.d_model}: HF's "
-            "model could not splice the merger output into the LM")
+    check_merger_width(projector, text)
     return HookedVLMConfig(
         architecture=hf.architectures[0] if getattr(hf, "architectures", None) else "Glm4vForConditionalGeneration",
         text=text, d_vocab=tc.vocab_size, vision=vision, projector=projector,

@@ -36,6 +36,14 @@ VISION_FIELDS = {"depth", "hidden_size", "hidden_act", "intermediate_size", "num
 HF_MROPE_SECTION = [24, 20, 20]  # Qwen3VLTextRotaryEmbedding's default
 
 
+
+def check_merger_width(projector: Any, text: Any) -> None:
+    """The packed-ViT merger must write the LM's width (Qwen3-VL, Qwen3.5, GLM-4.xV): HF splices its output as is."""
+    if projector.d_out != text.d_model:
+        raise UnsupportedConfigError(
+            f"vision_config.out_hidden_size={projector.d_out} differs from text hidden_size={text.d_model}: HF's "
+            "model could not splice the merger output into the LM")
+
 def text_config(tc: Any, n_deepstack: int) -> TowerConfig:
     where = f"text_config ({tc.model_type})"
     moe = hasattr(tc, "num_experts")
@@ -113,10 +121,7 @@ def qwen3_vl_config(hf: Any, make_text: Any = None) -> HookedVLMConfig:
     tc = hf.text_config
     vision, projector = vision_config(hf.vision_config)
     text = text_config(tc, projector.extra["n_deepstack"]) if make_text is None else make_text(tc)
-    if projector.d_out != text.d_model:
-        raise UnsupportedConfigError(
-            f"vision_config.out_hidden_size={projector.d_out} differs from text hidden_size={text.d_model}: HF's "
-            "model could not splice the merger output into the LM")
+    check_merger_width(projector, text)
     return HookedVLMConfig(
         architecture=hf.architectures[0] if getattr(hf, "architectures", None) else "Qwen3VLForConditionalGeneration",
         text=text, d_vocab=tc.vocab_size, vision=vision, projector=projector,
