@@ -266,6 +266,19 @@ class AttributionGraph:
                              influence=float(infl[i])))
         return pd.DataFrame(rows)
 
+    def show(self, image: Any = None, **kwargs: Any) -> Any:
+        """Interactive view (:func:`hooked_vlm.viz.graph_view`): the image's patches are input nodes drawn on
+        ``image`` (the picture as the model saw it: ``hooked_vlm.viz.seen_image(model, inputs)``); click a node to
+        light up what feeds it and what it drives. The last line of a notebook cell displays it. ``kwargs``:
+        ``node_threshold``, ``edge_threshold``, ``image_index``, ``tile``, ``max_edges``, ``title``."""
+        from ...viz.graph import graph_view  # viz imports analysis, never the other way at import time
+
+        return graph_view(self, image, **kwargs)
+
+    def save_html(self, path: Any, image: Any = None, **kwargs: Any) -> Any:
+        """Write the interactive view (see :meth:`show`) as one self-contained HTML file; returns its path."""
+        return self.show(image, **kwargs).save(path)
+
     def to_json(self, path: str, slug: str = "graph", node_threshold: float = 0.8, edge_threshold: float = 0.98,
                 prompt: str | None = None) -> dict:
         """Write the pruned graph in circuit-tracer's frontend schema (``frontend/graph_models.py``: metadata,
