@@ -180,6 +180,7 @@ class TopActivations:
     cells: Int[Tensor, "k 4"]  # (image, tile, row, col) of the patch
     grids: list[Tensor] = field(default_factory=list)  # the feature's map on that image [rows, cols]
     images: list[Any] = field(default_factory=list)  # what to draw under it (None: nothing)
+    label: str = "SAE feature"  # what the feature is, in titles ("transcoder feature" for a transcoder's)
 
     def to_dataframe(self) -> Any:
         import pandas as pd
@@ -219,7 +220,7 @@ class TopActivations:
             ax.set_ylabel("patch row", fontsize=7)
             ax.tick_params(labelsize=6)
         site = self.hook_name.removesuffix(".hook_sae_acts_post")
-        fig.suptitle(f"top {n} patches of SAE feature {self.feature} at {site}", fontsize=9)
+        fig.suptitle(f"top {n} patches of {self.label} {self.feature} at {site}", fontsize=9)
         fig.tight_layout(rect=(0, 0, 0.9, 1))
         fig.colorbar(im, ax=list(axes.flat), fraction=0.03, pad=0.02, label=f"feature {self.feature} activation")
         return fig
@@ -235,16 +236,31 @@ def top_activating(model: Any, sae: Any, dataset: Iterable[Any], feature: int, k
     prepared inputs), batched with a progress bar. ``per_example`` caps the patches one example may
     contribute (None: no cap). Only the running top k is kept, so memory stays bounded.
     """
+    (f,) = _features(sae, feature)
+
+    def acts_of(inputs: dict) -> tuple[Tensor, TokenSpans, str]:
+        acts, spans, site = feature_acts(model, sae, inputs, [f], hook_name)
+        return acts[..., 0], spans, site
+
+    return rank_patches(model, dataset, acts_of, f, k, batch_size, span, per_example, progress)
+
+
+def rank_patches(model: Any, dataset: Iterable[Any], acts_of: Any, feature: int, k: int, batch_size: int,
+                 span: SpanLike, per_example: int | None, progress: bool, label: str = "SAE feature") -> TopActivations:
+    """The running top ``k`` (example, patch) pairs of ``dataset``, where ``acts_of(inputs)`` gives one feature's
+    activations [batch, pos], the batch's spans and the name of where they were read (shared by the SAE and the
+    transcoder ``top_activating``)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    (f,) = _features(sae, feature)
+    if per_example is not None and per_example < 1:
+        raise ValueError(f"per_example must be >= 1 or None (no cap), got {per_example}")
+    f = feature
     rec = _SizedRecorder(dataset) if hasattr(dataset, "__len__") else _Recorder(dataset)
     best: list[tuple[float, int, int, list[int], Tensor, Any]] = []  # (value, example, position, cell, grid, image)
     site = ""
-    for idx, inputs in iterate_batches(model, rec, batch_size, progress, desc=f"feature {f}"):
+    for idx, inputs in iterate_batches(model, rec, batch_size, progress, desc=f"{label} {f}"):
         items = [rec.recent.pop(i) for i in idx]
-        acts, spans, site = feature_acts(model, sae, inputs, [f], hook_name)
-        acts = acts[..., 0]
+        acts, spans, site = acts_of(inputs)
         sel = span_mask(spans, span) & (spans.grid[..., 2] >= 0)  # positions with a patch cell
         floor = best[-1][0] if len(best) >= k else -float("inf")
         for b in range(acts.shape[0]):
@@ -269,4 +285,4 @@ def top_activating(model: Any, sae: Any, dataset: Iterable[Any], feature: int, k
         examples=torch.tensor([t[1] for t in best], dtype=torch.long),
         positions=torch.tensor([t[2] for t in best], dtype=torch.long),
         cells=torch.tensor([t[3] for t in best], dtype=torch.long).reshape(-1, 4),
-        grids=[t[4] for t in best], images=[t[5] for t in best])
+        grids=[t[4] for t in best], images=[t[5] for t in best], label=label)

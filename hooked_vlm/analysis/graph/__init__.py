@@ -4,6 +4,7 @@ linear effect (Ameisen et al. 2025, "Circuit tracing"; circuit-tracer's method a
 See docs/attribution_graphs.md."""
 
 from .attribute import attribution_graph, logit_targets
+from .features import top_activating, transcoder_feature_acts
 from .graph import AttributionGraph, LogitTargets, PruneResult, influence
 from .interventions import Intervention, feature_intervention, predicted_logit_change
 from .replacement import CleanRun, clean_run, frozen_hooks, replacement_forward, replacement_logits
@@ -12,4 +13,4 @@ from .transcoders import TranscoderSet, as_transcoder_set
 __all__ = ["attribution_graph", "logit_targets", "AttributionGraph", "LogitTargets", "PruneResult", "influence",
            "Intervention", "feature_intervention", "predicted_logit_change",
            "CleanRun", "clean_run", "frozen_hooks", "replacement_forward", "replacement_logits", "TranscoderSet",
-           "as_transcoder_set"]
+           "as_transcoder_set", "top_activating", "transcoder_feature_acts"]
