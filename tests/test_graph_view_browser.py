@@ -5,6 +5,7 @@ console errors, no network."""
 
 from __future__ import annotations
 
+import base64
 import functools
 
 import numpy as np
@@ -111,6 +112,27 @@ def test_clicking_a_feature_lights_what_feeds_it_and_what_it_drives(browser, tmp
     page.finish(tmp_path / "graph.png")
 
 
+def test_payload_is_the_adjacency_between_drawn_nodes():
+    """No browser: the embedded arrays are the pruned node set (plus every input and logit) and every nonzero
+    adjacency entry between them, as float32."""
+    _, g = toy_graph()
+    data = g.show(node_threshold=NODE_THRESHOLD).data
+    arr = lambda key, dt: np.frombuffer(base64.b64decode(data[key]), dtype=dt)  # noqa: E731
+    node = arr("node", "<i4")
+    kept = g.prune(NODE_THRESHOLD, 0.98).node_mask
+    kept[g.input_offset:] = True
+    assert node.tolist() == kept.nonzero()[:, 0].tolist()
+    kinds = ["feature", "error", "input", "logit"]
+    assert [kinds[k] for k in arr("node_kind", "u1")] == [g.kind(int(i)) for i in node]
+    table = g.node_table().set_index("node").loc[node]
+    assert (arr("pos", "<i4") == table.position.to_numpy()).all()
+    assert (arr("layer", "<i4") == table.layer.to_numpy()).all()
+    src, dst, w = arr("src", "<i4"), arr("dst", "<i4"), arr("weight", "<f4")
+    sub = g.adjacency[torch.as_tensor(node)][:, torch.as_tensor(node)].float()
+    assert len(w) == data["n_edges"] == int((sub != 0).sum()) > 100
+    assert np.array_equal(w, sub[dst, src].numpy()) and bool((torch.as_tensor(w) != 0).all())
+
+
 def test_max_edges_keeps_the_strongest(browser, tmp_path):
     scene, g = toy_graph()
     view = g.show(scene.image, node_threshold=NODE_THRESHOLD, max_edges=50)
@@ -118,5 +140,9 @@ def test_max_edges_keeps_the_strongest(browser, tmp_path):
     page = Page(browser, view.save(tmp_path / "few_edges.html"))
     assert f"{view.data['n_edges'] - 50} weakest left out" in page.text("#app")
     page.finish(tmp_path / "few_edges.png")
+    w = np.frombuffer(base64.b64decode(view.data["weight"]), dtype="<f4")
+    drawn = g.prune(NODE_THRESHOLD, 0.98).node_mask | (torch.arange(g.adjacency.shape[0]) >= g.input_offset)
+    fiftieth = g.adjacency[drawn][:, drawn].float().abs().flatten().topk(50).values[-1]
+    assert len(w) == 50 and float(np.abs(w).min()) >= float(fiftieth)
     with pytest.raises(ValueError, match="max_edges"):
         g.show(max_edges=0)
