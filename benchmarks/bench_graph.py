@@ -1,5 +1,6 @@
 """Benchmark of attribution graphs (run by hand, not a test): time and peak memory of ``attribution_graph``
-divided by one forward + backward of the same model on the same prompt.
+divided by one forward + backward of the same model on the same prompt (peak memory: above the level before the
+call; on CPU the process's sampled RSS, with glibc made to map and unmap every allocation of 128 KiB or more).
 
 Two models, random transcoders (``d_sae = --expansion x d_model``, about half the features active, so the counts
 of feature nodes are far above a trained transcoder's; ``--max-feature-nodes`` bounds the rows computed):
@@ -77,6 +78,28 @@ def gemma3_case(d_model: int, device: str):
                    "token_type_ids": (input_ids == tg.IMAGE_TOKEN).long()}
 
 
+def exact_cpu_peaks() -> None:
+    """Make RSS sampling (bench_analysis.peak_extra on CPU) see every large tensor: glibc serves allocations of
+    128 KiB and more by mmap and returns them on free (its default threshold grows after frees, so a second
+    measurement would reuse memory freed by the first without growing RSS)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD fixed at 128 KiB (no dynamic adjustment)
+        libc.malloc_trim(0)
+
+
+def trimmed(fn):
+    def run():
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return fn()
+    return run
+
+
 def forward_backward(model, inputs) -> None:
     with torch.enable_grad():
         logits = model(**inputs)
@@ -96,6 +119,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    exact_cpu_peaks()
     rows = []
     for name in args.models.split(","):
         model, inputs = toy_case(args.device) if name == "toy" else gemma3_case(args.d_model, args.device)
@@ -106,6 +130,9 @@ def main() -> None:
                                      batch_size=args.batch_size)
 
         fns = {"graph": graph, "fwd+bwd": lambda: forward_backward(model, inputs)}
+        # memory first (each measured above the level before it; the baseline's first call included)
+        mem_fb, _ = peak_extra(trimmed(fns["fwd+bwd"]), args.device)
+        mem_graph, g = peak_extra(trimmed(graph), args.device)
         times = {k: [] for k in fns}
         for fn in fns.values():
             fn()  # warm-up
@@ -117,8 +144,6 @@ def main() -> None:
                 sync(args.device)
                 times[k].append(time.perf_counter() - t)
         med = {k: statistics.median(v) for k, v in times.items()}
-        mem_graph, g = peak_extra(graph, args.device)
-        mem_fb, _ = peak_extra(lambda: forward_backward(model, inputs), args.device)
         label = f"{name} ({g.n_pos} pos, {g.n_features}/{g.n_active} features, batch {args.batch_size})"
         rows.append((f"{label}: time", f"{med['graph']:.2f} s / {med['fwd+bwd']:.3f} s",
                      f"{med['graph'] / med['fwd+bwd']:.0f}x"))

@@ -128,7 +128,8 @@ def test_payload_is_the_adjacency_between_drawn_nodes():
     assert (arr("pos", "<i4") == table.position.to_numpy()).all()
     assert (arr("layer", "<i4") == table.layer.to_numpy()).all()
     src, dst, w = arr("src", "<i4"), arr("dst", "<i4"), arr("weight", "<f4")
-    sub = g.adjacency[torch.as_tensor(node)][:, torch.as_tensor(node)].float()
+    idx = torch.tensor(node.tolist())
+    sub = g.adjacency[idx][:, idx].float()
     assert len(w) == data["n_edges"] == int((sub != 0).sum()) > 100
     assert np.array_equal(w, sub[dst, src].numpy()) and bool((torch.as_tensor(w) != 0).all())
 
