@@ -129,19 +129,27 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         stop_at_layer: int | None = None,
         kv_cache: KVCache | None = None,
         spans: TokenSpans | None = None,
+        logits_to_keep: int = 0,
         **extras: Any,
     ) -> Any:
         """Run the model. Takes ``model.prepare_inputs(...)`` or an HF processor's output (``model(**inputs)``).
 
         return_type: "logits" [batch, pos, d_vocab], "loss" (next-token loss on text targets),
         "both", or None. ``stop_at_layer=l`` returns the residual stream entering block l.
+        ``logits_to_keep=n`` (HF's argument; 0 = every position) unembeds only the last n positions: generate's
+        prefill uses 1, as HF's does. Every hook still sees every position (the unembed has no hook).
         """
         if isinstance(input_ids, Mapping):
             merged = dict(input_ids)
             merged.update({k: v for k, v in dict(pixel_values=pixel_values, attention_mask=attention_mask,
                                                  position_ids=position_ids).items() if v is not None})
             merged.update(extras)
-            return self.forward(**merged, return_type=return_type, stop_at_layer=stop_at_layer, kv_cache=kv_cache, spans=spans)
+            return self.forward(**merged, return_type=return_type, stop_at_layer=stop_at_layer, kv_cache=kv_cache,
+                                spans=spans, logits_to_keep=logits_to_keep)
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0: logits at every position), got {logits_to_keep!r}")
+        if logits_to_keep and return_type in ("loss", "both"):
+            raise ValueError(f"return_type={return_type!r} needs the logits at every position: drop logits_to_keep")
         past = kv_cache.length if kv_cache is not None else 0
         if kv_cache is not None:
             kv_cache.check_layers(tuple(block.mixer_kind for block in self.blocks))
@@ -233,7 +241,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             kv_cache.length = past + q_len
         if stop_at_layer is not None:
             return resid
-        logits = self.unembed(self.ln_final(resid))
+        normed = self.ln_final(resid)
+        logits = self.unembed(normed[:, -logits_to_keep:] if logits_to_keep else normed)
         cap = self.cfg.text.final_logit_softcap
         if cap is not None:  # Gemma 2: tanh soft-capping of the final logits
             logits = torch.tanh(logits / cap) * cap
