@@ -408,8 +408,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             buffers.active = False
             self.run_state.extra.pop("cache_buffers", None)
         buffers.keep(cache_dict, self.hook_dict)
-        cache = VLMActivationCache(cache_dict, self, spans=self.run_state.spans)  # hooked_vlm.tl_cache
-        cache.kv_spans = self.run_state.extra.get("kv_spans")  # cross-attention models: the key axis (key_spans.py)
+        cache = VLMActivationCache(cache_dict, self, spans=self.run_state.spans,  # hooked_vlm.tl_cache
+                                   kv_spans=self.run_state.extra.get("kv_spans"))  # cross-attention: the key axis
         return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
     def get_caching_hooks(self, names_filter: Any = None, incl_bwd: bool = False, device: Any = None,  # type: ignore[override]
