@@ -22,9 +22,35 @@ _CLASS = re.compile(r"^class (\w+For(?:ConditionalGeneration|CausalLM|VisionText
 IMAGE_ARGS = ("pixel_values", "image_pixel_values", "flattened_patches", "image_patches", "pixel_values_images")
 
 
+#: video inputs of generation forwards
+VIDEO_ARGS = ("pixel_values_videos",)
+#: why every family is converted for images only (checked on this machine: /work/shared/FACTS.md)
+VIDEO_NOTE = ("video inputs are refused for every family: transformers' video processors need torchvision, and the "
+              "torchvision wheels on PyPI (0.28 / 0.29, installed with --no-deps) link libtorch_cuda.so and do not "
+              "import against the CPU torch build this project requires (`operator torchvision::nms does not "
+              "exist`); a video's frames can be passed as images")
+
+
+@lru_cache(maxsize=None)
+def video_generation_classes() -> frozenset[str]:
+    """The generation classes whose forward also takes video input (``pixel_values_videos``)."""
+    return frozenset(cls for cls, args in _forward_args().items() if args & set(VIDEO_ARGS))
+
+
 @lru_cache(maxsize=None)
 def vision_generation_classes() -> dict[str, str]:
     """class name -> transformers model folder, for every generation class whose forward takes image input."""
+    return {cls: folder for cls, (folder, args) in _forward_args_by_folder().items() if args & set(IMAGE_ARGS)}
+
+
+def _forward_args() -> dict[str, set[str]]:
+    return {cls: args for cls, (_, args) in _forward_args_by_folder().items()}
+
+
+@lru_cache(maxsize=None)
+def _forward_args_by_folder() -> dict[str, tuple[str, set[str]]]:
+    """class name -> (transformers model folder, its forward's argument names), for every generation class of a
+    modeling file that mentions an image input."""
     import transformers
 
     found = {}
@@ -36,9 +62,7 @@ def vision_generation_classes() -> dict[str, str]:
             if isinstance(node, ast.ClassDef) and _CLASS.match(f"class {node.name}("):
                 for item in node.body:
                     if isinstance(item, ast.FunctionDef) and item.name == "forward":
-                        args = {a.arg for a in item.args.args + item.args.kwonlyargs}
-                        if args & set(IMAGE_ARGS):
-                            found[node.name] = path.parent.name
+                        found[node.name] = (path.parent.name, {a.arg for a in item.args.args + item.args.kwonlyargs})
     return found
 
 
@@ -267,11 +291,14 @@ def coverage_rows(registered: set[str]) -> list[str]:
     classes = {**vision_generation_classes(), **{a: "" for a in registered if a not in vision_generation_classes()}}
     for cls in sorted(classes, key=str.lower):
         state = status(cls, registered)
+        if state == "supported" and cls in video_generation_classes():
+            state = "supported (images; video refused)"
         detail = (", ".join(f"`{c}`" for c in PARITY_CASES[cls]) if state == "supported"
                   else REFUSED.get(cls, "NOT LISTED: add it to converters/coverage.py"))
         rows.append(f"| `{cls}` | {classes[cls]} | {state} | {detail} |")
     n_sup = sum(status(c, registered) == "supported" for c in classes)
     rows.append(f"| **{len(classes)} classes** | | **{n_sup} supported** | |")
+    rows += ["", f"Video: {VIDEO_NOTE}."]
     return rows
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from converters import supported_architectures
 from converters.coverage import PARITY_CASES, REFUSED, SUPPORTED_NOTES, coverage_rows, readme_rows, status, \
-    vision_generation_classes
+    video_generation_classes, vision_generation_classes
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS, README = ROOT / "docs" / "families.md", ROOT / "README.md"
@@ -32,6 +32,9 @@ def test_discovery_finds_the_known_kinds_and_no_text_only_class():
     assert not {"LlamaForCausalLM", "Qwen2ForCausalLM", "WhisperForConditionalGeneration",
                 "T5ForConditionalGeneration"} & set(found)
     assert len(found) >= 85  # transformers 5.23 ships 90
+    video = video_generation_classes()  # forwards that also take pixel_values_videos: marked "video refused"
+    assert {"Qwen2VLForConditionalGeneration", "LlavaNextVideoForConditionalGeneration"} <= video <= set(found)
+    assert "LlavaForConditionalGeneration" not in video
 
 
 def test_every_class_transformers_has_is_listed():
