@@ -291,10 +291,10 @@ def coverage_rows(registered: set[str]) -> list[str]:
     classes = {**vision_generation_classes(), **{a: "" for a in registered if a not in vision_generation_classes()}}
     for cls in sorted(classes, key=str.lower):
         state = status(cls, registered)
-        if state == "supported" and cls in video_generation_classes():
-            state = "supported (images; video refused)"
         detail = (", ".join(f"`{c}`" for c in PARITY_CASES[cls]) if state == "supported"
                   else REFUSED.get(cls, "NOT LISTED: add it to converters/coverage.py"))
+        if state == "supported" and cls in video_generation_classes():
+            state = "supported (images; video refused)"
         rows.append(f"| `{cls}` | {classes[cls]} | {state} | {detail} |")
     n_sup = sum(status(c, registered) == "supported" for c in classes)
     rows.append(f"| **{len(classes)} classes** | | **{n_sup} supported** | |")

@@ -86,6 +86,14 @@ def _block(path: Path, markers: tuple[str, str]) -> list[str]:
     return text.split(markers[0])[1].split(markers[1])[0].strip().splitlines()
 
 
+def test_supported_rows_name_their_parity_cases():
+    rows = {row.split(" | ")[0].strip("| `"): row for row in coverage_rows(REGISTERED) if row.startswith("| `")}
+    for arch in PARITY_CASES:
+        if arch in rows:  # a class this transformers version has
+            assert "supported" in rows[arch] and f"`{PARITY_CASES[arch][0]}`" in rows[arch], rows[arch]
+    assert not [row for row in rows.values() if "NOT LISTED" in row]
+
+
 def test_committed_tables_are_the_computed_ones():
     import transformers
 
