@@ -47,7 +47,7 @@ def test_a_missing_or_misplaced_name_fails(tmp_path, capsys):
     entries["hooked_vlm.viz.View"] = "api/analysis/"
     assert check.main([str(_inventory(tmp_path / "objects.inv", entries))]) == 1
     err = capsys.readouterr().err
-    assert "hooked_vlm.analysis.logit_lens (not in the inventory)" in err
+    assert "hooked_vlm.analysis.logit_lens (not in the inventory" in err
     assert "hooked_vlm.viz.View (on 'api/analysis/'" in err
 
 
