@@ -44,6 +44,14 @@ BASE_INPUTS = ("input_ids", "pixel_values", "attention_mask", "position_ids")
 
 class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), run_with_saes (hooked_vlm.saes);
     # TL weight views and token helpers (hooked_vlm.tl_compat)
+    """A vision-language model in one hooked architecture: vision tower -> projector -> language model.
+
+    Load one with ``HookedVLM.from_pretrained(name_or_path)`` (a hub id, a local folder, or a shipped toy such as
+    ``"toy-llava"``), prepare inputs with ``prepare_inputs(images=..., text=...)``, then use TransformerLens's API:
+    ``model(**inputs)`` (logits ``[batch, pos, d_vocab]``), ``run_with_cache``, ``run_with_hooks``, ``hooks()``,
+    ``generate`` (hooks stay active), the TL weight views (``W_Q``, ``W_U``, ...) and token helpers, and SAELens's
+    ``add_sae`` / ``run_with_saes``. Every hook sees ``hook.spans``, the role of every position of the forward.
+    """
     def __init__(self, cfg: HookedVLMConfig, processor: Any = None):
         super().__init__()
         self.cfg = cfg

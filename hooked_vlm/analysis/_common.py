@@ -27,9 +27,15 @@ from torch import Tensor
 from ..spans import TokenSpans
 
 SpanLike = Union[str, Tensor, Sequence[int], Callable[[TokenSpans], Tensor]]
+"""What every analysis accepts as a span: a name (``"image"``, ``"eoi"``, ``"image.0"``, a derived name of
+``DERIVED``) or a list of names (their union), a bool mask ``[batch, pos]`` of the forward it is used in, a list of
+positions, or ``fn(spans) -> mask``."""
 
 DERIVED = ("all", "image_region", "image_last", "image_first", "image_other", "image_end", "after_image",
            "before_image", "generated")
+"""Span names computed from a forward's spans rather than read from them: ``image_end`` is the ``eoi`` marker where
+the family has one, else the last image token; ``image_region`` the image tokens and their markers; ``generated``
+the positions generation added."""
 
 
 def _image_ends(spans: TokenSpans, last: bool) -> Tensor:

@@ -37,6 +37,7 @@ SITES = {
     "mlp_out": "blocks.{l}.hook_mlp_out",
     "z": "blocks.{l}.attn.hook_z",
 }
+"""Where patching and steering act: ``site=`` name -> hook-name template (``{l}`` is the layer)."""
 
 
 def site_hook_names(model: Any, site: str = "resid_pre", layers: Sequence[int] | int | None = None) -> list[str]:

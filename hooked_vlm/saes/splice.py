@@ -45,6 +45,7 @@ CONDITIONAL_HOOKS = ("attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_ma
 NON_SEQUENCE_PREFIXES = ("vision.", "projector.", "hook_image_embeds")
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error",
              "hook_sae_output")
+"""The hook points an SAE spliced at ``{hook}`` adds to ``model.hook_dict``, as ``{hook}.{name}`` (SAELens's names)."""
 
 
 def sae_hook_names(sae: Any, hook_name: str | None = None, hook_name_out: str | None = None) -> tuple[str, str]:
