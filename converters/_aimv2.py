@@ -53,8 +53,8 @@ def aimv2_vision_config(vc: Any, feature_layers: tuple[int, ...], feature_select
     if stride < 1 or (size // patch) % stride:
         raise UnsupportedConfigError(
             f"{where}: hidden_stride={vc.hidden_stride} does not divide the {size // patch}-patch grid: HF then pads the "
-            "token and image axes of the features (not the grid) and its reshape fails; give a stride dividing "
-            "image_size / patch_size")
+            "token and image axes of the features (not the grid), so its reshape fails or, for some image counts, "
+            "silently mixes images; give a stride dividing image_size / patch_size")
     tower = TowerConfig(
         n_layers=vc.num_hidden_layers, d_model=vc.hidden_size, n_heads=vc.num_attention_heads,
         d_mlp=vc.intermediate_size, act_fn=vc.hidden_act, gated_mlp=True, normalization_type="RMS",

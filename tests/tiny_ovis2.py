@@ -23,6 +23,7 @@ PAD, BOS, EOS = 0, 1, 2
 IMAGE_TOKEN, START, GRID, COL, ROW, END, PLACEHOLDER = 100, 101, 102, 103, 104, 105, 106
 MARKERS = {"<IMG_ATOM>": IMAGE_TOKEN, "<IMG_START>": START, "<IMG_GRID>": GRID, "<IMG_COL>": COL, "<IMG_ROW>": ROW,
            "<IMG_END>": END, "<image>": PLACEHOLDER}
+MARKERS_IDS = (START, GRID, COL, ROW, END)  # visual_indicator_token_ids, in HF's order
 CROP = 8  # pixels per crop side
 TOKENS_PER_CROP = 4
 # (height, width): 8 x 16 -> 1 x 2 grid + thumbnail; 8 x 8 -> one crop; 16 x 24 -> 2 x 2 grid + thumbnail (what HF's
@@ -79,7 +80,7 @@ def make_ovis2(folder: Path | None = None, seed: int = 0, text: dict | None = No
     torch.manual_seed(seed)
     tc = text or text_config()
     kwargs = dict(text_config=tc, vision_config=vision or vision_config(), image_token_id=IMAGE_TOKEN,
-                  visual_indicator_token_ids=[START, GRID, COL, ROW, END], vocab_size=tc["vocab_size"],
+                  visual_indicator_token_ids=list(MARKERS_IDS), vocab_size=tc["vocab_size"],
                   hidden_size=tc["hidden_size"])
     kwargs.update(top)
     model = Ovis2ForConditionalGeneration(Ovis2Config(**kwargs)).eval()
