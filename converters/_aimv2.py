@@ -25,6 +25,15 @@ from .base import UnsupportedConfigError, check_fields
 AIMV2_VISION_FIELDS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
                        "image_size", "patch_size", "rms_norm_eps", "qkv_bias", "mlp_bias", "hidden_act", "vocab_size",
                        "hidden_stride", "num_visual_indicator_tokens", "tokenize_function"}
+_ORIGINAL = ("a field of the original remote-code Ovis visual tokenizer config that HF's conversion script copies into "
+             "vision_config; HF's Ovis2 model never reads it (modeling_ovis2.py)")
+#: vision_config fields HF's Ovis2 never reads, with the reason
+AIMV2_VISION_IGNORED = {
+    "tau": _ORIGINAL + ": the Gumbel temperature, used only by gumbel_argmax (refused)",
+    "depths": _ORIGINAL + ": HF builds num_hidden_layers layers",
+    "drop_cls_token": _ORIGINAL + ": the AIMv2 tower has no class token",
+    "backbone_kwargs": _ORIGINAL, "use_indicators": _ORIGINAL, "hd_booster": _ORIGINAL,
+}
 #: HF's tokenize_function -> our projector's tokenize setting (gumbel_argmax samples noise: refused)
 TOKENIZE = {"softmax": "softmax", "st_argmax": "hard"}
 
@@ -40,7 +49,7 @@ def _side(value: Any, name: str) -> int:
 def aimv2_vision_config(vc: Any, feature_layers: tuple[int, ...], feature_select: str) -> VisionConfig:
     """HF reads the tower's last_hidden_state (after its final RMS norm): every patch of the last layer."""
     where = f"vision_config ({vc.model_type})"
-    check_fields(vc, AIMV2_VISION_FIELDS, where)
+    check_fields(vc, AIMV2_VISION_FIELDS, where, AIMV2_VISION_IGNORED)
     if tuple(feature_layers) != (-1,) or feature_select != "full":
         raise UnsupportedConfigError(f"{where}: the tower is read after its final norm (every patch of the last layer); "
                                      f"feature layers {feature_layers} / selection {feature_select!r} do not apply")
