@@ -253,3 +253,16 @@ def test_the_checkpoint_exercises_what_the_parts_claim():
     assert cfg.projector.kind == "visual_embedding_table" and cfg.projector.extra["hidden_stride"] == 2
     assert cfg.tie_word_embeddings and cfg.text.n_key_value_heads < cfg.text.n_heads and cfg.text.attn_bias
     assert cfg.extra["parts"] == {"tower": "ovis2_vision", "projector": "visual_embedding_table", "lm": "qwen2"}
+
+
+def test_fields_of_the_original_visual_tokenizer_are_accepted():
+    """HF's conversion script copies the remote-code visual tokenizer config into vision_config (tau, depths,
+    drop_cls_token, backbone_kwargs, backbone_config); HF's Ovis2 never reads them, so they are accepted. A field
+    nobody has checked is still refused."""
+    convert = get_converter("Ovis2ForConditionalGeneration").make_config
+    original = dict(tau=1.0, depths=[24], drop_cls_token=False, backbone_kwargs={},
+                    backbone_config={"model_type": "aimv2", "hidden_size": 16})
+    cfg = convert(_hf_config(vision=to.vision_config(**original)))
+    assert cfg.vision.tower.n_layers == 3  # num_hidden_layers, what HF builds (not the original's depths)
+    with pytest.raises(UnsupportedConfigError, match="use_rope=True"):
+        convert(_hf_config(vision=to.vision_config(use_rope=True)))
