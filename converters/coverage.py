@@ -102,6 +102,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Glm4vForConditionalGeneration": ("glm4v",),
     "Glm4vMoeForConditionalGeneration": ("glm4v-moe",),
     "Glm46VForConditionalGeneration": ("glm46v",),
+    "Ovis2ForConditionalGeneration": ("ovis2",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -118,6 +119,11 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "(the pooled video path is not converted)", "`row_break`, tile of each token"),
     ("DeepseekVLForConditionalGeneration", "DeepSeek-VL: SigLIP read after post_layernorm, linear1 / GELU / linear2 "
      "aligner, Llama", ""),
+    ("Ovis2ForConditionalGeneration", "Ovis 2: AIMv2-style ViT (RMS norms, SwiGLU, normed patch embeddings), visual "
+     "tokenizer (stride fold, linear, LayerNorm, softmax over visual words: `projector.hook_visual_logits` / "
+     "`hook_visual_probs`) x visual embedding table, whose last rows embed the indicator tokens "
+     "(`projector.hook_marker_embeds`); Qwen2 LM; thumbnail + crop grid", "`boi`, `eoi`, `grid_marker`, "
+     "`crop_col_break`, `crop_row_break`, `thumbnail`, crop of each token (`ImageLayout.tile_grid`)"),
     ("Qwen2VLForConditionalGeneration", "packed ViT, patch merger, M-RoPE (3-D positions computed as HF)", "`boi`, `eoi`"),
     ("Qwen2_5_VLForConditionalGeneration", "+ window attention, RMSNorm/SwiGLU ViT", "`boi`, `eoi`"),
     ("Idefics3ForConditionalGeneration", "SigLIP (NaViT patch mask), pixel shuffle, image splitting",
@@ -247,8 +253,6 @@ REFUSED: dict[str, str] = {
                                       "pooled_patches_idx, over concatenated feature layers) and its vision / text parts",
     "MuseGlimmerForConditionalGeneration": "the Muse LM (centred RMS norms, normed embeddings) and its vision adapter",
     "MuseSparkForConditionalGeneration": "the Muse Spark MoE LM (residual gates) and its audio / vision encoders",
-    "Ovis2ForConditionalGeneration": "Ovis 2's visual embedding table (softmax over visual words, probabilities x "
-                                     "embedding table) and its AIMv2 tower",
     "PI0ForConditionalGeneration": "the action expert (a robot policy, not text generation)",
     "PPFormulaNetForConditionalGeneration": "the SAM-style vision encoder and its MBart decoder, " + _ENC_DEC,
     "PaddleOCRVLForConditionalGeneration": "the Ernie LM part and the PaddleOCR NaViT tower (2-D RoPE)",

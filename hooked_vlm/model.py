@@ -206,6 +206,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
                 cross_images = self.hook_image_embeds(image_embeds)
             else:
                 resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+            if self.cfg.roles.projector_marker_ids:  # marker tokens embedded by the projector (Ovis 2's indicators)
+                resid = self._splice_markers(tokens, resid)
         if self.cfg.text.embedding_multiplier != 1.0:  # Granite: the whole stream, image embeddings included
             resid = resid * self.cfg.text.embedding_multiplier
         resid = self.hook_embed(resid)
@@ -357,6 +359,15 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         is_image = tokens == self.cfg.roles.image_token_id
         self._check_image_token_count(tokens, image_embeds.shape[0])
         return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.device, embeds.dtype))
+
+    def _splice_markers(self, tokens: Tensor, embeds: Tensor) -> Tensor:
+        """embeds with row i of ``projector.marker_embeds()`` at every position holding ``projector_marker_ids[i]``."""
+        ids = torch.tensor(self.cfg.roles.projector_marker_ids, device=tokens.device)
+        hit = tokens[..., None] == ids  # [batch, pos, n_markers]
+        if not hit.any():
+            return embeds
+        rows = self.projector.marker_embeds().to(embeds.device, embeds.dtype)  # [n_markers, d_model]
+        return torch.where(hit.any(-1, keepdim=True), hit.to(embeds.dtype) @ rows, embeds)
 
     def _splice_add(self, tokens: Tensor, resid: Tensor, features: Tensor) -> Tensor:
         """resid with ``features`` [n_image_tokens, d_model] added at the image positions (in splice order)."""
