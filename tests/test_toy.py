@@ -14,7 +14,7 @@ import torch
 
 from hooked_vlm.toy import toy_checkpoint_path
 from hooked_vlm.toy.data import COLOURS, GRID, IMAGE_SIZE, PATCH_SIZE, make_scene, make_scenes, prompt
-from hooked_vlm.toy.effects import object_ablation, object_knockout, object_logit_lens
+from hooked_vlm.demo.effects import object_ablation, object_knockout, object_logit_lens
 from hooked_vlm.toy.tasks import ToyEncoder, accuracy, hooked_logits_fn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_tower_spreads_colour_beyond_the_object(model):
     linearly (measured 93.7% held-out with the default 600 / 300 scenes; chance 16.7%), because the tower's
     attention mixes the patches. The toy LLaVA's LM ignores it (ablation 100 -> 17); an LM that pools the image
     can use it (docs/toy_models.md, --recipe llava)."""
-    from hooked_vlm.toy.effects import background_colour_probe
+    from hooked_vlm.demo.effects import background_colour_probe
 
     assert background_colour_probe(model) >= 80.0
 
@@ -159,7 +159,7 @@ def test_demo_views_in_browser(demo_dir, model):
     shows the Python lens of the demo's scene, the slider recolours, the attention readout equals the cache."""
     from hooked_vlm.analysis import logit_lens
     from hooked_vlm.toy.data import GRID
-    from hooked_vlm.toy.demo import DEMO_SEED
+    from hooked_vlm.demo import DEMO_SEED
     from tests.browser import Page, check_attention_weight, check_lens_page, launch
 
     scene = make_scene(np.random.default_rng(DEMO_SEED), colour="blue", shape="circle")  # the demo's scene

@@ -20,7 +20,7 @@ import torch
 
 from hooked_vlm.toy import toy_checkpoint_path
 from hooked_vlm.toy.data import COLOURS, GRID, make_scene, make_scenes, prompt
-from hooked_vlm.toy.gate_effects import code_replacement, eoi_logit_lens, gate_knockout
+from hooked_vlm.demo.gate_effects import code_replacement, eoi_logit_lens, gate_knockout
 from hooked_vlm.toy.tasks import ToyEncoder, accuracy, hooked_logits_fn
 
 ROOT = Path(__file__).resolve().parents[1]
