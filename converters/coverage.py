@@ -78,6 +78,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Glm4vForConditionalGeneration": ("glm4v",),
     "Glm4vMoeForConditionalGeneration": ("glm4v-moe",),
     "Glm46VForConditionalGeneration": ("glm46v",),
+    "Exaone4_5_ForConditionalGeneration": ("exaone4.5",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -155,6 +156,9 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "router (`moe_router=\"sigmoid_grouped\"`) + ungated shared expert (`mlp.shared_expert.*`)", "`boi`, `eoi`"),
     ("Glm46VForConditionalGeneration", "GLM-4.6V: the same declaration, its LM picked by `text_config.model_type` "
      "(GLM-4 or GLM-4.5 MoE)", "`boi`, `eoi`"),
+    ("Exaone4_5_ForConditionalGeneration", "EXAONE 4.5: Qwen2.5-VL's packed ViT with grouped key / value heads + patch "
+     "merger; EXAONE 4 LM (`exaone4` part: post-sublayer norms only, q/k norms, sliding-window RoPE layers and NoPE "
+     "global layers), 1-D positions (images; video refused)", ""),
 ]
 
 _TIMM = "its tower is a timm model (TimmWrapper: `timm` is not a dependency, and its weights follow timm's layout)"
@@ -177,8 +181,6 @@ REFUSED: dict[str, str] = {
     "Dots3NoteForConditionalGeneration": "its MoE vision tower, audio encoder and indexed-attention MoE LM",
     "Ernie4_5_VLMoeForConditionalGeneration": "the Ernie 4.5 multimodal MoE LM (modality-routed experts) and its "
                                               "variable-resolution resampler",
-    "Exaone4_5_ForConditionalGeneration": "the EXAONE 4 LM part (exaone4: post-sublayer RMSNorms only, q/k norms, sliding / "
-                                          "global layer_types) and the Exaone 4.5 packed vision tower + patch merger",
     "FastVlmForConditionalGeneration": _TIMM + " (FastViTHD)",
     "Florence2ForConditionalGeneration": "the DaViT tower and the BART LM, " + _ENC_DEC,
     "FuyuForCausalLM": "Fuyu's linear patch embedding straight into a Persimmon LM (no vision tower; the Persimmon LM "

@@ -21,6 +21,7 @@ from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_glm4v as tgl
+from tests import tiny_exaone45 as tex
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
@@ -82,6 +83,7 @@ FAMILIES = {
     "glm4v": _from_factory(tgl.glm4v),
     "glm4v_moe": _from_factory(tgl.glm4v_moe),
     "glm46v": _from_factory(tgl.glm46v),
+    "exaone4_5": _from_factory(tex.exaone45),
 }
 
 
