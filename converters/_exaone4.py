@@ -28,6 +28,11 @@ from .base import UnsupportedConfigError, check_fields
 EXAONE4_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                   "rope_parameters", "sliding_window", "sliding_window_pattern", "layer_types", "tie_word_embeddings"}
+#: fields hub configs carry that HF's Exaone4 never reads
+EXAONE4_IGNORED = {
+    "max_window_layers": "a Qwen2-style field copied into EXAONE configs; HF's Exaone4 reads the windows from layer_types",
+    "reorder_qk_norm": "a flag of LG's original code; HF's Exaone4 always norms q / k before RoPE, as this converter does",
+}
 LAYER_KINDS = ("sliding_attention", "full_attention")
 
 
@@ -36,7 +41,7 @@ def exaone4_text_config(tc: Any) -> TowerConfig:
     where = f"text_config ({tc.model_type})"
     if tc.model_type != "exaone4":
         raise UnsupportedConfigError(f"text_config.model_type={tc.model_type!r} is not an EXAONE 4 language model")
-    check_fields(tc, EXAONE4_FIELDS, where)
+    check_fields(tc, EXAONE4_FIELDS, where, EXAONE4_IGNORED)
     rope = dict(tc.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
     check_rope_type(rope, where)
     layer_types = tuple(tc.layer_types)

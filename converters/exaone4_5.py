@@ -16,11 +16,17 @@ from typing import Any
 from hooked_vlm.config import HookedVLMConfig, TokenRoles
 
 from ._qwen_inputs import load_qwen_inputs
-from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
+from .base import Converter, KeyMap, UnsupportedConfigError, check_fields, check_legacy_vocab_size
 from .parts import lm_part
 from .qwen2_vl import ALIASES, vision_config, vision_rules
 
-TOP_FIELDS = {"image_token_id", "video_token_id", "tie_word_embeddings"}
+# vision_start / vision_end_token_id: HF's model never reads them, the processor's template puts them around each
+# image; read as the boi / eoi span roles (as Qwen2-VL's)
+TOP_FIELDS = {"image_token_id", "video_token_id", "tie_word_embeddings", "vision_start_token_id", "vision_end_token_id",
+              "vocab_size"}  # vocab_size: a legacy copy of text_config.vocab_size, checked equal (check_legacy_vocab_size)
+TOP_IGNORED = {"vision_token_id": "hub configs carry it; no HF code reads it (the image placeholder is image_token_id)"}
+VISION_IGNORED = {"tokens_per_second": "spaces video frames in Qwen2.5-VL's 3-D positions; EXAONE 4.5 has 1-D positions "
+                                       "(its get_rope_index raises), so HF never reads it"}
 VIDEO_REFUSAL = ("video inputs are not supported for EXAONE 4.5 (images only): pass images as pixel_values + "
                  "image_grid_thw, or extract frames and pass them as images")
 EXAONE_LMS = ("exaone4",)  # LM_PARTS keys (converters/parts.py) this family accepts
@@ -28,10 +34,11 @@ EXAONE_LMS = ("exaone4",)  # LM_PARTS keys (converters/parts.py) this family acc
 
 def exaone45_config(hf: Any) -> HookedVLMConfig:
     where = type(hf).__name__
-    check_fields(hf, TOP_FIELDS, where)
+    check_fields(hf, TOP_FIELDS, where, TOP_IGNORED)
+    check_legacy_vocab_size(hf)
     tc = hf.text_config
     text = lm_part(tc, EXAONE_LMS, where).config(tc)
-    vision, projector = vision_config(hf.vision_config)
+    vision, projector = vision_config(hf.vision_config, VISION_IGNORED)
     if projector.d_out != text.d_model:
         raise UnsupportedConfigError(
             f"{where}: vision_config.out_hidden_size={projector.d_out} differs from the LM width text hidden_size="
@@ -39,7 +46,8 @@ def exaone45_config(hf: Any) -> HookedVLMConfig:
     return HookedVLMConfig(
         architecture=hf.architectures[0] if getattr(hf, "architectures", None) else "Exaone4_5_ForConditionalGeneration",
         text=text, d_vocab=tc.vocab_size, vision=vision, projector=projector,
-        roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=getattr(tc, "pad_token_id", None),
+        roles=TokenRoles(image_token_id=hf.image_token_id, boi_token_id=getattr(hf, "vision_start_token_id", None),
+                         eoi_token_id=getattr(hf, "vision_end_token_id", None), pad_token_id=getattr(tc, "pad_token_id", None),
                          bos_token_id=getattr(tc, "bos_token_id", None), eos_token_id=getattr(tc, "eos_token_id", None)),
         tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False) or getattr(tc, "tie_word_embeddings", False)),
         extra={"image_pipeline": "qwen_vl", "lm_model_type": tc.model_type, "input_keys": ("image_grid_thw",),

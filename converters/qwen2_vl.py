@@ -79,10 +79,12 @@ def text_config(tc: Any) -> TowerConfig:
     )
 
 
-def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
+def vision_config(vc: Any, ignored: dict[str, str] | None = None) -> tuple[VisionConfig, ProjectorConfig]:
+    """``ignored``: more fields (-> reason) the family's HF model never reads."""
     if vc.model_type not in VISION_FIELDS:
         raise UnsupportedConfigError(f"vision model type {vc.model_type!r}; supported: {', '.join(VISION_FIELDS)}")
-    check_fields(vc, VISION_FIELDS[vc.model_type] | set(LEGACY_VISION_ALIASES), f"vision_config ({vc.model_type})")
+    check_fields(vc, VISION_FIELDS[vc.model_type] | set(LEGACY_VISION_ALIASES), f"vision_config ({vc.model_type})",
+                 ignored)
     for legacy, field in LEGACY_VISION_ALIASES.items():  # hub configs repeat these; HF reads only the new name
         if getattr(vc, legacy, None) not in (None, getattr(vc, field)):
             check_copy(vc, legacy, getattr(vc, field), field, f"vision_config ({vc.model_type})")

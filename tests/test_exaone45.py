@@ -94,6 +94,17 @@ def test_each_exaone4_part_changes_the_logits(change):
     assert _max(ref, changed, _real(inputs)) > 10 * ATOL
 
 
+def test_marker_spans_come_from_the_config():
+    """vision_start / vision_end_token_id (hub config fields HF's model never reads) name the boi / eoi spans."""
+    _, model, inputs = _built()
+    _, cache = model.run_with_cache(**inputs, names_filter="hook_embed")
+    ids = inputs["input_ids"]
+    for b in range(ids.shape[0]):
+        boi = cache.spans.positions("boi", b)
+        assert boi.tolist() == (ids[b] == model.cfg.roles.boi_token_id).nonzero().flatten().tolist()
+        assert len(cache.spans.positions("eoi", b)) == len(boi) > 0
+
+
 def test_global_layers_have_no_rotary_hooks_and_sliding_layers_do():
     _, model, _ = _built()
     for layer, kind in enumerate(model.cfg.text.layer_types):

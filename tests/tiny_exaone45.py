@@ -18,7 +18,7 @@ import torch
 
 from tests import tiny
 from tests.tiny import BOS, EOS, PAD, VOCAB
-from tests.tiny_qwen_idefics import IMAGE, VIDEO, _perturb_and_save, qwen_batch
+from tests.tiny_qwen_idefics import IMAGE, VEND, VIDEO, VSTART, _perturb_and_save, qwen_batch
 
 WINDOW = 8
 # item 0: one 4 x 6 image (6 LM tokens); item 1 (left-padded): a 4 x 4 and an 8 x 8 image (4 + 16 LM tokens)
@@ -48,7 +48,8 @@ def make_exaone45(folder: Path | None = None, seed: int = 0, text: dict | None =
 
     torch.manual_seed(seed)
     config = Exaone4_5_Config(text_config=text or text_config(), vision_config=vision or vision_config(),
-                              image_token_id=IMAGE, video_token_id=VIDEO, **top)
+                              image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VSTART,
+                              vision_end_token_id=VEND, **top)  # the hub configs' marker ids (span roles boi / eoi)
     model = Exaone4_5_ForConditionalGeneration(config).eval()
     return _perturb_and_save(model, "tiny_exaone45_", folder), model
 
