@@ -112,6 +112,7 @@ class TowerConfig:
     attn_scale: float | None = None  # None = d_head ** -0.5
     sliding_window: int | None = None  # keys further back than this are masked (Mistral)
     qk_norm: str | None = None  # "LN" | "RMS": normalise each head's q and k over d_head, before rope
+    qk_norm_after_rope: bool = False  # the qk_norm above applied AFTER rope instead (HunYuan's query/key_layernorm)
     qk_norm_per_head: bool = False  # q/k norm weights [head, d_head] (Chameleon) instead of shared [d_head]
     qk_norm_eps: float | None = None  # None = norm_eps
     # "head": each head's q / k normalised over d_head; "all": the whole q (k) projection normalised over
