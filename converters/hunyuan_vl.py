@@ -18,11 +18,14 @@ from typing import Any
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
 
 from ._hunyuan_inputs import load_hunyuan_inputs
-from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
+from .base import Converter, KeyMap, UnsupportedConfigError, check_copy, check_fields
 from .parts import LM_PARTS, lm_part
 
 TOP_FIELDS = {"image_token_id", "tie_word_embeddings", "im_start_id", "im_end_id"}  # im_start/end: the boi / eoi spans
-TOP_IGNORED = {"im_newline_id": "a tokenizer id; HF's model never reads it (the merger adds learned row breaks)"}
+TOP_IGNORED = {"im_newline_id": "a tokenizer id; HF's model never reads it (the merger adds learned row breaks)",
+               "image_newline_token_id": "a tokenizer id in hub configs; HF's model never reads it"}
+#: hub configs name the marker ids so; HunYuanVLConfig reads im_start_id / im_end_id: accepted when equal
+MARKER_COPIES = {"image_start_token_id": "im_start_id", "image_end_token_id": "im_end_id"}
 VISION_FIELDS = {"hidden_act", "hidden_size", "intermediate_size", "interpolate_mode", "rms_norm_eps",
                  "num_attention_heads", "num_channels", "num_hidden_layers", "patch_size", "spatial_merge_size",
                  "temporal_patch_size", "max_image_size", "text_hidden_size", "num_key_value_heads"}
@@ -66,7 +69,9 @@ def vision_config(vc: Any, text_width: int) -> tuple[VisionConfig, ProjectorConf
 
 def hunyuan_vl_config(hf: Any) -> HookedVLMConfig:
     where = type(hf).__name__
-    check_fields(hf, TOP_FIELDS, where, TOP_IGNORED)
+    check_fields(hf, TOP_FIELDS | set(MARKER_COPIES), where, TOP_IGNORED)
+    for copy, field in MARKER_COPIES.items():
+        check_copy(hf, copy, getattr(hf, field), field, where)
     tc = hf.text_config
     text = lm_part(tc, HUNYUAN_LMS, where).config(tc)
     vision, projector = vision_config(hf.vision_config, text.d_model)
