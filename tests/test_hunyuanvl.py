@@ -228,3 +228,21 @@ def test_decode_steps_from_the_kv_cache_equal_hf_full_forwards():
                         mm_token_type_ids=(full_ids == IMAGE).long())).logits
     for k in range(new.shape[1]):
         assert _max(ref[:, inputs["input_ids"].shape[1] + k], steps[k]) <= ATOL, k
+
+
+def test_three_axis_xdrope_matches_hf():
+    """mrope_section of 3 entries (column, row, image index; no sequence axis): positions and logits equal HF's on the
+    padded batch, and greedy tokens too."""
+    from hooked_vlm import HookedVLM
+
+    rope = {"rope_type": "xdrope", "rope_theta": 10000.0, "alpha": 2.0, "factor": 1.0, "xdrope_section": [2, 1, 1]}
+    folder, hf = th.make_hunyuanvl(text=th.text_config(rope_parameters=rope), seed=1)
+    model = HookedVLM.from_pretrained(str(folder), processor=None)
+    inputs = th.batch()
+    assert model.cfg.extra["xdrope"]["n_axes"] == 3
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        ours = model(**inputs)
+        ref_tokens = hf.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert _max(ref, ours, _real(inputs)) <= ATOL
+    assert torch.equal(ref_tokens, model.generate(**inputs, max_new_tokens=6, return_type="tokens"))
