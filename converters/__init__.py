@@ -34,6 +34,8 @@ FAMILY_MODULES = [
     "converters.ovis2",
     "converters.mllama",
     "converters.gemma4",
+    "converters.exaone4_5",
+    "converters.hunyuan_vl",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -103,6 +103,8 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Glm4vMoeForConditionalGeneration": ("glm4v-moe",),
     "Glm46VForConditionalGeneration": ("glm46v",),
     "Ovis2ForConditionalGeneration": ("ovis2",),
+    "Exaone4_5_ForConditionalGeneration": ("exaone4.5",),
+    "HunYuanVLForConditionalGeneration": ("hunyuan-vl",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -185,6 +187,13 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "router (`moe_router=\"sigmoid_grouped\"`) + ungated shared expert (`mlp.shared_expert.*`)", "`boi`, `eoi`"),
     ("Glm46VForConditionalGeneration", "GLM-4.6V: the same declaration, its LM picked by `text_config.model_type` "
      "(GLM-4 or GLM-4.5 MoE)", "`boi`, `eoi`"),
+    ("Exaone4_5_ForConditionalGeneration", "EXAONE 4.5: Qwen2.5-VL's packed ViT with grouped key / value heads + patch "
+     "merger; EXAONE 4 LM (`exaone4` part: post-sublayer norms only, q/k norms, sliding-window RoPE layers and NoPE "
+     "global layers), 1-D positions (images; video refused)", "`boi`, `eoi`"),
+    ("HunYuanVLForConditionalGeneration", "HunyuanOCR: packed ViT with a learned position grid resized per image, conv "
+     "merger (2 x 2 conv, row breaks, learned begin / end embeddings; `projector.hook_downsampled`), HunYuan LM "
+     "(`hunyuan_vl_text` part: q/k norms after RoPE, 4-axis xdrope positions, ntk-alpha base)",
+     "`boi`, `eoi`, `row_break`"),
 ]
 
 _TIMM = "its tower is a timm model (TimmWrapper: `timm` is not a dependency, and its weights follow timm's layout)"
@@ -207,8 +216,6 @@ REFUSED: dict[str, str] = {
     "Dots3NoteForConditionalGeneration": "its MoE vision tower, audio encoder and indexed-attention MoE LM",
     "Ernie4_5_VLMoeForConditionalGeneration": "the Ernie 4.5 multimodal MoE LM (modality-routed experts) and its "
                                               "variable-resolution resampler",
-    "Exaone4_5_ForConditionalGeneration": "the EXAONE 4 LM part (exaone4: post-sublayer RMSNorms only, q/k norms, sliding / "
-                                          "global layer_types) and the Exaone 4.5 packed vision tower + patch merger",
     "FastVlmForConditionalGeneration": _TIMM + " (FastViTHD)",
     "Florence2ForConditionalGeneration": "the DaViT tower and the BART LM, " + _ENC_DEC,
     "FuyuForCausalLM": "Fuyu's linear patch embedding straight into a Persimmon LM (no vision tower; the Persimmon LM "
@@ -225,8 +232,6 @@ REFUSED: dict[str, str] = {
     "GotOcr2ForConditionalGeneration": "the SAM vision encoder (windowed attention with relative positions, conv neck)",
     "Granite4VisionForConditionalGeneration": "its Q-Former (blip_2_qformer) projector",
     "GraniteDoclingForConditionalGeneration": "its DeepStack connector with a density router and its vision tower",
-    "HunYuanVLForConditionalGeneration": "the HunYuan dense LM part (HunYuanVLDenseV1Attention: q/k RMSNorms, multimodal "
-                                         "rotary) and the HunYuanVL vision tower / patch merger",
     "HyperCLOVAXVisionV2ForConditionalGeneration": "the HyperCLOVAX LM part (model_type hyperclovax); its Qwen2.5-VL "
                                                    "tower is one we convert inside Qwen2.5-VL",
     "IdeficsForVisionText2Text": "Idefics 1's gated cross-attention layers and perceiver (cross-attention mixer "

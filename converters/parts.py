@@ -24,6 +24,8 @@ from ._cohere2 import COHERE2_FIELDS, COHERE_FIELDS, cohere2_rules, cohere2_text
 from ._clip import CLIP_VISION_FIELDS, clip_aliases, clip_ignored, clip_rules, clip_vision_config
 from ._glm4 import (GLM4_MOE_TEXT_FIELDS, GLM4_TEXT_FIELDS, glm4_moe_rules, glm4_moe_text_config, glm4_rules,
                     glm4_text_config)
+from ._exaone4 import EXAONE4_FIELDS, exaone4_rules, exaone4_text_config
+from ._hunyuan import HUNYUAN_TEXT_FIELDS, hunyuan_rules, hunyuan_text_config
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
 from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
@@ -92,6 +94,10 @@ LM_PARTS: dict[str, LMPart] = {
     "lfm2": LMPart(config=lfm2_config, rules=lfm2_rules, fields=frozenset(LFM2_FIELDS)),
     "glm4v_text": LMPart(config=glm4_text_config, rules=glm4_rules, fields=frozenset(GLM4_TEXT_FIELDS)),
     "glm4v_moe_text": LMPart(config=glm4_moe_text_config, rules=glm4_moe_rules, fields=frozenset(GLM4_MOE_TEXT_FIELDS)),
+    # EXAONE 4 (EXAONE 4.5's LM): post-sublayer norms only, q/k norms, sliding RoPE layers + NoPE global layers
+    "exaone4": LMPart(config=exaone4_text_config, rules=exaone4_rules, fields=frozenset(EXAONE4_FIELDS)),
+    # HunYuan dense (HunYuanVL's LM): q/k RMS norms after RoPE, multimodal RoPE over 3-4 axes ("doubled" layout)
+    "hunyuan_vl_text": LMPart(config=hunyuan_text_config, rules=hunyuan_rules, fields=frozenset(HUNYUAN_TEXT_FIELDS)),
 }
 
 

@@ -112,6 +112,7 @@ class TowerConfig:
     attn_scale: float | None = None  # None = d_head ** -0.5
     sliding_window: int | None = None  # keys further back than this are masked (Mistral)
     qk_norm: str | None = None  # "LN" | "RMS": normalise each head's q and k over d_head, before rope
+    qk_norm_after_rope: bool = False  # the qk_norm above applied AFTER rope instead (HunYuan's query/key_layernorm)
     qk_norm_per_head: bool = False  # q/k norm weights [head, d_head] (Chameleon) instead of shared [d_head]
     qk_norm_eps: float | None = None  # None = norm_eps
     # "head": each head's q / k normalised over d_head; "all": the whole q (k) projection normalised over
@@ -313,6 +314,8 @@ class TowerConfig:
                     raise ValueError(f"moe_layers {self.moe_layers} must be layers of the {self.n_layers}-layer tower")
         if not 0 <= self.deepstack_layers <= self.n_layers:
             raise ValueError(f"deepstack_layers={self.deepstack_layers} must be between 0 and n_layers={self.n_layers}")
+        if self.qk_norm_after_rope and self.qk_norm is None:
+            raise ValueError("qk_norm_after_rope moves the q / k norms after RoPE, but qk_norm is None (no norms)")
         if self.qk_norm_scope not in ("head", "all"):
             raise ValueError(f"qk_norm_scope must be 'head' or 'all', got {self.qk_norm_scope!r}")
         if self.residual_multiplier != 1.0 and self.norm_placement != "pre":

@@ -37,6 +37,7 @@ class ImageLayout:
     tiles: int = 1
     tile_shapes: list[tuple[int, int]] | None = None
     n_prefix: int = 0  # content tokens before the grid (e.g. a kept class token); no grid cell
+    n_suffix: int = 0  # content tokens after the grid (HunYuanVL's learned image_end embedding); no grid cell
     newline_offsets: list[int] | None = None  # placeholder offsets holding a row-break embedding
     thumbnail: bool = False  # the last tile is a downscaled view of the whole image (InternVL): span ``thumbnail``
     thumbnail_first: bool = False  # with ``thumbnail``: the FIRST tile is the thumbnail (Ovis 2), the crops follow
@@ -62,7 +63,7 @@ class ImageLayout:
     @property
     def n_tokens(self) -> int:
         grid = self.tiles * self.latents if self.latents else sum(r * c for r, c in self.shapes())
-        return self.n_prefix + grid + len(self.newline_offsets or ())
+        return self.n_prefix + grid + self.n_suffix + len(self.newline_offsets or ())
 
 
 @dataclass
@@ -221,6 +222,7 @@ def build_spans(
             if layout.crop_of is not None:
                 masks.setdefault("crop", torch.zeros_like(real))[b, img_pos] = True
             grid[b, img_pos[: layout.n_prefix], 0] = i
+            grid[b, img_pos[len(img_pos) - layout.n_suffix:], 0] = i
             offset = layout.n_prefix
             for t in range(layout.tiles if layout.latents else 0):  # latents: image and tile, no (row, col)
                 tile_pos = img_pos[offset : offset + layout.latents]

@@ -22,6 +22,8 @@ from tests import tiny_next_pixtral as tnp
 from tests import tiny_ovis2 as tov
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_glm4v as tgl
+from tests import tiny_exaone45 as tex
+from tests import tiny_hunyuanvl as thy
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
 
@@ -84,6 +86,8 @@ FAMILIES = {
     "glm4v_moe": _from_factory(tgl.glm4v_moe),
     "glm46v": _from_factory(tgl.glm46v),
     "ovis2": _from_factory(tov.ovis2),
+    "exaone4_5": _from_factory(tex.exaone45),
+    "hunyuan_vl": _from_factory(thy.hunyuanvl),
 }
 
 

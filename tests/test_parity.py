@@ -29,6 +29,8 @@ from tests import tiny_next_pixtral as tnp
 from tests import tiny_ovis2 as tov
 from tests import tiny_paligemma as tpg
 from tests import tiny_glm4v as tgl
+from tests import tiny_exaone45 as tex
+from tests import tiny_hunyuanvl as thy
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
@@ -98,6 +100,8 @@ CASES = [
     ("glm4v-moe", tgl.glm4v_moe),  # GLM-4.5V: grouped sigmoid router with choice bias, ungated shared expert
     ("glm46v", tgl.glm46v),  # GLM-4.6V: the GLM ViT with the GLM-4.5V MoE LM, picked by text_config.model_type
     ("ovis2", tov.ovis2),  # AIMv2 ViT; visual tokenizer softmax x embedding table; thumbnail + crop grid; Qwen2 LM
+    ("exaone4.5", tex.exaone45),  # EXAONE 4 LM (post-sublayer norms, q/k norms, window 8 + NoPE globals); GQA Qwen2.5 ViT
+    ("hunyuan-vl", thy.hunyuanvl),  # HunYuan LM (q/k norms after RoPE, 4-axis xdrope); grid-position ViT + conv merger
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -300,7 +304,8 @@ def test_greedy_generate_matches_hf(case_id):
                                             ("granite-vision", "padded"), ("lighton-ocr", "padded"),
                                             ("next-video-clip", "padded"), ("deepseek-vl", "padded"),
                                             ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded"),
-                                            ("ovis2", "padded")])
+                                            ("ovis2", "padded"),
+                                            ("exaone4.5", "padded"), ("hunyuan-vl", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

@@ -23,6 +23,7 @@ VISION_KINDS = {
     "siglip2_naflex": "hooked_vlm.components.naflex_vision:NaFlexVisionTower",
     "tiled_vit": "hooked_vlm.components.tiled_vision:TiledVisionTower",
     "gemma4_vit": "hooked_vlm.components.gemma4_vision:Gemma4VisionTower",
+    "hunyuan_vit": "hooked_vlm.components.hunyuan_vision:GridPositionViT",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
@@ -38,6 +39,7 @@ PROJECTOR_KINDS = {
     "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
     "pixel_unshuffle_mlp": "hooked_vlm.components.pixel_unshuffle_projector:PixelUnshuffleProjector",
     "visual_embedding_table": "hooked_vlm.components.visual_embedding_projector:VisualEmbeddingProjector",
+    "conv_merger": "hooked_vlm.components.conv_merger:ConvMerger",
 }
 
 
