@@ -31,6 +31,7 @@ FAMILY_MODULES = [
     "converters.lighton_ocr",
     "converters.llava_next_video",
     "converters.deepseek_vl",
+    "converters.deepseek_vl_hybrid",
     "converters.mllama",
     "converters.gemma4",
 ]

@@ -69,6 +69,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "LightOnOcrForConditionalGeneration": ("lighton-ocr",),
     "LlavaNextVideoForConditionalGeneration": ("next-video-clip",),
     "DeepseekVLForConditionalGeneration": ("deepseek-vl",),
+    "DeepseekVLHybridForConditionalGeneration": ("deepseek-vl-hybrid",),
     "AyaVisionForConditionalGeneration": ("aya-vision", "aya-vision-cohere-lm"),
     "Cohere2VisionForConditionalGeneration": ("cohere2-vision",),
     "Qwen3_5ForConditionalGeneration": ("qwen3.5",),
@@ -94,6 +95,9 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "(the pooled video path is not converted)", "`row_break`, tile of each token"),
     ("DeepseekVLForConditionalGeneration", "DeepSeek-VL: SigLIP read after post_layernorm, linear1 / GELU / linear2 "
      "aligner, Llama", ""),
+    ("DeepseekVLHybridForConditionalGeneration", "DeepSeek-VL-Hybrid: SigLIP (`vision.*`) beside a SAM ViT on "
+     "1024 px (`vision.high_res.*`: windowed / global attention with decomposed relative positions, conv neck), "
+     "combined by the hybrid aligner (`projector.hook_high_res`, `hook_low_res_proj` / `hook_high_res_proj`), Llama", ""),
     ("Qwen2VLForConditionalGeneration", "packed ViT, patch merger, M-RoPE (3-D positions computed as HF)", "`boi`, `eoi`"),
     ("Qwen2_5_VLForConditionalGeneration", "+ window attention, RMSNorm/SwiGLU ViT", "`boi`, `eoi`"),
     ("Idefics3ForConditionalGeneration", "SigLIP (NaViT patch mask), pixel shuffle, image splitting",
@@ -173,7 +177,6 @@ REFUSED: dict[str, str] = {
     "Cosmos3OmniForConditionalGeneration": "Cosmos3Omni's multimodal (audio / video) thinker around a Qwen3-VL tower",
     "DeepseekOcr2ForConditionalGeneration": "the SAM vision encoder (windowed attention with relative positions, conv "
                                             "neck) and the DeepSeek MoE LM",
-    "DeepseekVLHybridForConditionalGeneration": "the SAM high-resolution vision encoder beside SigLIP",
     "Dots3NoteForConditionalGeneration": "its MoE vision tower, audio encoder and indexed-attention MoE LM",
     "Ernie4_5_VLMoeForConditionalGeneration": "the Ernie 4.5 multimodal MoE LM (modality-routed experts) and its "
                                               "variable-resolution resampler",

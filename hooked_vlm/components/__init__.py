@@ -23,6 +23,8 @@ VISION_KINDS = {
     "siglip2_naflex": "hooked_vlm.components.naflex_vision:NaFlexVisionTower",
     "tiled_vit": "hooked_vlm.components.tiled_vision:TiledVisionTower",
     "gemma4_vit": "hooked_vlm.components.gemma4_vision:Gemma4VisionTower",
+    "sam_vit": "hooked_vlm.components.sam_vision:SamVisionTower",
+    "hybrid_vit": "hooked_vlm.components.hybrid_vision:HybridVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
@@ -37,6 +39,7 @@ PROJECTOR_KINDS = {
     "unit_norm_linear": "hooked_vlm.components.gemma4_vision:UnitNormLinearProjector",
     "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
     "pixel_unshuffle_mlp": "hooked_vlm.components.pixel_unshuffle_projector:PixelUnshuffleProjector",
+    "hybrid_aligner": "hooked_vlm.components.hybrid_aligner:HybridAligner",
 }
 
 
