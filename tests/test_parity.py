@@ -31,6 +31,7 @@ from tests import tiny_glm4v as tgl
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
+from tests import tiny_sam as tsam
 
 ATOL = 1e-4  # ours vs HF
 PATH_ATOL = 1e-5  # our fast (SDPA) path vs our explicit path
@@ -90,6 +91,7 @@ CASES = [
     ("lighton-ocr", tll.lighton_ocr),
     ("next-video-clip", tll.llava_next_video),
     ("deepseek-vl", tll.deepseek_vl),
+    ("deepseek-vl-hybrid", tsam.deepseek_vl_hybrid),  # SigLIP + SAM ViT (windowed rel-pos attention, padded windows)
     ("mllama", tml.mllama),  # cross-attention layers 1, 3; a row with two images (the mask changes mid-row)
     ("gemma4-ple-kv-sharing", functools.partial(tg4.gemma4, "ple_kv")),  # text model; per-layer inputs, KV sharing
     ("gemma4-k-eq-v-moe", functools.partial(tg4.gemma4, "k_eq_v_moe")),  # text model; global v = k, 1 KV head; MoE beside MLP
@@ -297,6 +299,7 @@ def test_greedy_generate_matches_hf(case_id):
                                             ("llava-mistral-window", "unpadded"), ("lfm2-vl", "padded"), ("vipllava", "padded"),
                                             ("granite-vision", "padded"), ("lighton-ocr", "padded"),
                                             ("next-video-clip", "padded"), ("deepseek-vl", "padded"),
+                                            ("deepseek-vl-hybrid", "padded"),
                                             ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.

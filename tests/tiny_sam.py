@@ -23,7 +23,8 @@ ZERO_INIT = ("pos_embed", "rel_pos_h", "rel_pos_w", "high_res_vision_alpha")
 
 def sam_vision(**overrides: Any) -> dict:
     cfg = dict(model_type="sam_vision_model", hidden_size=16, output_channels=8, num_hidden_layers=3,
-               num_attention_heads=2, image_size=32, patch_size=4, window_size=3, global_attn_indexes=[1], mlp_dim=32)
+               num_attention_heads=2, image_size=32, patch_size=4, window_size=3, global_attn_indexes=[1], mlp_dim=32,
+               initializer_range=0.2)  # SAM's default 1e-10 leaves every matrix ~0: the attention would do nothing
     cfg.update(overrides)
     return cfg
 
