@@ -32,6 +32,7 @@ FAMILY_MODULES = [
     "converters.llava_next_video",
     "converters.deepseek_vl",
     "converters.deepseek_vl_hybrid",
+    "converters.got_ocr2",
     "converters.mllama",
     "converters.gemma4",
 ]

@@ -55,7 +55,8 @@ def sam_vision_config(vc: Any, feature_layers: tuple[int, ...] = (), feature_sel
     return VisionConfig(tower=tower, image_size=vc.image_size, patch_size=vc.patch_size, kind="sam_vit",
                         n_channels=vc.num_channels, class_token=False, patch_bias=True, ln_pre=False,
                         feature_layers=tuple(feature_layers), feature_select=feature_select,
-                        extra={"d_neck": vc.output_channels, "abs_pos": vc.use_abs_pos})
+                        extra={"d_neck": vc.output_channels, "abs_pos": vc.use_abs_pos,
+                               "d_features": vc.output_channels})  # the neck output is what a projector reads
 
 
 def neck_rules(prefix: str, dest: str) -> list[tuple[str, str]]:
@@ -80,3 +81,16 @@ def sam_rules(prefix: str, dest: str = "vision") -> list[tuple[str, str]]:
         (rf"{layer}\.mlp\.lin1\.(weight|bias)", rf"{dest}.blocks.\1.mlp.up_proj.\2"),
         (rf"{layer}\.mlp\.lin2\.(weight|bias)", rf"{dest}.blocks.\1.mlp.down_proj.\2"),
     ] + neck_rules(f"{prefix}.neck", f"{dest}.neck")
+
+
+def sam_marker_roles(cfg: Any, processor: Any) -> None:
+    """GOT-OCR2's ``<img>`` / ``</img>`` around each image's tokens: their ids live in the tokenizer (the processor's
+    ``img_start_token`` / ``img_end_token``), not the HF config. Without a processor the spans have no boi / eoi."""
+    tok = getattr(processor, "tokenizer", None)
+    if tok is None or cfg.roles is None:
+        return
+    for attr, field in (("img_start_token", "boi_token_id"), ("img_end_token", "eoi_token_id")):
+        token = getattr(processor, attr, None)
+        tid = None if token is None else tok.convert_tokens_to_ids(token)
+        if tid is not None and tid != tok.unk_token_id:
+            setattr(cfg.roles, field, tid)

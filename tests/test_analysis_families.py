@@ -20,6 +20,7 @@ ATOL = 1e-4
 CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "gemma3", "qwen3vl", "qwen3vl_moe", "internvl",
          "idefics2", "aya_vision", "vipllava", "granite_vision", "lighton_ocr", "llava_next_video", "deepseek_vl",
          "deepseek_vl_hybrid",  # two towers (SAM ViT beside SigLIP) combined in the projector
+         "got_ocr2",  # SAM ViT alone, conv-downsampled grid between <img> / </img>
          "glm4v", "glm4v_moe"]  # GLM-4.1V: sandwich post-norms; GLM-4.5V: grouped sigmoid router
 
 

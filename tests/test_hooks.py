@@ -76,6 +76,7 @@ FAMILIES = {
     "llava_next_video": _from_factory(tll.llava_next_video),
     "deepseek_vl": _from_factory(tll.deepseek_vl),
     "deepseek_vl_hybrid": _from_factory(tsam.deepseek_vl_hybrid),
+    "got_ocr2": _from_factory(tsam.got_ocr2),
     "mllama": _from_factory(tml.mllama),
     "qwen3_5": _from_factory(tq35.qwen35),
     "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),

@@ -92,6 +92,7 @@ CASES = [
     ("next-video-clip", tll.llava_next_video),
     ("deepseek-vl", tll.deepseek_vl),
     ("deepseek-vl-hybrid", tsam.deepseek_vl_hybrid),  # SigLIP + SAM ViT (windowed rel-pos attention, padded windows)
+    ("got-ocr2", tsam.got_ocr2),  # SAM ViT + conv downsample projector, Qwen2 LM; <img> / </img> markers
     ("mllama", tml.mllama),  # cross-attention layers 1, 3; a row with two images (the mask changes mid-row)
     ("gemma4-ple-kv-sharing", functools.partial(tg4.gemma4, "ple_kv")),  # text model; per-layer inputs, KV sharing
     ("gemma4-k-eq-v-moe", functools.partial(tg4.gemma4, "k_eq_v_moe")),  # text model; global v = k, 1 KV head; MoE beside MLP
@@ -299,7 +300,7 @@ def test_greedy_generate_matches_hf(case_id):
                                             ("llava-mistral-window", "unpadded"), ("lfm2-vl", "padded"), ("vipllava", "padded"),
                                             ("granite-vision", "padded"), ("lighton-ocr", "padded"),
                                             ("next-video-clip", "padded"), ("deepseek-vl", "padded"),
-                                            ("deepseek-vl-hybrid", "padded"),
+                                            ("deepseek-vl-hybrid", "padded"), ("got-ocr2", "padded"),
                                             ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.

@@ -179,3 +179,47 @@ def test_hybrid_config_checks(edit, message):
     else:
         with pytest.raises(UnsupportedConfigError, match=message):
             convert(config)
+
+
+# ---------------------------------------------------------------- GOT-OCR2 (SAM ViT alone)
+@pytest.mark.parametrize("path", ["fast", "explicit"])
+def test_got_ocr2_every_sam_layer_the_neck_and_the_image_embeds_match_hf(path):
+    b = built("got-ocr2")
+    model = b.model
+    with torch.no_grad():
+        ref = b.hf.model.vision_tower(b.inputs["pixel_values"], output_hidden_states=True)
+        feats = b.hf.model.get_image_features(b.inputs["pixel_values"]).pooler_output
+
+    def names(n):
+        return ("hook_resid_post" in n or n in ("vision.hook_embed", "vision.neck.hook_out", "hook_image_embeds")
+                or (path == "explicit" and n.endswith("hook_pattern")))
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(**b.inputs, names_filter=names)
+    n = model.cfg.vision.tower.n_layers
+    assert len(ref.hidden_states) == n + 1
+    assert _max_diff(_grid(ref.hidden_states[0]), cache["vision.hook_embed"]) <= ATOL
+    for layer in range(n):
+        assert _max_diff(_grid(ref.hidden_states[layer + 1]), cache[f"vision.blocks.{layer}.hook_resid_post"]) <= ATOL
+    assert _max_diff(_grid(ref.last_hidden_state.permute(0, 2, 3, 1)), cache["vision.neck.hook_out"]) <= ATOL
+    assert _max_diff(feats.reshape(-1, model.cfg.d_model), cache["hook_image_embeds"]) <= ATOL
+    assert any(k.endswith("hook_pattern") for k in cache.keys()) == (path == "explicit")
+
+
+def test_got_ocr2_spans_hold_the_markers_and_a_grid_per_image():
+    """<img> / </img> (ids from the processor's tokenizer) are the boi / eoi spans; the 9 pads of each image are its
+    3 x 3 grid, row-major."""
+    b = built("got-ocr2")
+    roles = b.model.cfg.roles
+    tok = b.model.processor.tokenizer
+    assert (roles.boi_token_id, roles.eoi_token_id) == tuple(tok.convert_tokens_to_ids(["<img>", "</img>"]))
+    spans = b.model.spans_for(b.inputs["input_ids"], b.inputs["attention_mask"],
+                              b.model.image_layouts(b.inputs["pixel_values"], {}))
+    ids = b.inputs["input_ids"]
+    for item in range(2):
+        boi, eoi = spans.positions("boi", item), spans.positions("eoi", item)
+        assert ids[item, boi].tolist() == [roles.boi_token_id] and ids[item, eoi].tolist() == [roles.eoi_token_id]
+        assert spans.positions("image", item).tolist() == list(range(int(boi) + 1, int(eoi)))
+        values = torch.zeros(ids.shape[1])
+        values[spans.positions("image", item)] = torch.arange(9.0)
+        assert spans.to_grid(values, batch=item).tolist() == torch.arange(9.0).view(3, 3).tolist()

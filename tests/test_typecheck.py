@@ -91,6 +91,7 @@ SCRIPT = textwrap.dedent(
               "vipllava": built(tll.vipllava), "granite_vision": built(tll.granite_vision),
               "lighton_ocr": built(tll.lighton_ocr), "llava_next_video": built(tll.llava_next_video),
               "deepseek_vl": built(tll.deepseek_vl), "deepseek_vl_hybrid": built(tsam.deepseek_vl_hybrid),
+              "got_ocr2": built(tsam.got_ocr2),
               "aya_vision": built(tco.aya), "cohere2_vision": built(tco.cohere2_vision),
               "qwen3_5": built(tq35.qwen35), "qwen3_5_moe": built(lambda: tq35.qwen35(moe=True)),
               "lfm2_vl": built(tlv.lfm2vl), "mllama": built(tml.mllama),

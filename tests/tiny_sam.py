@@ -6,6 +6,10 @@ SAM's zero-initialised tensors (absolute positions, relative-position tables, th
 are randomised so each one matters. The batch is DeepseekVLHybridProcessor's layout: the image token repeated
 ``num_image_tokens`` (= the SigLIP patch grid) times per image, no markers; ``high_res_pixel_values`` beside
 ``pixel_values``.
+
+``got_ocr2``: GOT-OCR2's SAM ViT on 48 px (12 x 12 patches, window 5: padded to 15 x 15; layer 1 global), its two
+stride-2 convs (12 -> 6 -> 3: 9 tokens per image) + Linear, a Qwen2 LM. The batch IS GotOcr2Processor's output (a
+word tokenizer with ``<img>`` / ``</img>`` / ``<imgpad>``, left padding): ``<img>`` + ``<imgpad>`` x 9 + ``</img>``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 import torch
 
 from tests import tiny_next_pixtral as tnp
-from tests.tiny import IMAGE_TOKEN, Built, llama_text_config, load, pad_rows
+from tests import tiny
+from tests.tiny import IMAGE_TOKEN, VOCAB, Built, llama_text_config, load, pad_rows
 
 ZERO_INIT = ("pos_embed", "rel_pos_h", "rel_pos_w", "high_res_vision_alpha")
 
@@ -68,3 +73,70 @@ def deepseek_vl_hybrid() -> Built:
     inputs = deepseek_vl_hybrid_batch(hf, [1, 2], [3, 0])
     unpadded = deepseek_vl_hybrid_batch(hf, [1, 1], [0, 0], seed=1)
     return load(folder, hf, inputs, unpadded, None)
+
+
+# ---------------------------------------------------------------- GOT-OCR2
+IMG_START, IMG_END = 101, 102
+
+
+def make_got_ocr2(seed: int = 0):
+    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
+
+    vision = sam_vision(model_type="got_ocr2_vision", image_size=48, window_size=5)
+    config = GotOcr2Config(text_config=llama_text_config(model_type="qwen2", num_key_value_heads=2),
+                           vision_config=vision, image_token_index=IMAGE_TOKEN, image_seq_length=9)
+    folder, hf = tnp._save(config, GotOcr2ForConditionalGeneration, "tiny_got_ocr2_", seed)
+    _randomise_zero_init(hf, folder)
+    return folder, hf
+
+
+def got_tokenizer():
+    """tests.tiny's word tokenizer with GOT's markers: <imgpad> = IMAGE_TOKEN, <img> / </img>, <|im_start|> /
+    <|im_end|> (the processor's chat markers), and the words of its OCR prompt."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special = {"<pad>": tiny.PAD, "<s>": tiny.BOS, "</s>": tiny.EOS, "<unk>": 3, "<imgpad>": IMAGE_TOKEN,
+               "<img>": IMG_START, "</img>": IMG_END, "<|im_start|>": 103, "<|im_end|>": 104}
+    vocab = dict(special)
+    words = tiny.WORDS + ["system", "user", "assistant", "OCR", "OCR:", "You", "should", "follow", "instructions",
+                          "carefully", "and", "explain", "your", "answers", "detail."]
+    free = iter(i for i in range(4, VOCAB) if i not in special.values())
+    for w in words:
+        vocab.setdefault(w, next(free))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>", additional_special_tokens=[k for k in special if k[0] == "<"][4:])
+    out.padding_side = "left"
+    return out
+
+
+def got_processor():
+    from transformers import GotOcr2ImageProcessor, GotOcr2Processor
+
+    ip = GotOcr2ImageProcessor(size={"height": 48, "width": 48})
+    return GotOcr2Processor(image_processor=ip, tokenizer=got_tokenizer())
+
+
+def got_batch(processor, texts: list[str], seed: int) -> dict:
+    """GotOcr2Processor's own output for ``texts`` (each ``<img><imgpad></img>``: the processor expands the pad to 9
+    per image), one image each, left padded."""
+    images = [tiny.pil_image(seed * 10 + i, size=30 + 7 * i) for i in range(len(texts))]
+    out = processor(images=images, text=texts, return_tensors="pt", padding=True, num_image_tokens=9)
+    return {k: v for k, v in dict(out).items() if k in ("input_ids", "attention_mask", "pixel_values")}
+
+
+#: the processor's own OCR prompt (GotOcr2Processor.prepare_inputs_layout without text), and a shorter one
+OCR_PROMPT = "<|im_start|>user\n<img><imgpad></img>\nOCR: <|im_end|><|im_start|>assistant\n"
+
+
+@functools.lru_cache(maxsize=None)
+def got_ocr2() -> Built:
+    folder, hf = make_got_ocr2()
+    processor = got_processor()
+    processor.save_pretrained(folder)
+    inputs = got_batch(processor, [OCR_PROMPT, "<img><imgpad></img> OCR:"], seed=0)
+    unpadded = got_batch(processor, ["<img><imgpad></img> what is this ?", "<img><imgpad></img> the red circle ?"],
+                         seed=1)
+    return load(folder, hf, inputs, unpadded)

@@ -40,6 +40,7 @@ PROJECTOR_KINDS = {
     "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
     "pixel_unshuffle_mlp": "hooked_vlm.components.pixel_unshuffle_projector:PixelUnshuffleProjector",
     "hybrid_aligner": "hooked_vlm.components.hybrid_aligner:HybridAligner",
+    "conv_downsample": "hooked_vlm.components.conv_projector:ConvDownsampleProjector",
 }
 
 
