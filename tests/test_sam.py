@@ -223,3 +223,27 @@ def test_got_ocr2_spans_hold_the_markers_and_a_grid_per_image():
         values = torch.zeros(ids.shape[1])
         values[spans.positions("image", item)] = torch.arange(9.0)
         assert spans.to_grid(values, batch=item).tolist() == torch.arange(9.0).view(3, 3).tolist()
+
+
+# ---------------------------------------------------------------- full size, on the meta device
+@pytest.mark.parametrize("architecture", ["DeepseekVLHybridForConditionalGeneration", "GotOcr2ForConditionalGeneration"])
+def test_full_size_default_configs_match_hf_structure(architecture, tmp_path):
+    """No verbatim published config.json of either family was found (docs/families.md says so); HF's default configs
+    are the published sizes (DeepseekVLHybridConfig: "deepseek-community/deepseek-vl-7b-chat style", SAM-B 1024 px,
+    window 14 -> 64 x 64 grid padded to 70 x 70, global layers 2 / 5 / 8 / 11; GotOcr2Config: GOT-OCR-2.0's SAM and
+    Qwen2-0.5B sizes). The structural check of tests/test_real_configs.py on them: every HF tensor (in memory and as
+    saved) maps onto one of ours with its shape, nothing unused or unset, parameter counts equal."""
+    import json
+
+    import transformers
+
+    from tests.test_real_configs import _problems, structure
+
+    config = getattr(transformers, architecture.replace("ForConditionalGeneration", "Config"))()
+    config.architectures = [architecture]
+    path = tmp_path / f"{architecture}.json"
+    path.write_text(json.dumps(config.to_dict()))
+    s = structure(path)
+    assert _problems(s.in_memory) == {} and _problems(s.saved) == {}
+    assert s.n_parameters == s.hf_parameters - s.not_converted
+    assert s.n_parameters > 5e8 if architecture.startswith("Got") else s.n_parameters > 6e9
