@@ -104,6 +104,8 @@ def test_every_layer_of_both_towers_and_the_image_embeds_match_hf(path):
     if path == "explicit":  # the pattern of a windowed layer is per window: 8 x 8 grid padded to 9 x 9 -> 9 windows
         assert cache["vision.high_res.blocks.0.attn.hook_pattern"].shape == (3 * 9, 2, 9, 9)
         assert cache["vision.high_res.blocks.1.attn.hook_pattern"].shape == (3, 2, 64, 64)
+        for layer, block in enumerate(model.vision.high_res.blocks):  # what memory.py sizes inspect's report by
+            assert block.attn.pattern_shape(3) == cache[f"vision.high_res.blocks.{layer}.attn.hook_pattern"].shape
 
 
 def test_the_case_exercises_what_it_claims(monkeypatch):

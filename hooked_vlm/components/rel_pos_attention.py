@@ -60,6 +60,11 @@ class RelPosAttention(nn.Module):
         self.hook_pattern = HookPoint()  # [window, head, q_pos, k_pos]
         self.hook_z = HookPoint()  # [window, pos, head, d_head]
 
+    def pattern_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """The shape of hook_attn_scores / hook_pattern for ``batch`` images: [window, head, q_pos, k_pos]."""
+        per_side = 1 if self.window is None else -(-self.grid // self.window)
+        return (batch * per_side**2, self.n_heads, self.size**2, self.size**2)
+
     def _explicit(self) -> bool:
         return bool(self.hook_attn_scores.fwd_hooks or self.hook_pattern.fwd_hooks)
 
