@@ -227,6 +227,32 @@ def test_got_ocr2_spans_hold_the_markers_and_a_grid_per_image():
         assert spans.to_grid(values, batch=item).tolist() == torch.arange(9.0).view(3, 3).tolist()
 
 
+@pytest.mark.parametrize("options", [{"use_rel_pos": False, "use_abs_pos": False}, {"window_size": 0}],
+                         ids=["no-rel-no-abs-pos", "window-0-all-global"])
+def test_got_ocr2_sam_options_match_hf(options):
+    """The SAM options the shared case keeps on: no relative / absolute positions (no tables, no hook_rel_pos), and
+    window_size 0 (HF then makes every layer global). Image embeddings and logits against HF."""
+    from hooked_vlm import HookedVLM
+    from tests import tiny_sam
+
+    folder, hf = tiny_sam.make_got_ocr2(seed=2, **options)
+    model = HookedVLM.from_pretrained(str(folder), processor=None)
+    inputs = built("got-ocr2").inputs
+    kinds = set(model.cfg.vision.tower.layer_types)
+    assert kinds == ({"global_rel_pos_attention"} if "window_size" in options else
+                     {"global_rel_pos_attention", "window_rel_pos_attention"})
+    has_rel = "use_rel_pos" not in options
+    assert any(n.endswith("hook_rel_pos") for n in model.hook_dict) == has_rel
+    assert (model.vision.pos_embed is not None) == ("use_abs_pos" not in options)
+    with torch.no_grad():
+        feats = hf.model.get_image_features(inputs["pixel_values"]).pooler_output
+        ref = hf(**inputs).logits
+        logits, cache = model.run_with_cache(**inputs, names_filter="hook_image_embeds")
+    real = inputs["attention_mask"].bool()
+    assert _max_diff(feats.reshape(-1, model.cfg.d_model), cache["hook_image_embeds"]) <= ATOL
+    assert _max_diff(ref[real], logits[real]) <= ATOL
+
+
 # ---------------------------------------------------------------- full size, on the meta device
 @pytest.mark.parametrize("architecture", ["DeepseekVLHybridForConditionalGeneration", "GotOcr2ForConditionalGeneration"])
 def test_full_size_default_configs_match_hf_structure(architecture, tmp_path):

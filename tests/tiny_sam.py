@@ -79,10 +79,10 @@ def deepseek_vl_hybrid() -> Built:
 IMG_START, IMG_END = 101, 102
 
 
-def make_got_ocr2(seed: int = 0):
+def make_got_ocr2(seed: int = 0, **vision_overrides: Any):
     from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
 
-    vision = sam_vision(model_type="got_ocr2_vision", image_size=48, window_size=5)
+    vision = sam_vision(**{"model_type": "got_ocr2_vision", "image_size": 48, "window_size": 5, **vision_overrides})
     config = GotOcr2Config(text_config=llama_text_config(model_type="qwen2", num_key_value_heads=2),
                            vision_config=vision, image_token_index=IMAGE_TOKEN, image_seq_length=9)
     folder, hf = tnp._save(config, GotOcr2ForConditionalGeneration, "tiny_got_ocr2_", seed)

@@ -50,12 +50,12 @@ class RelPosAttention(nn.Module):
         if rp.rel_pos:
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * self.size - 1, self.d_head))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * self.size - 1, self.d_head))
+            self.hook_rel_pos = HookPoint()  # [window, head, q_pos, k_pos]  (only with rel_pos: it would never fire)
         else:
             self.rel_pos_h = self.rel_pos_w = None
         self.hook_q = HookPoint()  # [window, pos, head, d_head]
         self.hook_k = HookPoint()  # [window, pos, head, d_head]
         self.hook_v = HookPoint()  # [window, pos, head, d_head]
-        self.hook_rel_pos = HookPoint()  # [window, head, q_pos, k_pos]
         self.hook_attn_scores = HookPoint()  # [window, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [window, head, q_pos, k_pos]
         self.hook_z = HookPoint()  # [window, pos, head, d_head]
