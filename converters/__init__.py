@@ -32,6 +32,8 @@ FAMILY_MODULES = [
     "converters.llava_next_video",
     "converters.deepseek_vl",
     "converters.ovis2",
+    "converters.deepseek_vl_hybrid",
+    "converters.got_ocr2",
     "converters.mllama",
     "converters.gemma4",
     "converters.exaone4_5",

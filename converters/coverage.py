@@ -93,6 +93,8 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "LightOnOcrForConditionalGeneration": ("lighton-ocr",),
     "LlavaNextVideoForConditionalGeneration": ("next-video-clip",),
     "DeepseekVLForConditionalGeneration": ("deepseek-vl",),
+    "DeepseekVLHybridForConditionalGeneration": ("deepseek-vl-hybrid",),
+    "GotOcr2ForConditionalGeneration": ("got-ocr2",),
     "AyaVisionForConditionalGeneration": ("aya-vision", "aya-vision-cohere-lm"),
     "Cohere2VisionForConditionalGeneration": ("cohere2-vision",),
     "Qwen3_5ForConditionalGeneration": ("qwen3.5",),
@@ -126,6 +128,12 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "`hook_visual_probs`) x visual embedding table, whose last rows embed the indicator tokens "
      "(`projector.hook_marker_embeds`); Qwen2 LM; thumbnail + crop grid", "`boi`, `eoi`, `grid_marker`, "
      "`crop_col_break`, `crop_row_break`, `thumbnail`, crop of each token (`ImageLayout.tile_grid`)"),
+    ("DeepseekVLHybridForConditionalGeneration", "DeepSeek-VL-Hybrid: SigLIP (`vision.*`) beside a SAM ViT on "
+     "1024 px (`vision.high_res.*`: windowed / global attention with decomposed relative positions, conv neck), "
+     "combined by the hybrid aligner (`projector.hook_high_res`, `hook_low_res_proj` / `hook_high_res_proj`), Llama", ""),
+    ("GotOcr2ForConditionalGeneration", "GOT-OCR2: SAM ViT (windowed / global attention with decomposed relative "
+     "positions, conv neck) + two stride-2 convs + Linear, Qwen2 LM; one 1024 px page or tile per `pixel_values` row",
+     "`boi`, `eoi` (`<img>` / `</img>`, from the processor)"),
     ("Qwen2VLForConditionalGeneration", "packed ViT, patch merger, M-RoPE (3-D positions computed as HF)", "`boi`, `eoi`"),
     ("Qwen2_5_VLForConditionalGeneration", "+ window attention, RMSNorm/SwiGLU ViT", "`boi`, `eoi`"),
     ("Idefics3ForConditionalGeneration", "SigLIP (NaViT patch mask), pixel shuffle, image splitting",
@@ -210,9 +218,8 @@ REFUSED: dict[str, str] = {
     "Cosmos3EdgeForConditionalGeneration": "the Cosmos3Edge vision tower, patch merger and text model (own classes, not "
                                            "registered parts)",
     "Cosmos3OmniForConditionalGeneration": "Cosmos3Omni's multimodal (audio / video) thinker around a Qwen3-VL tower",
-    "DeepseekOcr2ForConditionalGeneration": "the SAM vision encoder (windowed attention with relative positions, conv "
-                                            "neck) and the DeepSeek MoE LM",
-    "DeepseekVLHybridForConditionalGeneration": "the SAM high-resolution vision encoder beside SigLIP",
+    "DeepseekOcr2ForConditionalGeneration": "the DeepSeek MoE LM, its second (rotary, RMS-norm) vision encoder and its "
+                                            "SAM projection (the SAM ViT itself is a tower part: `sam_vision_model`)",
     "Dots3NoteForConditionalGeneration": "its MoE vision tower, audio encoder and indexed-attention MoE LM",
     "Ernie4_5_VLMoeForConditionalGeneration": "the Ernie 4.5 multimodal MoE LM (modality-routed experts) and its "
                                               "variable-resolution resampler",
@@ -229,7 +236,6 @@ REFUSED: dict[str, str] = {
                                         "vision tower",
     "GlmImageForConditionalGeneration": "GLM-Image's VQ-VAE image tokenizer and its vision tower (image generation)",
     "GlmOcrForConditionalGeneration": "the GLM-4 LM part and the GLM-OCR vision tower",
-    "GotOcr2ForConditionalGeneration": "the SAM vision encoder (windowed attention with relative positions, conv neck)",
     "Granite4VisionForConditionalGeneration": "its Q-Former (blip_2_qformer) projector",
     "GraniteDoclingForConditionalGeneration": "its DeepStack connector with a density router and its vision tower",
     "HyperCLOVAXVisionV2ForConditionalGeneration": "the HyperCLOVAX LM part (model_type hyperclovax); its Qwen2.5-VL "
@@ -273,7 +279,8 @@ REFUSED: dict[str, str] = {
     "Step3p7ForConditionalGeneration": "the Step 3 MoE LM and its vision tower",
     "T5Gemma2ForConditionalGeneration": "the T5Gemma 2 encoder-decoder, " + _ENC_DEC,
     "UdopForConditionalGeneration": "UDOP's T5 encoder-decoder with layout embeddings, " + _ENC_DEC,
-    "UnlimitedOcrForConditionalGeneration": "the SAM vision encoder and the DeepSeek MoE LM",
+    "UnlimitedOcrForConditionalGeneration": "the DeepSeek MoE LM and its own SAM-variant encoder (not checked against "
+                                            "the `sam_vision_model` tower part)",
     "VideoLlama3ForConditionalGeneration": "the VideoLLaMA 3 NaViT tower (2-D RoPE) and its video token compression",
     "VideoLlavaForConditionalGeneration": "its video tower path (the image path is LLaVA's: CLIP + MLP + Llama)",
 }

@@ -28,6 +28,7 @@ from ._exaone4 import EXAONE4_FIELDS, exaone4_rules, exaone4_text_config
 from ._hunyuan import HUNYUAN_TEXT_FIELDS, hunyuan_rules, hunyuan_text_config
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
 from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
+from ._sam import SAM_VISION_FIELDS, sam_marker_roles, sam_rules, sam_vision_config
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
 from ._vit import post_layernorm_rules
@@ -143,6 +144,11 @@ TOWER_PARTS: dict[str, TowerPart] = {
     # crops, a thumbnail then a grid (pipelines/thumbnail_grid.py)
     "ovis2_vision": TowerPart(config=aimv2_vision_config, rules=aimv2_rules, ignored=aimv2_ignored,
                               fields=frozenset(AIMV2_VISION_FIELDS), pipeline={"image_pipeline": "thumbnail_grid"}),
+    # SAM's ViT (windowed / global rel-pos attention, conv neck): GOT-OCR2's tower (got_ocr2_vision, the same module)
+    # and SAM's own vision config (DeepSeek-VL-Hybrid's high-res tower; converters/deepseek_vl_hybrid.py)
+    **{kind: TowerPart(config=sam_vision_config, rules=sam_rules, fields=frozenset(SAM_VISION_FIELDS),
+                       pipeline={"image_pipeline": "sam_conv"}, finalize=sam_marker_roles)
+       for kind in ("got_ocr2_vision", "sam_vision_model")},
 }
 
 
@@ -192,6 +198,17 @@ PROJECTOR_PARTS: dict[str, ProjectorPart] = {
     # the prefix is the model's (HF keeps the head in the vision tower and the table beside it)
     "visual_embedding_table": ProjectorPart(config=table_config, rules=table_rules),
 }
+
+
+def _conv_downsample(d_in: int, d_out: int, settings: dict[str, Any]) -> ProjectorConfig:
+    """No activation: conv -> conv -> Linear (settings: bias of the Linear, grid of the tower)."""
+    return ProjectorConfig(d_in=d_in, d_out=d_out, bias=settings["bias"], kind="conv_downsample",
+                           extra={"grid": settings["grid"]})
+
+
+PROJECTOR_PARTS["conv_downsample"] = ProjectorPart(config=_conv_downsample, rules=lambda p: [
+    (rf"{re.escape(p)}\.conv_upsampler(1|2)\.weight", r"projector.conv\1.weight"),
+    (rf"{re.escape(p)}\.multimodal_projector\.(weight|bias)", r"projector.linear.\1")])
 
 
 def projector_part(kind: str) -> ProjectorPart:

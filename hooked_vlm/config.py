@@ -20,7 +20,10 @@ MASK_POLICIES = ("causal", "causal+image_bidirectional", "prefix")
 #: token-mixer kinds a ``layer_types`` entry may name (components/mixers.py MIXERS maps each to its mixer class; a
 #: kind without a registered class is refused when the block is built)
 ATTENTION_LAYER_TYPES = ("sliding_attention", "full_attention", "chunked_attention")
-LAYER_TYPES = ATTENTION_LAYER_TYPES + ("linear_attention", "conv", "cross_attention")
+#: encoder self-attention with decomposed relative positions (SAM's ViT): inside non-overlapping windows, or over the
+#: whole patch grid (components/rel_pos_attention.py; TowerConfig.rel_pos_attention)
+REL_POS_LAYER_TYPES = ("window_rel_pos_attention", "global_rel_pos_attention")
+LAYER_TYPES = ATTENTION_LAYER_TYPES + ("linear_attention", "conv", "cross_attention") + REL_POS_LAYER_TYPES
 MLP_KINDS = ("dense", "moe")
 MOE_ROUTERS = ("softmax_topk", "sigmoid_grouped", "sigmoid_topk_input")
 
@@ -86,6 +89,24 @@ class CrossAttentionConfig:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}")
         if self.qk_norm not in (None, "RMS", "LN"):
             raise ValueError(f"CrossAttentionConfig.qk_norm must be None, 'RMS' or 'LN', got {self.qk_norm!r}")
+
+
+@dataclass
+class RelPosAttentionConfig:
+    """Encoder attention over a square patch grid with decomposed relative positions (SAM's ViT; the layer kinds of
+    ``REL_POS_LAYER_TYPES``): ``window_rel_pos_attention`` layers attend within non-overlapping ``window`` x ``window``
+    windows (the grid zero-padded to a multiple of ``window`` after the layer's input norm), ``global_rel_pos_attention``
+    layers over the whole ``grid`` x ``grid``. ``rel_pos``: each layer adds q . R_h[row_q - row_k] + q . R_w[col_q -
+    col_k] to the scores (tables of 2 * size - 1 rows, size = window or grid)."""
+
+    grid: int  # patches per side
+    window: int  # window side of the windowed layers
+    rel_pos: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("grid", "window"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"RelPosAttentionConfig.{name} must be a positive int, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -177,6 +198,8 @@ class TowerConfig:
     shared_expert_gate: bool = False
     # cross-attention mixer of the layers whose layer_types entry is "cross_attention" (Mllama)
     cross_attention: CrossAttentionConfig | None = None
+    # windowed / global attention with decomposed relative positions (REL_POS_LAYER_TYPES layers; SAM's ViT)
+    rel_pos_attention: RelPosAttentionConfig | None = None
     # tanh-gated residual adds (Mllama's cross-attention layers, Mllama's global vision encoder): in these layers the
     # mixer and MLP outputs are multiplied by tanh of learned scalars attn_gate / mlp_gate before they are added
     # (hook_attn_gate / hook_mlp_gate [1] show the tanh values; hook_attn_out / hook_mlp_out what is added)
@@ -296,7 +319,9 @@ class TowerConfig:
             if self.layer_rope_parameters is not None and rotary_kinds - set(self.layer_rope_parameters):
                 raise ValueError(f"layer_rope_parameters has no entry for {sorted(rotary_kinds - set(self.layer_rope_parameters))}")
             for kind, name in (("linear_attention", "linear_attention"), ("conv", "short_conv"),
-                               ("cross_attention", "cross_attention")):
+                               ("cross_attention", "cross_attention"),
+                               ("window_rel_pos_attention", "rel_pos_attention"),
+                               ("global_rel_pos_attention", "rel_pos_attention")):
                 if kind in self.layer_types and getattr(self, name) is None:
                     raise ValueError(f"layer_types has {kind} layers but {name} is None: give TowerConfig.{name} "
                                      f"(a {type(self).__name__} field describing that mixer)")

@@ -22,7 +22,9 @@ CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "g
          "glm4v", "glm4v_moe",  # GLM-4.1V: sandwich post-norms; GLM-4.5V: grouped sigmoid router
          "ovis2",  # Ovis 2: image embeddings = visual-word probabilities x table; markers embedded by the table
          "exaone4_5",  # EXAONE 4.5: post-sublayer norms only, sliding-window layers and NoPE global layers
-         "hunyuan_vl"]  # HunYuanVL: begin / row-break / end embeddings inside the image run, 4-axis positions
+         "hunyuan_vl",  # HunYuanVL: begin / row-break / end embeddings inside the image run, 4-axis positions
+         "deepseek_vl_hybrid",  # two towers (SAM ViT beside SigLIP) combined in the projector
+         "got_ocr2"]  # SAM ViT alone, conv-downsampled grid between <img> / </img>
 
 
 @pytest.mark.parametrize("family", CASES)

@@ -26,6 +26,7 @@ from tests import tiny_exaone45 as tex
 from tests import tiny_hunyuanvl as thy
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
+from tests import tiny_sam as tsam
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -77,6 +78,8 @@ FAMILIES = {
     "lighton_ocr": _from_factory(tll.lighton_ocr),
     "llava_next_video": _from_factory(tll.llava_next_video),
     "deepseek_vl": _from_factory(tll.deepseek_vl),
+    "deepseek_vl_hybrid": _from_factory(tsam.deepseek_vl_hybrid),
+    "got_ocr2": _from_factory(tsam.got_ocr2),
     "mllama": _from_factory(tml.mllama),
     "qwen3_5": _from_factory(tq35.qwen35),
     "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),

@@ -34,6 +34,7 @@ from tests import tiny_hunyuanvl as thy
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
+from tests import tiny_sam as tsam
 
 ATOL = 1e-4  # ours vs HF
 PATH_ATOL = 1e-5  # our fast (SDPA) path vs our explicit path
@@ -93,6 +94,8 @@ CASES = [
     ("lighton-ocr", tll.lighton_ocr),
     ("next-video-clip", tll.llava_next_video),
     ("deepseek-vl", tll.deepseek_vl),
+    ("deepseek-vl-hybrid", tsam.deepseek_vl_hybrid),  # SigLIP + SAM ViT (windowed rel-pos attention, padded windows)
+    ("got-ocr2", tsam.got_ocr2),  # SAM ViT + conv downsample projector, Qwen2 LM; <img> / </img> markers
     ("mllama", tml.mllama),  # cross-attention layers 1, 3; a row with two images (the mask changes mid-row)
     ("gemma4-ple-kv-sharing", functools.partial(tg4.gemma4, "ple_kv")),  # text model; per-layer inputs, KV sharing
     ("gemma4-k-eq-v-moe", functools.partial(tg4.gemma4, "k_eq_v_moe")),  # text model; global v = k, 1 KV head; MoE beside MLP
@@ -305,7 +308,8 @@ def test_greedy_generate_matches_hf(case_id):
                                             ("next-video-clip", "padded"), ("deepseek-vl", "padded"),
                                             ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded"),
                                             ("ovis2", "padded"),
-                                            ("exaone4.5", "padded"), ("hunyuan-vl", "padded")])
+                                            ("exaone4.5", "padded"), ("hunyuan-vl", "padded"),
+                                            ("deepseek-vl-hybrid", "padded"), ("got-ocr2", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

@@ -71,6 +71,7 @@ SCRIPT = textwrap.dedent(
     from tests import tiny_qwen35 as tq35, tiny_lfm2vl as tlv, tiny_mllama as tml, tiny_gemma4 as tg4, tiny_glm4v as tgl
     from tests import tiny_ovis2 as tov
     from tests import tiny_exaone45 as tex, tiny_hunyuanvl as thy
+    from tests import tiny_sam as tsam
 
     def built(factory):  # a cached tests/tiny*.py factory -> a case (folder, hf, inputs)
         def case():
@@ -91,7 +92,8 @@ SCRIPT = textwrap.dedent(
               "internvl": built(tiv.internvl), "idefics2": ti2.idefics2_case, "paligemma": tpg.paligemma_case,
               "vipllava": built(tll.vipllava), "granite_vision": built(tll.granite_vision),
               "lighton_ocr": built(tll.lighton_ocr), "llava_next_video": built(tll.llava_next_video),
-              "deepseek_vl": built(tll.deepseek_vl),
+              "deepseek_vl": built(tll.deepseek_vl), "deepseek_vl_hybrid": built(tsam.deepseek_vl_hybrid),
+              "got_ocr2": built(tsam.got_ocr2),
               "aya_vision": built(tco.aya), "cohere2_vision": built(tco.cohere2_vision),
               "qwen3_5": built(tq35.qwen35), "qwen3_5_moe": built(lambda: tq35.qwen35(moe=True)),
               "lfm2_vl": built(tlv.lfm2vl), "mllama": built(tml.mllama),

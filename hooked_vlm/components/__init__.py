@@ -24,6 +24,8 @@ VISION_KINDS = {
     "tiled_vit": "hooked_vlm.components.tiled_vision:TiledVisionTower",
     "gemma4_vit": "hooked_vlm.components.gemma4_vision:Gemma4VisionTower",
     "hunyuan_vit": "hooked_vlm.components.hunyuan_vision:GridPositionViT",
+    "sam_vit": "hooked_vlm.components.sam_vision:SamVisionTower",
+    "hybrid_vit": "hooked_vlm.components.hybrid_vision:HybridVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
@@ -40,6 +42,8 @@ PROJECTOR_KINDS = {
     "pixel_unshuffle_mlp": "hooked_vlm.components.pixel_unshuffle_projector:PixelUnshuffleProjector",
     "visual_embedding_table": "hooked_vlm.components.visual_embedding_projector:VisualEmbeddingProjector",
     "conv_merger": "hooked_vlm.components.conv_merger:ConvMerger",
+    "hybrid_aligner": "hooked_vlm.components.hybrid_aligner:HybridAligner",
+    "conv_downsample": "hooked_vlm.components.conv_projector:ConvDownsampleProjector",
 }
 
 

@@ -83,3 +83,11 @@ from .short_conv import ConvState, ShortConv  # noqa: E402  (LFM2 short convolut
 register_mixer("conv", "conv", lambda cfg, layer: ShortConv(cfg), ConvState)
 
 from . import cross_attention  # noqa: E402,F401  (Mllama cross-attention registers itself in its module)
+
+from .rel_pos_attention import RelPosAttention  # noqa: E402  (SAM's windowed / global encoder attention)
+
+# encoder-only mixers (vision towers, which run without a KV cache; the mixer raises if given a state)
+register_mixer("window_rel_pos_attention", "attn", lambda cfg, layer: RelPosAttention(cfg, windowed=True),
+               LayerKVCache, attention=True)
+register_mixer("global_rel_pos_attention", "attn", lambda cfg, layer: RelPosAttention(cfg, windowed=False),
+               LayerKVCache, attention=True)
