@@ -61,6 +61,7 @@ class LlavaLike:
     check: Callable[[Any], None] | None = None  # family-specific refusals, given the HF config
     extra: Callable[[Any], dict[str, Any]] | None = None  # more cfg.extra entries (overrides the tower's pipeline)
     role_extra: Callable[[Any], dict[str, tuple[int, ...]]] | None = None  # more named token roles
+    markers: Callable[[Any], dict[str, int]] | None = None  # boi_token_id / eoi_token_id from the HF config
     legacy_vocab_size: bool = True  # a top-level copy of text_config.vocab_size is accepted when equal
     ignored: dict[str, str] | None = None  # top-level fields HF never reads, with the reason
     ignored_tensors: tuple[tuple[str, str], ...] = ()
@@ -90,7 +91,8 @@ class LlavaLike:
             projector=projector,
             roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=tc.pad_token_id,
                              bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id,
-                             extra=self.role_extra(hf) if self.role_extra else {}),
+                             extra=self.role_extra(hf) if self.role_extra else {},
+                             **(self.markers(hf) if self.markers else {})),
             tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)
                                      or getattr(tc, "tie_word_embeddings", False)),
             extra=extra,
@@ -105,6 +107,7 @@ class LlavaLike:
             rules=lm.rules(self.lm_prefix) + tower.rules(self.tower_prefix)
             + projector_part(parts["projector"]).rules(self.projector_prefix),
             ignored=tower.ignored(self.tower_prefix) + list(self.ignored_tensors),
+            transforms=list(lm.transforms),
         )
 
     def finalize(self, cfg: HookedVLMConfig, processor: Any) -> None:

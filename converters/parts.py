@@ -25,6 +25,10 @@ from ._glm4 import (GLM4_MOE_TEXT_FIELDS, GLM4_TEXT_FIELDS, glm4_moe_rules, glm4
                     glm4_text_config)
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
 from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
+from ._llama4_text import TEXT_FIELDS as LLAMA4_TEXT_FIELDS, TEXT_TRANSFORMS as LLAMA4_TEXT_TRANSFORMS
+from ._llama4_text import llama4_text_config, llama4_text_rules
+from ._llama4_vision import (LLAMA4_VISION_FIELDS, llama4_adapter_config, llama4_adapter_rules, llama4_marker_roles,
+                             llama4_vision_config, llama4_vision_ignored, llama4_vision_rules)
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
 from ._vit import post_layernorm_rules
@@ -39,11 +43,13 @@ def _none(prefix: str) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class LMPart:
-    """A decoder LM: ``config(text_config, **options) -> TowerConfig``; ``rules(prefix)``; the fields it handles."""
+    """A decoder LM: ``config(text_config, **options) -> TowerConfig``; ``rules(prefix)``; the fields it handles;
+    ``transforms``: (regex over our names, fn) layout changes of its tensors (Llama 4's fused experts)."""
 
     config: Callable[..., TowerConfig]
     rules: Rules
     fields: frozenset[str]
+    transforms: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,9 @@ LM_PARTS: dict[str, LMPart] = {
     "lfm2": LMPart(config=lfm2_config, rules=lfm2_rules, fields=frozenset(LFM2_FIELDS)),
     "glm4v_text": LMPart(config=glm4_text_config, rules=glm4_rules, fields=frozenset(GLM4_TEXT_FIELDS)),
     "glm4v_moe_text": LMPart(config=glm4_moe_text_config, rules=glm4_moe_rules, fields=frozenset(GLM4_MOE_TEXT_FIELDS)),
+    # Llama 4: chunked / NoPE layers, L2 q/k norm, temperature tuning, sigmoid-routed MoE with a shared expert
+    "llama4_text": LMPart(config=llama4_text_config, rules=llama4_text_rules, fields=frozenset(LLAMA4_TEXT_FIELDS),
+                          transforms=tuple(LLAMA4_TEXT_TRANSFORMS)),
 }
 
 
@@ -132,6 +141,11 @@ TOWER_PARTS: dict[str, TowerPart] = {
     "pixtral": TowerPart(config=_pixtral_config, rules=pixtral_rules, fields=frozenset(PIXTRAL_VISION_FIELDS),
                          pipeline={"image_pipeline": "pixtral", "input_keys": ("image_sizes",)},
                          finalize=pixtral_marker_roles),
+    # Llama 4: unfold patch embedding, class token last, learned positions + 2-D RoPE, pre / post LayerNorms; square
+    # tiles + a global tile between <|image_start|> / <|image_end|> (the tiles_marked pipeline)
+    "llama4_vision_model": TowerPart(config=llama4_vision_config, rules=llama4_vision_rules,
+                                     ignored=llama4_vision_ignored, fields=frozenset(LLAMA4_VISION_FIELDS),
+                                     pipeline={"image_pipeline": "tiles_marked"}, finalize=llama4_marker_roles),
 }
 
 
@@ -177,6 +191,8 @@ PROJECTOR_PARTS: dict[str, ProjectorPart] = {
     "unfold_merge_mlp": ProjectorPart(config=_mlp("unfold_merge_mlp"), rules=lambda p: _linears(p) + [
         (rf"{re.escape(p)}\.norm\.weight", "projector.norm.w"),
         (rf"{re.escape(p)}\.patch_merger\.merging_layer\.weight", "projector.merging_layer.weight")]),
+    # pixel shuffle -> fc1 -> act -> fc2 -> act (HF keeps this adapter in the tower) -> linear (Llama 4)
+    "pixel_shuffle_adapter": ProjectorPart(config=llama4_adapter_config, rules=llama4_adapter_rules),
 }
 
 

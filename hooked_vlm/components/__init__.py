@@ -23,6 +23,7 @@ VISION_KINDS = {
     "siglip2_naflex": "hooked_vlm.components.naflex_vision:NaFlexVisionTower",
     "tiled_vit": "hooked_vlm.components.tiled_vision:TiledVisionTower",
     "gemma4_vit": "hooked_vlm.components.gemma4_vision:Gemma4VisionTower",
+    "vit_rope2d": "hooked_vlm.components.rope2d_vision:Rope2DVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
