@@ -137,8 +137,8 @@ def make_vlm(seed: int = 0, text: dict | None = None, vision: dict | None = None
                 p.add_(0.1 * torch.randn_like(p))
             elif "experts" in name:
                 p.normal_(0, 0.2)
-            elif name.startswith("language_model") and name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.normal_(0, 0.3)
+            elif name.endswith(("q_proj.weight", "k_proj.weight")):  # sharper patterns: RoPE and chunks show
+                p.normal_(0, 0.3 if name.startswith("language_model") else 0.2)
             elif name.endswith("embed_tokens.weight"):
                 p.mul_(20.0)  # image and text embeddings of comparable scale; logits of scale ~1
     folder = Path(tempfile.mkdtemp(prefix="tiny_llama4_"))
