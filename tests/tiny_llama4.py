@@ -151,13 +151,13 @@ def make_vlm(seed: int = 0, text: dict | None = None, vision: dict | None = None
     return folder, hf
 
 
-def image_tokens(aspect: tuple[int, int]) -> list[int]:
+def image_tokens(aspect: tuple[int, int], per_tile: int = TOKENS_PER_TILE) -> list[int]:
     """The token ids Llama4Processor writes for an image cut into ``aspect`` = (rows, cols) tiles (its own template)."""
     import re
 
     from transformers.models.llama4.processing_llama4 import Llama4Processor
 
-    text = Llama4Processor._prompt_split_image(None, aspect, TOKENS_PER_TILE)
+    text = Llama4Processor._prompt_split_image(None, aspect, per_tile)
     return [SPECIAL[t] for t in re.findall(r"<\|[a-z_]+\|>", text)]
 
 
@@ -166,9 +166,10 @@ def n_tiles(aspect: tuple[int, int]) -> int:
 
 
 def vlm_batch(images: list[list[tuple[int, int]]], pad_left: list[int], seed: int = 0, text_len: int = 6,
-              between: int = 2) -> dict:
+              between: int = 2, tile: int = TILE, per_tile: int = TOKENS_PER_TILE) -> dict:
     """input_ids / attention_mask / pixel_values: item i = <s>, 3 words, then per image its tokens and ``between``
-    words, then ``text_len`` words; ``images[i]`` the (rows, cols) tile grids of item i's images."""
+    words, then ``text_len`` words; ``images[i]`` the (rows, cols) tile grids of item i's images; tiles of ``tile``
+    px giving ``per_tile`` LM tokens each."""
     from tests import tiny
 
     g = torch.Generator().manual_seed(seed)
@@ -176,12 +177,12 @@ def vlm_batch(images: list[list[tuple[int, int]]], pad_left: list[int], seed: in
     for aspects in images:
         row = [1] + torch.randint(4, 90, (3,), generator=g).tolist()
         for k, aspect in enumerate(aspects):
-            row += image_tokens(aspect) + (torch.randint(4, 90, (between,), generator=g).tolist()
+            row += image_tokens(aspect, per_tile) + (torch.randint(4, 90, (between,), generator=g).tolist()
                                            if k < len(aspects) - 1 else [])
         rows.append(row + torch.randint(4, 90, (text_len,), generator=g).tolist())
     input_ids, mask = tiny.pad_rows(rows, pad_left)
     tiles = sum(n_tiles(a) for aspects in images for a in aspects)
-    pixel_values = torch.randn(tiles, 3, TILE, TILE, generator=g)
+    pixel_values = torch.randn(tiles, 3, tile, tile, generator=g)
     return dict(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values)
 
 
