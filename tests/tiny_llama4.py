@@ -1,9 +1,19 @@
 """Tiny Llama 4 language model (HF ``Llama4ForCausalLM``, fp32, random) and our HookedVLM built from its weights.
 
-One cached factory shared by the Llama 4 tests. Every Llama 4 LM part is on: chunked local attention on the RoPE
-layers (chunk 8 < the prompts' length), NoPE full-attention layers with temperature tuning (floor_scale 4, so the
-factor changes inside the prompt), L2 q/k norm, MoE layers (every second) with a shared expert and top-2 sigmoid
-routing on the expert input, dense layers of another width, GQA.
+Two cached factories shared by the Llama 4 tests: ``llama4_lm()`` (this LM) and ``llama4_vlm()`` (below). Every
+Llama 4 LM part is on: chunked local attention on the RoPE layers (chunk 8 < the prompts' length), NoPE full-attention
+layers with temperature tuning (floor_scale 4, so the factor changes inside the prompt), L2 q/k norm, MoE layers
+(every second) with a shared expert and top-2 sigmoid routing on the expert input, dense layers of another width, GQA.
+
+Tiny Llama4ForConditionalGeneration: the LM above (vocabulary 120, every Llama 4 LM part, chunk 8) with the Llama 4
+vision tower: 2 layers, width 32, 4 heads of 8 (2-D RoPE on 2 + 2 pairs), 8 x 8 px tiles of 2 x 2 px patches (a 4 x 4
+grid + the class token), pixel shuffle x2 -> 4 LM tokens per tile, adapter 128 -> 48 -> 48, projector 48 -> 32.
+
+Batches in Llama4Processor's layout: its image processor imports torchvision, so the prompt is written with the
+processor's own template (``Llama4Processor._prompt_split_image``) and the tiles are random (the tower sees them as
+they are). Padded: item 0 one image of 1 x 2 tiles (+ the global tile: 3 tiles), left pad 9; item 1 a 1 x 1 image (1
+tile) and a 2 x 1 image (3 tiles); every prompt is longer than the chunk (27 and 36 tokens) with images crossing chunk
+boundaries. Unpadded: two items with one 1 x 1 image each.
 """
 
 from __future__ import annotations
@@ -88,15 +98,6 @@ def padded_batch(seed: int = 1, length: int = 21, pads: tuple[int, ...] = (0, 5)
 
 
 # ---------------------------------------------------------------- the VLM (Llama4ForConditionalGeneration)
-"""Tiny Llama4ForConditionalGeneration: the LM above (vocabulary 120, every Llama 4 LM part, chunk 8) with the Llama 4
-vision tower: 2 layers, width 32, 4 heads of 8 (2-D RoPE on 2 + 2 pairs), 8 x 8 px tiles of 2 x 2 px patches (a 4 x 4
-grid + the class token), pixel shuffle x2 -> 4 LM tokens per tile, adapter 128 -> 48 -> 48, projector 48 -> 32.
-
-Batches in Llama4Processor's layout: its image processor imports torchvision, so the prompt is written with the
-processor's own template (``Llama4Processor._prompt_split_image``) and the tiles are random (the tower sees them as
-they are). Padded: item 0 one image of 1 x 2 tiles (+ the global tile: 3 tiles), left pad 9; item 1 a 1 x 1 image (1
-tile) and a 2 x 1 image (3 tiles); every prompt is longer than the chunk (27 and 36 tokens) with images crossing chunk
-boundaries. Unpadded: two items with one 1 x 1 image each."""
 VLM_VOCAB = 120
 PATCH, IMAGE_START, IMAGE_END, TILE_X, TILE_Y, IMAGE = 100, 101, 102, 103, 104, 105
 SPECIAL = {"<|patch|>": PATCH, "<|image_start|>": IMAGE_START, "<|image_end|>": IMAGE_END,
