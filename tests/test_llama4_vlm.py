@@ -135,6 +135,18 @@ def test_converter_refuses_configs_it_does_not_compute_as_hf(vision, named):
         get_converter("Llama4ForConditionalGeneration").make_config(_config(**vision))
 
 
+@pytest.mark.parametrize("vision", [dict(intermediate_size=96), dict(projector_input_dim=40),
+                                    dict(vision_output_dim=40)])
+def test_the_widths_refused_as_not_chaining_break_hf_itself(vision):
+    """The refusals above that say HF's own forward fails: it does (adapter fc1 / fc2 or the projector's matmul)."""
+    from transformers import Llama4ForConditionalGeneration
+
+    torch.manual_seed(0)
+    hf = Llama4ForConditionalGeneration(_config(**vision)).eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        hf.multi_modal_projector(hf.vision_model(torch.randn(1, 3, tl.TILE, tl.TILE)).last_hidden_state)
+
+
 def test_fields_hf_never_reads_are_accepted_and_change_nothing_in_hf():
     """hidden_act / norm_eps / multi_modal_projector_bias / vision_feature_* are listed as ignored: HF's tower gives
     the same output with other values (same weights), and the converter accepts them."""
