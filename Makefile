@@ -1,5 +1,6 @@
 # One command to set up and run the demo, one to set up and run the tests (see README).
 # `make test-min` runs the same suite in a second venv with the lowest versions setup.py allows.
+# `make docs` builds the documentation site (mkdocs.yml) into site/ with --strict, offline, and checks its API reference.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py constraints.txt | cksum | cut -d' ' -f1)
@@ -7,7 +8,7 @@ MIN_VENV ?= .venv-min
 MIN_PY := $(MIN_VENV)/bin/python
 MIN_STAMP := $(MIN_VENV)/.installed-$(shell cat setup.py constraints-min.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install install-min demo test test-min bench clean
+.PHONY: install install-min demo test test-min docs bench clean
 
 # A stamp named after the checksum of setup.py and the venv's constraints file: editing either
 # re-installs. `pip check` fails the install (and so CI) on a broken resolver state.
@@ -15,7 +16,7 @@ $(STAMP): setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first, CPU build, exact version: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,docs]"
 	$(PY) -m pip check
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
@@ -43,6 +44,12 @@ test: $(STAMP)
 test-min: $(MIN_STAMP)
 	$(MIN_PY) -m pytest -q tests
 
+# --strict: a broken link or anchor, an unresolved cross-reference or a docstring mkdocstrings cannot read fails the
+# build. Then every name of the four public __all__s must be in the built API reference (site/objects.inv).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site  # (the variable: no end-of-life banner of mkdocs-material)
+	$(PY) .ci/check_docs_api.py site/objects.inv
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 
@@ -68,4 +75,4 @@ test-wheel: wheel
 	echo "test-wheel: passed in $$(( $$(date +%s) - t0 )) s (after the build)"
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) demo_report
+	rm -rf $(VENV) $(MIN_VENV) demo_report site

@@ -5,6 +5,8 @@ from setuptools import find_packages, setup
 
 # dev: executing the notebooks in tests (nbclient, nbformat, ipykernel) and `make wheel` (build, setuptools)
 NOTEBOOK_AND_BUILD_TOOLS = ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "build>=1.2", "setuptools>=70.1"]
+# docs: the documentation site (`make docs`: mkdocs.yml); exact versions in constraints.txt
+DOCS_TOOLS = ["mkdocs>=1.6.1", "mkdocs-material>=9.8.1", "mkdocstrings>=1.0.8", "mkdocstrings-python>=2.0.11"]
 # dev: the view tests drive the system's Chromium (Debian `chromium`) with Playwright; its own browser download is never used
 BROWSER_TESTS = ["playwright>=1.65"]
 
@@ -52,6 +54,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "beartype>=0.18", "hypothesis>=6.100", *NOTEBOOK_AND_BUILD_TOOLS, *BROWSER_TESTS],
+        "docs": DOCS_TOOLS,
         # dadapy 0.3.4 pins numpy<2, jax==0.4.30, flax==0.8.5: not installable beside numpy 2.
         "dadapy": ["dadapy>=0.3.4"],
         # sae-lens 6.54 requires transformer-lens<4, so this extra resolves transformer-lens 3.9.

@@ -1,7 +1,8 @@
 """Checks for `make test-wheel` (the package as users install it).
 
     python wheel_smoke.py contents dist/hooked_vlm-X-py3-none-any.whl dist/hooked_vlm-X.tar.gz
-        both archives carry the converters package, the toy checkpoints the demo needs and the views' JS/CSS
+        both archives carry the converters package, the toy checkpoints the demo needs, the demo package and the
+        views' JS/CSS; neither carries the research experiments (experiments/ stays in the repository)
     python wheel_smoke.py installed DEMO_OUT
         run with a fresh venv's python, from a directory outside the checkout: hooked_vlm and converters
         import from that venv's site-packages, `hooked-vlm --version` prints the installed version,
@@ -23,7 +24,8 @@ VIEW_ASSETS = ("view.css", "common.js", "lens.js", "attention.js", "patching.js"
 
 
 def required_members(prefix: str) -> list[str]:
-    need = [f"{prefix}converters/__init__.py", f"{prefix}hooked_vlm/__init__.py", f"{prefix}hooked_vlm/cli.py"]
+    need = [f"{prefix}converters/__init__.py", f"{prefix}hooked_vlm/__init__.py", f"{prefix}hooked_vlm/cli.py",
+            f"{prefix}hooked_vlm/demo/__init__.py", f"{prefix}hooked_vlm/demo/report.py"]
     need += [f"{prefix}hooked_vlm/toy/checkpoints/{t}/{f}" for t in TOYS for f in CHECKPOINT_FILES]
     need += [f"{prefix}hooked_vlm/viz/assets/{a}" for a in VIEW_ASSETS]  # the views' inline JS/CSS
     return need
@@ -41,6 +43,10 @@ def check_contents(wheel: Path, sdist: Path) -> None:
     missing = [m for m in required_members(f"{top}/") if m not in snames]
     if missing:
         sys.exit(f"{sdist.name} lacks {missing}: check package_data= in setup.py")
+    stray = sorted(n for n in names | snames if n.split("/")[0] == "experiments" or n.startswith(f"{top}/experiments/"))
+    if stray:
+        sys.exit(f"the research experiments are not part of the package, but the archives carry {stray[:5]}: "
+                 "check packages= in setup.py and MANIFEST.in")
     print(f"{wheel.name}: {len(names)} files, {len(converters)} converter modules, toy checkpoints {', '.join(TOYS)}; "
           f"{sdist.name}: {len(snames)} entries")
 

@@ -31,6 +31,7 @@ FAMILY_MODULES = [
     "converters.lighton_ocr",
     "converters.llava_next_video",
     "converters.deepseek_vl",
+    "converters.ovis2",
     "converters.mllama",
     "converters.gemma4",
     "converters.llama4",

@@ -22,9 +22,35 @@ _CLASS = re.compile(r"^class (\w+For(?:ConditionalGeneration|CausalLM|VisionText
 IMAGE_ARGS = ("pixel_values", "image_pixel_values", "flattened_patches", "image_patches", "pixel_values_images")
 
 
+#: video inputs of generation forwards
+VIDEO_ARGS = ("pixel_values_videos",)
+#: why every family is converted for images only (checked on this machine: /work/shared/FACTS.md)
+VIDEO_NOTE = ("video inputs are refused for every family: transformers' video processors need torchvision, and the "
+              "torchvision wheels on PyPI (0.28 / 0.29, installed with --no-deps) link libtorch_cuda.so and do not "
+              "import against the CPU torch build this project requires (`operator torchvision::nms does not "
+              "exist`); a video's frames can be passed as images")
+
+
+@lru_cache(maxsize=None)
+def video_generation_classes() -> frozenset[str]:
+    """The generation classes whose forward also takes video input (``pixel_values_videos``)."""
+    return frozenset(cls for cls, args in _forward_args().items() if args & set(VIDEO_ARGS))
+
+
 @lru_cache(maxsize=None)
 def vision_generation_classes() -> dict[str, str]:
     """class name -> transformers model folder, for every generation class whose forward takes image input."""
+    return {cls: folder for cls, (folder, args) in _forward_args_by_folder().items() if args & set(IMAGE_ARGS)}
+
+
+def _forward_args() -> dict[str, set[str]]:
+    return {cls: args for cls, (_, args) in _forward_args_by_folder().items()}
+
+
+@lru_cache(maxsize=None)
+def _forward_args_by_folder() -> dict[str, tuple[str, set[str]]]:
+    """class name -> (transformers model folder, its forward's argument names), for every generation class of a
+    modeling file that mentions an image input."""
     import transformers
 
     found = {}
@@ -36,9 +62,7 @@ def vision_generation_classes() -> dict[str, str]:
             if isinstance(node, ast.ClassDef) and _CLASS.match(f"class {node.name}("):
                 for item in node.body:
                     if isinstance(item, ast.FunctionDef) and item.name == "forward":
-                        args = {a.arg for a in item.args.args + item.args.kwonlyargs}
-                        if args & set(IMAGE_ARGS):
-                            found[node.name] = path.parent.name
+                        found[node.name] = (path.parent.name, {a.arg for a in item.args.args + item.args.kwonlyargs})
     return found
 
 
@@ -79,6 +103,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Glm4vMoeForConditionalGeneration": ("glm4v-moe",),
     "Glm46VForConditionalGeneration": ("glm46v",),
     "Llama4ForConditionalGeneration": ("llama4",),
+    "Ovis2ForConditionalGeneration": ("ovis2",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -95,6 +120,11 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "(the pooled video path is not converted)", "`row_break`, tile of each token"),
     ("DeepseekVLForConditionalGeneration", "DeepSeek-VL: SigLIP read after post_layernorm, linear1 / GELU / linear2 "
      "aligner, Llama", ""),
+    ("Ovis2ForConditionalGeneration", "Ovis 2: AIMv2-style ViT (RMS norms, SwiGLU, normed patch embeddings), visual "
+     "tokenizer (stride fold, linear, LayerNorm, softmax over visual words: `projector.hook_visual_logits` / "
+     "`hook_visual_probs`) x visual embedding table, whose last rows embed the indicator tokens "
+     "(`projector.hook_marker_embeds`); Qwen2 LM; thumbnail + crop grid", "`boi`, `eoi`, `grid_marker`, "
+     "`crop_col_break`, `crop_row_break`, `thumbnail`, crop of each token (`ImageLayout.tile_grid`)"),
     ("Qwen2VLForConditionalGeneration", "packed ViT, patch merger, M-RoPE (3-D positions computed as HF)", "`boi`, `eoi`"),
     ("Qwen2_5_VLForConditionalGeneration", "+ window attention, RMSNorm/SwiGLU ViT", "`boi`, `eoi`"),
     ("Idefics3ForConditionalGeneration", "SigLIP (NaViT patch mask), pixel shuffle, image splitting",
@@ -227,8 +257,6 @@ REFUSED: dict[str, str] = {
                                       "pooled_patches_idx, over concatenated feature layers) and its vision / text parts",
     "MuseGlimmerForConditionalGeneration": "the Muse LM (centred RMS norms, normed embeddings) and its vision adapter",
     "MuseSparkForConditionalGeneration": "the Muse Spark MoE LM (residual gates) and its audio / vision encoders",
-    "Ovis2ForConditionalGeneration": "Ovis 2's visual embedding table (softmax over visual words, probabilities x "
-                                     "embedding table) and its AIMv2 tower",
     "PI0ForConditionalGeneration": "the action expert (a robot policy, not text generation)",
     "PPFormulaNetForConditionalGeneration": "the SAM-style vision encoder and its MBart decoder, " + _ENC_DEC,
     "PaddleOCRVLForConditionalGeneration": "the Ernie LM part and the PaddleOCR NaViT tower (2-D RoPE)",
@@ -273,9 +301,12 @@ def coverage_rows(registered: set[str]) -> list[str]:
         state = status(cls, registered)
         detail = (", ".join(f"`{c}`" for c in PARITY_CASES[cls]) if state == "supported"
                   else REFUSED.get(cls, "NOT LISTED: add it to converters/coverage.py"))
+        if state == "supported" and cls in video_generation_classes():
+            state = "supported (images; video refused)"
         rows.append(f"| `{cls}` | {classes[cls]} | {state} | {detail} |")
     n_sup = sum(status(c, registered) == "supported" for c in classes)
     rows.append(f"| **{len(classes)} classes** | | **{n_sup} supported** | |")
+    rows += ["", f"Video: {VIDEO_NOTE}."]
     return rows
 
 

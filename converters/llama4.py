@@ -43,5 +43,5 @@ CONVERTER = LlavaLike(
     feature_layers=lambda hf: (-1,),  # HF always reads the last layer, class token dropped
     feature_select=lambda hf: "default",
     projector_settings=_settings,
-    markers=lambda hf: {"boi_token_id": hf.boi_token_id, "eoi_token_id": hf.eoi_token_id},
+    roles=lambda hf: {"boi_token_id": hf.boi_token_id, "eoi_token_id": hf.eoi_token_id},
 ).converter()

@@ -61,7 +61,7 @@ class LlavaLike:
     check: Callable[[Any], None] | None = None  # family-specific refusals, given the HF config
     extra: Callable[[Any], dict[str, Any]] | None = None  # more cfg.extra entries (overrides the tower's pipeline)
     role_extra: Callable[[Any], dict[str, tuple[int, ...]]] | None = None  # more named token roles
-    markers: Callable[[Any], dict[str, int]] | None = None  # boi_token_id / eoi_token_id from the HF config
+    roles: Callable[[Any], dict[str, Any]] | None = None  # more TokenRoles fields (boi / eoi ids, projector markers)
     legacy_vocab_size: bool = True  # a top-level copy of text_config.vocab_size is accepted when equal
     ignored: dict[str, str] | None = None  # top-level fields HF never reads, with the reason
     ignored_tensors: tuple[tuple[str, str], ...] = ()
@@ -92,7 +92,7 @@ class LlavaLike:
             roles=TokenRoles(image_token_id=hf.image_token_id, pad_token_id=tc.pad_token_id,
                              bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id,
                              extra=self.role_extra(hf) if self.role_extra else {},
-                             **(self.markers(hf) if self.markers else {})),
+                             **(self.roles(hf) if self.roles else {})),
             tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)
                                      or getattr(tc, "tie_word_embeddings", False)),
             extra=extra,

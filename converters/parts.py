@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from hooked_vlm.config import ProjectorConfig, TowerConfig, VisionConfig
 
+from ._aimv2 import AIMV2_VISION_FIELDS, aimv2_ignored, aimv2_rules, aimv2_vision_config, table_config, table_rules
 from ._cohere2 import COHERE2_FIELDS, COHERE_FIELDS, cohere2_rules, cohere2_text_config, cohere_text_config
 from ._clip import CLIP_VISION_FIELDS, clip_aliases, clip_ignored, clip_rules, clip_vision_config
 from ._glm4 import (GLM4_MOE_TEXT_FIELDS, GLM4_TEXT_FIELDS, glm4_moe_rules, glm4_moe_text_config, glm4_rules,
@@ -146,6 +147,10 @@ TOWER_PARTS: dict[str, TowerPart] = {
     "llama4_vision_model": TowerPart(config=llama4_vision_config, rules=llama4_vision_rules,
                                      ignored=llama4_vision_ignored, fields=frozenset(LLAMA4_VISION_FIELDS),
                                      pipeline={"image_pipeline": "tiles_marked"}, finalize=llama4_marker_roles),
+    # Ovis 2's AIMv2-style ViT (RMS norms, SwiGLU, normed patch embeddings), read after its final norm; fixed-size
+    # crops, a thumbnail then a grid (pipelines/thumbnail_grid.py)
+    "ovis2_vision": TowerPart(config=aimv2_vision_config, rules=aimv2_rules, ignored=aimv2_ignored,
+                              fields=frozenset(AIMV2_VISION_FIELDS), pipeline={"image_pipeline": "thumbnail_grid"}),
 }
 
 
@@ -193,6 +198,9 @@ PROJECTOR_PARTS: dict[str, ProjectorPart] = {
         (rf"{re.escape(p)}\.patch_merger\.merging_layer\.weight", "projector.merging_layer.weight")]),
     # pixel shuffle -> fc1 -> act -> fc2 -> act (HF keeps this adapter in the tower) -> linear (Llama 4)
     "pixel_shuffle_adapter": ProjectorPart(config=llama4_adapter_config, rules=llama4_adapter_rules),
+    # visual tokenizer head (fold, linear, LayerNorm, softmax over visual words) x visual embedding table (Ovis 2);
+    # the prefix is the model's (HF keeps the head in the vision tower and the table beside it)
+    "visual_embedding_table": ProjectorPart(config=table_config, rules=table_rules),
 }
 
 

@@ -108,9 +108,10 @@ class VLMBatchMixin:
     ``run_with_cache`` returns."""
 
     def __init__(self, cache_dict: dict[str, torch.Tensor], model: Any, has_batch_dim: bool = True,
-                 spans: Any = None, batch_size: int | None = None):
+                 spans: Any = None, batch_size: int | None = None, kv_spans: Any = None):
         super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)  # type: ignore[call-arg]
         self.spans = spans
+        self.kv_spans = kv_spans  # cross-attention models: the key axis (hooked_vlm.key_spans.KeySpans)
         self.batch_size = batch_size if batch_size is not None else (spans.batch if spans is not None else None)
 
     def _batch_size(self) -> int:  # TL guesses it from the most common leading dim; we know it
@@ -132,7 +133,7 @@ class VLMBatchMixin:
 
     def apply_slice_to_batch_dim(self, batch_slice: Any) -> Any:
         """A cache of the chosen batch items: LM entries sliced on the batch axis, per-image entries on their images,
-        spans sliced alike. An int slice drops the LM entries' batch axis (as in TL)."""
+        spans and key spans (cross-attention models) sliced alike. An int slice drops the LM entries' batch axis (as in TL)."""
         batch_slice = batch_slice if isinstance(batch_slice, Slice) else Slice(batch_slice)
         if not self.has_batch_dim:
             if batch_slice.mode in ("identity", "empty"):
@@ -156,8 +157,9 @@ class VLMBatchMixin:
                 whole = rows is None or value.ndim == 0 or value.shape[0] != self._n_rows(per_token)
                 out[name] = value if whole else value[rows.to(value.device)]
         spans = self._slice_spans(items)
+        kv_spans = self.kv_spans.select(items) if self.kv_spans is not None else None
         return type(self)(out, self.model, has_batch_dim=batch_slice.mode != "int", spans=spans,
-                          batch_size=None if batch_slice.mode == "int" else len(items))
+                          batch_size=None if batch_slice.mode == "int" else len(items), kv_spans=kv_spans)
 
     # ---------------------------------------------------------------- helpers
     def _n_rows(self, per_token: bool) -> int:

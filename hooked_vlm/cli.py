@@ -107,7 +107,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from hooked_vlm.toy.demo import run_demo
+    from hooked_vlm.demo import run_demo
 
     run_demo(args.out, n=args.n)
 

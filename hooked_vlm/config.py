@@ -393,6 +393,7 @@ class VisionConfig:
     class_token: bool = True
     patch_bias: bool = False
     ln_pre: bool = True  # CLIP's pre_layrnorm
+    patch_norm: bool = False  # a norm (the tower's kind) on the patch embeddings, before positions (AIMv2 / Ovis 2)
     # Which hidden states feed the projector (HF indexing: 0 = embeddings, i = after block i-1).
     feature_layers: tuple[int, ...] = (-2,)
     feature_select: str = "default"  # "default" drops the class token, "full" keeps it
@@ -450,6 +451,9 @@ class TokenRoles:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     extra: dict[str, tuple[int, ...]] = field(default_factory=dict)  # more named roles, e.g. end_of_frame
+    # ids whose embedding, when images are given, is row i of ``projector.marker_embeds()`` instead of the token
+    # embedding (Ovis 2's visual indicator tokens: rows of its visual embedding table)
+    projector_marker_ids: tuple[int, ...] = ()
 
 
 @dataclass

@@ -97,7 +97,7 @@ def generate(
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0) + offset
         spans = None
         logits = model(tokens, pixel_values=pixel_values, attention_mask=mask, position_ids=positions,
-                       kv_cache=cache, **extras)
+                       kv_cache=cache, logits_to_keep=1, **extras)  # the last position's logits only, as HF
         spans = model.run_state.spans
         prompt_spans = spans
         unfinished = torch.ones(b, dtype=torch.bool, device=model.device)
@@ -117,7 +117,8 @@ def generate(
                 logits = model(next_tok[:, None], attention_mask=mask, position_ids=positions, kv_cache=cache, spans=spans)
             else:
                 seq = torch.cat([tokens, torch.stack(new_tokens, 1)], 1)
-                logits = model(seq, pixel_values=pixel_values, attention_mask=mask, position_ids=positions, spans=spans, **extras)
+                logits = model(seq, pixel_values=pixel_values, attention_mask=mask, position_ids=positions, spans=spans,
+                               logits_to_keep=1, **extras)
     out = torch.cat([tokens, torch.stack(new_tokens, 1)], 1)
     if return_type == "tokens" or (return_type == "auto" and model.tokenizer is None):
         return out

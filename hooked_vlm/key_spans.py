@@ -50,6 +50,12 @@ class KeySpans:
             raise KeyError(f"no key span named {name!r}; key spans of this input: {', '.join(self.names)}")
         return self.masks[name]
 
+    def select(self, items: list[int]) -> "KeySpans":
+        """The key spans of batch items ``items`` (in that order): a batch slice of a cache slices its key axis alike."""
+        idx = torch.as_tensor(items, dtype=torch.long, device=self.grid.device)
+        return KeySpans({name: m[idx] for name, m in self.masks.items()}, self.grid[idx],
+                        [self.tile_grids[i] for i in items], self.patch_grid, self.per_tile)
+
     def positions(self, name: str, batch: int = 0) -> Tensor:
         """Key indices of span ``name`` in batch item ``batch``."""
         return self.mask(name)[batch].nonzero().flatten()

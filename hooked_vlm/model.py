@@ -44,6 +44,14 @@ BASE_INPUTS = ("input_ids", "pixel_values", "attention_mask", "position_ids")
 
 class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), run_with_saes (hooked_vlm.saes);
     # TL weight views and token helpers (hooked_vlm.tl_compat)
+    """A vision-language model in one hooked architecture: vision tower -> projector -> language model.
+
+    Load one with ``HookedVLM.from_pretrained(name_or_path)`` (a hub id, a local folder, or a shipped toy such as
+    ``"toy-llava"``), prepare inputs with ``prepare_inputs(images=..., text=...)``, then use TransformerLens's API:
+    ``model(**inputs)`` (logits ``[batch, pos, d_vocab]``), ``run_with_cache``, ``run_with_hooks``, ``hooks()``,
+    ``generate`` (hooks stay active), the TL weight views (``W_Q``, ``W_U``, ...) and token helpers, and SAELens's
+    ``add_sae`` / ``run_with_saes``. Every hook sees ``hook.spans``, the role of every position of the forward.
+    """
     def __init__(self, cfg: HookedVLMConfig, processor: Any = None):
         super().__init__()
         self.cfg = cfg
@@ -129,19 +137,27 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         stop_at_layer: int | None = None,
         kv_cache: KVCache | None = None,
         spans: TokenSpans | None = None,
+        logits_to_keep: int = 0,
         **extras: Any,
     ) -> Any:
         """Run the model. Takes ``model.prepare_inputs(...)`` or an HF processor's output (``model(**inputs)``).
 
         return_type: "logits" [batch, pos, d_vocab], "loss" (next-token loss on text targets),
         "both", or None. ``stop_at_layer=l`` returns the residual stream entering block l.
+        ``logits_to_keep=n`` (HF's argument; 0 = every position) unembeds only the last n positions: generate's
+        prefill uses 1, as HF's does. Every hook still sees every position (the unembed has no hook).
         """
         if isinstance(input_ids, Mapping):
             merged = dict(input_ids)
             merged.update({k: v for k, v in dict(pixel_values=pixel_values, attention_mask=attention_mask,
                                                  position_ids=position_ids).items() if v is not None})
             merged.update(extras)
-            return self.forward(**merged, return_type=return_type, stop_at_layer=stop_at_layer, kv_cache=kv_cache, spans=spans)
+            return self.forward(**merged, return_type=return_type, stop_at_layer=stop_at_layer, kv_cache=kv_cache,
+                                spans=spans, logits_to_keep=logits_to_keep)
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0: logits at every position), got {logits_to_keep!r}")
+        if logits_to_keep and return_type in ("loss", "both"):
+            raise ValueError(f"return_type={return_type!r} needs the logits at every position: drop logits_to_keep")
         past = kv_cache.length if kv_cache is not None else 0
         if kv_cache is not None:
             kv_cache.check_layers(tuple(block.mixer_kind for block in self.blocks))
@@ -190,6 +206,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
                 cross_images = self.hook_image_embeds(image_embeds)
             else:
                 resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+            if self.cfg.roles.projector_marker_ids:  # marker tokens embedded by the projector (Ovis 2's indicators)
+                resid = self._splice_markers(tokens, resid)
         if self.cfg.text.embedding_multiplier != 1.0:  # Granite: the whole stream, image embeddings included
             resid = resid * self.cfg.text.embedding_multiplier
         resid = self.hook_embed(resid)
@@ -233,7 +251,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             kv_cache.length = past + q_len
         if stop_at_layer is not None:
             return resid
-        logits = self.unembed(self.ln_final(resid))
+        normed = self.ln_final(resid)
+        logits = self.unembed(normed[:, -logits_to_keep:] if logits_to_keep else normed)
         cap = self.cfg.text.final_logit_softcap
         if cap is not None:  # Gemma 2: tanh soft-capping of the final logits
             logits = torch.tanh(logits / cap) * cap
@@ -341,6 +360,15 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
         self._check_image_token_count(tokens, image_embeds.shape[0])
         return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.device, embeds.dtype))
 
+    def _splice_markers(self, tokens: Tensor, embeds: Tensor) -> Tensor:
+        """embeds with row i of ``projector.marker_embeds()`` at every position holding ``projector_marker_ids[i]``."""
+        ids = torch.tensor(self.cfg.roles.projector_marker_ids, device=tokens.device)
+        hit = tokens[..., None] == ids  # [batch, pos, n_markers]
+        if not hit.any():
+            return embeds
+        rows = self.projector.marker_embeds().to(embeds.device, embeds.dtype)  # [n_markers, d_model]
+        return torch.where(hit.any(-1, keepdim=True), hit.to(embeds.dtype) @ rows, embeds)
+
     def _splice_add(self, tokens: Tensor, resid: Tensor, features: Tensor) -> Tensor:
         """resid with ``features`` [n_image_tokens, d_model] added at the image positions (in splice order)."""
         is_image = (tokens == self.cfg.roles.image_token_id)[..., None].to(resid.device)  # the block's device
@@ -399,8 +427,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             buffers.active = False
             self.run_state.extra.pop("cache_buffers", None)
         buffers.keep(cache_dict, self.hook_dict)
-        cache = VLMActivationCache(cache_dict, self, spans=self.run_state.spans)  # hooked_vlm.tl_cache
-        cache.kv_spans = self.run_state.extra.get("kv_spans")  # cross-attention models: the key axis (key_spans.py)
+        cache = VLMActivationCache(cache_dict, self, spans=self.run_state.spans,  # hooked_vlm.tl_cache
+                                   kv_spans=self.run_state.extra.get("kv_spans"))  # cross-attention: the key axis
         return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
     def get_caching_hooks(self, names_filter: Any = None, incl_bwd: bool = False, device: Any = None,  # type: ignore[override]

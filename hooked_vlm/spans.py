@@ -39,6 +39,10 @@ class ImageLayout:
     n_prefix: int = 0  # content tokens before the grid (e.g. a kept class token); no grid cell
     newline_offsets: list[int] | None = None  # placeholder offsets holding a row-break embedding
     thumbnail: bool = False  # the last tile is a downscaled view of the whole image (InternVL): span ``thumbnail``
+    thumbnail_first: bool = False  # with ``thumbnail``: the FIRST tile is the thumbnail (Ovis 2), the crops follow
+    # (rows, cols) of the crop grid the tiles come from (Ovis 2): crop k (counted after a thumbnail) sits at
+    # (k // cols, k % cols) of the image; None when the family does not say
+    tile_grid: tuple[int, int] | None = None
     latents: int = 0  # tokens per tile when they are resampler latents (no grid); 0 = patches on a rows x cols grid
     crop_of: int | None = None  # index of the image this one was cropped from (pan-and-scan), None = not a crop
     crop_index: int | None = None  # which crop of crop_of it is (0-based, the processor's order)
@@ -229,8 +233,10 @@ def build_spans(
                 grid[b, tile_pos] = torch.stack([torch.full_like(cell, i), torch.full_like(cell, t), cell // c, cell % c], -1)
                 offset += r * c
             if layout.thumbnail:
-                r, c = layout.shapes()[-1]
-                masks.setdefault("thumbnail", torch.zeros_like(real))[b, img_pos[offset - r * c: offset]] = True
+                shapes = layout.shapes()
+                r, c = shapes[0] if layout.thumbnail_first else shapes[-1]
+                first = layout.n_prefix if layout.thumbnail_first else offset - r * c
+                masks.setdefault("thumbnail", torch.zeros_like(real))[b, img_pos[first: first + r * c]] = True
             items.append(layout)
             start += n
         per_item.append(items)

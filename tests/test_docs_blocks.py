@@ -158,6 +158,15 @@ def test_blocks_found():
     assert readme and readme[0].code.lstrip().startswith(("import", "from"))
 
 
+def test_readme_is_short_and_every_block_runs():
+    """The README is the front door (what it is, the two commands, install, quick start, the tables, links): at most
+    200 lines, and none of its python blocks is skipped (the rest of the text lives in docs/)."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 200
+    blocks = extract(readme)
+    assert blocks and [b.id for b in blocks if b.skip or b.requires] == []
+
+
 def test_markers_are_read(tmp_path):
     doc = tmp_path / "x.md"
     doc.write_text("text\n\n<!-- docs-test: skip (needs a GPU) -->\n```python\nraise SystemExit\n```\n\n"

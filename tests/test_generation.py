@@ -93,3 +93,27 @@ def test_hooks_on_relaid_prompts_warn():
     right = _right_padded(left)
     with pytest.warns(UserWarning, match="re-lays them out left-padded"):
         model.generate(**right, max_new_tokens=2, return_type="tokens", fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)])
+
+
+def test_logits_to_keep_unembeds_only_the_last_positions():
+    """generate's prefill asks for the last position's logits only (as HF's generate): equal to the slice of the full
+    logits, hooks still see every position, and bad values or a loss without every position's logits raise."""
+    _, model, left = _case("llava")
+    with torch.no_grad():
+        full = model(**left)
+        seen = {}
+
+        def record(x, hook):
+            seen["pos"] = x.shape[1]
+            return x
+
+        last = model.run_with_hooks(**left, logits_to_keep=1, fwd_hooks=[("ln_final.hook_normalized", record)])
+        two = model(**left, logits_to_keep=2)
+    assert last.shape == (full.shape[0], 1, full.shape[2]) and two.shape[1] == 2
+    assert seen["pos"] == full.shape[1]
+    # not bit-equal: a matmul over fewer rows may sum in another order (1e-5 in fp32 at this scale)
+    assert (last - full[:, -1:]).abs().max() <= 1e-5 and (two - full[:, -2:]).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="logits_to_keep must be an int >= 0"):
+        model(**left, logits_to_keep=-1)
+    with pytest.raises(ValueError, match="needs the logits at every position"):
+        model(**left, logits_to_keep=1, return_type="loss")

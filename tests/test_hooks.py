@@ -20,6 +20,7 @@ from tests import tiny_lfm2vl as tlv
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
+from tests import tiny_ovis2 as tov
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_glm4v as tgl
 from tests import tiny_qwen35 as tq35
@@ -84,6 +85,7 @@ FAMILIES = {
     "glm4v_moe": _from_factory(tgl.glm4v_moe),
     "glm46v": _from_factory(tgl.glm46v),
     "llama4": _from_factory(tl4.llama4_vlm),
+    "ovis2": _from_factory(tov.ovis2),
 }
 
 

@@ -181,3 +181,15 @@ def test_position_knockout_skips_cross_layers_and_refuses_them_by_name():
         knockout_hooks(b.model, src="text", dst="last", layers=[1])
     with pytest.raises(ValueError, match="cross_attention_knockout"):
         knockout_hooks(b.model, src="text", dst="last", linear="remove_source")
+
+
+def test_batch_slice_slices_the_key_spans():
+    """cache.apply_slice_to_batch_dim keeps each item's key roles: item 2's kv_spans = the batch's row 2."""
+    _, cache = _cache(names="hook_image_embeds")
+    one = cache.apply_slice_to_batch_dim([2])
+    assert one.kv_spans is not None and one.kv_spans.batch == 1 and one.kv_spans.tile_grids == [[(2, 1)]]
+    assert torch.equal(one.kv_spans.mask("image")[0], cache.kv_spans.mask("image")[2])
+    assert torch.equal(one.kv_spans.grid[0], cache.kv_spans.grid[2])
+    both = cache.apply_slice_to_batch_dim(slice(0, 2))
+    assert both.kv_spans.tile_grids == cache.kv_spans.tile_grids[:2]
+    assert torch.equal(both.kv_spans.mask("cls"), cache.kv_spans.mask("cls")[:2])

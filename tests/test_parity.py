@@ -27,6 +27,7 @@ from tests import tiny_llama4 as tl4
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
+from tests import tiny_ovis2 as tov
 from tests import tiny_paligemma as tpg
 from tests import tiny_glm4v as tgl
 from tests import tiny_qwen3vl as tq3
@@ -98,6 +99,7 @@ CASES = [
     ("glm4v-moe", tgl.glm4v_moe),  # GLM-4.5V: grouped sigmoid router with choice bias, ungated shared expert
     ("glm46v", tgl.glm46v),  # GLM-4.6V: the GLM ViT with the GLM-4.5V MoE LM, picked by text_config.model_type
     ("llama4", tl4.llama4_vlm),  # chunked (8) + NoPE layers, MoE; 2-D RoPE ViT, tiles + global tile; prompts > chunk
+    ("ovis2", tov.ovis2),  # AIMv2 ViT; visual tokenizer softmax x embedding table; thumbnail + crop grid; Qwen2 LM
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -300,7 +302,7 @@ def test_greedy_generate_matches_hf(case_id):
                                             ("granite-vision", "padded"), ("lighton-ocr", "padded"),
                                             ("next-video-clip", "padded"), ("deepseek-vl", "padded"),
                                             ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded"),
-                                            ("llama4", "padded")])
+                                            ("llama4", "padded"), ("ovis2", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

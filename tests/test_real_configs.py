@@ -41,7 +41,7 @@ MUST_BE_SUPPORTED = {"Cohere2VisionForConditionalGeneration", "Gemma3ForConditio
                      "Mistral3ForConditionalGeneration", "MllamaForConditionalGeneration", "PaliGemmaForConditionalGeneration",
                      "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                      "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
-                     "SmolVLMForConditionalGeneration"}
+                     "SmolVLMForConditionalGeneration", "Ovis2ForConditionalGeneration"}
 
 
 def _architecture(path: Path) -> str:

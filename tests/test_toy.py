@@ -1,23 +1,19 @@
 """The shipped toy LLaVA: it loads like any checkpoint, answers held-out questions, and shows the
-known effects (object-patch ablation, logit lens at the object, knockout); the demo report and
-the reproduction scripts run end to end on it. Nothing is trained here."""
+known effects (object-patch ablation, logit lens at the object, knockout); the single-analysis
+commands run on it. The demo report is tests/test_demo.py, the reproduction scripts
+tests/test_reproduce.py. Nothing is trained here."""
 
 from __future__ import annotations
-
-import runpy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from hooked_vlm.demo.effects import object_ablation, object_knockout, object_logit_lens
 from hooked_vlm.toy import toy_checkpoint_path
 from hooked_vlm.toy.data import COLOURS, GRID, IMAGE_SIZE, PATCH_SIZE, make_scene, make_scenes, prompt
-from hooked_vlm.toy.effects import object_ablation, object_knockout, object_logit_lens
 from hooked_vlm.toy.tasks import ToyEncoder, accuracy, hooked_logits_fn
 
-ROOT = Path(__file__).resolve().parents[1]
 FOLDER = toy_checkpoint_path("toy-llava")
 
 # Measured on the shipped checkpoint (hooked_vlm/toy/checkpoints/toy-llava/toy_training.json, docs/getting_started.md):
@@ -102,7 +98,7 @@ def test_tower_spreads_colour_beyond_the_object(model):
     linearly (measured 93.7% held-out with the default 600 / 300 scenes; chance 16.7%), because the tower's
     attention mixes the patches. The toy LLaVA's LM ignores it (ablation 100 -> 17); an LM that pools the image
     can use it (docs/toy_models.md, --recipe llava)."""
-    from hooked_vlm.toy.effects import background_colour_probe
+    from hooked_vlm.demo.effects import background_colour_probe
 
     assert background_colour_probe(model) >= 80.0
 
@@ -125,74 +121,6 @@ def test_analysis_logit_lens_agrees_with_plain_hooks(model):
     resid = cache[f"blocks.{n - 1}.hook_resid_post"][0, cache.spans.positions("image")]
     probs = model.unembed(model.ln_final(resid)).float().softmax(-1)[:, model.to_single_token("green")]
     assert abs(lens.target_probs[-1, :, 0] - probs.cpu()).max().item() <= 1e-5
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    from hooked_vlm.cli import main
-
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "--n", "40"]) == 0
-    return out
-
-
-def test_demo_report(demo_dir):
-    from PIL import Image
-
-    tmp_path = demo_dir
-    html = (tmp_path / "report.html").read_text()
-    figures = ("logit_lens_grid", "attention_flow", "ablation", "knockout", "narrow_gate", "modality_separation")
-    for name in figures:
-        png = tmp_path / f"{name}.png"
-        assert png.stat().st_size > 5000, name
-        img = np.asarray(Image.open(png).convert("L"), dtype=float)
-        assert img.std() > 10 and min(img.shape) > 150, name  # a real drawing, not a blank canvas
-        assert f'alt="{name}"' in html
-    assert html.count("data:image/png;base64,") == len(figures)
-    assert "The narrow gate on toys" in html and "toy-chameleon-gen" in html
-    assert "Held-out accuracy" in html and "colour" in html
-    assert 'href="lens_view.html"' in html and 'href="lens_view_attention.html"' in html
-
-
-def test_demo_views_in_browser(demo_dir, model):
-    """The demo's interactive views (tests/browser.py, as tests/test_viz_browser.py checks them): the lens panel
-    shows the Python lens of the demo's scene, the slider recolours, the attention readout equals the cache."""
-    from hooked_vlm.analysis import logit_lens
-    from hooked_vlm.toy.data import GRID
-    from hooked_vlm.toy.demo import DEMO_SEED
-    from tests.browser import Page, check_attention_weight, check_lens_page, launch
-
-    scene = make_scene(np.random.default_rng(DEMO_SEED), colour="blue", shape="circle")  # the demo's scene
-    inputs = model.prepare_inputs(images=scene.pil(), text=prompt("colour"))
-    lens = logit_lens(model, inputs, span="all", targets=["blue"], vocab="all")
-    _, cache = model.run_with_cache(**inputs, names_filter=lambda n: n.endswith("hook_pattern"))
-    for browser in launch():
-        page = Page(browser, demo_dir / "lens_view.html")
-        check_lens_page(page, lens, divmod(scene.object_patches(0)[0], GRID))
-        page.finish(demo_dir / "lens_view.png")
-        page = Page(browser, demo_dir / "lens_view_attention.html")
-        last, key = int(cache.spans.positions("last")[0]), int(cache.spans.positions("image")[scene.object_patches(0)[0]])
-        check_attention_weight(page, cache, model.cfg.n_layers - 1, -1, last, key)
-        page.finish(demo_dir / "lens_view_attention.png")
-
-
-@pytest.mark.parametrize("script", ["narrow_gate_table1.py", "neo_object_ablation.py"])
-def test_reproduction_scripts_smoke(script, tmp_path, monkeypatch):
-    out = tmp_path / "results.csv"
-    extra = ["--n-random", "1"] if script == "narrow_gate_table1.py" else []
-    monkeypatch.setattr(sys, "argv", [script, "--model", "toy-llava", "--smoke", "--n", "12", "--batch-size", "12",
-                                      "--out", str(out), "--device", "cpu", "--dtype", "float32", *extra])
-    runpy.run_path(str(ROOT / "docs" / "reproduce" / script), run_name="__main__")
-    import pandas as pd
-
-    df = pd.read_csv(out)
-    assert len(df) == (4 if script == "narrow_gate_table1.py" else 3) and df.notna().all().all(), df
-    if script == "narrow_gate_table1.py":
-        none, image = df.set_index("condition").loc["none"], df.set_index("condition").loc["image->text"]
-        assert none["vqa_accuracy"] >= 0.9 and image["vqa_accuracy"] < none["vqa_accuracy"], df
-    else:
-        by = df.set_index("condition")
-        assert by.loc["none", "accuracy"] >= 0.9 and by.loc["object", "accuracy"] < by.loc["random", "accuracy"], df
 
 
 def test_cli_single_analyses(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The shipped toy-chameleon-gen: the gate experiment's U+G model (seed 0; hooked_vlm.toy.gate_experiment, 4 layers,
+"""The shipped toy-chameleon-gen: the gate experiment's U+G model (seed 0; experiments/gate_experiment.py, 4 layers,
 trained on the answers AND to generate the image codes). It loads through the Chameleon converter, matches HF, answers,
 has learned to generate codes, and, as measured, has NO narrow gate either. Nothing is trained here.
 
@@ -19,7 +19,7 @@ import torch
 
 from hooked_vlm.toy import toy_checkpoint_path
 from hooked_vlm.toy.data import make_scenes
-from hooked_vlm.toy.gate_experiment import knockout_accuracy
+from hooked_vlm.demo.gate_effects import knockout_accuracy
 from hooked_vlm.toy.tasks import ToyEncoder, accuracy, hooked_logits_fn
 
 FOLDER = toy_checkpoint_path("toy-chameleon-gen")

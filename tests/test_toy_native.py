@@ -10,9 +10,6 @@ changes nothing while knocking out the image codes removes the colour.
 from __future__ import annotations
 
 import json
-import runpy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +17,9 @@ import torch
 
 from hooked_vlm.toy import toy_checkpoint_path
 from hooked_vlm.toy.data import COLOURS, GRID, make_scene, make_scenes, prompt
-from hooked_vlm.toy.gate_effects import code_replacement, eoi_logit_lens, gate_knockout
+from hooked_vlm.demo.gate_effects import code_replacement, eoi_logit_lens, gate_knockout
 from hooked_vlm.toy.tasks import ToyEncoder, accuracy, hooked_logits_fn
 
-ROOT = Path(__file__).resolve().parents[1]
 FOLDER = toy_checkpoint_path("toy-chameleon")
 INFO = json.loads((FOLDER / "toy_training.json").read_text()) if FOLDER is not None else {}
 
@@ -126,20 +122,6 @@ def test_eoi_logit_lens_names_the_colour(model):
     LM input; chance 17%) even though no text needs it."""
     lens = eoi_logit_lens(model, n=100)
     assert lens["embed"] <= 30.0 and lens["block 0"] >= 50.0, lens
-
-
-def test_narrow_gate_reproduction_smoke(tmp_path, monkeypatch):
-    out = tmp_path / "results.csv"
-    monkeypatch.setattr(sys, "argv", ["narrow_gate_table1.py", "--model", "toy-chameleon", "--smoke", "--n", "12",
-                                      "--batch-size", "12", "--out", str(out), "--device", "cpu", "--dtype", "float32",
-                                      "--n-random", "1"])
-    runpy.run_path(str(ROOT / "docs" / "reproduce" / "narrow_gate_table1.py"), run_name="__main__")
-    import pandas as pd
-
-    by = pd.read_csv(out).set_index("condition")
-    assert by.loc["none", "vqa_accuracy"] >= 0.9, by
-    assert by.loc["gate", "vqa_accuracy"] >= by.loc["none", "vqa_accuracy"] - 0.1, by  # no gate
-    assert by.loc["image->text", "vqa_accuracy"] <= 0.5, by
 
 
 def test_colour_words_are_single_tokens(model):

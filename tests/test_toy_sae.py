@@ -46,8 +46,8 @@ def measured():
     from hooked_vlm import HookedVLM
     from hooked_vlm.saes.train import load_sae
     from hooked_vlm.toy.data import make_scenes
-    from hooked_vlm.toy.sae_features import (accuracy_with_sae, feature_purity, image_token_activations,
-                                             purity_counts, reconstruction)
+    from experiments.toy_sae_features import (accuracy_with_sae, feature_purity, image_token_activations, purity_counts,
+                                              reconstruction)
 
     model = HookedVLM.from_pretrained("toy-llava")
     sae = load_sae(SAE_DIR)

@@ -1,4 +1,4 @@
-"""Modality separation across the shipped toys (hooked_vlm.toy.separation, the Narrow Gate paper's analysis 1).
+"""Modality separation across the shipped toys (python -m experiments.separation, the Narrow Gate paper's analysis 1).
 
 Measured (100 held-out scenes, seed 783, one image and one after-image text token per scene):
 toy-llava homogeneity 0.741 / 0.741 (layers 0 / 1), median |cos| 0.072 / 0.105; toy-chameleon homogeneity
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hooked_vlm.toy.separation import main, separation
+from experiments.separation import main, separation
 
 HOMOGENEITY_GAP = 0.5  # toy-llava minus toy-chameleon, every layer (measured >= 0.62)
 COS_GAP = 0.05  # toy-chameleon minus toy-llava median |cos|, every layer (measured >= 0.10)

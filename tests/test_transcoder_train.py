@@ -124,9 +124,9 @@ def test_toy_graph_puts_the_colour_on_the_objects_patches():
     """What docs/attribution_graphs.md reports on 100 scenes, on 2: the object's patches hold most of the image
     patches' influence on logit(answer) - logit(runner-up), far above their share of the image; the frozen
     replacement's answer after scaling the top feature is what the graph predicts."""
-    from hooked_vlm.toy import transcoders as toy_tc
+    from experiments import toy_transcoders
 
-    s = toy_tc.measure(n_scenes=2, scale=-1.0, max_feature_nodes=128)["summary"]
+    s = toy_transcoders.measure(n_scenes=2, scale=-1.0, max_feature_nodes=128)["summary"]
     assert s["accuracy"] == 1.0
     assert s["object_share"] >= 0.8 and s["object_share_above_area"] == 1.0 and s["object_area"] <= 0.3
     assert s["frozen_matches_prediction"] == 1.0

@@ -70,6 +70,7 @@ SCRIPT = textwrap.dedent(
     from tests import tiny_paligemma as tpg, tiny_llava_like as tll, tiny_cohere as tco
     from tests import tiny_qwen35 as tq35, tiny_lfm2vl as tlv, tiny_mllama as tml, tiny_gemma4 as tg4, tiny_glm4v as tgl
     from tests import tiny_llama4 as tl4
+    from tests import tiny_ovis2 as tov
 
     def built(factory):  # a cached tests/tiny*.py factory -> a case (folder, hf, inputs)
         def case():
@@ -96,7 +97,8 @@ SCRIPT = textwrap.dedent(
               "lfm2_vl": built(tlv.lfm2vl), "mllama": built(tml.mllama),
               "gemma4": built(lambda: tg4.gemma4("k_eq_v_moe")),
               "glm4v": built(tgl.glm4v), "glm4v_moe": built(tgl.glm4v_moe), "glm46v": built(tgl.glm46v),
-              "llama4": built(tl4.llama4_vlm)}}
+              "llama4": built(tl4.llama4_vlm),
+              "ovis2": built(tov.ovis2)}}
     models = {{}}
     for fam, case in cases.items():
         folder, hf, inputs = case()

@@ -2,7 +2,10 @@
 
 Every analysis uses only hook names and :class:`~hooked_vlm.spans.TokenSpans`, so it works on
 every family. Spans may be names (``"image"``, ``"eoi"``, ``"last"``), derived names
-(``"image_last"``, ``"after_image"``, ...: see :mod:`._common`), bool masks or position lists.
+(``"image_last"``, ``"after_image"``, ...: see :mod:`hooked_vlm.span_select`, the core module that resolves
+them; its names are re-exported here), bool masks or position lists. Analyses return plain results (tensors,
+DataFrames, result objects); the views of :mod:`hooked_vlm.viz` import the analyses, never the reverse (a
+result's ``.show()`` imports its view when called).
 """
 
 from ._common import (DERIVED, SpanLike, forward_with_hooks, grid_cells_mask, image_region_mask, layer_list,

@@ -125,7 +125,7 @@ def summarise_flow(per_example: Any) -> Any:
     g = per_example.dropna(subset=["weight"]).groupby(["layer", "head", "role"], sort=False)
     out = g["weight"].agg(["mean", "count"]).reset_index().rename(columns={"mean": "weight", "count": "n"})
     out["share"] = out["weight"] / out.groupby(["layer", "head"])["weight"].transform("sum")
-    from ..viz.frames import AttentionFlowFrame  # a DataFrame that displays as an interactive plot in notebooks
+    from .frames import AttentionFlowFrame  # a DataFrame that displays as an interactive plot in notebooks (pandas: lazily)
 
     return AttentionFlowFrame(out[["layer", "head", "role", "weight", "share", "n"]])
 

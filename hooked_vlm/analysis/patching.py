@@ -37,6 +37,7 @@ SITES = {
     "mlp_out": "blocks.{l}.hook_mlp_out",
     "z": "blocks.{l}.attn.hook_z",
 }
+"""Where patching and steering act: ``site=`` name -> hook-name template (``{l}`` is the layer)."""
 
 
 def site_hook_names(model: Any, site: str = "resid_pre", layers: Sequence[int] | int | None = None) -> list[str]:
@@ -118,7 +119,7 @@ def patching_sweep(model: Any, target_inputs: dict, source_inputs: dict, tokens:
 
     ``tokens``: (A, B) ids, or [batch, 2] per item (A = the source's answer, B = the target's).
     Returns a tidy DataFrame: batch, layer, logit_diff, clean_logit_diff, source_logit_diff,
-    flipped, similarity (to the source distribution), clean_similarity (a :class:`~hooked_vlm.viz.PatchingSweepFrame`:
+    flipped, similarity (to the source distribution), clean_similarity (a :class:`~hooked_vlm.analysis.frames.PatchingSweepFrame`:
     ``.show()`` and a notebook display the interactive plot).
     """
     tokens = torch.as_tensor(tokens, dtype=torch.long, device=model.device)
@@ -150,7 +151,7 @@ def patching_sweep(model: Any, target_inputs: dict, source_inputs: dict, tokens:
                              clean_logit_diff=float(clean_diff[b]), source_logit_diff=float(logit_diff(src_last, tokens)[b]),
                              flipped=bool(torch.sign(diff[b]) != torch.sign(clean_diff[b])), similarity=float(sim[b]),
                              clean_similarity=float(distribution_similarity(clean_last[b], src_last[b]))))
-    from ..viz.frames import PatchingSweepFrame  # a DataFrame that displays as an interactive plot in notebooks
+    from .frames import PatchingSweepFrame  # a DataFrame that displays as an interactive plot in notebooks (pandas: lazily)
 
     return PatchingSweepFrame(rows)
 

@@ -1,7 +1,7 @@
 """A ViT image encoder (CLIP-style): patch conv, optional class token, learned positions, pre-norm blocks.
 
-Hook names live under ``vision.``: ``vision.hook_patch_embed``, ``vision.hook_embed`` (after
-positions), ``vision.ln_pre.hook_normalized``, ``vision.blocks.{l}.*``. The selected hidden states
+Hook names live under ``vision.``: ``vision.hook_patch_embed``, ``vision.ln_patch.*`` (``patch_norm``: a norm
+on the patch embeddings before positions, AIMv2), ``vision.hook_embed`` (after positions), ``vision.ln_pre.hook_normalized``, ``vision.blocks.{l}.*``. The selected hidden states
 handed to the projector are ``projector.hook_in``.
 """
 
@@ -27,6 +27,8 @@ class VisionTower(nn.Module):
         n_pos = cfg.n_patches + int(cfg.class_token)
         self.pos_embed = nn.Parameter(torch.zeros(n_pos, t.d_model)) if t.positional == "learned" else None
         self.ln_pre = make_norm(t.normalization_type, t.d_model, t.norm_eps) if cfg.ln_pre else None
+        # a norm on the patch embeddings before positions (AIMv2); vision.ln_patch.hook_normalized [image, patch, d]
+        self.ln_patch = make_norm(t.normalization_type, t.d_model, t.norm_eps) if cfg.patch_norm else None
         self.blocks = nn.ModuleList([TransformerBlock(t) for _ in range(t.n_layers)])
 
         self.hook_patch_embed = HookPoint()  # [image, patch, d_vision]
@@ -37,6 +39,8 @@ class VisionTower(nn.Module):
         cfg = self.cfg
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # [image, d, rows, cols]
         x = self.hook_patch_embed(x.flatten(2).transpose(1, 2))
+        if self.ln_patch is not None:
+            x = self.ln_patch(x)
         if self.class_embedding is not None:
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat([cls, x], dim=1)

@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..analysis._common import SpanLike, span_mask
-from ..analysis.runner import iterate_batches
+from ..batches import iterate_batches
+from ..span_select import SpanLike, span_mask
 from ..spans import TokenSpans
 from .splice import NON_SEQUENCE_PREFIXES, sae_hook_names
 from ..summary import summary_repr
@@ -231,7 +231,7 @@ def top_activating(model: Any, sae: Any, dataset: Iterable[Any], feature: int, k
                    progress: bool = True) -> TopActivations:
     """The ``k`` (example, patch) pairs of ``dataset`` where ``feature`` is highest, over positions of ``span``.
 
-    ``dataset``: anything :func:`hooked_vlm.analysis.iterate_batches` takes ((image, prompt) pairs or
+    ``dataset``: anything :func:`hooked_vlm.batches.iterate_batches` takes ((image, prompt) pairs or
     prepared inputs), batched with a progress bar. ``per_example`` caps the patches one example may
     contribute (None: no cap). Only the running top k is kept, so memory stays bounded.
     """

@@ -9,7 +9,7 @@ restore what was there before (SAELens's ``HookedSAETransformer`` API, on a VLM)
 What we add to SAELens's semantics:
 
 * ``spans=`` restricts the SAE to chosen roles of the language model's sequence (``"image"``,
-  ``"text"``, ``"image.0"``, ``"after_image"``, a bool mask, ... as in :mod:`hooked_vlm.analysis`):
+  ``"text"``, ``"image.0"``, ``"after_image"``, a bool mask, ... as in :mod:`hooked_vlm.span_select`):
   the rest passes through bitwise unchanged (the SAE still reads every position; only the span's
   positions take its output, as SAELens's ``exclude_special_tokens`` does). Vision-tower and
   projector hooks have no sequence spans: the SAE acts on every patch there.
@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..hook_points import HookPoint
+from ..span_select import query_rows
 
 #: hook points the model calls only when they are hooked (the fast attention path skips them):
 #: an SAE there would silently never run, so it is refused
@@ -45,6 +46,7 @@ CONDITIONAL_HOOKS = ("attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_ma
 NON_SEQUENCE_PREFIXES = ("vision.", "projector.", "hook_image_embeds")
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error",
              "hook_sae_output")
+"""The hook points an SAE spliced at ``{hook}`` adds to ``model.hook_dict``, as ``{hook}.{name}`` (SAELens's names)."""
 
 
 def sae_hook_names(sae: Any, hook_name: str | None = None, hook_name_out: str | None = None) -> tuple[str, str]:
@@ -177,8 +179,6 @@ class SAESplice(HookPoint):
     def _rows(self, x: Tensor) -> Tensor | None:
         if self.span is None:
             return None
-        from ..analysis._common import query_rows
-
         rows = query_rows(self, self.span, x)  # [batch, q_pos] True = the SAE's output flows on
         return rows.reshape(*rows.shape, *([1] * (x.ndim - rows.ndim)))
 

@@ -3,7 +3,7 @@
 SAELens's own ``ActivationsStore`` feeds token sequences to a language model; a VLM needs images,
 a processor and a choice of roles (image tokens only, text only, ...). This module streams the
 activations of one hook point over a dataset of (image, prompt) pairs or prepared input dicts
-(:func:`hooked_vlm.analysis.runner.iterate_batches`), keeps the positions of the chosen spans, and
+(:func:`hooked_vlm.batches.iterate_batches`), keeps the positions of the chosen spans, and
 mixes them in a seeded shuffle buffer. A store is an iterator of ``[train_batch_size, d_in]``
 tensors, which is exactly the ``DataProvider`` that SAELens's ``SAETrainer`` consumes
 (see :mod:`hooked_vlm.saes.train`), so SAELens keeps doing the SAE training math.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..analysis._common import span_mask
-from ..analysis.runner import iterate_batches
+from ..batches import iterate_batches
+from ..span_select import span_mask
 from ..summary import summary_repr
 
 #: origin of every activation row; grid cells are -1 where the position is not an image patch
@@ -145,7 +145,7 @@ def batch_activations(model: Any, inputs: dict, hook_name: str, spans: str | Seq
 def stream_activations(model: Any, dataset: Iterable[Any], hook_name: str, spans: str | Sequence[str] = "image",
                        batch_size: int = 8, progress: bool = True, dtype: torch.dtype | None = torch.float32,
                        desc: str | None = None) -> Iterator[ActivationChunk]:
-    """One :class:`ActivationChunk` per model batch over ``dataset`` (items as in :mod:`hooked_vlm.analysis.runner`)."""
+    """One :class:`ActivationChunk` per model batch over ``dataset`` (items as in :mod:`hooked_vlm.batches`)."""
     check_hook(model, hook_name)
     for idx, inputs in iterate_batches(model, dataset, batch_size, progress, desc or f"activations at {hook_name}"):
         yield batch_activations(model, inputs, hook_name, spans, idx, dtype)
@@ -248,7 +248,7 @@ class VLMActivationStore(ActivationStore):
     """Activations of ``hook_name`` at ``spans`` over ``dataset``, computed by ``model`` as they are needed.
 
     ``dataset``: (image, prompt) pairs or prepared single-example input dicts (see
-    :mod:`hooked_vlm.analysis.runner`); it is read once per epoch (in order: shuffling happens in the
+    :mod:`hooked_vlm.batches`); it is read once per epoch (in order: shuffling happens in the
     buffer). ``cache_in_memory=True`` keeps the first epoch's rows and replays them (small datasets).
     """
 

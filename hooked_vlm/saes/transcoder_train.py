@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from ..analysis.runner import iterate_batches
+from ..batches import iterate_batches
 from .load import require_sae_lens
 from .store import ActivationChunk, VLMActivationStore, batch_activations, check_hook, stream_activations
 

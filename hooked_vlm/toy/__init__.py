@@ -1,4 +1,11 @@
-"""Toy models shipped with the package: toy-llava (hooked_vlm.toy.train), toy-chameleon and toy-chameleon-gen (hooked_vlm.toy.train_native)."""
+"""Toy models shipped with the package: toy-llava (hooked_vlm.toy.train), toy-chameleon and toy-chameleon-gen (hooked_vlm.toy.train_native).
+
+Here: the checkpoints, the scene generator (:mod:`.data`), the question tasks (:mod:`.tasks`), the training recipes
+(:mod:`.train`, :mod:`.recipe_llava`, :mod:`.train_native`, :mod:`.vq_fit`) and the shipped SAE / transcoders
+(:mod:`.sae_features`, :mod:`.transcoders`). Part of the core: nothing here imports the analyses. The effects the
+``hooked-vlm demo`` report measures on the toys are :mod:`hooked_vlm.demo`; the research experiments run on them are
+the repository's ``experiments/`` folder.
+"""
 
 from __future__ import annotations
 

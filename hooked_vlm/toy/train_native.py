@@ -14,7 +14,7 @@ of image) by a ``ChameleonProcessor``. Two stages, CPU, fixed seed:
 3. ``--objective ug`` (understanding + generation) adds ``gen_weight`` x the next-token loss on every
    image code and EOI, both in the question rows and in caption -> image rows
    (``<s> caption <racm3:break> codes <eoss>``); ``u`` (default) trains on the answers only. The
-   same scenes, steps and seed either way (:mod:`hooked_vlm.toy.gate_experiment` compares the two).
+   same scenes, steps and seed either way (``python -m experiments.gate_experiment`` compares the two).
 
 Saved with ``save_pretrained`` so that ``HookedVLM.from_pretrained("toy-chameleon")`` loads it through
 the Chameleon converter like any checkpoint.

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..analysis._common import SpanLike, forward_with_hooks, layer_list, span_mask, spans_of
+from ..analysis._common import forward_with_hooks, layer_list
+from ..span_select import SpanLike, span_mask, spans_of
 from .document import View, image_data_url, pack_bytes, pack_floats
 from .lens import position_labels
 

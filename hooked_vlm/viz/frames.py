@@ -1,8 +1,9 @@
 """Interactive plots of the DataFrames that ``patching_sweep`` and ``attention_flow`` return.
 
-Those functions return :class:`PatchingSweepFrame` / :class:`AttentionFlowFrame`: ordinary DataFrames
-(every pandas operation on them gives a plain ``pd.DataFrame``) whose notebook display is the
-interactive view, and which have ``.view()`` / ``.show()`` (a :class:`~hooked_vlm.viz.View`) and
+Those functions return :class:`~hooked_vlm.analysis.frames.PatchingSweepFrame` /
+:class:`~hooked_vlm.analysis.frames.AttentionFlowFrame` (defined with the analyses, re-exported here): ordinary
+DataFrames (every pandas operation on them gives a plain ``pd.DataFrame``) whose notebook display is the
+interactive view drawn here, and which have ``.view()`` / ``.show()`` (a :class:`~hooked_vlm.viz.View`) and
 ``.save_view(path)``. ``DataFrame.to_html`` keeps its pandas meaning.
 """
 
@@ -14,7 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..analysis.frames import AttentionFlowFrame, PatchingSweepFrame
 from .document import View
+
+__all__ = ["AttentionFlowFrame", "PatchingSweepFrame", "flow_view", "patching_view"]
 
 PATCHING_COLUMNS = ("batch", "layer", "logit_diff", "clean_logit_diff", "source_logit_diff", "similarity",
                     "clean_similarity")
@@ -51,34 +55,3 @@ def flow_view(df: pd.DataFrame, title: str | None = None) -> View:
     rows = _records(df, FLOW_COLUMNS, "flow_view")
     return View("flow", {"rows": rows}, title or "attention flow: share of the attention to each key role, per layer",
                 height=640)
-
-
-class _ViewFrame(pd.DataFrame):
-    # pandas' own _constructor (DataFrame) is kept: derived frames (filters, copies, groupbys) are plain DataFrames
-    _view_fn: Any = None
-
-    def view(self, title: str | None = None) -> View:
-        return type(self)._view_fn(self, title)
-
-    def show(self, title: str | None = None) -> View:
-        """The interactive view (the last line of a notebook cell displays it)."""
-        return self.view(title)
-
-    def save_view(self, path: str | Path, title: str | None = None) -> Path:
-        """Write the interactive view as one self-contained HTML file."""
-        return self.view(title).save(path)
-
-    def _repr_html_(self) -> str:
-        return self.view()._repr_html_()
-
-
-class PatchingSweepFrame(_ViewFrame):
-    """The rows of :func:`~hooked_vlm.analysis.patching_sweep`; displays as :func:`patching_view`."""
-
-    _view_fn = staticmethod(patching_view)
-
-
-class AttentionFlowFrame(_ViewFrame):
-    """The rows of :func:`~hooked_vlm.analysis.attention_flow`; displays as :func:`flow_view`."""
-
-    _view_fn = staticmethod(flow_view)

@@ -17,9 +17,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..analysis._common import SpanLike, forward_with_hooks, span_mask, spans_of
+from ..analysis._common import forward_with_hooks
 from ..analysis.patching import last_logits
 from .document import View, image_data_url
+from ..span_select import SpanLike, span_mask, spans_of
 from ..summary import summary_repr
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import COLOURS, QUESTION_KINDS, make_scene, make_scenes, prompt
+from ..toy.data import COLOURS, QUESTION_KINDS, make_scene, make_scenes, prompt
+from ..toy.tasks import ToyEncoder, accuracy, hooked_logits_fn
 from .effects import attention_flow, object_ablation, object_knockout, object_logit_lens
-from .tasks import ToyEncoder, accuracy, hooked_logits_fn
 
 DEMO_SEED = 2024
 
@@ -69,13 +69,13 @@ def narrow_gate_section(rep: Any, n: int, say: Any) -> None:
     from hooked_vlm import HookedVLM
     from hooked_vlm.analysis import attention_flow as role_flow
 
-    from .gate_experiment import colour_inputs, knockout_accuracy
+    from .gate_effects import colour_inputs, knockout_accuracy
     from .separation import TOYS, figure, separation
 
     say("narrow gate ...")
     rep.heading("The narrow gate on toys (native, Chameleon-style)")
     rep.text("Two native toys with image codes in the vocabulary: toy-chameleon (2 layers) is trained on the answers only; "
-             "toy-chameleon-gen (4 layers, python -m hooked_vlm.toy.gate_experiment) is also trained to generate the "
+             "toy-chameleon-gen (4 layers, python -m experiments.gate_experiment) is also trained to generate the "
              "images (next-code loss, caption -> image). The Narrow Gate hypothesis predicts that generation training makes "
              "the end-of-image token (EOI) the gate through which text reads the image: knocking EOI out should then hurt "
              "as much as blocking the whole image.")

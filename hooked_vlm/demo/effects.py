@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .data import COLOURS, GRID, ToyScene, make_scenes
-from .tasks import ToyEncoder, accuracy, hooked_logits_fn
+from ..toy.data import COLOURS, GRID, ToyScene, make_scenes
+from ..toy.tasks import ToyEncoder, accuracy, hooked_logits_fn
 
 N_PATCHES = GRID * GRID
 

@@ -1,13 +1,13 @@
 """Compare toy LLaVA checkpoints (e.g. the shipped recipe vs ``--recipe llava``) on the known effects:
-``python -m hooked_vlm.toy.compare_recipes NAME_OR_DIR [NAME_OR_DIR ...] [--threads 1]``.
+``python -m experiments.compare_recipes NAME_OR_DIR [NAME_OR_DIR ...] [--threads 1]``.
 
 Prints one markdown table, a column per checkpoint: held-out accuracy (from ``toy_training.json``),
 the logit lens at the object's patches per layer (top colour word among the colour words, and top
-token of the whole vocabulary; :func:`~hooked_vlm.toy.effects.object_logit_lens`, 200 scenes), the
-colour / shape object-patch mean ablation vs random patches (:func:`~hooked_vlm.toy.effects.object_ablation`,
-300 scenes) and the object -> answer attention knockout (:func:`~hooked_vlm.toy.effects.object_knockout`,
+token of the whole vocabulary; :func:`~hooked_vlm.demo.effects.object_logit_lens`, 200 scenes), the
+colour / shape object-patch mean ablation vs random patches (:func:`~hooked_vlm.demo.effects.object_ablation`,
+300 scenes) and the object -> answer attention knockout (:func:`~hooked_vlm.demo.effects.object_knockout`,
 100 scenes, all layers), the same ablation with the paper's 1-cell buffer around the object, and the
-colour probe at the background patches (:func:`~hooked_vlm.toy.effects.background_colour_probe`).
+colour probe at the background patches (:func:`~hooked_vlm.demo.effects.background_colour_probe`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from . import toy_checkpoint_path
-from .effects import background_colour_probe, object_ablation, object_knockout, object_logit_lens
+from hooked_vlm.demo.effects import background_colour_probe, object_ablation, object_knockout, object_logit_lens
+from hooked_vlm.toy import toy_checkpoint_path
 
 
 def measure(model: Any, folder: Path | None) -> dict[str, str]:

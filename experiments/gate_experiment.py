@@ -1,4 +1,4 @@
-"""The narrow-gate hypothesis under control: ``python -m hooked_vlm.toy.gate_experiment [--seeds 0,1,2]``.
+"""The narrow-gate hypothesis under control: ``python -m experiments.gate_experiment [--seeds 0,1,2]``.
 
 Two native toys (:mod:`hooked_vlm.toy.train_native`, Chameleon-style, image codes in the vocabulary)
 with the same architecture, data, steps and seeds, differing only in the objective:
@@ -12,7 +12,7 @@ Per model and seed (colour questions, held-out scenes): accuracy with EOI knocke
 both blocked, with one random image code knocked out; the share of the attention of text after the
 image that goes to EOI, per layer (:func:`~hooked_vlm.analysis.attention_flow`); and EOI patching
 across images with a different colour (:func:`~hooked_vlm.analysis.patching_sweep`, flip fraction
-per layer); per layer, the colour logit lens (:func:`~hooked_vlm.toy.gate_effects.span_logit_lens`)
+per layer); per layer, the colour logit lens (:func:`~hooked_vlm.demo.gate_effects.span_logit_lens`)
 and the neighbourhood overlap with the colour labels (:func:`~hooked_vlm.analysis.label_overlap`, k
 = 30) at EOI and at the mean image token. The hypothesis predicts that EOI knockout and EOI patching
 matter for ``ug`` and not for ``u``, and that the gate has a high attention share AND a high label
@@ -36,15 +36,12 @@ from typing import Any
 
 import torch
 
-from .data import COLOURS, make_scenes
-from .gate_effects import gate_sources, span_logit_lens
-from .tasks import ToyEncoder, accuracy, hooked_logits_fn
-from .train_native import DEFAULTS, train
+from hooked_vlm.demo.gate_effects import KNOCKOUTS, colour_inputs, knockout_accuracy, span_logit_lens
+from hooked_vlm.toy.data import make_scenes
+from hooked_vlm.toy.tasks import ToyEncoder
+from hooked_vlm.toy.train_native import DEFAULTS, train
 
 OBJECTIVES = {"u": "U (understanding)", "ug": "U+G (+ generation)"}
-# keys knocked out (names of gate_effects.gate_sources); "eoi + codes" blocks every key that can hold the image
-# (BOI precedes the codes, so under causal attention it holds none): what survives it comes through the text alone
-KNOCKOUTS = {"eoi": "eoi", "image->text": "boi+codes", "eoi + codes": "eoi+codes", "random code": "random code"}
 EXPERIMENT = dict(lm_layers=4)  # the one change from train_native.DEFAULTS (the paper's gate needs depth)
 SMOKE = dict(vq_steps=3, vq_batch=4, kmeans_scenes=40, n_codes=32, steps=1, batch_scenes=2, warmup=1, lm_layers=4, lm_hidden=32)
 
@@ -58,30 +55,6 @@ def colour_pairs(n: int, seed: int) -> tuple[list, list]:
         targets.append(t)
         sources.append(src)
     return targets, sources
-
-
-def colour_inputs(encoder: ToyEncoder, scenes: list) -> dict[str, torch.Tensor]:
-    """The colour question on each scene, no answer (the last position predicts the colour)."""
-    ids = torch.tensor([encoder.prompt_ids("colour")] * len(scenes))
-    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=encoder.pixel_values([s.image for s in scenes]))
-
-
-@torch.no_grad()
-def knockout_accuracy(model: Any, n: int = 200, seed: int = 781, modes: tuple[str, ...] = ("mask", "zero")) -> dict[str, float]:
-    """Colour accuracy (%) on ``n`` held-out scenes: ``base``, and with attention from every text position
-    after the image to each of :data:`KNOCKOUTS` blocked in every layer, per knockout mode (``"eoi (mask)"``, ...)."""
-    from hooked_vlm.analysis import knockout_hooks
-
-    encoder = ToyEncoder(model.processor)
-    scenes = make_scenes(n, seed)
-    layers = list(range(model.cfg.n_layers))
-    sources = gate_sources(encoder.first_answer_position("colour"), seed)
-    acc = lambda hooks: accuracy(hooked_logits_fn(model, hooks), encoder, scenes, ("colour",), batch_size=100)["colour"]
-    out = {"base": acc([])}
-    for mode in modes:
-        for name, key in KNOCKOUTS.items():
-            out[f"{name} ({mode})"] = acc(knockout_hooks(model, src=sources[key], dst="after_image", layers=layers, mode=mode))
-    return out
 
 
 @torch.no_grad()

@@ -10,8 +10,11 @@
 - :func:`eoi_logit_lens`: how often the logit lens at EOI (final norm + unembedding, colour words
   only) names the object's colour, per layer; :func:`span_logit_lens` the same at EOI and at the
   mean image token.
+- :func:`knockout_accuracy`: colour accuracy with each of :data:`KNOCKOUTS` blocked from the text after
+  the image in every layer (the demo's narrow-gate bars and the gate experiment's knockout columns), on
+  the colour question of :func:`colour_inputs`.
 
-Mean-embedding ablation and the logit lens at the object's codes are :mod:`hooked_vlm.toy.effects`'
+Mean-embedding ablation and the logit lens at the object's codes are :mod:`hooked_vlm.demo.effects`'
 ``object_ablation`` / ``object_logit_lens``, which work unchanged on a VQ model.
 """
 
@@ -23,9 +26,9 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from .data import COLOURS, ToyScene, make_scenes
+from ..toy.data import COLOURS, ToyScene, make_scenes
+from ..toy.tasks import ToyEncoder, accuracy, hooked_logits_fn
 from .effects import accuracy_by_condition, residual_cache
-from .tasks import ToyEncoder, accuracy, hooked_logits_fn
 
 
 def prompt_text_span(answer_position: int) -> Callable[[Any], Bool[Tensor, "batch pos"]]:
@@ -162,4 +165,33 @@ def span_logit_lens(model: Any, n: int = 200, seed: int = 778) -> dict[str, dict
         for where, vec in at.items():
             top = model.unembed(model.ln_final(vec.to(model.dtype)))[:, colour_ids].argmax(-1)
             out[where][layer] = 100.0 * float((top == want).float().mean())
+    return out
+
+
+# keys knocked out (names of gate_sources); "eoi + codes" blocks every key that can hold the image
+# (BOI precedes the codes, so under causal attention it holds none): what survives it comes through the text alone
+KNOCKOUTS = {"eoi": "eoi", "image->text": "boi+codes", "eoi + codes": "eoi+codes", "random code": "random code"}
+
+
+def colour_inputs(encoder: ToyEncoder, scenes: list) -> dict[str, torch.Tensor]:
+    """The colour question on each scene, no answer (the last position predicts the colour)."""
+    ids = torch.tensor([encoder.prompt_ids("colour")] * len(scenes))
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=encoder.pixel_values([s.image for s in scenes]))
+
+
+@torch.no_grad()
+def knockout_accuracy(model: Any, n: int = 200, seed: int = 781, modes: tuple[str, ...] = ("mask", "zero")) -> dict[str, float]:
+    """Colour accuracy (%) on ``n`` held-out scenes: ``base``, and with attention from every text position
+    after the image to each of :data:`KNOCKOUTS` blocked in every layer, per knockout mode (``"eoi (mask)"``, ...)."""
+    from hooked_vlm.analysis import knockout_hooks
+
+    encoder = ToyEncoder(model.processor)
+    scenes = make_scenes(n, seed)
+    layers = list(range(model.cfg.n_layers))
+    sources = gate_sources(encoder.first_answer_position("colour"), seed)
+    acc = lambda hooks: accuracy(hooked_logits_fn(model, hooks), encoder, scenes, ("colour",), batch_size=100)["colour"]
+    out = {"base": acc([])}
+    for mode in modes:
+        for name, key in KNOCKOUTS.items():
+            out[f"{name} ({mode})"] = acc(knockout_hooks(model, src=sources[key], dst="after_image", layers=layers, mode=mode))
     return out
