@@ -38,6 +38,7 @@ FAMILY_MODULES = [
     "converters.gemma4",
     "converters.exaone4_5",
     "converters.hunyuan_vl",
+    "converters.llama4",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

@@ -104,6 +104,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Glm4vForConditionalGeneration": ("glm4v",),
     "Glm4vMoeForConditionalGeneration": ("glm4v-moe",),
     "Glm46VForConditionalGeneration": ("glm46v",),
+    "Llama4ForConditionalGeneration": ("llama4",),
     "Ovis2ForConditionalGeneration": ("ovis2",),
     "Exaone4_5_ForConditionalGeneration": ("exaone4.5",),
     "HunYuanVLForConditionalGeneration": ("hunyuan-vl",),
@@ -202,6 +203,11 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "merger (2 x 2 conv, row breaks, learned begin / end embeddings; `projector.hook_downsampled`), HunYuan LM "
      "(`hunyuan_vl_text` part: q/k norms after RoPE, 4-axis xdrope positions, ntk-alpha base)",
      "`boi`, `eoi`, `row_break`"),
+    ("Llama4ForConditionalGeneration", "Llama 4 (Scout, Maverick): ViT with unfold patches, class token last, learned "
+     "positions + 2-D RoPE, pre / post LayerNorms; pixel-shuffle adapter + projector (`projector.hook_adapter_out`); LM "
+     "with chunked local attention + NoPE layers (temperature tuning, `attn.hook_q_temperature`), L2 q/k norm, "
+     "sigmoid-routed MoE on the expert input + shared expert (router hooks); tiles + global tile between markers",
+     "`boi`, `eoi`, `tile_x_separator`, `tile_y_separator`, `global_tile_marker`, tile of each token, `thumbnail`"),
 ]
 
 _TIMM = "its tower is a timm model (TimmWrapper: `timm` is not a dependency, and its weights follow timm's layout)"
@@ -253,8 +259,6 @@ REFUSED: dict[str, str] = {
     "Kosmos2_5ForConditionalGeneration": "Kosmos-2.5's Pix2Struct-style flattened-patch encoder and its resampler "
                                          "and sinusoidal-position LM",
     "Lfm3VlForConditionalGeneration": "the LFM3 LM and its short-convolution vision tower",
-    "Llama4ForConditionalGeneration": "the Llama 4 vision tower (2-D RoPE ViT), pixel-shuffle adapter and tile spans "
-                                      "(its LM parts exist: converters/_llama4_text.py)",
     "MiniCPMOcrForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniCPMV4_6ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniCPMV4_7ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",

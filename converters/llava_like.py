@@ -108,6 +108,7 @@ class LlavaLike:
             rules=lm.rules(self.lm_prefix) + tower.rules(self.tower_prefix)
             + projector_part(parts["projector"]).rules(self.projector_prefix),
             ignored=tower.ignored(self.tower_prefix) + list(self.ignored_tensors),
+            transforms=list(lm.transforms),
         )
 
     def finalize(self, cfg: HookedVLMConfig, processor: Any) -> None:

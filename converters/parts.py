@@ -29,6 +29,10 @@ from ._hunyuan import HUNYUAN_TEXT_FIELDS, hunyuan_rules, hunyuan_text_config
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
 from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
 from ._sam import SAM_VISION_FIELDS, sam_marker_roles, sam_rules, sam_vision_config
+from ._llama4_text import TEXT_FIELDS as LLAMA4_TEXT_FIELDS, TEXT_TRANSFORMS as LLAMA4_TEXT_TRANSFORMS
+from ._llama4_text import llama4_text_config, llama4_text_rules
+from ._llama4_vision import (LLAMA4_VISION_FIELDS, llama4_adapter_config, llama4_adapter_rules, llama4_marker_roles,
+                             llama4_vision_config, llama4_vision_ignored, llama4_vision_rules)
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
 from ._vit import post_layernorm_rules
@@ -43,11 +47,13 @@ def _none(prefix: str) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class LMPart:
-    """A decoder LM: ``config(text_config, **options) -> TowerConfig``; ``rules(prefix)``; the fields it handles."""
+    """A decoder LM: ``config(text_config, **options) -> TowerConfig``; ``rules(prefix)``; the fields it handles;
+    ``transforms``: (regex over our names, fn) layout changes of its tensors (Llama 4's fused experts)."""
 
     config: Callable[..., TowerConfig]
     rules: Rules
     fields: frozenset[str]
+    transforms: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,9 @@ LM_PARTS: dict[str, LMPart] = {
     "exaone4": LMPart(config=exaone4_text_config, rules=exaone4_rules, fields=frozenset(EXAONE4_FIELDS)),
     # HunYuan dense (HunYuanVL's LM): q/k RMS norms after RoPE, multimodal RoPE over 3-4 axes ("doubled" layout)
     "hunyuan_vl_text": LMPart(config=hunyuan_text_config, rules=hunyuan_rules, fields=frozenset(HUNYUAN_TEXT_FIELDS)),
+    # Llama 4: chunked / NoPE layers, L2 q/k norm, temperature tuning, sigmoid-routed MoE with a shared expert
+    "llama4_text": LMPart(config=llama4_text_config, rules=llama4_text_rules, fields=frozenset(LLAMA4_TEXT_FIELDS),
+                          transforms=tuple(LLAMA4_TEXT_TRANSFORMS)),
 }
 
 
@@ -140,6 +149,11 @@ TOWER_PARTS: dict[str, TowerPart] = {
     "pixtral": TowerPart(config=_pixtral_config, rules=pixtral_rules, fields=frozenset(PIXTRAL_VISION_FIELDS),
                          pipeline={"image_pipeline": "pixtral", "input_keys": ("image_sizes",)},
                          finalize=pixtral_marker_roles),
+    # Llama 4: unfold patch embedding, class token last, learned positions + 2-D RoPE, pre / post LayerNorms; square
+    # tiles + a global tile between <|image_start|> / <|image_end|> (the tiles_marked pipeline)
+    "llama4_vision_model": TowerPart(config=llama4_vision_config, rules=llama4_vision_rules,
+                                     ignored=llama4_vision_ignored, fields=frozenset(LLAMA4_VISION_FIELDS),
+                                     pipeline={"image_pipeline": "tiles_marked"}, finalize=llama4_marker_roles),
     # Ovis 2's AIMv2-style ViT (RMS norms, SwiGLU, normed patch embeddings), read after its final norm; fixed-size
     # crops, a thumbnail then a grid (pipelines/thumbnail_grid.py)
     "ovis2_vision": TowerPart(config=aimv2_vision_config, rules=aimv2_rules, ignored=aimv2_ignored,
@@ -194,6 +208,8 @@ PROJECTOR_PARTS: dict[str, ProjectorPart] = {
     "unfold_merge_mlp": ProjectorPart(config=_mlp("unfold_merge_mlp"), rules=lambda p: _linears(p) + [
         (rf"{re.escape(p)}\.norm\.weight", "projector.norm.w"),
         (rf"{re.escape(p)}\.patch_merger\.merging_layer\.weight", "projector.merging_layer.weight")]),
+    # pixel shuffle -> fc1 -> act -> fc2 -> act (HF keeps this adapter in the tower) -> linear (Llama 4)
+    "pixel_shuffle_adapter": ProjectorPart(config=llama4_adapter_config, rules=llama4_adapter_rules),
     # visual tokenizer head (fold, linear, LayerNorm, softmax over visual words) x visual embedding table (Ovis 2);
     # the prefix is the model's (HF keeps the head in the vision tower and the table beside it)
     "visual_embedding_table": ProjectorPart(config=table_config, rules=table_rules),

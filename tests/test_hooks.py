@@ -15,6 +15,7 @@ from tests import tiny_gemma3 as tg3
 from tests import tiny_gemma4 as tg4
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
+from tests import tiny_llama4 as tl4
 from tests import tiny_lfm2vl as tlv
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
@@ -88,6 +89,7 @@ FAMILIES = {
     "glm4v": _from_factory(tgl.glm4v),
     "glm4v_moe": _from_factory(tgl.glm4v_moe),
     "glm46v": _from_factory(tgl.glm46v),
+    "llama4": _from_factory(tl4.llama4_vlm),
     "ovis2": _from_factory(tov.ovis2),
     "exaone4_5": _from_factory(tex.exaone45),
     "hunyuan_vl": _from_factory(thy.hunyuanvl),

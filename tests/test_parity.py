@@ -23,6 +23,7 @@ from tests import tiny_gemma4 as tg4
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
+from tests import tiny_llama4 as tl4
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
 from tests import tiny_next_pixtral as tnp
@@ -102,6 +103,7 @@ CASES = [
     ("glm4v", tgl.glm4v),  # GLM-4 LM (sandwich norms, partial interleaved M-RoPE); GLM ViT + downsample merger
     ("glm4v-moe", tgl.glm4v_moe),  # GLM-4.5V: grouped sigmoid router with choice bias, ungated shared expert
     ("glm46v", tgl.glm46v),  # GLM-4.6V: the GLM ViT with the GLM-4.5V MoE LM, picked by text_config.model_type
+    ("llama4", tl4.llama4_vlm),  # chunked (8) + NoPE layers, MoE; 2-D RoPE ViT, tiles + global tile; prompts > chunk
     ("ovis2", tov.ovis2),  # AIMv2 ViT; visual tokenizer softmax x embedding table; thumbnail + crop grid; Qwen2 LM
     ("exaone4.5", tex.exaone45),  # EXAONE 4 LM (post-sublayer norms, q/k norms, window 8 + NoPE globals); GQA Qwen2.5 ViT
     ("hunyuan-vl", thy.hunyuanvl),  # HunYuan LM (q/k norms after RoPE, 4-axis xdrope); grid-position ViT + conv merger
@@ -309,7 +311,8 @@ def test_greedy_generate_matches_hf(case_id):
                                             ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded"),
                                             ("ovis2", "padded"),
                                             ("exaone4.5", "padded"), ("hunyuan-vl", "padded"),
-                                            ("deepseek-vl-hybrid", "padded"), ("got-ocr2", "padded")])
+                                            ("deepseek-vl-hybrid", "padded"), ("got-ocr2", "padded"),
+                                            ("llama4", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

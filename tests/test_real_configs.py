@@ -37,7 +37,7 @@ TABLE_END = "<!-- end of real-configs table -->"
 #: moving its configs to the "unsupported" cases); every other architecture goes by the converter registry
 MUST_BE_SUPPORTED = {"Cohere2VisionForConditionalGeneration", "Gemma3ForConditionalGeneration", "Idefics2ForConditionalGeneration",
                      "Idefics3ForConditionalGeneration", "InternVLForConditionalGeneration", "Lfm2VlForConditionalGeneration",
-                     "LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                     "Llama4ForConditionalGeneration", "LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
                      "Mistral3ForConditionalGeneration", "MllamaForConditionalGeneration", "PaliGemmaForConditionalGeneration",
                      "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                      "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",

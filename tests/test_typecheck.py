@@ -69,6 +69,7 @@ SCRIPT = textwrap.dedent(
     from tests import tiny_gemma3 as tg3, tiny_qwen3vl as tq3, tiny_internvl as tiv, tiny_idefics2 as ti2
     from tests import tiny_paligemma as tpg, tiny_llava_like as tll, tiny_cohere as tco
     from tests import tiny_qwen35 as tq35, tiny_lfm2vl as tlv, tiny_mllama as tml, tiny_gemma4 as tg4, tiny_glm4v as tgl
+    from tests import tiny_llama4 as tl4
     from tests import tiny_ovis2 as tov
     from tests import tiny_exaone45 as tex, tiny_hunyuanvl as thy
     from tests import tiny_sam as tsam
@@ -100,7 +101,8 @@ SCRIPT = textwrap.dedent(
               "gemma4": built(lambda: tg4.gemma4("k_eq_v_moe")),
               "glm4v": built(tgl.glm4v), "glm4v_moe": built(tgl.glm4v_moe), "glm46v": built(tgl.glm46v),
               "ovis2": built(tov.ovis2),
-              "exaone4_5": built(tex.exaone45), "hunyuan_vl": built(thy.hunyuanvl)}}
+              "exaone4_5": built(tex.exaone45), "hunyuan_vl": built(thy.hunyuanvl),
+              "llama4": built(tl4.llama4_vlm)}}
     models = {{}}
     for fam, case in cases.items():
         folder, hf, inputs = case()

@@ -26,6 +26,7 @@ VISION_KINDS = {
     "hunyuan_vit": "hooked_vlm.components.hunyuan_vision:GridPositionViT",
     "sam_vit": "hooked_vlm.components.sam_vision:SamVisionTower",
     "hybrid_vit": "hooked_vlm.components.hybrid_vision:HybridVisionTower",
+    "vit_rope2d": "hooked_vlm.components.rope2d_vision:Rope2DVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",

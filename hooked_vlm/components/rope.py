@@ -156,8 +156,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     ``Rotary(..., interleaved=True)``. Partial rotary (rotary_dim < d_head, Qwen3.5's ``partial_rotary_factor``):
     the first rotary_dim channels are turned (rotate-half within them), the rest pass. ``axes`` > 1
     (``TowerConfig.rope_axes``, Gemma 4's vision tower): x and the tables split into that many equal parts, each
-    rotated on its own (HF's apply_multidimensional_rope)."""
-    if axes > 1:
+    rotated on its own (HF's apply_multidimensional_rope). With ``interleaved`` (even, odd) pairs never cross the
+    parts' borders (each part even-wide), so the whole head is turned at once with the parts' tables side by side."""
+    whole = interleaved and (x.shape[-1] // axes) % 2 == 0 and cos.shape[-1] == x.shape[-1]
+    if axes > 1 and not whole:
         parts = zip(x.chunk(axes, -1), cos.chunk(axes, -1), sin.chunk(axes, -1))
         return torch.cat([apply_rotary(p, c, s, interleaved) for p, c, s in parts], dim=-1)
     rotate = rotate_interleaved if interleaved else rotate_half
