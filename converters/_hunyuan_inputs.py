@@ -8,10 +8,11 @@ must wrap each placeholder in the image start / end tokens (HF's processor refus
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from ._qwen_inputs import with_image_processor
 
 
 def image_token_count(grid_thw: Sequence[int], merge: int) -> int:
@@ -58,15 +59,10 @@ class HunYuanVLInputs:
 def load_hunyuan_inputs(folder: str) -> Any:
     """Tokenizer + PIL image processor of a checkpoint folder (the tokenizer alone, or None, when files are missing);
     the image / start / end tokens are the tokenizer's ``image_token`` / ``image_start_token`` / ``image_end_token``."""
-    from transformers import AutoTokenizer
+    def make(tokenizer: Any) -> HunYuanVLInputs:
+        from transformers.models.hunyuan_vl.image_processing_pil_hunyuan_vl import HunYuanVLImageProcessorPil
 
-    path = Path(folder)
-    if not ((path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists()):
-        return None
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if not (path / "preprocessor_config.json").exists():
-        return tokenizer
-    from transformers.models.hunyuan_vl.image_processing_pil_hunyuan_vl import HunYuanVLImageProcessorPil
+        return HunYuanVLInputs(tokenizer, HunYuanVLImageProcessorPil.from_pretrained(folder), tokenizer.image_token,
+                               tokenizer.image_start_token, tokenizer.image_end_token)
 
-    return HunYuanVLInputs(tokenizer, HunYuanVLImageProcessorPil.from_pretrained(folder), tokenizer.image_token,
-                           tokenizer.image_start_token, tokenizer.image_end_token)
+    return with_image_processor(folder, make)

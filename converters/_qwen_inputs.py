@@ -9,7 +9,7 @@ mm_token_type_ids (0 text, 1 image; ``token_types=False``: none, as EXAONE 4.5's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -59,8 +59,9 @@ class QwenVLInputs:
         return expanded
 
 
-def load_qwen_inputs(folder: str, token_types: bool = True) -> Any:
-    """Tokenizer + PIL image processor of a checkpoint folder; the tokenizer alone (or None) when files are missing."""
+def with_image_processor(folder: str, make: Callable[[Any], Any]) -> Any:
+    """``make(tokenizer)`` (the family's inputs from the folder's tokenizer and image processor); the tokenizer alone
+    when the folder has no preprocessor_config.json; None when it has no tokenizer."""
     from transformers import AutoTokenizer
 
     path = Path(folder)
@@ -69,6 +70,14 @@ def load_qwen_inputs(folder: str, token_types: bool = True) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not (path / "preprocessor_config.json").exists():
         return tokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    return make(tokenizer)
 
-    return QwenVLInputs(tokenizer, Qwen2VLImageProcessorPil.from_pretrained(folder), token_types=token_types)
+
+def load_qwen_inputs(folder: str, token_types: bool = True) -> Any:
+    """Tokenizer + PIL image processor of a checkpoint folder; the tokenizer alone (or None) when files are missing."""
+    def make(tokenizer: Any) -> QwenVLInputs:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return QwenVLInputs(tokenizer, Qwen2VLImageProcessorPil.from_pretrained(folder), token_types=token_types)
+
+    return with_image_processor(folder, make)

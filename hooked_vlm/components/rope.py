@@ -99,6 +99,14 @@ class Rotary(nn.Module):
         return cos[:, :, None, :], sin[:, :, None, :]
 
 
+def axis_inv_freq(d_head: int, theta: float) -> torch.Tensor:
+    """Frequencies of one axis of a 2-D vision rotary (Gemma 4's and Llama 4's towers): ``d_head // 4`` of them,
+    ``theta ** (-2i / (d_head / 2))``, computed on the CPU in float32 (also for a model built on 'meta')."""
+    half = d_head // 2
+    with torch.device("cpu"):
+        return 1.0 / (theta ** (torch.arange(0, half, 2, dtype=torch.float) / half))
+
+
 def mrope_select(freqs: torch.Tensor, section: Any) -> torch.Tensor:
     """freqs [3, batch, pos, d_head // 2] -> [batch, pos, d_head // 2]: chunk i of the pairs follows axis i % 3."""
     if not section:
