@@ -33,6 +33,7 @@ FAMILY_MODULES = [
     "converters.deepseek_vl",
     "converters.mllama",
     "converters.gemma4",
+    "converters.molmo2",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

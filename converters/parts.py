@@ -25,6 +25,8 @@ from ._glm4 import (GLM4_MOE_TEXT_FIELDS, GLM4_TEXT_FIELDS, glm4_moe_rules, glm4
                     glm4_text_config)
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
 from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
+from ._molmo2_parts import (TEXT_FIELDS as MOLMO2_TEXT_FIELDS, VISION_FIELDS as MOLMO2_VISION_FIELDS,
+                            molmo2_text_config, molmo2_text_rules, molmo2_vision_config, molmo2_vision_rules)
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
 from ._vit import post_layernorm_rules
@@ -91,6 +93,9 @@ LM_PARTS: dict[str, LMPart] = {
     "lfm2": LMPart(config=lfm2_config, rules=lfm2_rules, fields=frozenset(LFM2_FIELDS)),
     "glm4v_text": LMPart(config=glm4_text_config, rules=glm4_rules, fields=frozenset(GLM4_TEXT_FIELDS)),
     "glm4v_moe_text": LMPart(config=glm4_moe_text_config, rules=glm4_moe_rules, fields=frozenset(GLM4_MOE_TEXT_FIELDS)),
+    # Molmo 2's LM: Qwen3-style q/k norms (per head or over all heads), optional post-sublayer norms, fused qkv /
+    # gate_up (the in-memory layout's split tensors and the two-table embedding are parts: converters/molmo2.py)
+    "molmo2_text": LMPart(config=molmo2_text_config, rules=molmo2_text_rules, fields=frozenset(MOLMO2_TEXT_FIELDS)),
 }
 
 
@@ -132,6 +137,11 @@ TOWER_PARTS: dict[str, TowerPart] = {
     "pixtral": TowerPart(config=_pixtral_config, rules=pixtral_rules, fields=frozenset(PIXTRAL_VISION_FIELDS),
                          pipeline={"image_pipeline": "pixtral", "input_keys": ("image_sizes",)},
                          finalize=pixtral_marker_roles),
+    # Molmo 2's ViT on pre-cut patches (pipeline pooled_windows: crops + the adapter's pooling windows)
+    "molmo2_vision": TowerPart(config=molmo2_vision_config, rules=molmo2_vision_rules,
+                               fields=frozenset(MOLMO2_VISION_FIELDS),
+                               pipeline={"image_pipeline": "pooled_windows",
+                                         "input_keys": ("image_token_pooling", "image_grids", "image_num_crops")}),
 }
 
 

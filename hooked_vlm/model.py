@@ -189,7 +189,12 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             if self.cfg.text.cross_attention is not None:  # the image reaches the text only as cross-attention keys
                 cross_images = self.hook_image_embeds(image_embeds)
             else:
-                resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+                image_embeds = self.hook_image_embeds(image_embeds)
+                if self.cfg.image_splice == "add":  # Molmo 2: the features are added onto the <im_patch> embeddings
+                    self._check_image_token_count(tokens, image_embeds.shape[0])
+                    resid = self._splice_add(tokens, resid, image_embeds)
+                else:
+                    resid = self._splice(tokens, resid, image_embeds)
         if self.cfg.text.embedding_multiplier != 1.0:  # Granite: the whole stream, image embeddings included
             resid = resid * self.cfg.text.embedding_multiplier
         resid = self.hook_embed(resid)

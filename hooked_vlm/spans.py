@@ -39,6 +39,7 @@ class ImageLayout:
     n_prefix: int = 0  # content tokens before the grid (e.g. a kept class token); no grid cell
     newline_offsets: list[int] | None = None  # placeholder offsets holding a row-break embedding
     thumbnail: bool = False  # the last tile is a downscaled view of the whole image (InternVL): span ``thumbnail``
+    low_res: bool = False  # the FIRST tile is a low-resolution view of the whole image (Molmo 2): span ``low_res``
     latents: int = 0  # tokens per tile when they are resampler latents (no grid); 0 = patches on a rows x cols grid
     crop_of: int | None = None  # index of the image this one was cropped from (pan-and-scan), None = not a crop
     crop_index: int | None = None  # which crop of crop_of it is (0-based, the processor's order)
@@ -228,6 +229,9 @@ def build_spans(
                 tile_pos = img_pos[offset : offset + r * c]
                 grid[b, tile_pos] = torch.stack([torch.full_like(cell, i), torch.full_like(cell, t), cell // c, cell % c], -1)
                 offset += r * c
+            if layout.low_res:
+                r, c = layout.shapes()[0]
+                masks.setdefault("low_res", torch.zeros_like(real))[b, img_pos[layout.n_prefix: layout.n_prefix + r * c]] = True
             if layout.thumbnail:
                 r, c = layout.shapes()[-1]
                 masks.setdefault("thumbnail", torch.zeros_like(real))[b, img_pos[offset - r * c: offset]] = True

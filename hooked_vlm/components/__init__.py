@@ -37,6 +37,7 @@ PROJECTOR_KINDS = {
     "unit_norm_linear": "hooked_vlm.components.gemma4_vision:UnitNormLinearProjector",
     "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
     "pixel_unshuffle_mlp": "hooked_vlm.components.pixel_unshuffle_projector:PixelUnshuffleProjector",
+    "attention_pool": "hooked_vlm.components.attention_pool:AttentionPoolProjector",
 }
 
 

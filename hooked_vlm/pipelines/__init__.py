@@ -20,3 +20,4 @@ from . import resampled  # noqa: F401,E402
 from . import naflex  # noqa: F401,E402
 from . import cross_tiles  # noqa: F401,E402
 from . import gemma4  # noqa: F401,E402
+from . import pooled_windows  # noqa: F401,E402
