@@ -78,6 +78,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Glm4vForConditionalGeneration": ("glm4v",),
     "Glm4vMoeForConditionalGeneration": ("glm4v-moe",),
     "Glm46VForConditionalGeneration": ("glm46v",),
+    "Molmo2ForConditionalGeneration": ("molmo2",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -155,6 +156,12 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "router (`moe_router=\"sigmoid_grouped\"`) + ungated shared expert (`mlp.shared_expert.*`)", "`boi`, `eoi`"),
     ("Glm46VForConditionalGeneration", "GLM-4.6V: the same declaration, its LM picked by `text_config.model_type` "
      "(GLM-4 or GLM-4.5 MoE)", "`boi`, `eoi`"),
+    ("Molmo2ForConditionalGeneration", "Molmo 2: ViT on overlapping crops, two feature layers concatenated, attention "
+     "pooling of 2 x 2 patch windows (`projector.hook_pattern` per image token) + SwiGLU, added onto the `<im_patch>` "
+     "embeddings; Qwen3-style LM (per-head or all-head q/k norms, optional post-norms), one bidirectional block over "
+     "the image tokens and markers (images; video refused: its processor needs torchvision)",
+     "`boi`, `eoi`, `low_res_boi`, `row_break` (`<im_col>`), `low_res`; (image, tile, row, col) on the low-res and "
+     "high-res pooled grids"),
 ]
 
 _TIMM = "its tower is a timm model (TimmWrapper: `timm` is not a dependency, and its weights follow timm's layout)"
@@ -219,8 +226,6 @@ REFUSED: dict[str, str] = {
     "MiniCPMV4_7ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniMaxM3SparseForConditionalGeneration": "the MiniMax M3 sparse-attention MoE LM and its vision tower",
     "MistralLarge4ForConditionalGeneration": "the Mistral Large 4 LM (indexed sparse attention, MoE)",
-    "Molmo2ForConditionalGeneration": "Molmo 2's adapter (Molmo2Adapter: attention pooling of the patch windows named by "
-                                      "pooled_patches_idx, over concatenated feature layers) and its vision / text parts",
     "MuseGlimmerForConditionalGeneration": "the Muse LM (centred RMS norms, normed embeddings) and its vision adapter",
     "MuseSparkForConditionalGeneration": "the Muse Spark MoE LM (residual gates) and its audio / vision encoders",
     "Ovis2ForConditionalGeneration": "Ovis 2's visual embedding table (softmax over visual words, probabilities x "

@@ -19,7 +19,8 @@ ATOL = 1e-4
 #: the LLaVA-like declarations (issue 27): Granite's scaled stream, merged Pixtral grid, normed projector, post-norm tower
 CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "gemma3", "qwen3vl", "qwen3vl_moe", "internvl",
          "idefics2", "aya_vision", "vipllava", "granite_vision", "lighton_ocr", "llava_next_video", "deepseek_vl",
-         "glm4v", "glm4v_moe"]  # GLM-4.1V: sandwich post-norms; GLM-4.5V: grouped sigmoid router
+         "glm4v", "glm4v_moe",  # GLM-4.1V: sandwich post-norms; GLM-4.5V: grouped sigmoid router
+         "molmo2"]  # Molmo 2: image features added onto <im_patch>, one bidirectional block, two grids per image
 
 
 @pytest.mark.parametrize("family", CASES)

@@ -18,6 +18,7 @@ from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
+from tests import tiny_molmo2 as tm2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_glm4v as tgl
@@ -82,6 +83,7 @@ FAMILIES = {
     "glm4v": _from_factory(tgl.glm4v),
     "glm4v_moe": _from_factory(tgl.glm4v_moe),
     "glm46v": _from_factory(tgl.glm46v),
+    "molmo2": _from_factory(tm2.molmo2),
 }
 
 

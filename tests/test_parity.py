@@ -25,6 +25,7 @@ from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
+from tests import tiny_molmo2 as tm2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_paligemma as tpg
 from tests import tiny_glm4v as tgl
@@ -96,6 +97,7 @@ CASES = [
     ("glm4v", tgl.glm4v),  # GLM-4 LM (sandwich norms, partial interleaved M-RoPE); GLM ViT + downsample merger
     ("glm4v-moe", tgl.glm4v_moe),  # GLM-4.5V: grouped sigmoid router with choice bias, ungated shared expert
     ("glm46v", tgl.glm46v),  # GLM-4.6V: the GLM ViT with the GLM-4.5V MoE LM, picked by text_config.model_type
+    ("molmo2", tm2.molmo2),  # attention-pooled patch windows added onto <im_patch>; one bidirectional image block
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -297,7 +299,8 @@ def test_greedy_generate_matches_hf(case_id):
                                             ("llava-mistral-window", "unpadded"), ("lfm2-vl", "padded"), ("vipllava", "padded"),
                                             ("granite-vision", "padded"), ("lighton-ocr", "padded"),
                                             ("next-video-clip", "padded"), ("deepseek-vl", "padded"),
-                                            ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded")])
+                                            ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded"),
+                                            ("molmo2", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

@@ -38,7 +38,8 @@ TABLE_END = "<!-- end of real-configs table -->"
 MUST_BE_SUPPORTED = {"Cohere2VisionForConditionalGeneration", "Gemma3ForConditionalGeneration", "Idefics2ForConditionalGeneration",
                      "Idefics3ForConditionalGeneration", "InternVLForConditionalGeneration", "Lfm2VlForConditionalGeneration",
                      "LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
-                     "Mistral3ForConditionalGeneration", "MllamaForConditionalGeneration", "PaliGemmaForConditionalGeneration",
+                     "Mistral3ForConditionalGeneration", "MllamaForConditionalGeneration", "Molmo2ForConditionalGeneration",
+                     "PaliGemmaForConditionalGeneration",
                      "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                      "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
                      "SmolVLMForConditionalGeneration"}

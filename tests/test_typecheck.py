@@ -69,6 +69,7 @@ SCRIPT = textwrap.dedent(
     from tests import tiny_gemma3 as tg3, tiny_qwen3vl as tq3, tiny_internvl as tiv, tiny_idefics2 as ti2
     from tests import tiny_paligemma as tpg, tiny_llava_like as tll, tiny_cohere as tco
     from tests import tiny_qwen35 as tq35, tiny_lfm2vl as tlv, tiny_mllama as tml, tiny_gemma4 as tg4, tiny_glm4v as tgl
+    from tests import tiny_molmo2 as tm2
 
     def built(factory):  # a cached tests/tiny*.py factory -> a case (folder, hf, inputs)
         def case():
@@ -94,7 +95,8 @@ SCRIPT = textwrap.dedent(
               "qwen3_5": built(tq35.qwen35), "qwen3_5_moe": built(lambda: tq35.qwen35(moe=True)),
               "lfm2_vl": built(tlv.lfm2vl), "mllama": built(tml.mllama),
               "gemma4": built(lambda: tg4.gemma4("k_eq_v_moe")),
-              "glm4v": built(tgl.glm4v), "glm4v_moe": built(tgl.glm4v_moe), "glm46v": built(tgl.glm46v)}}
+              "glm4v": built(tgl.glm4v), "glm4v_moe": built(tgl.glm4v_moe), "glm46v": built(tgl.glm46v),
+              "molmo2": built(tm2.molmo2)}}
     models = {{}}
     for fam, case in cases.items():
         folder, hf, inputs = case()

@@ -86,6 +86,10 @@ def make_molmo2(folder: Path | None = None, seed: int = 0, text: dict | None = N
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):  # init leaves them at 1 / 0: a swapped norm would pass
                 p.add_(torch.randn_like(p) * 0.1)
+            if "multi_modal_projector" in name and name.endswith("weight"):
+                # at init the adapter's three matmuls shrink the features to ~1e-4 of the token embeddings, and the
+                # pixels would move the logits by ~1e-5 (below the tolerance): x4 per matrix makes them count
+                p.mul_(4.0)
     folder = Path(folder or tempfile.mkdtemp(prefix="tiny_molmo2_"))
     model.save_pretrained(folder)
     tokenizer().save_pretrained(folder)
