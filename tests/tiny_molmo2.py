@@ -51,7 +51,7 @@ def vision_config(**overrides: Any) -> dict:
 
 
 def adapter_config(**overrides: Any) -> dict:
-    cfg = dict(vision_feature_layer=[-1, -3], hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+    cfg = dict(vision_feature_layer=[-1, 0], hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
                head_dim=8, intermediate_size=40, text_hidden_size=32)
     cfg.update(overrides)
     return cfg
@@ -88,8 +88,9 @@ def make_molmo2(folder: Path | None = None, seed: int = 0, text: dict | None = N
                 p.add_(torch.randn_like(p) * 0.1)
             if "multi_modal_projector" in name and name.endswith("weight"):
                 # at init the adapter's three matmuls shrink the features to ~1e-4 of the token embeddings, and the
-                # pixels would move the logits by ~1e-5 (below the tolerance): x4 per matrix makes them count
-                p.mul_(4.0)
+                # pixels would move the logits by ~1e-5 (below the tolerance): x8 per matrix makes them count (image
+                # embeddings ~0.65 of the token embeddings' norm; other pixels move the logits by up to ~0.5)
+                p.mul_(8.0)
     folder = Path(folder or tempfile.mkdtemp(prefix="tiny_molmo2_"))
     model.save_pretrained(folder)
     tokenizer().save_pretrained(folder)
