@@ -206,3 +206,25 @@ def test_refusals_name_the_field_at_their_boundary():
         molmo2_config(_hf_config(adapter_config=tm2.adapter_config(text_hidden_size=48)))
     with pytest.raises(UnsupportedConfigError, match="num_position_embeddings"):
         molmo2_config(_hf_config(vision_config=tm2.vision_config(num_position_embeddings=24)))
+
+
+def test_the_hub_files_embedding_split_maps_onto_one_table():
+    """allenai/Molmo2-4B's safetensors hold wte.embedding [151936, 2560] + wte.new_embedding [128, 2560] (its index
+    lists those names and 4,850,869,200 parameters, HF's count for the config); save_pretrained writes two halves of
+    76,032 rows. Both fill embed.weight exactly once, and the rest of the walk is clean."""
+    from tests.test_real_configs import REAL, _problems, config_folder, hf_meta_model, saved_names
+    from hooked_vlm.inspect import meta_model
+    from hooked_vlm.loading import converter_for
+    from hooked_vlm.tensor_mapping import map_checkpoint_tensors
+
+    hf_config, converter, cfg = converter_for(config_folder(REAL / "allenai__Molmo2-4B.json"))
+    ours, keymap = meta_model(cfg), converter.make_keymap(cfg)
+    saved = saved_names(hf_meta_model(hf_config))
+    assert saved["model.transformer.wte.embedding"] == saved["model.transformer.wte.new_embedding"] == (76032, 2560)
+    hub = dict(saved, **{"model.transformer.wte.embedding": (151936, 2560),
+                         "model.transformer.wte.new_embedding": (128, 2560)})
+    for shapes in (saved, hub):
+        assert _problems(map_checkpoint_tensors(ours, keymap, shapes)) == {}
+    assert keymap.target("model.transformer.wte.new_embedding", (128, 2560)).index == (slice(151936, 152064),)
+    wrong = dict(hub, **{"model.transformer.wte.embedding": (151930, 2560)})  # six rows short: a gap, not filled
+    assert _problems(map_checkpoint_tensors(ours, keymap, wrong)) == {"missing": ["embed.weight"]}
