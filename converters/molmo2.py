@@ -26,7 +26,7 @@ from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles
 
 from ._molmo2_parts import patch_linear_to_conv, swap_halves
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
-from .parts import lm_part, tower_part
+from .parts import LM_PARTS, TOWER_PARTS, lm_part, tower_part
 
 TOP_FIELDS = {"image_start_token_id", "low_res_image_start_token_id", "image_end_token_id", "image_patch_id",
               "frame_start_token_id", "frame_end_token_id", "tie_word_embeddings", "image_col_id"}
@@ -137,8 +137,6 @@ def molmo2_keymap(cfg: HookedVLMConfig) -> KeyMap:
     rows = {"q": slice(0, q), "k": slice(q, q + kv), "v": slice(q + kv, q + 2 * kv),
             "gate": slice(0, t.d_mlp), "up": slice(t.d_mlp, 2 * t.d_mlp)}
     layer = rf"{re.escape(lm)}\.layers\.(\d+)"
-    from .parts import LM_PARTS, TOWER_PARTS
-
     adapter = r"model\.multi_modal_projector"
     return KeyMap(
         aliases=ALIASES,

@@ -58,7 +58,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             # [n_image_tokens, d_model] (projector output, before splicing); cross-attention models
             # (text.cross_attention): [batch, key, d_model], the image features every cross-attention layer reads
             self.hook_image_embeds = HookPoint()
-        self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds, or
+        #                                  the sum of both with cfg.image_splice="add")
         self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
         self.per_layer_inputs = PerLayerInputs(t) if t.d_per_layer_input else None  # Gemma 4 PLE
