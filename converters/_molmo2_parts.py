@@ -11,6 +11,9 @@ The tower is a pre-LN ViT on pre-cut patches (``pixel_values`` [crop, patch, pat
 patch embedding, which the pipeline turns into a Conv2d on the crop image) with a learned position per patch, biased
 attention (GQA) and a plain MLP; no class token, no pre / post norm.
 
+The adapter is the projector part ``attention_pool`` (components/attention_pool.py; HF Molmo2Adapter: ``image_pooling_2d``
+then ``image_projector``).
+
 Checkpoints: ``save_pretrained`` (and the hub) write the original layout (``model.transformer.blocks.N.att_proj``,
 ``model.vision_backbone.image_vit...``); the in-memory one is ``model.language_model.layers.N.self_attn.q_proj``...
 Both load: the renames are aliases, the fused tensors rules, the split ones parts (converters/molmo2.py).
@@ -25,7 +28,7 @@ from typing import Any
 import einops
 import torch
 
-from hooked_vlm.config import TowerConfig, VisionConfig
+from hooked_vlm.config import ProjectorConfig, TowerConfig, VisionConfig
 
 from ._decoder import check_rope_type
 from ._vit import vit_tower
@@ -135,3 +138,22 @@ def patch_linear_to_conv(patch: int, channels: int):
     def transform(w: torch.Tensor) -> torch.Tensor:
         return einops.rearrange(w, "d (py px c) -> d c py px", py=patch, px=patch, c=channels).contiguous()
     return transform
+
+
+ATTENTION_POOL_SETTINGS = ("n_heads", "n_key_value_heads", "d_head", "d_pool", "d_hidden", "attn_bias", "mlp_bias")
+
+
+def attention_pool_config(d_in: int, d_out: int, settings: dict[str, Any]) -> ProjectorConfig:
+    """settings: ``act_fn`` (the MLP's) and :data:`ATTENTION_POOL_SETTINGS` (components/attention_pool.py)."""
+    missing = [k for k in ("act_fn",) + ATTENTION_POOL_SETTINGS if k not in settings]
+    if missing:
+        raise ValueError(f"the attention_pool projector needs the settings {missing}")
+    return ProjectorConfig(d_in=d_in, d_out=d_out, act_fn=settings["act_fn"], bias=bool(settings["attn_bias"]),
+                           kind="attention_pool", extra={k: settings[k] for k in ATTENTION_POOL_SETTINGS})
+
+
+def attention_pool_rules(prefix: str) -> list[tuple[str, str]]:
+    """HF's Molmo2Adapter under ``prefix``: the pooling attention, then the SwiGLU projector."""
+    p = re.escape(prefix)
+    return [(rf"{p}\.image_pooling_2d\.(q|k|v|o)_proj\.(weight|bias)", r"projector.\1_proj.\2"),
+            (rf"{p}\.image_projector\.(gate|up|down)_proj\.(weight|bias)", r"projector.mlp.\1_proj.\2")]

@@ -22,11 +22,11 @@ import dataclasses
 import re
 from typing import Any
 
-from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles
+from hooked_vlm.config import HookedVLMConfig, TokenRoles
 
 from ._molmo2_parts import patch_linear_to_conv, swap_halves
 from .base import Converter, KeyMap, UnsupportedConfigError, check_fields
-from .parts import LM_PARTS, TOWER_PARTS, lm_part, tower_part
+from .parts import LM_PARTS, TOWER_PARTS, lm_part, projector_part, tower_part
 
 TOP_FIELDS = {"image_start_token_id", "low_res_image_start_token_id", "image_end_token_id", "image_patch_id",
               "frame_start_token_id", "frame_end_token_id", "tie_word_embeddings", "image_col_id"}
@@ -71,12 +71,10 @@ def molmo2_config(hf: Any) -> HookedVLMConfig:
     vision = tower_part(vc, ("molmo2_vision",), name).config(vc, hidden, "full")
     text = dataclasses.replace(lm_part(tc, ("molmo2_text",), name).config(tc), mask_policy="marked_block",
                                mask_policy_input="mm_token_type_ids")
-    projector = ProjectorConfig(
-        d_in=vc.hidden_size * len(hidden), d_out=tc.hidden_size, act_fn=ac.hidden_act, bias=bool(ac.attention_bias),
-        kind="attention_pool",
-        extra={"n_heads": ac.num_attention_heads, "n_key_value_heads": ac.num_key_value_heads, "d_head": ac.head_dim,
-               "d_pool": ac.hidden_size, "d_hidden": ac.intermediate_size, "attn_bias": bool(ac.attention_bias),
-               "mlp_bias": bool(ac.mlp_bias)})
+    projector = projector_part("attention_pool").config(vc.hidden_size * len(hidden), tc.hidden_size, {
+        "act_fn": ac.hidden_act, "n_heads": ac.num_attention_heads, "n_key_value_heads": ac.num_key_value_heads,
+        "d_head": ac.head_dim, "d_pool": ac.hidden_size, "d_hidden": ac.intermediate_size,
+        "attn_bias": bool(ac.attention_bias), "mlp_bias": bool(ac.mlp_bias)})
     col = getattr(hf, "image_col_id", None)
     return HookedVLMConfig(
         architecture="Molmo2ForConditionalGeneration", text=text, d_vocab=tc.vocab_size,
@@ -137,12 +135,10 @@ def molmo2_keymap(cfg: HookedVLMConfig) -> KeyMap:
     rows = {"q": slice(0, q), "k": slice(q, q + kv), "v": slice(q + kv, q + 2 * kv),
             "gate": slice(0, t.d_mlp), "up": slice(t.d_mlp, 2 * t.d_mlp)}
     layer = rf"{re.escape(lm)}\.layers\.(\d+)"
-    adapter = r"model\.multi_modal_projector"
     return KeyMap(
         aliases=ALIASES,
-        rules=LM_PARTS[parts_of["lm"]].rules(lm) + TOWER_PARTS[parts_of["tower"]].rules(tower) + [
-            (rf"{adapter}\.image_pooling_2d\.(q|k|v|o)_proj\.(weight|bias)", r"projector.\1_proj.\2"),
-            (rf"{adapter}\.image_projector\.(gate|up|down)_proj\.(weight|bias)", r"projector.mlp.\1_proj.\2")],
+        rules=LM_PARTS[parts_of["lm"]].rules(lm) + TOWER_PARTS[parts_of["tower"]].rules(tower)
+        + projector_part(parts_of["projector"]).rules("model.multi_modal_projector"),
         parts=[  # the in-memory layout's split tensors, into our fused ones
             (rf"{layer}\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.qkv.\3", lambda m: (rows[m[2]],)),
             (rf"{layer}\.mlp\.(gate|up)_proj\.weight", r"blocks.\1.mlp.gate_up_proj.weight", lambda m: (rows[m[2]],))],

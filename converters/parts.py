@@ -26,7 +26,8 @@ from ._glm4 import (GLM4_MOE_TEXT_FIELDS, GLM4_TEXT_FIELDS, glm4_moe_rules, glm4
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
 from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
 from ._molmo2_parts import (TEXT_FIELDS as MOLMO2_TEXT_FIELDS, VISION_FIELDS as MOLMO2_VISION_FIELDS,
-                            molmo2_text_config, molmo2_text_rules, molmo2_vision_config, molmo2_vision_rules)
+                            attention_pool_config, attention_pool_rules, molmo2_text_config, molmo2_text_rules,
+                            molmo2_vision_config, molmo2_vision_rules)
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
 from ._vit import post_layernorm_rules
@@ -187,6 +188,8 @@ PROJECTOR_PARTS: dict[str, ProjectorPart] = {
     "unfold_merge_mlp": ProjectorPart(config=_mlp("unfold_merge_mlp"), rules=lambda p: _linears(p) + [
         (rf"{re.escape(p)}\.norm\.weight", "projector.norm.w"),
         (rf"{re.escape(p)}\.patch_merger\.merging_layer\.weight", "projector.merging_layer.weight")]),
+    # attention pooling of patch windows + SwiGLU (Molmo 2's adapter; settings: heads, widths, biases)
+    "attention_pool": ProjectorPart(config=attention_pool_config, rules=attention_pool_rules),
 }
 
 
