@@ -228,3 +228,16 @@ def test_the_hub_files_embedding_split_maps_onto_one_table():
     assert keymap.target("model.transformer.wte.new_embedding", (128, 2560)).index == (slice(151936, 152064),)
     wrong = dict(hub, **{"model.transformer.wte.embedding": (151930, 2560)})  # six rows short: a gap, not filled
     assert _problems(map_checkpoint_tensors(ours, keymap, wrong)) == {"missing": ["embed.weight"]}
+
+
+def test_row_break_id_comes_from_the_tokenizer_when_the_config_lacks_it():
+    """HF's Molmo2Config declares no image_col_id (the released configs carry one): finalize reads <im_col>."""
+    from converters.molmo2 import molmo2_config, molmo2_finalize
+
+    cfg = molmo2_config(_hf_config(image_start_token_id=120, image_end_token_id=121))
+    assert cfg.roles.row_break_token_ids == ()
+    molmo2_finalize(cfg, tm2.tokenizer())
+    assert cfg.roles.row_break_token_ids == (tm2.SPECIAL["<im_col>"],)
+    with_col = molmo2_config(_hf_config(image_col_id=99))
+    molmo2_finalize(with_col, tm2.tokenizer())  # the config's id wins
+    assert with_col.roles.row_break_token_ids == (99,)
