@@ -39,6 +39,7 @@ FAMILY_MODULES = [
     "converters.exaone4_5",
     "converters.hunyuan_vl",
     "converters.llama4",
+    "converters.molmo2",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

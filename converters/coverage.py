@@ -108,6 +108,7 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Ovis2ForConditionalGeneration": ("ovis2",),
     "Exaone4_5_ForConditionalGeneration": ("exaone4.5",),
     "HunYuanVLForConditionalGeneration": ("hunyuan-vl",),
+    "Molmo2ForConditionalGeneration": ("molmo2",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -208,6 +209,12 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "with chunked local attention + NoPE layers (temperature tuning, `attn.hook_q_temperature`), L2 q/k norm, "
      "sigmoid-routed MoE on the expert input + shared expert (router hooks); tiles + global tile between markers",
      "`boi`, `eoi`, `tile_x_separator`, `tile_y_separator`, `global_tile_marker`, tile of each token, `thumbnail`"),
+    ("Molmo2ForConditionalGeneration", "Molmo 2: ViT on overlapping crops, two feature layers concatenated, attention "
+     "pooling of 2 x 2 patch windows (`projector.hook_pattern` per image token) + SwiGLU, added onto the `<im_patch>` "
+     "embeddings; Qwen3-style LM (per-head or all-head q/k norms, optional post-norms), one bidirectional block over "
+     "the image tokens and markers (images; video refused: its processor needs torchvision)",
+     "`boi`, `eoi`, `low_res_boi`, `row_break` (`<im_col>`), `low_res`; (image, tile, row, col) on the low-res and "
+     "high-res pooled grids"),
 ]
 
 _TIMM = "its tower is a timm model (TimmWrapper: `timm` is not a dependency, and its weights follow timm's layout)"
@@ -264,8 +271,6 @@ REFUSED: dict[str, str] = {
     "MiniCPMV4_7ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniMaxM3SparseForConditionalGeneration": "the MiniMax M3 sparse-attention MoE LM and its vision tower",
     "MistralLarge4ForConditionalGeneration": "the Mistral Large 4 LM (indexed sparse attention, MoE)",
-    "Molmo2ForConditionalGeneration": "Molmo 2's adapter (Molmo2Adapter: attention pooling of the patch windows named by "
-                                      "pooled_patches_idx, over concatenated feature layers) and its vision / text parts",
     "MuseGlimmerForConditionalGeneration": "the Muse LM (centred RMS norms, normed embeddings) and its vision adapter",
     "MuseSparkForConditionalGeneration": "the Muse Spark MoE LM (residual gates) and its audio / vision encoders",
     "PI0ForConditionalGeneration": "the action expert (a robot policy, not text generation)",

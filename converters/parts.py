@@ -33,6 +33,9 @@ from ._llama4_text import TEXT_FIELDS as LLAMA4_TEXT_FIELDS, TEXT_TRANSFORMS as 
 from ._llama4_text import llama4_text_config, llama4_text_rules
 from ._llama4_vision import (LLAMA4_VISION_FIELDS, llama4_adapter_config, llama4_adapter_rules, llama4_marker_roles,
                              llama4_vision_config, llama4_vision_ignored, llama4_vision_rules)
+from ._molmo2_parts import (TEXT_FIELDS as MOLMO2_TEXT_FIELDS, VISION_FIELDS as MOLMO2_VISION_FIELDS,
+                            attention_pool_config, attention_pool_rules, molmo2_text_config, molmo2_text_rules,
+                            molmo2_vision_config, molmo2_vision_rules)
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
 from ._vit import post_layernorm_rules
@@ -108,6 +111,9 @@ LM_PARTS: dict[str, LMPart] = {
     # Llama 4: chunked / NoPE layers, L2 q/k norm, temperature tuning, sigmoid-routed MoE with a shared expert
     "llama4_text": LMPart(config=llama4_text_config, rules=llama4_text_rules, fields=frozenset(LLAMA4_TEXT_FIELDS),
                           transforms=tuple(LLAMA4_TEXT_TRANSFORMS)),
+    # Molmo 2's LM: Qwen3-style q/k norms (per head or over all heads), optional post-sublayer norms, fused qkv /
+    # gate_up (the in-memory layout's split tensors and the two-table embedding are parts: converters/molmo2.py)
+    "molmo2_text": LMPart(config=molmo2_text_config, rules=molmo2_text_rules, fields=frozenset(MOLMO2_TEXT_FIELDS)),
 }
 
 
@@ -163,6 +169,11 @@ TOWER_PARTS: dict[str, TowerPart] = {
     **{kind: TowerPart(config=sam_vision_config, rules=sam_rules, fields=frozenset(SAM_VISION_FIELDS),
                        pipeline={"image_pipeline": "sam_conv"}, finalize=sam_marker_roles)
        for kind in ("got_ocr2_vision", "sam_vision_model")},
+    # Molmo 2's ViT on pre-cut patches (pipeline pooled_windows: crops + the adapter's pooling windows)
+    "molmo2_vision": TowerPart(config=molmo2_vision_config, rules=molmo2_vision_rules,
+                               fields=frozenset(MOLMO2_VISION_FIELDS),
+                               pipeline={"image_pipeline": "pooled_windows",
+                                         "input_keys": ("image_token_pooling", "image_grids", "image_num_crops")}),
 }
 
 
@@ -213,6 +224,8 @@ PROJECTOR_PARTS: dict[str, ProjectorPart] = {
     # visual tokenizer head (fold, linear, LayerNorm, softmax over visual words) x visual embedding table (Ovis 2);
     # the prefix is the model's (HF keeps the head in the vision tower and the table beside it)
     "visual_embedding_table": ProjectorPart(config=table_config, rules=table_rules),
+    # attention pooling of patch windows + SwiGLU (Molmo 2's adapter; settings: heads, widths, biases)
+    "attention_pool": ProjectorPart(config=attention_pool_config, rules=attention_pool_rules),
 }
 
 

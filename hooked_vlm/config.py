@@ -16,7 +16,7 @@ import torch
 
 
 NORM_PLACEMENTS = ("pre", "post_sublayer", "sandwich")
-MASK_POLICIES = ("causal", "causal+image_bidirectional", "prefix")
+MASK_POLICIES = ("causal", "causal+image_bidirectional", "prefix", "marked_block")
 #: token-mixer kinds a ``layer_types`` entry may name (components/mixers.py MIXERS maps each to its mixer class; a
 #: kind without a registered class is refused when the block is built)
 ATTENTION_LAYER_TYPES = ("sliding_attention", "full_attention", "chunked_attention")
@@ -156,6 +156,9 @@ class TowerConfig:
     # forward input whose presence switches the policy on (HF Gemma 3: token_type_ids); None = always on.
     mask_policy: str = "causal"
     mask_policy_input: str | None = None
+    # "marked_block" (HF Molmo 2): the positions whose mask_policy_input (mm_token_type_ids) is 1 -- every image token
+    # AND marker of every image of the item -- form ONE block that attends to itself in both directions; the rest is
+    # causal; only on a forward without a filled KV cache (HF: the prefill)
     # DeepStack (Qwen3-VL): blocks 0 .. deepstack_layers-1 each get one more image feature ADDED to the image
     # positions of their output, after hook_resid_post, at blocks.{l}.hook_deepstack [n_image_tokens, d_model]
     deepstack_layers: int = 0
@@ -165,6 +168,9 @@ class TowerConfig:
     # dense gated MLP stored as one gate_up_proj Linear [2 * d_mlp, d_model], gate rows first (GLM-4); gate_proj /
     # up_proj are views of its halves (components/mlp.py)
     fused_gate_up: bool = False
+    # q, k, v stored as one Linear ``attn.qkv`` [(q k v) rows, d_model] (Molmo 2's att_proj); q_proj / k_proj / v_proj
+    # are row views of it (components/fused_qkv.py), so hooks and W_Q / W_K / W_V are unchanged
+    fused_qkv: bool = False
     n_experts: int = 0
     n_experts_per_tok: int = 0
     d_mlp_expert: int | None = None
@@ -301,6 +307,11 @@ class TowerConfig:
             raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, got {self.mask_policy!r}")
         if self.mask_policy != "causal" and not self.causal:
             raise ValueError(f"mask_policy {self.mask_policy!r} widens a causal mask; this tower is not causal")
+        if self.mask_policy == "marked_block" and self.mask_policy_input is None:
+            raise ValueError("mask_policy 'marked_block' needs mask_policy_input (the input marking the block's "
+                             "positions with 1, e.g. 'mm_token_type_ids')")
+        if self.fused_qkv and self.attn_output_gate:
+            raise ValueError("fused_qkv with attn_output_gate is not implemented (the gate rows sit inside q_proj)")
         if self.mask_policy == "prefix" and self.mask_policy_input is None:
             raise ValueError("mask_policy 'prefix' needs mask_policy_input (the input marking prefix 0 / suffix 1, "
                              "e.g. 'token_type_ids')")
@@ -507,6 +518,14 @@ class HookedVLMConfig:
     # rows of the token-embedding table when it is larger than the unembedding (Mllama: vocab + 8, the image
     # placeholder <|image|> is id vocab_size, embedded but never predicted); None = d_vocab
     d_vocab_embed: int | None = None
+    # how the projector's image embeddings enter the stream at the image-token positions: "replace" the token
+    # embeddings there (LLaVA and most families), or "add" onto them (Molmo 2: the <im_patch> embedding + the image
+    # feature); either way hook_image_embeds is the projector output and hook_embed the stream entering block 0
+    image_splice: str = "replace"
+
+    def __post_init__(self) -> None:
+        if self.image_splice not in ("replace", "add"):
+            raise ValueError(f"image_splice must be 'replace' or 'add', got {self.image_splice!r}")
 
     # --- TransformerLens-compatible views of the language model ---
     @property

@@ -44,6 +44,7 @@ class ImageLayout:
     # (rows, cols) of the crop grid the tiles come from (Ovis 2): crop k (counted after a thumbnail) sits at
     # (k // cols, k % cols) of the image; None when the family does not say
     tile_grid: tuple[int, int] | None = None
+    low_res: bool = False  # the FIRST tile is a low-resolution view of the whole image (Molmo 2): span ``low_res``
     latents: int = 0  # tokens per tile when they are resampler latents (no grid); 0 = patches on a rows x cols grid
     crop_of: int | None = None  # index of the image this one was cropped from (pan-and-scan), None = not a crop
     crop_index: int | None = None  # which crop of crop_of it is (0-based, the processor's order)
@@ -234,6 +235,9 @@ def build_spans(
                 tile_pos = img_pos[offset : offset + r * c]
                 grid[b, tile_pos] = torch.stack([torch.full_like(cell, i), torch.full_like(cell, t), cell // c, cell % c], -1)
                 offset += r * c
+            if layout.low_res:
+                r, c = layout.shapes()[0]
+                masks.setdefault("low_res", torch.zeros_like(real))[b, img_pos[layout.n_prefix: layout.n_prefix + r * c]] = True
             if layout.thumbnail:
                 shapes = layout.shapes()
                 r, c = shapes[0] if layout.thumbnail_first else shapes[-1]

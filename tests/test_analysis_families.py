@@ -24,7 +24,8 @@ CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "g
          "exaone4_5",  # EXAONE 4.5: post-sublayer norms only, sliding-window layers and NoPE global layers
          "hunyuan_vl",  # HunYuanVL: begin / row-break / end embeddings inside the image run, 4-axis positions
          "deepseek_vl_hybrid",  # two towers (SAM ViT beside SigLIP) combined in the projector
-         "got_ocr2"]  # SAM ViT alone, conv-downsampled grid between <img> / </img>
+         "got_ocr2",  # SAM ViT alone, conv-downsampled grid between <img> / </img>
+         "molmo2"]  # Molmo 2: image features added onto <im_patch>, one bidirectional block, two grids per image
 
 
 @pytest.mark.parametrize("family", CASES)

@@ -19,6 +19,7 @@ from tests import tiny_llama4 as tl4
 from tests import tiny_lfm2vl as tlv
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
+from tests import tiny_molmo2 as tm2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_ovis2 as tov
 from tests import tiny_qwen3vl as tq3
@@ -93,6 +94,7 @@ FAMILIES = {
     "ovis2": _from_factory(tov.ovis2),
     "exaone4_5": _from_factory(tex.exaone45),
     "hunyuan_vl": _from_factory(thy.hunyuanvl),
+    "molmo2": _from_factory(tm2.molmo2),
 }
 
 

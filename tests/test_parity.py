@@ -26,6 +26,7 @@ from tests import tiny_lfm2vl as tlv
 from tests import tiny_llama4 as tl4
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
+from tests import tiny_molmo2 as tm2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_ovis2 as tov
 from tests import tiny_paligemma as tpg
@@ -107,6 +108,7 @@ CASES = [
     ("ovis2", tov.ovis2),  # AIMv2 ViT; visual tokenizer softmax x embedding table; thumbnail + crop grid; Qwen2 LM
     ("exaone4.5", tex.exaone45),  # EXAONE 4 LM (post-sublayer norms, q/k norms, window 8 + NoPE globals); GQA Qwen2.5 ViT
     ("hunyuan-vl", thy.hunyuanvl),  # HunYuan LM (q/k norms after RoPE, 4-axis xdrope); grid-position ViT + conv merger
+    ("molmo2", tm2.molmo2),  # attention-pooled patch windows added onto <im_patch>; one bidirectional image block
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -312,7 +314,7 @@ def test_greedy_generate_matches_hf(case_id):
                                             ("ovis2", "padded"),
                                             ("exaone4.5", "padded"), ("hunyuan-vl", "padded"),
                                             ("deepseek-vl-hybrid", "padded"), ("got-ocr2", "padded"),
-                                            ("llama4", "padded")])
+                                            ("llama4", "padded"), ("molmo2", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

@@ -73,6 +73,7 @@ SCRIPT = textwrap.dedent(
     from tests import tiny_ovis2 as tov
     from tests import tiny_exaone45 as tex, tiny_hunyuanvl as thy
     from tests import tiny_sam as tsam
+    from tests import tiny_molmo2 as tm2
 
     def built(factory):  # a cached tests/tiny*.py factory -> a case (folder, hf, inputs)
         def case():
@@ -102,7 +103,7 @@ SCRIPT = textwrap.dedent(
               "glm4v": built(tgl.glm4v), "glm4v_moe": built(tgl.glm4v_moe), "glm46v": built(tgl.glm46v),
               "ovis2": built(tov.ovis2),
               "exaone4_5": built(tex.exaone45), "hunyuan_vl": built(thy.hunyuanvl),
-              "llama4": built(tl4.llama4_vlm)}}
+              "llama4": built(tl4.llama4_vlm), "molmo2": built(tm2.molmo2)}}
     models = {{}}
     for fam, case in cases.items():
         folder, hf, inputs = case()

@@ -45,6 +45,7 @@ PROJECTOR_KINDS = {
     "conv_merger": "hooked_vlm.components.conv_merger:ConvMerger",
     "hybrid_aligner": "hooked_vlm.components.hybrid_aligner:HybridAligner",
     "conv_downsample": "hooked_vlm.components.conv_projector:ConvDownsampleProjector",
+    "attention_pool": "hooked_vlm.components.attention_pool:AttentionPoolProjector",
 }
 
 
