@@ -32,8 +32,14 @@ FAMILY_MODULES = [
     "converters.llava_next_video",
     "converters.deepseek_vl",
     "converters.ovis2",
+    "converters.deepseek_vl_hybrid",
+    "converters.got_ocr2",
     "converters.mllama",
     "converters.gemma4",
+    "converters.exaone4_5",
+    "converters.hunyuan_vl",
+    "converters.llama4",
+    "converters.molmo2",
 ]
 
 _REGISTRY: dict[str, Converter] | None = None

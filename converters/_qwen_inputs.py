@@ -3,13 +3,13 @@
 It runs the checkpoint's tokenizer and ``Qwen2VLImageProcessor`` (PIL variant), expands every
 image placeholder ``<|image_pad|>`` to ``t * h * w / merge**2`` copies as HF's processor does, and
 returns what HF's processor returns: input_ids, attention_mask, pixel_values, image_grid_thw,
-mm_token_type_ids (0 text, 1 image).
+mm_token_type_ids (0 text, 1 image; ``token_types=False``: none, as EXAONE 4.5's processor, whose model takes none).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -17,8 +17,10 @@ IMAGE_PLACEHOLDER = "<|image_pad|>"
 
 
 class QwenVLInputs:
-    def __init__(self, tokenizer: Any, image_processor: Any, image_token: str = IMAGE_PLACEHOLDER):
+    def __init__(self, tokenizer: Any, image_processor: Any, image_token: str = IMAGE_PLACEHOLDER,
+                 token_types: bool = True):
         self.tokenizer = tokenizer
+        self.token_types = token_types
         self.image_processor = image_processor
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
@@ -39,7 +41,8 @@ class QwenVLInputs:
             raise ValueError(f"the prompts hold {self.image_token} but no images were given")
         enc = self.tokenizer(prompts, return_tensors=return_tensors, **kwargs)
         out.update(enc)
-        out["mm_token_type_ids"] = (enc["input_ids"] == self.image_token_id).long()
+        if self.token_types:
+            out["mm_token_type_ids"] = (enc["input_ids"] == self.image_token_id).long()
         return out
 
     def _expand(self, prompts: list[str], counts: list[int]) -> list[str]:
@@ -56,8 +59,9 @@ class QwenVLInputs:
         return expanded
 
 
-def load_qwen_inputs(folder: str) -> Any:
-    """Tokenizer + PIL image processor of a checkpoint folder; the tokenizer alone (or None) when files are missing."""
+def with_image_processor(folder: str, make: Callable[[Any], Any]) -> Any:
+    """``make(tokenizer)`` (the family's inputs from the folder's tokenizer and image processor); the tokenizer alone
+    when the folder has no preprocessor_config.json; None when it has no tokenizer."""
     from transformers import AutoTokenizer
 
     path = Path(folder)
@@ -66,6 +70,14 @@ def load_qwen_inputs(folder: str) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not (path / "preprocessor_config.json").exists():
         return tokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    return make(tokenizer)
 
-    return QwenVLInputs(tokenizer, Qwen2VLImageProcessorPil.from_pretrained(folder))
+
+def load_qwen_inputs(folder: str, token_types: bool = True) -> Any:
+    """Tokenizer + PIL image processor of a checkpoint folder; the tokenizer alone (or None) when files are missing."""
+    def make(tokenizer: Any) -> QwenVLInputs:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return QwenVLInputs(tokenizer, Qwen2VLImageProcessorPil.from_pretrained(folder), token_types=token_types)
+
+    return with_image_processor(folder, make)

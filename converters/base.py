@@ -170,14 +170,18 @@ class KeyMap:
     ignored: list[tuple[str, str]] = field(default_factory=list)
     transforms: list[tuple[str, Transform]] = field(default_factory=list)
     parts: list[tuple[str, str, Callable[[re.Match], tuple]]] = field(default_factory=list)
+    # like parts, but the slice depends on the checkpoint tensor's shape too: index(match, shape) (Molmo 2's
+    # embedding, stored as two tables whose split differs between the hub files and save_pretrained's)
+    sized_parts: list[tuple[str, str, Callable[[re.Match, tuple[int, ...]], tuple]]] = field(default_factory=list)
 
     def canonical(self, key: str) -> str:
         for pattern, repl in self.aliases:  # applied in order, each at most once
             key = re.sub(pattern, repl, key, count=1)
         return key
 
-    def target(self, key: str) -> str | None:
-        """Our parameter name, or None when the tensor is deliberately ignored; KeyError when unknown."""
+    def target(self, key: str, shape: tuple[int, ...] | None = None) -> str | None:
+        """Our parameter name, or None when the tensor is deliberately ignored; KeyError when unknown. ``shape``: the
+        checkpoint tensor's (needed by ``sized_parts`` only)."""
         key = self.canonical(key)
         for pattern, repl in self.rules:
             if re.fullmatch(pattern, key):
@@ -186,6 +190,12 @@ class KeyMap:
             match = re.fullmatch(pattern, key)
             if match:
                 return Part(match.expand(repl), index(match))
+        for pattern, repl, sized_index in self.sized_parts:
+            match = re.fullmatch(pattern, key)
+            if match:
+                if shape is None:
+                    raise ValueError(f"{key} fills a slice of our parameter that depends on its shape: pass its shape")
+                return Part(match.expand(repl), sized_index(match, tuple(shape)))
         for pattern, _reason in self.ignored:
             if re.fullmatch(pattern, key):
                 return None

@@ -93,6 +93,8 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "LightOnOcrForConditionalGeneration": ("lighton-ocr",),
     "LlavaNextVideoForConditionalGeneration": ("next-video-clip",),
     "DeepseekVLForConditionalGeneration": ("deepseek-vl",),
+    "DeepseekVLHybridForConditionalGeneration": ("deepseek-vl-hybrid",),
+    "GotOcr2ForConditionalGeneration": ("got-ocr2",),
     "AyaVisionForConditionalGeneration": ("aya-vision", "aya-vision-cohere-lm"),
     "Cohere2VisionForConditionalGeneration": ("cohere2-vision",),
     "Qwen3_5ForConditionalGeneration": ("qwen3.5",),
@@ -102,7 +104,11 @@ PARITY_CASES: dict[str, tuple[str, ...]] = {
     "Glm4vForConditionalGeneration": ("glm4v",),
     "Glm4vMoeForConditionalGeneration": ("glm4v-moe",),
     "Glm46VForConditionalGeneration": ("glm46v",),
+    "Llama4ForConditionalGeneration": ("llama4",),
     "Ovis2ForConditionalGeneration": ("ovis2",),
+    "Exaone4_5_ForConditionalGeneration": ("exaone4.5",),
+    "HunYuanVLForConditionalGeneration": ("hunyuan-vl",),
+    "Molmo2ForConditionalGeneration": ("molmo2",),
 }
 
 #: README rows of the supported families: (architecture, what is converted, spans beyond image/text/last)
@@ -124,6 +130,12 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "`hook_visual_probs`) x visual embedding table, whose last rows embed the indicator tokens "
      "(`projector.hook_marker_embeds`); Qwen2 LM; thumbnail + crop grid", "`boi`, `eoi`, `grid_marker`, "
      "`crop_col_break`, `crop_row_break`, `thumbnail`, crop of each token (`ImageLayout.tile_grid`)"),
+    ("DeepseekVLHybridForConditionalGeneration", "DeepSeek-VL-Hybrid: SigLIP (`vision.*`) beside a SAM ViT on "
+     "1024 px (`vision.high_res.*`: windowed / global attention with decomposed relative positions, conv neck), "
+     "combined by the hybrid aligner (`projector.hook_high_res`, `hook_low_res_proj` / `hook_high_res_proj`), Llama", ""),
+    ("GotOcr2ForConditionalGeneration", "GOT-OCR2: SAM ViT (windowed / global attention with decomposed relative "
+     "positions, conv neck) + two stride-2 convs + Linear, Qwen2 LM; one 1024 px page or tile per `pixel_values` row",
+     "`boi`, `eoi` (`<img>` / `</img>`, from the processor)"),
     ("Qwen2VLForConditionalGeneration", "packed ViT, patch merger, M-RoPE (3-D positions computed as HF)", "`boi`, `eoi`"),
     ("Qwen2_5_VLForConditionalGeneration", "+ window attention, RMSNorm/SwiGLU ViT", "`boi`, `eoi`"),
     ("Idefics3ForConditionalGeneration", "SigLIP (NaViT patch mask), pixel shuffle, image splitting",
@@ -185,6 +197,24 @@ SUPPORTED_NOTES: list[tuple[str, str, str]] = [
      "router (`moe_router=\"sigmoid_grouped\"`) + ungated shared expert (`mlp.shared_expert.*`)", "`boi`, `eoi`"),
     ("Glm46VForConditionalGeneration", "GLM-4.6V: the same declaration, its LM picked by `text_config.model_type` "
      "(GLM-4 or GLM-4.5 MoE)", "`boi`, `eoi`"),
+    ("Exaone4_5_ForConditionalGeneration", "EXAONE 4.5: Qwen2.5-VL's packed ViT with grouped key / value heads + patch "
+     "merger; EXAONE 4 LM (`exaone4` part: post-sublayer norms only, q/k norms, sliding-window RoPE layers and NoPE "
+     "global layers), 1-D positions (images; video refused)", "`boi`, `eoi`"),
+    ("HunYuanVLForConditionalGeneration", "HunyuanOCR: packed ViT with a learned position grid resized per image, conv "
+     "merger (2 x 2 conv, row breaks, learned begin / end embeddings; `projector.hook_downsampled`), HunYuan LM "
+     "(`hunyuan_vl_text` part: q/k norms after RoPE, 4-axis xdrope positions, ntk-alpha base)",
+     "`boi`, `eoi`, `row_break`"),
+    ("Llama4ForConditionalGeneration", "Llama 4 (Scout, Maverick): ViT with unfold patches, class token last, learned "
+     "positions + 2-D RoPE, pre / post LayerNorms; pixel-shuffle adapter + projector (`projector.hook_adapter_out`); LM "
+     "with chunked local attention + NoPE layers (temperature tuning, `attn.hook_q_temperature`), L2 q/k norm, "
+     "sigmoid-routed MoE on the expert input + shared expert (router hooks); tiles + global tile between markers",
+     "`boi`, `eoi`, `tile_x_separator`, `tile_y_separator`, `global_tile_marker`, tile of each token, `thumbnail`"),
+    ("Molmo2ForConditionalGeneration", "Molmo 2: ViT on overlapping crops, two feature layers concatenated, attention "
+     "pooling of 2 x 2 patch windows (`projector.hook_pattern` per image token) + SwiGLU, added onto the `<im_patch>` "
+     "embeddings; Qwen3-style LM (per-head or all-head q/k norms, optional post-norms), one bidirectional block over "
+     "the image tokens and markers (images; video refused: its processor needs torchvision)",
+     "`boi`, `eoi`, `low_res_boi`, `row_break` (`<im_col>`), `low_res`; (image, tile, row, col) on the low-res and "
+     "high-res pooled grids"),
 ]
 
 _TIMM = "its tower is a timm model (TimmWrapper: `timm` is not a dependency, and its weights follow timm's layout)"
@@ -201,14 +231,11 @@ REFUSED: dict[str, str] = {
     "Cosmos3EdgeForConditionalGeneration": "the Cosmos3Edge vision tower, patch merger and text model (own classes, not "
                                            "registered parts)",
     "Cosmos3OmniForConditionalGeneration": "Cosmos3Omni's multimodal (audio / video) thinker around a Qwen3-VL tower",
-    "DeepseekOcr2ForConditionalGeneration": "the SAM vision encoder (windowed attention with relative positions, conv "
-                                            "neck) and the DeepSeek MoE LM",
-    "DeepseekVLHybridForConditionalGeneration": "the SAM high-resolution vision encoder beside SigLIP",
+    "DeepseekOcr2ForConditionalGeneration": "the DeepSeek MoE LM, its second (rotary, RMS-norm) vision encoder and its "
+                                            "SAM projection (the SAM ViT itself is a tower part: `sam_vision_model`)",
     "Dots3NoteForConditionalGeneration": "its MoE vision tower, audio encoder and indexed-attention MoE LM",
     "Ernie4_5_VLMoeForConditionalGeneration": "the Ernie 4.5 multimodal MoE LM (modality-routed experts) and its "
                                               "variable-resolution resampler",
-    "Exaone4_5_ForConditionalGeneration": "the EXAONE 4 LM part (exaone4: post-sublayer RMSNorms only, q/k norms, sliding / "
-                                          "global layer_types) and the Exaone 4.5 packed vision tower + patch merger",
     "FastVlmForConditionalGeneration": _TIMM + " (FastViTHD)",
     "Florence2ForConditionalGeneration": "the DaViT tower and the BART LM, " + _ENC_DEC,
     "FuyuForCausalLM": "Fuyu's linear patch embedding straight into a Persimmon LM (no vision tower; the Persimmon LM "
@@ -222,11 +249,8 @@ REFUSED: dict[str, str] = {
                                         "vision tower",
     "GlmImageForConditionalGeneration": "GLM-Image's VQ-VAE image tokenizer and its vision tower (image generation)",
     "GlmOcrForConditionalGeneration": "the GLM-4 LM part and the GLM-OCR vision tower",
-    "GotOcr2ForConditionalGeneration": "the SAM vision encoder (windowed attention with relative positions, conv neck)",
     "Granite4VisionForConditionalGeneration": "its Q-Former (blip_2_qformer) projector",
     "GraniteDoclingForConditionalGeneration": "its DeepStack connector with a density router and its vision tower",
-    "HunYuanVLForConditionalGeneration": "the HunYuan dense LM part (HunYuanVLDenseV1Attention: q/k RMSNorms, multimodal "
-                                         "rotary) and the HunYuanVL vision tower / patch merger",
     "HyperCLOVAXVisionV2ForConditionalGeneration": "the HyperCLOVAX LM part (model_type hyperclovax); its Qwen2.5-VL "
                                                    "tower is one we convert inside Qwen2.5-VL",
     "IdeficsForVisionText2Text": "Idefics 1's gated cross-attention layers and perceiver (cross-attention mixer "
@@ -242,15 +266,11 @@ REFUSED: dict[str, str] = {
     "Kosmos2_5ForConditionalGeneration": "Kosmos-2.5's Pix2Struct-style flattened-patch encoder and its resampler "
                                          "and sinusoidal-position LM",
     "Lfm3VlForConditionalGeneration": "the LFM3 LM and its short-convolution vision tower",
-    "Llama4ForConditionalGeneration": "the Llama 4 vision tower (2-D RoPE ViT), pixel-shuffle adapter and tile spans "
-                                      "(its LM parts exist: converters/_llama4_text.py)",
     "MiniCPMOcrForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniCPMV4_6ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniCPMV4_7ForConditionalGeneration": "the Qwen3.5 LM (Gated DeltaNet layers; issue 24) and MiniCPM's resampler",
     "MiniMaxM3SparseForConditionalGeneration": "the MiniMax M3 sparse-attention MoE LM and its vision tower",
     "MistralLarge4ForConditionalGeneration": "the Mistral Large 4 LM (indexed sparse attention, MoE)",
-    "Molmo2ForConditionalGeneration": "Molmo 2's adapter (Molmo2Adapter: attention pooling of the patch windows named by "
-                                      "pooled_patches_idx, over concatenated feature layers) and its vision / text parts",
     "MuseGlimmerForConditionalGeneration": "the Muse LM (centred RMS norms, normed embeddings) and its vision adapter",
     "MuseSparkForConditionalGeneration": "the Muse Spark MoE LM (residual gates) and its audio / vision encoders",
     "PI0ForConditionalGeneration": "the action expert (a robot policy, not text generation)",
@@ -268,7 +288,8 @@ REFUSED: dict[str, str] = {
     "Step3p7ForConditionalGeneration": "the Step 3 MoE LM and its vision tower",
     "T5Gemma2ForConditionalGeneration": "the T5Gemma 2 encoder-decoder, " + _ENC_DEC,
     "UdopForConditionalGeneration": "UDOP's T5 encoder-decoder with layout embeddings, " + _ENC_DEC,
-    "UnlimitedOcrForConditionalGeneration": "the SAM vision encoder and the DeepSeek MoE LM",
+    "UnlimitedOcrForConditionalGeneration": "the DeepSeek MoE LM and its own SAM-variant encoder (not checked against "
+                                            "the `sam_vision_model` tower part)",
     "VideoLlama3ForConditionalGeneration": "the VideoLLaMA 3 NaViT tower (2-D RoPE) and its video token compression",
     "VideoLlavaForConditionalGeneration": "its video tower path (the image path is LLaVA's: CLIP + MLP + Llama)",
 }

@@ -1,6 +1,6 @@
 """DeepseekVLForConditionalGeneration (DeepSeek-VL 1.3B / 7B, base: SigLIP tower read at its last_hidden_state (after
 post_layernorm) -> aligner (linear1 -> GELU -> linear2) -> Llama LM; 576 image tokens per 384 px image, no markers).
-DeepSeek-VL-Hybrid (a SAM high-resolution encoder beside SigLIP) is refused: no SAM tower part."""
+DeepSeek-VL-Hybrid (a SAM high-resolution encoder beside SigLIP) is converters/deepseek_vl_hybrid.py."""
 
 from __future__ import annotations
 

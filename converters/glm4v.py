@@ -17,7 +17,7 @@ from typing import Any
 
 from hooked_vlm.config import HookedVLMConfig, ProjectorConfig, TokenRoles, TowerConfig, VisionConfig
 
-from ._qwen_inputs import QwenVLInputs
+from ._qwen_inputs import QwenVLInputs, with_image_processor
 from .parts import LM_PARTS, lm_part
 from .qwen3_5 import expert_parts
 from .qwen3_vl import check_merger_width
@@ -124,19 +124,12 @@ def load_glm4v_inputs(folder: str) -> Any:
     """Tokenizer + GLM-4V's PIL image processor (the torchvision-free variant), laid out as HF's Glm4vProcessor
     lays out images (``<|image|>`` expanded to ``t * h * w / merge**2`` copies); the tokenizer alone (or None) when
     files are missing."""
-    from pathlib import Path
+    def make(tokenizer: Any) -> QwenVLInputs:
+        from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
-    from transformers import AutoTokenizer
+        return QwenVLInputs(tokenizer, Glm4vImageProcessorPil.from_pretrained(folder), image_token="<|image|>")
 
-    path = Path(folder)
-    if not ((path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists()):
-        return None
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if not (path / "preprocessor_config.json").exists():
-        return tokenizer
-    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
-
-    return QwenVLInputs(tokenizer, Glm4vImageProcessorPil.from_pretrained(folder), image_token="<|image|>")
+    return with_image_processor(folder, make)
 
 
 CONVERTER = Converter(

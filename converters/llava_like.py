@@ -79,7 +79,8 @@ class LlavaLike:
             self.check(hf)
         vision = tower.config(vc, tuple(self.feature_layers(hf)), self.feature_select(hf))
         text = lm.config(tc)
-        d_in = vision.tower.d_model * len(vision.feature_layers)
+        # a tower whose output is not its residual stream says its width (SAM: the neck's channels)
+        d_in = vision.extra.get("d_features") or vision.tower.d_model * len(vision.feature_layers)
         projector = projector_part(self.projector).config(d_in, text.d_model, self.projector_settings(hf))
         extra = {**tower.pipeline, **(self.extra(hf) if self.extra else {}),
                  "parts": {"tower": vc.model_type, "projector": self.projector, "lm": tc.model_type}}
@@ -107,6 +108,7 @@ class LlavaLike:
             rules=lm.rules(self.lm_prefix) + tower.rules(self.tower_prefix)
             + projector_part(parts["projector"]).rules(self.projector_prefix),
             ignored=tower.ignored(self.tower_prefix) + list(self.ignored_tensors),
+            transforms=list(lm.transforms),
         )
 
     def finalize(self, cfg: HookedVLMConfig, processor: Any) -> None:

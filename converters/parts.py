@@ -24,8 +24,18 @@ from ._cohere2 import COHERE2_FIELDS, COHERE_FIELDS, cohere2_rules, cohere2_text
 from ._clip import CLIP_VISION_FIELDS, clip_aliases, clip_ignored, clip_rules, clip_vision_config
 from ._glm4 import (GLM4_MOE_TEXT_FIELDS, GLM4_TEXT_FIELDS, glm4_moe_rules, glm4_moe_text_config, glm4_rules,
                     glm4_text_config)
+from ._exaone4 import EXAONE4_FIELDS, exaone4_rules, exaone4_text_config
+from ._hunyuan import HUNYUAN_TEXT_FIELDS, hunyuan_rules, hunyuan_text_config
 from ._decoder import DECODER_FIELDS, decoder_config, decoder_rules, qk_norm_rules
 from ._lfm2 import LFM2_FIELDS, lfm2_config, lfm2_rules
+from ._sam import SAM_VISION_FIELDS, sam_marker_roles, sam_rules, sam_vision_config
+from ._llama4_text import TEXT_FIELDS as LLAMA4_TEXT_FIELDS, TEXT_TRANSFORMS as LLAMA4_TEXT_TRANSFORMS
+from ._llama4_text import llama4_text_config, llama4_text_rules
+from ._llama4_vision import (LLAMA4_VISION_FIELDS, llama4_adapter_config, llama4_adapter_rules, llama4_marker_roles,
+                             llama4_vision_config, llama4_vision_ignored, llama4_vision_rules)
+from ._molmo2_parts import (TEXT_FIELDS as MOLMO2_TEXT_FIELDS, VISION_FIELDS as MOLMO2_VISION_FIELDS,
+                            attention_pool_config, attention_pool_rules, molmo2_text_config, molmo2_text_rules,
+                            molmo2_vision_config, molmo2_vision_rules)
 from ._pixtral import PIXTRAL_VISION_FIELDS, pixtral_marker_roles, pixtral_rules, pixtral_vision_config
 from ._siglip import SIGLIP_VISION_FIELDS, siglip_ignored, siglip_last_hidden_config, siglip_rules, siglip_vision_config
 from ._vit import post_layernorm_rules
@@ -40,11 +50,13 @@ def _none(prefix: str) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class LMPart:
-    """A decoder LM: ``config(text_config, **options) -> TowerConfig``; ``rules(prefix)``; the fields it handles."""
+    """A decoder LM: ``config(text_config, **options) -> TowerConfig``; ``rules(prefix)``; the fields it handles;
+    ``transforms``: (regex over our names, fn) layout changes of its tensors (Llama 4's fused experts)."""
 
     config: Callable[..., TowerConfig]
     rules: Rules
     fields: frozenset[str]
+    transforms: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,16 @@ LM_PARTS: dict[str, LMPart] = {
     "lfm2": LMPart(config=lfm2_config, rules=lfm2_rules, fields=frozenset(LFM2_FIELDS)),
     "glm4v_text": LMPart(config=glm4_text_config, rules=glm4_rules, fields=frozenset(GLM4_TEXT_FIELDS)),
     "glm4v_moe_text": LMPart(config=glm4_moe_text_config, rules=glm4_moe_rules, fields=frozenset(GLM4_MOE_TEXT_FIELDS)),
+    # EXAONE 4 (EXAONE 4.5's LM): post-sublayer norms only, q/k norms, sliding RoPE layers + NoPE global layers
+    "exaone4": LMPart(config=exaone4_text_config, rules=exaone4_rules, fields=frozenset(EXAONE4_FIELDS)),
+    # HunYuan dense (HunYuanVL's LM): q/k RMS norms after RoPE, multimodal RoPE over 3-4 axes ("doubled" layout)
+    "hunyuan_vl_text": LMPart(config=hunyuan_text_config, rules=hunyuan_rules, fields=frozenset(HUNYUAN_TEXT_FIELDS)),
+    # Llama 4: chunked / NoPE layers, L2 q/k norm, temperature tuning, sigmoid-routed MoE with a shared expert
+    "llama4_text": LMPart(config=llama4_text_config, rules=llama4_text_rules, fields=frozenset(LLAMA4_TEXT_FIELDS),
+                          transforms=tuple(LLAMA4_TEXT_TRANSFORMS)),
+    # Molmo 2's LM: Qwen3-style q/k norms (per head or over all heads), optional post-sublayer norms, fused qkv /
+    # gate_up (the in-memory layout's split tensors and the two-table embedding are parts: converters/molmo2.py)
+    "molmo2_text": LMPart(config=molmo2_text_config, rules=molmo2_text_rules, fields=frozenset(MOLMO2_TEXT_FIELDS)),
 }
 
 
@@ -133,10 +155,25 @@ TOWER_PARTS: dict[str, TowerPart] = {
     "pixtral": TowerPart(config=_pixtral_config, rules=pixtral_rules, fields=frozenset(PIXTRAL_VISION_FIELDS),
                          pipeline={"image_pipeline": "pixtral", "input_keys": ("image_sizes",)},
                          finalize=pixtral_marker_roles),
+    # Llama 4: unfold patch embedding, class token last, learned positions + 2-D RoPE, pre / post LayerNorms; square
+    # tiles + a global tile between <|image_start|> / <|image_end|> (the tiles_marked pipeline)
+    "llama4_vision_model": TowerPart(config=llama4_vision_config, rules=llama4_vision_rules,
+                                     ignored=llama4_vision_ignored, fields=frozenset(LLAMA4_VISION_FIELDS),
+                                     pipeline={"image_pipeline": "tiles_marked"}, finalize=llama4_marker_roles),
     # Ovis 2's AIMv2-style ViT (RMS norms, SwiGLU, normed patch embeddings), read after its final norm; fixed-size
     # crops, a thumbnail then a grid (pipelines/thumbnail_grid.py)
     "ovis2_vision": TowerPart(config=aimv2_vision_config, rules=aimv2_rules, ignored=aimv2_ignored,
                               fields=frozenset(AIMV2_VISION_FIELDS), pipeline={"image_pipeline": "thumbnail_grid"}),
+    # SAM's ViT (windowed / global rel-pos attention, conv neck): GOT-OCR2's tower (got_ocr2_vision, the same module)
+    # and SAM's own vision config (DeepSeek-VL-Hybrid's high-res tower; converters/deepseek_vl_hybrid.py)
+    **{kind: TowerPart(config=sam_vision_config, rules=sam_rules, fields=frozenset(SAM_VISION_FIELDS),
+                       pipeline={"image_pipeline": "sam_conv"}, finalize=sam_marker_roles)
+       for kind in ("got_ocr2_vision", "sam_vision_model")},
+    # Molmo 2's ViT on pre-cut patches (pipeline pooled_windows: crops + the adapter's pooling windows)
+    "molmo2_vision": TowerPart(config=molmo2_vision_config, rules=molmo2_vision_rules,
+                               fields=frozenset(MOLMO2_VISION_FIELDS),
+                               pipeline={"image_pipeline": "pooled_windows",
+                                         "input_keys": ("image_token_pooling", "image_grids", "image_num_crops")}),
 }
 
 
@@ -182,10 +219,25 @@ PROJECTOR_PARTS: dict[str, ProjectorPart] = {
     "unfold_merge_mlp": ProjectorPart(config=_mlp("unfold_merge_mlp"), rules=lambda p: _linears(p) + [
         (rf"{re.escape(p)}\.norm\.weight", "projector.norm.w"),
         (rf"{re.escape(p)}\.patch_merger\.merging_layer\.weight", "projector.merging_layer.weight")]),
+    # pixel shuffle -> fc1 -> act -> fc2 -> act (HF keeps this adapter in the tower) -> linear (Llama 4)
+    "pixel_shuffle_adapter": ProjectorPart(config=llama4_adapter_config, rules=llama4_adapter_rules),
     # visual tokenizer head (fold, linear, LayerNorm, softmax over visual words) x visual embedding table (Ovis 2);
     # the prefix is the model's (HF keeps the head in the vision tower and the table beside it)
     "visual_embedding_table": ProjectorPart(config=table_config, rules=table_rules),
+    # attention pooling of patch windows + SwiGLU (Molmo 2's adapter; settings: heads, widths, biases)
+    "attention_pool": ProjectorPart(config=attention_pool_config, rules=attention_pool_rules),
 }
+
+
+def _conv_downsample(d_in: int, d_out: int, settings: dict[str, Any]) -> ProjectorConfig:
+    """No activation: conv -> conv -> Linear (settings: bias of the Linear, grid of the tower)."""
+    return ProjectorConfig(d_in=d_in, d_out=d_out, bias=settings["bias"], kind="conv_downsample",
+                           extra={"grid": settings["grid"]})
+
+
+PROJECTOR_PARTS["conv_downsample"] = ProjectorPart(config=_conv_downsample, rules=lambda p: [
+    (rf"{re.escape(p)}\.conv_upsampler(1|2)\.weight", r"projector.conv\1.weight"),
+    (rf"{re.escape(p)}\.multimodal_projector\.(weight|bias)", r"projector.linear.\1")])
 
 
 def projector_part(kind: str) -> ProjectorPart:

@@ -36,6 +36,10 @@ VISION_FIELDS = {
     "qwen2_5_vl_vision": {"depth", "hidden_size", "hidden_act", "intermediate_size", "num_heads", "in_channels",
                           "patch_size", "spatial_merge_size", "temporal_patch_size", "tokens_per_second",
                           "window_size", "out_hidden_size", "fullatt_block_indexes", "rope_parameters"},
+    # EXAONE 4.5: the Qwen2.5-VL ViT with grouped key / value heads in its fused qkv (no tokens_per_second)
+    "exaone4_5_vision": {"depth", "hidden_size", "hidden_act", "intermediate_size", "num_heads", "num_key_value_heads",
+                         "in_channels", "patch_size", "spatial_merge_size", "temporal_patch_size", "window_size",
+                         "out_hidden_size", "fullatt_block_indexes", "rope_parameters"},
 }
 LEGACY_VISION_ALIASES = {"in_chans": "in_channels", "spatial_patch_size": "patch_size"}
 
@@ -75,10 +79,12 @@ def text_config(tc: Any) -> TowerConfig:
     )
 
 
-def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
+def vision_config(vc: Any, ignored: dict[str, str] | None = None) -> tuple[VisionConfig, ProjectorConfig]:
+    """``ignored``: more fields (-> reason) the family's HF model never reads."""
     if vc.model_type not in VISION_FIELDS:
         raise UnsupportedConfigError(f"vision model type {vc.model_type!r}; supported: {', '.join(VISION_FIELDS)}")
-    check_fields(vc, VISION_FIELDS[vc.model_type] | set(LEGACY_VISION_ALIASES), f"vision_config ({vc.model_type})")
+    check_fields(vc, VISION_FIELDS[vc.model_type] | set(LEGACY_VISION_ALIASES), f"vision_config ({vc.model_type})",
+                 ignored)
     for legacy, field in LEGACY_VISION_ALIASES.items():  # hub configs repeat these; HF reads only the new name
         if getattr(vc, legacy, None) not in (None, getattr(vc, field)):
             check_copy(vc, legacy, getattr(vc, field), field, f"vision_config ({vc.model_type})")
@@ -87,10 +93,10 @@ def vision_config(vc: Any) -> tuple[VisionConfig, ProjectorConfig]:
         raise UnsupportedConfigError(
             f"vision_config ({vc.model_type}): rope_parameters.rope_type={rope.get('rope_type')!r}; supported: 'axial' "
             "(the 2-D rotary over patch rows and columns the vision tower implements)")
-    qwen25 = vc.model_type == "qwen2_5_vl_vision"
+    qwen25 = vc.model_type in ("qwen2_5_vl_vision", "exaone4_5_vision")
     width = vc.hidden_size if qwen25 else vc.embed_dim
     tower = TowerConfig(
-        n_layers=vc.depth, d_model=width, n_heads=vc.num_heads,
+        n_layers=vc.depth, d_model=width, n_heads=vc.num_heads, n_key_value_heads=getattr(vc, "num_key_value_heads", None),
         d_mlp=vc.intermediate_size if qwen25 else int(vc.embed_dim * vc.mlp_ratio), act_fn=vc.hidden_act,
         gated_mlp=qwen25, normalization_type="RMS" if qwen25 else "LN", norm_eps=1e-6, attn_bias=True,
         attn_out_bias=True, mlp_bias=True, causal=False, positional="rope",

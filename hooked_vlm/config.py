@@ -16,11 +16,14 @@ import torch
 
 
 NORM_PLACEMENTS = ("pre", "post_sublayer", "sandwich")
-MASK_POLICIES = ("causal", "causal+image_bidirectional", "prefix")
+MASK_POLICIES = ("causal", "causal+image_bidirectional", "prefix", "marked_block")
 #: token-mixer kinds a ``layer_types`` entry may name (components/mixers.py MIXERS maps each to its mixer class; a
 #: kind without a registered class is refused when the block is built)
 ATTENTION_LAYER_TYPES = ("sliding_attention", "full_attention", "chunked_attention")
-LAYER_TYPES = ATTENTION_LAYER_TYPES + ("linear_attention", "conv", "cross_attention")
+#: encoder self-attention with decomposed relative positions (SAM's ViT): inside non-overlapping windows, or over the
+#: whole patch grid (components/rel_pos_attention.py; TowerConfig.rel_pos_attention)
+REL_POS_LAYER_TYPES = ("window_rel_pos_attention", "global_rel_pos_attention")
+LAYER_TYPES = ATTENTION_LAYER_TYPES + ("linear_attention", "conv", "cross_attention") + REL_POS_LAYER_TYPES
 MLP_KINDS = ("dense", "moe")
 MOE_ROUTERS = ("softmax_topk", "sigmoid_grouped", "sigmoid_topk_input")
 
@@ -89,6 +92,24 @@ class CrossAttentionConfig:
 
 
 @dataclass
+class RelPosAttentionConfig:
+    """Encoder attention over a square patch grid with decomposed relative positions (SAM's ViT; the layer kinds of
+    ``REL_POS_LAYER_TYPES``): ``window_rel_pos_attention`` layers attend within non-overlapping ``window`` x ``window``
+    windows (the grid zero-padded to a multiple of ``window`` after the layer's input norm), ``global_rel_pos_attention``
+    layers over the whole ``grid`` x ``grid``. ``rel_pos``: each layer adds q . R_h[row_q - row_k] + q . R_w[col_q -
+    col_k] to the scores (tables of 2 * size - 1 rows, size = window or grid)."""
+
+    grid: int  # patches per side
+    window: int  # window side of the windowed layers
+    rel_pos: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("grid", "window"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"RelPosAttentionConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+
+
+@dataclass
 class TowerConfig:
     """One stack of pre-norm transformer blocks (language model or vision tower)."""
 
@@ -112,6 +133,7 @@ class TowerConfig:
     attn_scale: float | None = None  # None = d_head ** -0.5
     sliding_window: int | None = None  # keys further back than this are masked (Mistral)
     qk_norm: str | None = None  # "LN" | "RMS": normalise each head's q and k over d_head, before rope
+    qk_norm_after_rope: bool = False  # the qk_norm above applied AFTER rope instead (HunYuan's query/key_layernorm)
     qk_norm_per_head: bool = False  # q/k norm weights [head, d_head] (Chameleon) instead of shared [d_head]
     qk_norm_eps: float | None = None  # None = norm_eps
     # "head": each head's q / k normalised over d_head; "all": the whole q (k) projection normalised over
@@ -134,6 +156,9 @@ class TowerConfig:
     # forward input whose presence switches the policy on (HF Gemma 3: token_type_ids); None = always on.
     mask_policy: str = "causal"
     mask_policy_input: str | None = None
+    # "marked_block" (HF Molmo 2): the positions whose mask_policy_input (mm_token_type_ids) is 1 -- every image token
+    # AND marker of every image of the item -- form ONE block that attends to itself in both directions; the rest is
+    # causal; only on a forward without a filled KV cache (HF: the prefill)
     # DeepStack (Qwen3-VL): blocks 0 .. deepstack_layers-1 each get one more image feature ADDED to the image
     # positions of their output, after hook_resid_post, at blocks.{l}.hook_deepstack [n_image_tokens, d_model]
     deepstack_layers: int = 0
@@ -143,6 +168,9 @@ class TowerConfig:
     # dense gated MLP stored as one gate_up_proj Linear [2 * d_mlp, d_model], gate rows first (GLM-4); gate_proj /
     # up_proj are views of its halves (components/mlp.py)
     fused_gate_up: bool = False
+    # q, k, v stored as one Linear ``attn.qkv`` [(q k v) rows, d_model] (Molmo 2's att_proj); q_proj / k_proj / v_proj
+    # are row views of it (components/fused_qkv.py), so hooks and W_Q / W_K / W_V are unchanged
+    fused_qkv: bool = False
     n_experts: int = 0
     n_experts_per_tok: int = 0
     d_mlp_expert: int | None = None
@@ -176,6 +204,8 @@ class TowerConfig:
     shared_expert_gate: bool = False
     # cross-attention mixer of the layers whose layer_types entry is "cross_attention" (Mllama)
     cross_attention: CrossAttentionConfig | None = None
+    # windowed / global attention with decomposed relative positions (REL_POS_LAYER_TYPES layers; SAM's ViT)
+    rel_pos_attention: RelPosAttentionConfig | None = None
     # tanh-gated residual adds (Mllama's cross-attention layers, Mllama's global vision encoder): in these layers the
     # mixer and MLP outputs are multiplied by tanh of learned scalars attn_gate / mlp_gate before they are added
     # (hook_attn_gate / hook_mlp_gate [1] show the tanh values; hook_attn_out / hook_mlp_out what is added)
@@ -277,6 +307,11 @@ class TowerConfig:
             raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, got {self.mask_policy!r}")
         if self.mask_policy != "causal" and not self.causal:
             raise ValueError(f"mask_policy {self.mask_policy!r} widens a causal mask; this tower is not causal")
+        if self.mask_policy == "marked_block" and self.mask_policy_input is None:
+            raise ValueError("mask_policy 'marked_block' needs mask_policy_input (the input marking the block's "
+                             "positions with 1, e.g. 'mm_token_type_ids')")
+        if self.fused_qkv and self.attn_output_gate:
+            raise ValueError("fused_qkv with attn_output_gate is not implemented (the gate rows sit inside q_proj)")
         if self.mask_policy == "prefix" and self.mask_policy_input is None:
             raise ValueError("mask_policy 'prefix' needs mask_policy_input (the input marking prefix 0 / suffix 1, "
                              "e.g. 'token_type_ids')")
@@ -295,7 +330,9 @@ class TowerConfig:
             if self.layer_rope_parameters is not None and rotary_kinds - set(self.layer_rope_parameters):
                 raise ValueError(f"layer_rope_parameters has no entry for {sorted(rotary_kinds - set(self.layer_rope_parameters))}")
             for kind, name in (("linear_attention", "linear_attention"), ("conv", "short_conv"),
-                               ("cross_attention", "cross_attention")):
+                               ("cross_attention", "cross_attention"),
+                               ("window_rel_pos_attention", "rel_pos_attention"),
+                               ("global_rel_pos_attention", "rel_pos_attention")):
                 if kind in self.layer_types and getattr(self, name) is None:
                     raise ValueError(f"layer_types has {kind} layers but {name} is None: give TowerConfig.{name} "
                                      f"(a {type(self).__name__} field describing that mixer)")
@@ -313,6 +350,8 @@ class TowerConfig:
                     raise ValueError(f"moe_layers {self.moe_layers} must be layers of the {self.n_layers}-layer tower")
         if not 0 <= self.deepstack_layers <= self.n_layers:
             raise ValueError(f"deepstack_layers={self.deepstack_layers} must be between 0 and n_layers={self.n_layers}")
+        if self.qk_norm_after_rope and self.qk_norm is None:
+            raise ValueError("qk_norm_after_rope moves the q / k norms after RoPE, but qk_norm is None (no norms)")
         if self.qk_norm_scope not in ("head", "all"):
             raise ValueError(f"qk_norm_scope must be 'head' or 'all', got {self.qk_norm_scope!r}")
         if self.residual_multiplier != 1.0 and self.norm_placement != "pre":
@@ -479,6 +518,14 @@ class HookedVLMConfig:
     # rows of the token-embedding table when it is larger than the unembedding (Mllama: vocab + 8, the image
     # placeholder <|image|> is id vocab_size, embedded but never predicted); None = d_vocab
     d_vocab_embed: int | None = None
+    # how the projector's image embeddings enter the stream at the image-token positions: "replace" the token
+    # embeddings there (LLaVA and most families), or "add" onto them (Molmo 2: the <im_patch> embedding + the image
+    # feature); either way hook_image_embeds is the projector output and hook_embed the stream entering block 0
+    image_splice: str = "replace"
+
+    def __post_init__(self) -> None:
+        if self.image_splice not in ("replace", "add"):
+            raise ValueError(f"image_splice must be 'replace' or 'add', got {self.image_splice!r}")
 
     # --- TransformerLens-compatible views of the language model ---
     @property

@@ -81,7 +81,11 @@ def _record(model: Any, wanted: Any, run: Any) -> tuple[dict[str, tuple[tuple[in
             continue
         block = name.rpartition(".attn.")[0]
         resid = seen.get(f"{block}.hook_resid_pre", ((), False))[0]
-        heads = model.get_submodule(f"{block}.attn").cfg.n_heads if block and len(resid) == 3 else None
+        attn = model.get_submodule(f"{block}.attn") if block and len(resid) == 3 else None
+        if hasattr(attn, "pattern_shape") and name.endswith(QUADRATIC_PER_HEAD):  # windowed attention (SAM)
+            seen[name] = (attn.pattern_shape(resid[0]), False)
+            continue
+        heads = attn.cfg.n_heads if attn is not None else None
         conv_block = name.rpartition(".conv.")[0] if name.endswith(".conv.hook_tap_mask") else ""
         conv_resid = seen.get(f"{conv_block}.hook_resid_pre", ((), False))[0] if conv_block else ()
         if len(conv_resid) == 3:  # the short conv's taps, fired only when hooked: bool [batch, pos, kernel]
@@ -142,6 +146,10 @@ def vision_activation_numels(model: Any) -> tuple[dict[str, tuple[int, bool]] | 
         pixels = torch.empty(1, 1, tiles, v.n_channels, size, size, device="meta")
         extras = {"aspect_ratio_ids": torch.tensor([[v.extra["max_aspect_ratio_id"]]]),
                   "aspect_ratio_mask": torch.ones(1, 1, tiles, dtype=torch.long)}
+    high = v.extra.get("high_res")
+    if high is not None:  # a second tower on its own pixels (DeepSeek-VL-Hybrid): the same image at its resolution
+        extras = {"high_res_pixel_values": torch.empty(1, high.n_channels, high.image_size, high.image_size,
+                                                       device="meta")}
     embeds: list[torch.Tensor] = []  # hook_image_embeds is the pipeline's output (the forward hooks it before splicing)
     try:
         seen, unsized = _record(model, lambda n: not is_lm_hook(n),

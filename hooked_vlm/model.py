@@ -66,7 +66,8 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             # [n_image_tokens, d_model] (projector output, before splicing); cross-attention models
             # (text.cross_attention): [batch, key, d_model], the image features every cross-attention layer reads
             self.hook_image_embeds = HookPoint()
-        self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model] (token embeddings; image positions hold image embeds, or
+        #                                  the sum of both with cfg.image_splice="add")
         self.rotary = build_rotary(t)  # one RoPE table, one per layer kind (layer_rope_parameters), or None
         self.blocks = nn.ModuleList([TransformerBlock(t, l) for l in range(t.n_layers)])
         self.per_layer_inputs = PerLayerInputs(t) if t.d_per_layer_input else None  # Gemma 4 PLE
@@ -205,7 +206,12 @@ class HookedVLM(SAEMixin, TLCompatMixin, HookedRootModule):  # add_sae, saes(), 
             if self.cfg.text.cross_attention is not None:  # the image reaches the text only as cross-attention keys
                 cross_images = self.hook_image_embeds(image_embeds)
             else:
-                resid = self._splice(tokens, resid, self.hook_image_embeds(image_embeds))
+                image_embeds = self.hook_image_embeds(image_embeds)
+                if self.cfg.image_splice == "add":  # Molmo 2: the features are added onto the <im_patch> embeddings
+                    self._check_image_token_count(tokens, image_embeds.shape[0])
+                    resid = self._splice_add(tokens, resid, image_embeds)
+                else:
+                    resid = self._splice(tokens, resid, image_embeds)
             if self.cfg.roles.projector_marker_ids:  # marker tokens embedded by the projector (Ovis 2's indicators)
                 resid = self._splice_markers(tokens, resid)
         if self.cfg.text.embedding_multiplier != 1.0:  # Granite: the whole stream, image embeddings included

@@ -147,3 +147,6 @@ def rope_index(
     if next_grid != len(grids):
         raise ValueError(f"image_grid_thw lists {len(grids)} images but the prompts hold {next_grid}")
     return positions, deltas
+
+
+from . import positions_grid  # noqa: E402,F401  (registers "xdrope")

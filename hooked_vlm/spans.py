@@ -37,12 +37,14 @@ class ImageLayout:
     tiles: int = 1
     tile_shapes: list[tuple[int, int]] | None = None
     n_prefix: int = 0  # content tokens before the grid (e.g. a kept class token); no grid cell
+    n_suffix: int = 0  # content tokens after the grid (HunYuanVL's learned image_end embedding); no grid cell
     newline_offsets: list[int] | None = None  # placeholder offsets holding a row-break embedding
     thumbnail: bool = False  # the last tile is a downscaled view of the whole image (InternVL): span ``thumbnail``
     thumbnail_first: bool = False  # with ``thumbnail``: the FIRST tile is the thumbnail (Ovis 2), the crops follow
     # (rows, cols) of the crop grid the tiles come from (Ovis 2): crop k (counted after a thumbnail) sits at
     # (k // cols, k % cols) of the image; None when the family does not say
     tile_grid: tuple[int, int] | None = None
+    low_res: bool = False  # the FIRST tile is a low-resolution view of the whole image (Molmo 2): span ``low_res``
     latents: int = 0  # tokens per tile when they are resampler latents (no grid); 0 = patches on a rows x cols grid
     crop_of: int | None = None  # index of the image this one was cropped from (pan-and-scan), None = not a crop
     crop_index: int | None = None  # which crop of crop_of it is (0-based, the processor's order)
@@ -62,7 +64,7 @@ class ImageLayout:
     @property
     def n_tokens(self) -> int:
         grid = self.tiles * self.latents if self.latents else sum(r * c for r, c in self.shapes())
-        return self.n_prefix + grid + len(self.newline_offsets or ())
+        return self.n_prefix + grid + self.n_suffix + len(self.newline_offsets or ())
 
 
 @dataclass
@@ -221,6 +223,7 @@ def build_spans(
             if layout.crop_of is not None:
                 masks.setdefault("crop", torch.zeros_like(real))[b, img_pos] = True
             grid[b, img_pos[: layout.n_prefix], 0] = i
+            grid[b, img_pos[len(img_pos) - layout.n_suffix:], 0] = i
             offset = layout.n_prefix
             for t in range(layout.tiles if layout.latents else 0):  # latents: image and tile, no (row, col)
                 tile_pos = img_pos[offset : offset + layout.latents]
@@ -232,6 +235,9 @@ def build_spans(
                 tile_pos = img_pos[offset : offset + r * c]
                 grid[b, tile_pos] = torch.stack([torch.full_like(cell, i), torch.full_like(cell, t), cell // c, cell % c], -1)
                 offset += r * c
+            if layout.low_res:
+                r, c = layout.shapes()[0]
+                masks.setdefault("low_res", torch.zeros_like(real))[b, img_pos[layout.n_prefix: layout.n_prefix + r * c]] = True
             if layout.thumbnail:
                 shapes = layout.shapes()
                 r, c = shapes[0] if layout.thumbnail_first else shapes[-1]

@@ -92,7 +92,7 @@ def map_checkpoint_tensors(model: torch.nn.Module, keymap: Any, shapes: Mapping[
     sources: dict[str, list[str]] = {}
     for key, shape in shapes.items():
         try:
-            ours = keymap.target(key)
+            ours = keymap.target(key, tuple(shape))
         except KeyError:
             out.unused.append(key)
             continue

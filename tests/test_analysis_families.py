@@ -20,7 +20,12 @@ ATOL = 1e-4
 CASES = ["chameleon", "emu3", "pixtral_llava", "llava_onevision", "qwen2_vl", "gemma3", "qwen3vl", "qwen3vl_moe", "internvl",
          "idefics2", "aya_vision", "vipllava", "granite_vision", "lighton_ocr", "llava_next_video", "deepseek_vl",
          "glm4v", "glm4v_moe",  # GLM-4.1V: sandwich post-norms; GLM-4.5V: grouped sigmoid router
-         "ovis2"]  # Ovis 2: image embeddings = visual-word probabilities x table; markers embedded by the table
+         "ovis2",  # Ovis 2: image embeddings = visual-word probabilities x table; markers embedded by the table
+         "exaone4_5",  # EXAONE 4.5: post-sublayer norms only, sliding-window layers and NoPE global layers
+         "hunyuan_vl",  # HunYuanVL: begin / row-break / end embeddings inside the image run, 4-axis positions
+         "deepseek_vl_hybrid",  # two towers (SAM ViT beside SigLIP) combined in the projector
+         "got_ocr2",  # SAM ViT alone, conv-downsampled grid between <img> / </img>
+         "molmo2"]  # Molmo 2: image features added onto <im_patch>, one bidirectional block, two grids per image
 
 
 @pytest.mark.parametrize("family", CASES)

@@ -15,15 +15,20 @@ from tests import tiny_gemma3 as tg3
 from tests import tiny_gemma4 as tg4
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
+from tests import tiny_llama4 as tl4
 from tests import tiny_lfm2vl as tlv
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
+from tests import tiny_molmo2 as tm2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_ovis2 as tov
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_glm4v as tgl
+from tests import tiny_exaone45 as tex
+from tests import tiny_hunyuanvl as thy
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
+from tests import tiny_sam as tsam
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -75,6 +80,8 @@ FAMILIES = {
     "lighton_ocr": _from_factory(tll.lighton_ocr),
     "llava_next_video": _from_factory(tll.llava_next_video),
     "deepseek_vl": _from_factory(tll.deepseek_vl),
+    "deepseek_vl_hybrid": _from_factory(tsam.deepseek_vl_hybrid),
+    "got_ocr2": _from_factory(tsam.got_ocr2),
     "mllama": _from_factory(tml.mllama),
     "qwen3_5": _from_factory(tq35.qwen35),
     "qwen3_5_moe": _from_factory(functools.partial(tq35.qwen35, moe=True)),
@@ -83,7 +90,11 @@ FAMILIES = {
     "glm4v": _from_factory(tgl.glm4v),
     "glm4v_moe": _from_factory(tgl.glm4v_moe),
     "glm46v": _from_factory(tgl.glm46v),
+    "llama4": _from_factory(tl4.llama4_vlm),
     "ovis2": _from_factory(tov.ovis2),
+    "exaone4_5": _from_factory(tex.exaone45),
+    "hunyuan_vl": _from_factory(thy.hunyuanvl),
+    "molmo2": _from_factory(tm2.molmo2),
 }
 
 

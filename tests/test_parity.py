@@ -23,15 +23,20 @@ from tests import tiny_gemma4 as tg4
 from tests import tiny_internvl as tiv
 from tests import tiny_idefics2 as ti2
 from tests import tiny_lfm2vl as tlv
+from tests import tiny_llama4 as tl4
 from tests import tiny_llava_like as tll
 from tests import tiny_mllama as tml
+from tests import tiny_molmo2 as tm2
 from tests import tiny_next_pixtral as tnp
 from tests import tiny_ovis2 as tov
 from tests import tiny_paligemma as tpg
 from tests import tiny_glm4v as tgl
+from tests import tiny_exaone45 as tex
+from tests import tiny_hunyuanvl as thy
 from tests import tiny_qwen3vl as tq3
 from tests import tiny_qwen35 as tq35
 from tests import tiny_qwen_idefics as tqi
+from tests import tiny_sam as tsam
 
 ATOL = 1e-4  # ours vs HF
 PATH_ATOL = 1e-5  # our fast (SDPA) path vs our explicit path
@@ -91,13 +96,19 @@ CASES = [
     ("lighton-ocr", tll.lighton_ocr),
     ("next-video-clip", tll.llava_next_video),
     ("deepseek-vl", tll.deepseek_vl),
+    ("deepseek-vl-hybrid", tsam.deepseek_vl_hybrid),  # SigLIP + SAM ViT (windowed rel-pos attention, padded windows)
+    ("got-ocr2", tsam.got_ocr2),  # SAM ViT + conv downsample projector, Qwen2 LM; <img> / </img> markers
     ("mllama", tml.mllama),  # cross-attention layers 1, 3; a row with two images (the mask changes mid-row)
     ("gemma4-ple-kv-sharing", functools.partial(tg4.gemma4, "ple_kv")),  # text model; per-layer inputs, KV sharing
     ("gemma4-k-eq-v-moe", functools.partial(tg4.gemma4, "k_eq_v_moe")),  # text model; global v = k, 1 KV head; MoE beside MLP
     ("glm4v", tgl.glm4v),  # GLM-4 LM (sandwich norms, partial interleaved M-RoPE); GLM ViT + downsample merger
     ("glm4v-moe", tgl.glm4v_moe),  # GLM-4.5V: grouped sigmoid router with choice bias, ungated shared expert
     ("glm46v", tgl.glm46v),  # GLM-4.6V: the GLM ViT with the GLM-4.5V MoE LM, picked by text_config.model_type
+    ("llama4", tl4.llama4_vlm),  # chunked (8) + NoPE layers, MoE; 2-D RoPE ViT, tiles + global tile; prompts > chunk
     ("ovis2", tov.ovis2),  # AIMv2 ViT; visual tokenizer softmax x embedding table; thumbnail + crop grid; Qwen2 LM
+    ("exaone4.5", tex.exaone45),  # EXAONE 4 LM (post-sublayer norms, q/k norms, window 8 + NoPE globals); GQA Qwen2.5 ViT
+    ("hunyuan-vl", thy.hunyuanvl),  # HunYuan LM (q/k norms after RoPE, 4-axis xdrope); grid-position ViT + conv merger
+    ("molmo2", tm2.molmo2),  # attention-pooled patch windows added onto <im_patch>; one bidirectional image block
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -300,7 +311,10 @@ def test_greedy_generate_matches_hf(case_id):
                                             ("granite-vision", "padded"), ("lighton-ocr", "padded"),
                                             ("next-video-clip", "padded"), ("deepseek-vl", "padded"),
                                             ("gemma4-ple-kv-sharing", "padded"), ("gemma4-k-eq-v-moe", "padded"),
-                                            ("ovis2", "padded")])
+                                            ("ovis2", "padded"),
+                                            ("exaone4.5", "padded"), ("hunyuan-vl", "padded"),
+                                            ("deepseek-vl-hybrid", "padded"), ("got-ocr2", "padded"),
+                                            ("llama4", "padded"), ("molmo2", "padded")])
 def test_generate_without_kv_cache_matches(case_id, batch):
     """With and without our KV cache, and HF's generate; the window case generates beyond its window.
     Without the cache every step reruns the whole prompt, so 6 tokens (greedy: the start of the 10)."""

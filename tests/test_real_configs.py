@@ -37,11 +37,15 @@ TABLE_END = "<!-- end of real-configs table -->"
 #: moving its configs to the "unsupported" cases); every other architecture goes by the converter registry
 MUST_BE_SUPPORTED = {"Cohere2VisionForConditionalGeneration", "Gemma3ForConditionalGeneration", "Idefics2ForConditionalGeneration",
                      "Idefics3ForConditionalGeneration", "InternVLForConditionalGeneration", "Lfm2VlForConditionalGeneration",
-                     "LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
-                     "Mistral3ForConditionalGeneration", "MllamaForConditionalGeneration", "PaliGemmaForConditionalGeneration",
+                     "Llama4ForConditionalGeneration", "LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                     "Mistral3ForConditionalGeneration", "MllamaForConditionalGeneration", "Molmo2ForConditionalGeneration",
+                     "PaliGemmaForConditionalGeneration",
                      "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                      "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
-                     "SmolVLMForConditionalGeneration", "Ovis2ForConditionalGeneration"}
+                     "SmolVLMForConditionalGeneration", "Ovis2ForConditionalGeneration",
+                     "Exaone4_5_ForConditionalGeneration", "HunYuanVLForConditionalGeneration",
+                     "Gemma4ForConditionalGeneration", "Qwen3_5ForConditionalGeneration",
+                     "Qwen3_5MoeForConditionalGeneration", "Glm4vMoeForConditionalGeneration"}
 
 
 def _architecture(path: Path) -> str:

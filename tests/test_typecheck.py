@@ -69,7 +69,11 @@ SCRIPT = textwrap.dedent(
     from tests import tiny_gemma3 as tg3, tiny_qwen3vl as tq3, tiny_internvl as tiv, tiny_idefics2 as ti2
     from tests import tiny_paligemma as tpg, tiny_llava_like as tll, tiny_cohere as tco
     from tests import tiny_qwen35 as tq35, tiny_lfm2vl as tlv, tiny_mllama as tml, tiny_gemma4 as tg4, tiny_glm4v as tgl
+    from tests import tiny_llama4 as tl4
     from tests import tiny_ovis2 as tov
+    from tests import tiny_exaone45 as tex, tiny_hunyuanvl as thy
+    from tests import tiny_sam as tsam
+    from tests import tiny_molmo2 as tm2
 
     def built(factory):  # a cached tests/tiny*.py factory -> a case (folder, hf, inputs)
         def case():
@@ -90,13 +94,16 @@ SCRIPT = textwrap.dedent(
               "internvl": built(tiv.internvl), "idefics2": ti2.idefics2_case, "paligemma": tpg.paligemma_case,
               "vipllava": built(tll.vipllava), "granite_vision": built(tll.granite_vision),
               "lighton_ocr": built(tll.lighton_ocr), "llava_next_video": built(tll.llava_next_video),
-              "deepseek_vl": built(tll.deepseek_vl),
+              "deepseek_vl": built(tll.deepseek_vl), "deepseek_vl_hybrid": built(tsam.deepseek_vl_hybrid),
+              "got_ocr2": built(tsam.got_ocr2),
               "aya_vision": built(tco.aya), "cohere2_vision": built(tco.cohere2_vision),
               "qwen3_5": built(tq35.qwen35), "qwen3_5_moe": built(lambda: tq35.qwen35(moe=True)),
               "lfm2_vl": built(tlv.lfm2vl), "mllama": built(tml.mllama),
               "gemma4": built(lambda: tg4.gemma4("k_eq_v_moe")),
               "glm4v": built(tgl.glm4v), "glm4v_moe": built(tgl.glm4v_moe), "glm46v": built(tgl.glm46v),
-              "ovis2": built(tov.ovis2)}}
+              "ovis2": built(tov.ovis2),
+              "exaone4_5": built(tex.exaone45), "hunyuan_vl": built(thy.hunyuanvl),
+              "llama4": built(tl4.llama4_vlm), "molmo2": built(tm2.molmo2)}}
     models = {{}}
     for fam, case in cases.items():
         folder, hf, inputs = case()

@@ -232,6 +232,8 @@ def pattern_hooks(model: Any) -> list:
 def hf_final_norm(hf: Any) -> Any:
     """HF's final norm of the language model (its input is the last block's output)."""
     decoder = hf.get_decoder()
+    if not hasattr(decoder, "norm") and hasattr(getattr(decoder, "model", None), "norm"):
+        decoder = decoder.model  # Llama 4's get_decoder() is the Llama4ForCausalLM, its text model inside
     norm = getattr(decoder, "norm", None)
     if norm is None:  # LFM2 names its final norm embedding_norm
         norm = getattr(decoder, "embedding_norm", None)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tests import tiny
+from tests.tiny_internvl import prompts  # the same random word prompts
 
 VOCAB = tiny.VOCAB  # 120
 PAD, BOS, EOS = 0, 1, 2
@@ -93,12 +94,6 @@ def make_ovis2(folder: Path | None = None, seed: int = 0, text: dict | None = No
     model.save_pretrained(folder)
     processor().save_pretrained(folder)
     return folder, model
-
-
-def prompts(n: int, seed: int = 0) -> list[str]:
-    words = tiny.WORDS[2:]
-    g = torch.Generator().manual_seed(seed)
-    return [" ".join(words[i] for i in torch.randint(0, len(words), (k,), generator=g).tolist()) for k in (n, 2, 4)]
 
 
 def batch(proc: Any, images: list[list[tuple[int, int]]], seed: int = 0) -> dict:

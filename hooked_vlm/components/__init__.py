@@ -23,6 +23,10 @@ VISION_KINDS = {
     "siglip2_naflex": "hooked_vlm.components.naflex_vision:NaFlexVisionTower",
     "tiled_vit": "hooked_vlm.components.tiled_vision:TiledVisionTower",
     "gemma4_vit": "hooked_vlm.components.gemma4_vision:Gemma4VisionTower",
+    "hunyuan_vit": "hooked_vlm.components.hunyuan_vision:GridPositionViT",
+    "sam_vit": "hooked_vlm.components.sam_vision:SamVisionTower",
+    "hybrid_vit": "hooked_vlm.components.hybrid_vision:HybridVisionTower",
+    "vit_rope2d": "hooked_vlm.components.rope2d_vision:Rope2DVisionTower",
 }
 PROJECTOR_KINDS = {
     "mlp": "hooked_vlm.components.projector:MLPProjector",
@@ -38,6 +42,10 @@ PROJECTOR_KINDS = {
     "perceiver_resampler": "hooked_vlm.components.perceiver_resampler:PerceiverResamplerProjector",
     "pixel_unshuffle_mlp": "hooked_vlm.components.pixel_unshuffle_projector:PixelUnshuffleProjector",
     "visual_embedding_table": "hooked_vlm.components.visual_embedding_projector:VisualEmbeddingProjector",
+    "conv_merger": "hooked_vlm.components.conv_merger:ConvMerger",
+    "hybrid_aligner": "hooked_vlm.components.hybrid_aligner:HybridAligner",
+    "conv_downsample": "hooked_vlm.components.conv_projector:ConvDownsampleProjector",
+    "attention_pool": "hooked_vlm.components.attention_pool:AttentionPoolProjector",
 }
 
 

@@ -14,6 +14,8 @@ Gemma 4: ``k_eq_v`` layers have no v_proj (v is k_proj's output, taken before ho
 hook_v values only); ``cfg.v_norm`` normalises each value head (weightless RMS) after hook_v; a KV-sharing layer
 (``shares_kv``) has no k / v projections or hooks: its state is the source layer's LayerKVCache, whose keys (after
 the source's norm and RoPE) and values it reads, so an edit at the source's hook_k / hook_v reaches it too.
+HunYuan: ``cfg.qk_norm_after_rope`` moves the q / k norms (``cfg.qk_norm``) after RoPE (``q_norm.hook_normalized`` then
+reads the rotated heads; ``hook_rot_q`` / ``hook_rot_k`` come first).
 Llama 4: ``cfg.qk_l2_norm_after_rope`` divides each rotated head of q and k by its RMS (no weight; rotary layers only;
 ``hook_l2_q`` / ``hook_l2_k``); ``cfg.attn_temperature_floor`` multiplies the queries of NoPE layers by a factor growing
 with the absolute position (``hook_q_temperature`` [batch, pos]), as HF's Llama4TextAttention.
@@ -136,10 +138,8 @@ class Attention(nn.Module):
             k_raw = self.k_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head)
             v_raw = k_raw if self.v_proj is None else self.v_proj(x).view(b, q_len, cfg.n_key_value_heads, cfg.d_head)
             k, v = self.hook_k(k_raw), self.hook_v(v_raw)
-        if self.q_norm is not None:
-            q = self.q_norm(q)
-        if self.k_norm is not None:
-            k = self.k_norm(k)
+        if not cfg.qk_norm_after_rope:
+            q, k = self._qk_norms(q, k)
         if self.v_norm is not None:
             v = self.v_norm(v)
         rotate = rotary is not None and self.use_rope  # a NoPE layer ignores a table handed to every layer (memory.py)
@@ -148,6 +148,8 @@ class Attention(nn.Module):
             q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
             if k is not None:
                 k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_interleaved, cfg.rope_axes))
+        if cfg.qk_norm_after_rope:  # HunYuan: the q / k norms read the rotated heads
+            q, k = self._qk_norms(q, k)
         if self.l2_qk:  # HF Llama4TextL2Norm: x * rsqrt(mean(x^2) + eps) in float32, no weight
             q = self.hook_l2_q(_l2_norm(q, cfg.norm_eps))
             if k is not None:
@@ -179,6 +181,14 @@ class Attention(nn.Module):
             z = z * torch.sigmoid(gate)
         z = self.hook_z(z)
         return self.o_proj(z.reshape(b, q_len, cfg.n_heads * cfg.d_head))
+
+    def _qk_norms(self, q: torch.Tensor, k: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q / k through their per-head norms (those that exist); before RoPE, or after it (cfg.qk_norm_after_rope)."""
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None and k is not None:
+            k = self.k_norm(k)
+        return q, k
 
     def _fast_attention(self, q, k, v, mask: AttentionMask, allowed: torch.Tensor | None) -> torch.Tensor:
         kwargs = {}

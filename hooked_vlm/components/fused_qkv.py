@@ -38,8 +38,10 @@ class RowSlice(nn.Module):
 
 
 class FusedQKVAttention(Attention):
-    def __init__(self, cfg: TowerConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: TowerConfig, **options: bool):  # options: Attention's use_rope / k_eq_v / shares_kv
+        if options.get("k_eq_v") or options.get("shares_kv"):
+            raise ValueError("a fused qkv projection with k_eq_v or KV sharing is not implemented")
+        super().__init__(cfg, **options)
         q, kv = cfg.n_heads * cfg.d_head, cfg.n_key_value_heads * cfg.d_head
         del self.q_proj, self.k_proj, self.v_proj
         self.qkv = nn.Linear(cfg.d_model, q + 2 * kv, bias=cfg.attn_bias)  # weight [(q k v), d_model]

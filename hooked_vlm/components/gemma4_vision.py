@@ -28,6 +28,7 @@ from ..hook_points import HookPoint
 from .block import TransformerBlock
 from .masks import AttentionMask
 from .norms import UnitRMSNorm
+from .rope import axis_inv_freq
 
 
 class Gemma4VisionTower(nn.Module):
@@ -52,9 +53,7 @@ class Gemma4VisionTower(nn.Module):
 
     def reset_buffers(self) -> None:
         """(Re)compute the rotary table; called again after a model built on 'meta' is materialised."""
-        half = self.cfg.tower.d_head // 2
-        with torch.device("cpu"):
-            inv_freq = 1.0 / (float(self.cfg.extra["rope_theta"]) ** (torch.arange(0, half, 2, dtype=torch.float) / half))
+        inv_freq = axis_inv_freq(self.cfg.tower.d_head, float(self.cfg.extra["rope_theta"]))
         if self.inv_freq.device.type != "meta":
             self.inv_freq = inv_freq.to(self.inv_freq.device)
 

@@ -6,6 +6,10 @@
   directions (HF Gemma 3). The image of each position comes from the spans (``image.{i}``); the block is
   OR-ed onto the causal mask before a sliding window is applied (HF: ``AND(window, OR(causal, block))``).
 
+- ``"marked_block"``: the positions whose ``mask_policy_input`` (``mm_token_type_ids``) is 1 form ONE bidirectional
+  block (HF Molmo 2: every image token and image marker of the item, across its images); the rest is causal. As HF,
+  only on a forward without a filled KV cache, and OR-ed on after a sliding window.
+
 - ``"prefix"``: prefix-LM (HF PaliGemma): the positions whose ``mask_policy_input`` (``token_type_ids``) is 0 --
   image + prefix text, as the processor marks them -- form one block that attends to itself in both directions; the
   suffix (1) is causal. Positions beyond the given ids (generated tokens) are suffix. As in HF the block is OR-ed on
@@ -53,6 +57,30 @@ def prefix_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], pa
     return blocks
 
 
+def marked_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], past: int) -> torch.Tensor | None:
+    """[batch, k_len]: 0 where mask_policy_input is 1 (HF Molmo 2: every image token and marker), -1 elsewhere and
+    after the given ids; None without that input or with a filled KV cache (HF builds the block on the prefill only).
+    Every image token must be marked (the block is read from the input, the image features from the spans)."""
+    marks = inputs.get(cfg.mask_policy_input)
+    if marks is None or past > 0:
+        return None
+    marks = torch.as_tensor(marks).to(spans.grid.device)
+    n, k_len = marks.shape[-1], spans.seq_len
+    if marks.ndim != 2 or marks.shape[0] != spans.batch or n > k_len:
+        raise ValueError(f"{cfg.mask_policy_input} has shape {tuple(marks.shape)}; expected [batch, pos] like "
+                         f"input_ids ({spans.batch}, {k_len})")
+    if not bool(((marks == 0) | (marks == 1)).all()):
+        raise ValueError(f"{cfg.mask_policy_input} must be 0 (text: causal) or 1 (image tokens and markers: one "
+                         f"bidirectional block); got the values {sorted(set(marks.flatten().tolist()))}")
+    image = spans.mask("image")[:, :n]
+    if bool((image & (marks != 1)).any()):
+        raise ValueError(f"{cfg.mask_policy_input} leaves image tokens unmarked (it must be 1 at every image token and "
+                         "marker); pass the processor's output unchanged or omit it for a causal mask")
+    blocks = torch.full((spans.batch, k_len), -1, dtype=torch.long, device=marks.device)
+    blocks[:, :n] = torch.where(marks == 1, 0, -1)
+    return blocks
+
+
 def policy_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], past: int = 0) -> torch.Tensor | None:
     """Bidirectional blocks of this forward, or None when the policy adds none.
 
@@ -64,6 +92,8 @@ def policy_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], pa
         return None
     if cfg.mask_policy == "prefix":
         return prefix_block_ids(cfg, spans, inputs, past)
+    if cfg.mask_policy == "marked_block":
+        return marked_block_ids(cfg, spans, inputs, past)
     if cfg.mask_policy_input is not None:
         marks = inputs.get(cfg.mask_policy_input)
         if marks is None:
@@ -85,7 +115,7 @@ def policy_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], pa
 def layer_masks(cfg: TowerConfig, base: AttentionMask, block_ids: torch.Tensor | None) -> list[AttentionMask]:
     """One mask per layer; with no layer_types and no blocks every layer gets ``base`` itself."""
     mask = base if block_ids is None else dataclasses.replace(base, block_ids=block_ids,
-                                                             block_after_window=cfg.mask_policy == "prefix")
+                                                             block_after_window=cfg.mask_policy in ("prefix", "marked_block"))
     if cfg.layer_types is None:
         return [mask] * cfg.n_layers
     kinds = cfg.mask_policy_layer_types  # None: the blocks on every layer kind (Gemma 4: sliding layers only)

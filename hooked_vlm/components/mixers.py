@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import LAYER_TYPES, TowerConfig
 from .attention import Attention, LayerKVCache
+from .fused_qkv import FusedQKVAttention
 from .gated_deltanet import GatedDeltaNet, RecurrentState
 
 
@@ -69,8 +70,9 @@ def layer_kinds(cfg: TowerConfig) -> tuple[str, ...]:
 def _attention(cfg: TowerConfig, layer: int) -> nn.Module:
     """use_rope False: a NoPE layer (Cohere2's full layers); the layer kind's geometry (Gemma 4 global layers: their
     own d_head / kv heads, k_eq_v); shares_kv: a KV-sharing layer (Gemma 4), reading kv_source(layer)'s state."""
-    return Attention(cfg.attention_cfg(layer), use_rope=cfg.layer_uses_rope(layer),
-                     k_eq_v=layer_kind(cfg, layer) in cfg.k_eq_v_layer_types, shares_kv=cfg.kv_source(layer) is not None)
+    cls = FusedQKVAttention if cfg.fused_qkv else Attention  # fused_qkv: one qkv Linear, q/k/v_proj its row views
+    return cls(cfg.attention_cfg(layer), use_rope=cfg.layer_uses_rope(layer),
+               k_eq_v=layer_kind(cfg, layer) in cfg.k_eq_v_layer_types, shares_kv=cfg.kv_source(layer) is not None)
 
 
 # chunked_attention (Llama 4): the same Attention class; its chunked mask comes from mask_policy.layer_masks
@@ -83,3 +85,11 @@ from .short_conv import ConvState, ShortConv  # noqa: E402  (LFM2 short convolut
 register_mixer("conv", "conv", lambda cfg, layer: ShortConv(cfg), ConvState)
 
 from . import cross_attention  # noqa: E402,F401  (Mllama cross-attention registers itself in its module)
+
+from .rel_pos_attention import RelPosAttention  # noqa: E402  (SAM's windowed / global encoder attention)
+
+# encoder-only mixers (vision towers, which run without a KV cache; the mixer raises if given a state)
+register_mixer("window_rel_pos_attention", "attn", lambda cfg, layer: RelPosAttention(cfg, windowed=True),
+               LayerKVCache, attention=True)
+register_mixer("global_rel_pos_attention", "attn", lambda cfg, layer: RelPosAttention(cfg, windowed=False),
+               LayerKVCache, attention=True)

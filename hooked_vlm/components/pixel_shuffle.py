@@ -7,7 +7,9 @@ connector and InternVL's ``pixel_shuffle`` with ``downsample_ratio = 1 / scale``
 the shuffled features, eps ``extra["norm_eps"]``) -> ``linear_1`` -> activation -> ``linear_2`` (InternVL);
 ``"swiglu"`` = optional ``ln`` (``extra["norm"]``, default True) -> ``linear_1`` to ``extra["d_hidden"]`` -> its two
 halves ``(x, gate)`` -> ``act(gate) * x`` -> ``linear_2`` from ``d_hidden / 2`` (Aya Vision with the norm, Cohere2
-Vision without; HF's ``hidden_states.chunk(2, dim=-1)`` order: the FIRST half is x, the second the gate).
+Vision without; HF's ``hidden_states.chunk(2, dim=-1)`` order: the FIRST half is x, the second the gate);
+``"adapter"`` = ``linear_1`` to ``extra["d_hidden"]`` -> activation -> ``linear_2`` (d_hidden -> d_hidden) -> activation
+(``hook_adapter_out``) -> ``proj`` to d_out, no norm (Llama 4's vision_adapter then multi_modal_projector).
 """
 
 from __future__ import annotations
@@ -38,10 +40,18 @@ class PixelShuffleProjector(nn.Module):
         self.scale = cfg.extra["scale_factor"]
         d_shuffled = cfg.d_in * self.scale**2
         mlp = cfg.extra.get("mlp", False)
-        if mlp not in (False, True, "swiglu"):
-            raise ValueError(f"pixel_shuffle projector: extra['mlp'] must be False, True or 'swiglu', got {mlp!r}")
-        self.mlp, self.swiglu = bool(mlp), mlp == "swiglu"
-        if self.swiglu:
+        if mlp not in (False, True, "swiglu", "adapter"):
+            raise ValueError(f"pixel_shuffle projector: extra['mlp'] must be False, True, 'swiglu' or 'adapter', got "
+                             f"{mlp!r}")
+        self.mlp, self.swiglu, self.adapter = bool(mlp), mlp == "swiglu", mlp == "adapter"
+        if self.adapter:
+            d_hidden = cfg.extra["d_hidden"]
+            self.linear_1 = nn.Linear(d_shuffled, d_hidden, bias=cfg.bias)
+            self.act = ACT2FN[cfg.act_fn]
+            self.linear_2 = nn.Linear(d_hidden, d_hidden, bias=cfg.bias)
+            self.proj = nn.Linear(d_hidden, cfg.d_out, bias=cfg.bias)
+            self.hook_adapter_out = HookPoint()  # [image, image_token, d_hidden]
+        elif self.swiglu:
             d_hidden = cfg.extra["d_hidden"]
             if d_hidden % 2:
                 raise ValueError(f"pixel_shuffle projector: a SwiGLU's d_hidden={d_hidden} must be even (two halves)")
@@ -61,6 +71,9 @@ class PixelShuffleProjector(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = pixel_shuffle(self.hook_in(features), self.scale)  # [image, image_token, d_vision * scale**2]
+        if self.adapter:
+            x = self.hook_adapter_out(self.act(self.linear_2(self.act(self.linear_1(x)))))
+            return self.hook_out(self.proj(x))
         if self.swiglu:
             x, gate = self.linear_1(x if self.ln is None else self.ln(x)).chunk(2, dim=-1)
             return self.hook_out(self.linear_2(self.act(gate) * x))

@@ -86,14 +86,25 @@ class Rotary(nn.Module):
                 f"{rope_parameters['rope_type']!r} RoPE: HF rescales the rotary frequencies with the sequence length "
                 "there (dynamic NTK), which is not implemented; keep prompt + generation under that length")
         freqs = position_ids[..., None].float() * self.inv_freq.float().to(position_ids.device)
-        if position_ids.ndim == 3:
-            rope = self._args[0]
-            select = mrope_interleave if rope.get("mrope_interleaved") else mrope_select
-            freqs = select(freqs, rope.get("mrope_section"))
-        emb = freqs.repeat_interleave(2, dim=-1) if self.interleaved else torch.cat((freqs, freqs), dim=-1)
+        rope = self._args[0]
+        if position_ids.ndim == 3 and rope.get("mrope_layout") == "doubled":  # any number of axes (HunYuan xdrope)
+            emb = mrope_doubled(torch.cat((freqs, freqs), dim=-1), rope.get("mrope_section"))
+        else:
+            if position_ids.ndim == 3:
+                select = mrope_interleave if rope.get("mrope_interleaved") else mrope_select
+                freqs = select(freqs, rope.get("mrope_section"))
+            emb = freqs.repeat_interleave(2, dim=-1) if self.interleaved else torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.scaling).to(dtype)
         sin = (emb.sin() * self.scaling).to(dtype)
         return cos[:, :, None, :], sin[:, :, None, :]
+
+
+def axis_inv_freq(d_head: int, theta: float) -> torch.Tensor:
+    """Frequencies of one axis of a 2-D vision rotary (Gemma 4's and Llama 4's towers): ``d_head // 4`` of them,
+    ``theta ** (-2i / (d_head / 2))``, computed on the CPU in float32 (also for a model built on 'meta')."""
+    half = d_head // 2
+    with torch.device("cpu"):
+        return 1.0 / (theta ** (torch.arange(0, half, 2, dtype=torch.float) / half))
 
 
 def mrope_select(freqs: torch.Tensor, section: Any) -> torch.Tensor:
@@ -104,6 +115,20 @@ def mrope_select(freqs: torch.Tensor, section: Any) -> torch.Tensor:
         raise ValueError(f"mrope_section {list(section)} must sum to d_head // 2 = {freqs.shape[-1]} "
                          f"and positions must be [3, batch, pos]; got {tuple(freqs.shape[:-1])}")
     return torch.cat([chunk[i % 3] for i, chunk in enumerate(freqs.split(list(section), dim=-1))], dim=-1)
+
+
+def mrope_doubled(emb: torch.Tensor, section: Any) -> torch.Tensor:
+    """``rope_parameters["mrope_layout"] == "doubled"`` (HunYuan's xdrope, ``recomposition_frequencies``): emb [axes,
+    batch, pos, d_head] (the frequencies concatenated twice, the rotate-half table of every axis) -> [batch, pos,
+    d_head]: consecutive runs of 2 * section[i] channels of the whole table follow axis i % axes. With 4 axes and equal
+    sections the two halves of a rotated pair follow different axes (e.g. sequence position and image row)."""
+    if not section or emb.shape[0] != len(section):
+        raise ValueError(f"mrope_layout 'doubled' needs positions [len(mrope_section), batch, pos]; got section "
+                         f"{section!r} and positions {tuple(emb.shape[:-1])}")
+    if 2 * sum(section) != emb.shape[-1]:
+        raise ValueError(f"mrope_section {list(section)} must sum to d_head // 2 = {emb.shape[-1] // 2}")
+    n = len(section)
+    return torch.cat([chunk[i % n] for i, chunk in enumerate(emb.split([2 * s for s in section], dim=-1))], dim=-1)
 
 
 def mrope_interleave(freqs: torch.Tensor, section: Any) -> torch.Tensor:
@@ -139,8 +164,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     ``Rotary(..., interleaved=True)``. Partial rotary (rotary_dim < d_head, Qwen3.5's ``partial_rotary_factor``):
     the first rotary_dim channels are turned (rotate-half within them), the rest pass. ``axes`` > 1
     (``TowerConfig.rope_axes``, Gemma 4's vision tower): x and the tables split into that many equal parts, each
-    rotated on its own (HF's apply_multidimensional_rope)."""
-    if axes > 1:
+    rotated on its own (HF's apply_multidimensional_rope). With ``interleaved`` (even, odd) pairs never cross the
+    parts' borders (each part even-wide), so the whole head is turned at once with the parts' tables side by side."""
+    whole = interleaved and (x.shape[-1] // axes) % 2 == 0 and cos.shape[-1] == x.shape[-1]
+    if axes > 1 and not whole:
         parts = zip(x.chunk(axes, -1), cos.chunk(axes, -1), sin.chunk(axes, -1))
         return torch.cat([apply_rotary(p, c, s, interleaved) for p, c, s in parts], dim=-1)
     rotate = rotate_interleaved if interleaved else rotate_half

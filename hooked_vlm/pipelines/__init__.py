@@ -21,3 +21,6 @@ from . import naflex  # noqa: F401,E402
 from . import cross_tiles  # noqa: F401,E402
 from . import gemma4  # noqa: F401,E402
 from . import thumbnail_grid  # noqa: F401,E402
+from . import grid_rows  # noqa: F401,E402
+from . import sam  # noqa: F401,E402
+from . import pooled_windows  # noqa: F401,E402
