@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hooked_vlm.analysis.graph.graph import influence, normalize_rows
+from hooked_vlm.analysis.graph.graph import influence, normalize_rows, partial_influences
 from tests.test_attribution_graph import graph_of
 
 
@@ -60,3 +60,37 @@ def test_inputs_on_the_image_grid():
     share = g.input_share(image)
     assert 0.0 < share < 1.0
     assert abs(share + g.input_share(torch.tensor([p for p in range(g.n_pos) if p not in set(image.tolist())])) - 1) <= 1e-6
+
+
+def _dense_partial_influences(rows, logit_weights, order):
+    """The ranking written out on the stacked rows: w pushed through the normalised rows, a visited feature's share
+    passed on through its own row, until nothing moves."""
+    a = normalize_rows(rows).double()
+    n_logits = len(logit_weights)
+    prod = torch.zeros(rows.shape[0], dtype=torch.float64)
+    prod[:n_logits] = logit_weights.double()
+    total = torch.zeros(rows.shape[1], dtype=torch.float64)
+    while bool(prod.any()):
+        col = prod @ a
+        total += col
+        prod = torch.zeros_like(prod)
+        for i, feature in enumerate(order):
+            prod[n_logits + i] = col[feature]
+    return total
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 64])
+def test_partial_influences_read_in_chunks_equal_the_dense_ranking(chunk_rows):
+    g = torch.Generator().manual_seed(0)
+    n_feat, n_other, order = 12, 9, [5, 0, 7, 3, 11]
+    # a DAG: feature order[i]'s row reads only features visited after it (and errors / inputs)
+    feat_rows = torch.zeros(len(order), n_feat + n_other)
+    for i, f in enumerate(order):
+        later = order[i + 1:]
+        feat_rows[i, later] = torch.randn(len(later), generator=g)
+        feat_rows[i, n_feat:] = torch.randn(n_other, generator=g)
+    logit_rows = torch.randn(2, n_feat + n_other, generator=g)
+    weights = torch.tensor([0.7, 0.3])
+    got = partial_influences([logit_rows, feat_rows], weights, order, chunk_rows=chunk_rows)
+    want = _dense_partial_influences(torch.cat([logit_rows, feat_rows]), weights, order)
+    assert (got.double() - want).abs().max() <= 1e-6 * float(want.abs().max())

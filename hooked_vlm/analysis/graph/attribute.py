@@ -152,7 +152,7 @@ def attribution_graph(model: Any, inputs: dict, transcoders: Any, target: Any = 
         if n_keep == n_active:
             pending = torch.arange(n_active)
         else:
-            infl = partial_influences(torch.cat([logit_rows, feat_rows[: len(order)]]), targets.weights, order)
+            infl = partial_influences([logit_rows, feat_rows[: len(order)]], targets.weights, order)
             rank = torch.argsort(infl[:n_active].cpu(), descending=True)
             pending = rank[~visited[rank]][: min(update_interval * batch_size, n_keep - len(order))]
         for chunk in torch.split(pending, batch_size):

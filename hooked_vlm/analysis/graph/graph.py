@@ -60,20 +60,32 @@ def influence(adjacency: Tensor, weights: Tensor, max_iter: int = 1000) -> Tenso
     raise RuntimeError(f"influence did not converge in {max_iter} steps: the adjacency has a cycle")
 
 
-def partial_influences(rows: Tensor, logit_weights: Tensor, feature_order: Sequence[int]) -> Tensor:
-    """Influence on the logits of every source column, from the rows computed so far (logit rows first, then the
-    feature rows of ``feature_order``): circuit-tracer's greedy ranking of the features still to visit."""
-    a = normalize_rows(rows)
+def partial_influences(blocks: Sequence[Tensor], logit_weights: Tensor, feature_order: Sequence[int],
+                       chunk_rows: int = 64) -> Tensor:
+    """Influence on the logits of every source column, from the rows computed so far: circuit-tracer's greedy ranking
+    of the features still to visit. ``blocks`` are those rows, read as one matrix stacked along dim 0 (logit rows
+    first, then the feature rows of ``feature_order``) but never copied into one: each pass reads them ``chunk_rows``
+    at a time, so memory stays one chunk above the rows themselves (the rows of a big prompt are gigabytes)."""
+    pieces = [b[i:i + chunk_rows] for b in blocks for i in range(0, b.shape[0], chunk_rows)]  # views
+    n_rows, n_cols = sum(p.shape[0] for p in pieces), pieces[0].shape[1]
+    device, dtype = pieces[0].device, pieces[0].dtype
+    # prod @ normalize_rows(rows) = (prod / |row| sums) @ |rows|
+    inv_sums = torch.cat([p.abs().sum(1).clamp(min=1e-10).reciprocal() for p in pieces])
     n_logits = len(logit_weights)
-    row_of_col = torch.full((rows.shape[1],), -1, dtype=torch.long, device=rows.device)
-    row_of_col[torch.as_tensor(list(feature_order), dtype=torch.long, device=rows.device)] = torch.arange(
-        n_logits, n_logits + len(feature_order), device=rows.device)
+    row_of_col = torch.full((n_cols,), -1, dtype=torch.long, device=device)
+    row_of_col[torch.as_tensor(list(feature_order), dtype=torch.long, device=device)] = torch.arange(
+        n_logits, n_logits + len(feature_order), device=device)
     has = torch.nonzero(row_of_col >= 0)[:, 0]
-    prod = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
-    prod[:n_logits] = logit_weights.to(rows.dtype)
-    total = torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
-    for _ in range(rows.shape[0] + 1):
-        col = prod @ a  # influence reaching each source column
+    prod = torch.zeros(n_rows, dtype=dtype, device=device)
+    prod[:n_logits] = logit_weights.to(dtype)
+    total = torch.zeros(n_cols, dtype=dtype, device=device)
+    for _ in range(n_rows + 1):
+        scaled, col, start = prod * inv_sums, torch.zeros(n_cols, dtype=dtype, device=device), 0
+        for piece in pieces:  # col = influence reaching each source column
+            part = scaled[start: start + piece.shape[0]]
+            if bool(part.any()):
+                col += part @ piece.abs()
+            start += piece.shape[0]
         total += col
         prod = torch.zeros_like(prod)
         prod[row_of_col[has]] = col[has]  # a visited feature passes its influence on through its own row
