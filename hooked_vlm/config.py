@@ -14,100 +14,10 @@ from typing import Any
 
 import torch
 
-
-NORM_PLACEMENTS = ("pre", "post_sublayer", "sandwich")
-MASK_POLICIES = ("causal", "causal+image_bidirectional", "prefix", "marked_block")
-#: token-mixer kinds a ``layer_types`` entry may name (components/mixers.py MIXERS maps each to its mixer class; a
-#: kind without a registered class is refused when the block is built)
-ATTENTION_LAYER_TYPES = ("sliding_attention", "full_attention", "chunked_attention")
-#: encoder self-attention with decomposed relative positions (SAM's ViT): inside non-overlapping windows, or over the
-#: whole patch grid (components/rel_pos_attention.py; TowerConfig.rel_pos_attention)
-REL_POS_LAYER_TYPES = ("window_rel_pos_attention", "global_rel_pos_attention")
-LAYER_TYPES = ATTENTION_LAYER_TYPES + ("linear_attention", "conv", "cross_attention") + REL_POS_LAYER_TYPES
-MLP_KINDS = ("dense", "moe")
-MOE_ROUTERS = ("softmax_topk", "sigmoid_grouped", "sigmoid_topk_input")
-
-
-@dataclass
-class LinearAttentionConfig:
-    """Gated DeltaNet token mixer (``linear_attention`` layers; Qwen3.5, Qwen3-Next): components/gated_deltanet.py."""
-
-    n_key_heads: int  # q / k heads; each serves n_value_heads // n_key_heads consecutive value heads
-    n_value_heads: int
-    d_key: int  # per-head q / k size
-    d_value: int  # per-head v size (and the recurrent state's second axis)
-    conv_kernel: int = 4  # the causal depthwise conv over q | k | v (it sees conv_kernel - 1 earlier positions)
-    act_fn: str = "silu"  # after the conv
-    norm_eps: float = 1e-6  # the gated RMSNorm over d_value
-    chunk_size: int = 64  # the chunked algorithm's block length (numbers agree with the recurrent one)
-
-    def __post_init__(self) -> None:
-        for name in ("n_key_heads", "n_value_heads", "d_key", "d_value", "conv_kernel", "chunk_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"LinearAttentionConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        if self.n_value_heads % self.n_key_heads:
-            raise ValueError(f"n_value_heads={self.n_value_heads} is not a multiple of n_key_heads={self.n_key_heads}")
-
-    @property
-    def conv_dim(self) -> int:  # channels of the causal conv: q | k | v
-        return 2 * self.n_key_heads * self.d_key + self.n_value_heads * self.d_value
-
-
-@dataclass
-class ShortConvConfig:
-    """Short causal convolution token mixer (``conv`` layers; LFM2): a gated depthwise conv of ``kernel`` taps."""
-
-    kernel: int
-    bias: bool = False  # on the in-projection, the conv and the out-projection
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.kernel, int) or self.kernel < 1:
-            raise ValueError(f"ShortConvConfig.kernel must be a positive int, got {self.kernel!r}")
-
-
-@dataclass
-class CrossAttentionConfig:
-    """Cross-attention token mixer (``cross_attention`` layers; Mllama): queries from the text stream, keys / values
-    from the projected image features (components/cross_attention.py)."""
-
-    n_heads: int
-    n_key_value_heads: int
-    d_head: int
-    qk_norm: str | None = None  # "RMS" | "LN": each head's q (over text) and k (over image keys) normed over d_head
-    qk_norm_eps: float = 1e-6
-    attn_bias: bool = False  # bias on q, k, v (and o)
-    # text rows whose cross-attention mask allows no image key (text before the first image): True = HF Mllama's
-    # "full text row" rule: such a row attends to EVERY key (its mask row is all True) and the layer's MLP output is
-    # zeroed at that row; False = such a row gets zeros from the attention and keeps its MLP output
-    empty_rows_attend_all: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("n_heads", "n_key_value_heads", "d_head"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"CrossAttentionConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        if self.n_heads % self.n_key_value_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}")
-        if self.qk_norm not in (None, "RMS", "LN"):
-            raise ValueError(f"CrossAttentionConfig.qk_norm must be None, 'RMS' or 'LN', got {self.qk_norm!r}")
-
-
-@dataclass
-class RelPosAttentionConfig:
-    """Encoder attention over a square patch grid with decomposed relative positions (SAM's ViT; the layer kinds of
-    ``REL_POS_LAYER_TYPES``): ``window_rel_pos_attention`` layers attend within non-overlapping ``window`` x ``window``
-    windows (the grid zero-padded to a multiple of ``window`` after the layer's input norm), ``global_rel_pos_attention``
-    layers over the whole ``grid`` x ``grid``. ``rel_pos``: each layer adds q . R_h[row_q - row_k] + q . R_w[col_q -
-    col_k] to the scores (tables of 2 * size - 1 rows, size = window or grid)."""
-
-    grid: int  # patches per side
-    window: int  # window side of the windowed layers
-    rel_pos: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("grid", "window"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"RelPosAttentionConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-
+from .config_checks import (ATTENTION_LAYER_TYPES, LAYER_TYPES, MASK_POLICIES, MLP_KINDS, MOE_ROUTERS,  # noqa: F401
+                            NORM_PLACEMENTS, REL_POS_LAYER_TYPES, check_tower)
+from .config_mixers import (CrossAttentionConfig, LinearAttentionConfig, RelPosAttentionConfig,  # noqa: F401
+                            ShortConvConfig)
 
 @dataclass
 class TowerConfig:
@@ -156,6 +66,9 @@ class TowerConfig:
     # forward input whose presence switches the policy on (HF Gemma 3: token_type_ids); None = always on.
     mask_policy: str = "causal"
     mask_policy_input: str | None = None
+    # "prefix" (PaliGemma's prefix-LM): positions whose mask_policy_input (token_type_ids) is 0 -- image + prefix text
+    # -- attend to each other in both directions; the rest (the suffix, type 1) is causal. The block is OR-ed on AFTER
+    # the sliding window (HF's block_sequence_ids), so the prefix sees all of itself on sliding layers too.
     # "marked_block" (HF Molmo 2): the positions whose mask_policy_input (mm_token_type_ids) is 1 -- every image token
     # AND marker of every image of the item -- form ONE block that attends to itself in both directions; the rest is
     # causal; only on a forward without a filled KV cache (HF: the prefill)
@@ -175,9 +88,6 @@ class TowerConfig:
     n_experts_per_tok: int = 0
     d_mlp_expert: int | None = None
     moe_layers: tuple[int, ...] | None = None
-    # "prefix" (PaliGemma's prefix-LM): positions whose mask_policy_input (token_type_ids) is 0 -- image + prefix text
-    # -- attend to each other in both directions; the rest (the suffix, type 1) is causal. The block is OR-ed on AFTER
-    # the sliding window (HF's block_sequence_ids), so the prefix sees all of itself on sliding layers too.
     # tanh soft-capping (Gemma 2): attention scores -> tanh(s / cap) * cap before the mask (forces the explicit
     # attention path: SDPA cannot cap), final logits -> tanh(l / cap) * cap; None = off
     attn_logit_softcap: float | None = None
@@ -213,6 +123,8 @@ class TowerConfig:
     # MoE router (components/moe_router.py): "softmax_topk" (softmax, top-k, renormalised) or "sigmoid_grouped"
     # (GLM-4.5 / DeepSeek-V3: sigmoid scores, choice biased by e_score_correction_bias among the moe_topk_group best of
     # moe_n_group groups, weights renormalised when moe_norm_topk_prob, times moe_routed_scaling)
+    # moe_router "sigmoid_topk_input" (Llama 4: top-k of the logits -> sigmoid -> each weight multiplies the chosen
+    # expert's INPUT, HF Llama4TextMoe; the experts are nonlinear, so it is another model than weighting the outputs)
     moe_router: str = "softmax_topk"
     moe_n_group: int = 1
     moe_topk_group: int = 1
@@ -259,6 +171,17 @@ class TowerConfig:
     # router of the form x -> proj(rms(x) * router_scale * d_model ** -0.5); chosen weights times per_expert_scale
     # (Gemma 4)
     router_norm_scale: bool = False
+    # chunked local attention (Llama 4 attention_chunk_size): on "chunked_attention" layers a query sees only the keys
+    # of its own chunk of this many positions (chunks counted from each row's first real token, as HF's left-padding
+    # offset), on top of the causal mask; shown at blocks.{l}.attn.hook_mask
+    attention_chunk_size: int | None = None
+    # L2 q/k norm (Llama 4 use_qk_norm): each head's q and k divided by their RMS over d_head (no weight, eps =
+    # norm_eps), AFTER RoPE and on rotary layers only, as HF's Llama4TextL2Norm; read at attn.hook_l2_q / hook_l2_k
+    qk_l2_norm_after_rope: bool = False
+    # attention temperature tuning on NoPE layers (Llama 4 attn_temperature_tuning): queries at absolute position p are
+    # multiplied by log1p(floor((p + 1) / attn_temperature_floor)) * attn_temperature_scale + 1; None = off
+    attn_temperature_floor: int | None = None
+    attn_temperature_scale: float = 0.0
 
     def attention_cfg(self, layer: int) -> "TowerConfig":
         """The config block ``layer``'s attention reads: this one, with its kind's d_head / n_key_value_heads."""
@@ -280,135 +203,9 @@ class TowerConfig:
                 return source
         raise ValueError(f"layer {layer} shares keys and values (kv_shared_layers={self.kv_shared_layers}) but no "
                          f"earlier layer of its kind {kind!r} computes them")
-    # chunked local attention (Llama 4 attention_chunk_size): on "chunked_attention" layers a query sees only the keys
-    # of its own chunk of this many positions (chunks counted from each row's first real token, as HF's left-padding
-    # offset), on top of the causal mask; shown at blocks.{l}.attn.hook_mask
-    attention_chunk_size: int | None = None
-    # L2 q/k norm (Llama 4 use_qk_norm): each head's q and k divided by their RMS over d_head (no weight, eps =
-    # norm_eps), AFTER RoPE and on rotary layers only, as HF's Llama4TextL2Norm; read at attn.hook_l2_q / hook_l2_k
-    qk_l2_norm_after_rope: bool = False
-    # attention temperature tuning on NoPE layers (Llama 4 attn_temperature_tuning): queries at absolute position p are
-    # multiplied by log1p(floor((p + 1) / attn_temperature_floor)) * attn_temperature_scale + 1; None = off
-    attn_temperature_floor: int | None = None
-    attn_temperature_scale: float = 0.0
-    # moe_router "sigmoid_topk_input" (Llama 4: top-k of the logits -> sigmoid -> each weight multiplies the chosen
-    # expert's INPUT, HF Llama4TextMoe; the experts are nonlinear, so it is another model than weighting the outputs)
 
     def __post_init__(self) -> None:
-        if self.d_head is None:
-            self.d_head = self.d_model // self.n_heads
-        if self.n_key_value_heads is None:
-            self.n_key_value_heads = self.n_heads
-        if self.n_heads % self.n_key_value_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}")
-        if self.norm_placement not in NORM_PLACEMENTS:
-            raise ValueError(f"norm_placement must be one of {NORM_PLACEMENTS}, got {self.norm_placement!r}")
-        if self.mask_policy not in MASK_POLICIES:
-            raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, got {self.mask_policy!r}")
-        if self.mask_policy != "causal" and not self.causal:
-            raise ValueError(f"mask_policy {self.mask_policy!r} widens a causal mask; this tower is not causal")
-        if self.mask_policy == "marked_block" and self.mask_policy_input is None:
-            raise ValueError("mask_policy 'marked_block' needs mask_policy_input (the input marking the block's "
-                             "positions with 1, e.g. 'mm_token_type_ids')")
-        if self.fused_qkv and self.attn_output_gate:
-            raise ValueError("fused_qkv with attn_output_gate is not implemented (the gate rows sit inside q_proj)")
-        if self.mask_policy == "prefix" and self.mask_policy_input is None:
-            raise ValueError("mask_policy 'prefix' needs mask_policy_input (the input marking prefix 0 / suffix 1, "
-                             "e.g. 'token_type_ids')")
-        for name in ("attn_logit_softcap", "final_logit_softcap"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be a positive number or None, got {getattr(self, name)!r}")
-        if self.layer_types is not None:
-            self.layer_types = tuple(self.layer_types)
-            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
-            if bad or len(self.layer_types) != self.n_layers:
-                raise ValueError(f"layer_types must list one of {LAYER_TYPES} per layer ({self.n_layers}); got "
-                                 f"{len(self.layer_types)} entries, unknown kinds {bad}")
-            if "sliding_attention" in self.layer_types and self.sliding_window is None:
-                raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
-            rotary_kinds = set(self.layer_types) & set(ATTENTION_LAYER_TYPES)
-            if self.layer_rope_parameters is not None and rotary_kinds - set(self.layer_rope_parameters):
-                raise ValueError(f"layer_rope_parameters has no entry for {sorted(rotary_kinds - set(self.layer_rope_parameters))}")
-            for kind, name in (("linear_attention", "linear_attention"), ("conv", "short_conv"),
-                               ("cross_attention", "cross_attention"),
-                               ("window_rel_pos_attention", "rel_pos_attention"),
-                               ("global_rel_pos_attention", "rel_pos_attention")):
-                if kind in self.layer_types and getattr(self, name) is None:
-                    raise ValueError(f"layer_types has {kind} layers but {name} is None: give TowerConfig.{name} "
-                                     f"(a {type(self).__name__} field describing that mixer)")
-        elif self.layer_rope_parameters is not None:
-            raise ValueError("layer_rope_parameters needs layer_types (which layers use which table)")
-        if self.mlp_kind not in MLP_KINDS:
-            raise ValueError(f"mlp_kind must be one of {MLP_KINDS}, got {self.mlp_kind!r}")
-        if self.mlp_kind == "moe":
-            if not 0 < self.n_experts_per_tok <= self.n_experts or not self.d_mlp_expert:
-                raise ValueError(f"mlp_kind='moe' needs 0 < n_experts_per_tok ({self.n_experts_per_tok}) <= n_experts "
-                                 f"({self.n_experts}) and d_mlp_expert ({self.d_mlp_expert})")
-            if self.moe_layers is not None:
-                self.moe_layers = tuple(self.moe_layers)
-                if any(not 0 <= l < self.n_layers for l in self.moe_layers):
-                    raise ValueError(f"moe_layers {self.moe_layers} must be layers of the {self.n_layers}-layer tower")
-        if not 0 <= self.deepstack_layers <= self.n_layers:
-            raise ValueError(f"deepstack_layers={self.deepstack_layers} must be between 0 and n_layers={self.n_layers}")
-        if self.qk_norm_after_rope and self.qk_norm is None:
-            raise ValueError("qk_norm_after_rope moves the q / k norms after RoPE, but qk_norm is None (no norms)")
-        if self.qk_norm_scope not in ("head", "all"):
-            raise ValueError(f"qk_norm_scope must be 'head' or 'all', got {self.qk_norm_scope!r}")
-        if self.residual_multiplier != 1.0 and self.norm_placement != "pre":
-            raise ValueError(f"residual_multiplier is implemented for pre-norm blocks only, not {self.norm_placement!r}")
-        if self.layer_scale and self.norm_placement != "pre":
-            raise ValueError(f"layer_scale is implemented for pre-norm blocks only, not norm_placement={self.norm_placement!r}")
-        if self.qk_norm_scope == "all" and self.qk_norm_per_head:
-            raise ValueError("qk_norm_scope='all' normalises all heads together; it cannot have per-head weights")
-        if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.d_head and self.rotary_dim % 2 == 0):
-            raise ValueError(f"rotary_dim={self.rotary_dim} must be an even number in (0, d_head={self.d_head}]")
-        if self.moe_router == "sigmoid_grouped" and (self.n_experts % self.moe_n_group
-                                                   or not 0 < self.moe_topk_group <= self.moe_n_group
-                                                   or self.n_experts_per_tok > self.moe_topk_group
-                                                   * (self.n_experts // self.moe_n_group)):
-            raise ValueError(f"moe_router={self.moe_router!r}: n_experts ({self.n_experts}) must split into "
-                             f"moe_n_group ({self.moe_n_group}) groups, 0 < moe_topk_group ({self.moe_topk_group}) <= "
-                             f"moe_n_group, and the kept groups must hold n_experts_per_tok ({self.n_experts_per_tok})")
-        if self.d_mlp_shared_expert is not None and self.mlp_kind != "moe":
-            raise ValueError("d_mlp_shared_expert is a shared expert beside routed experts: it needs mlp_kind='moe'")
-        if self.shared_expert_gate and self.d_mlp_shared_expert is None:
-            raise ValueError("shared_expert_gate needs a shared expert (d_mlp_shared_expert)")
-        if self.normalization_type not in ("RMS", "LN"):
-            raise ValueError(f"normalization_type must be 'RMS' or 'LN', got {self.normalization_type!r}")
-        self.tanh_gated_layers = tuple(self.tanh_gated_layers)
-        if any(not 0 <= l < self.n_layers for l in self.tanh_gated_layers):
-            raise ValueError(f"tanh_gated_layers {self.tanh_gated_layers} must be layers of the {self.n_layers}-layer tower")
-        if self.tanh_gated_layers and self.norm_placement != "pre":
-            raise ValueError("tanh_gated_layers are implemented for pre-norm blocks only")
-        if not self.norm_bias and self.normalization_type != "LN":
-            raise ValueError("norm_bias=False is a LayerNorm without bias; it needs normalization_type='LN' "
-                             f"(an RMS norm has no bias), got {self.normalization_type!r}")
-        if self.parallel_block and (self.norm_placement != "pre" or self.layer_scale):
-            raise ValueError("parallel_block is implemented for pre-norm blocks without layer scale, not "
-                             f"norm_placement={self.norm_placement!r}, layer_scale={self.layer_scale}")
-        if self.attention_chunk_size is not None and not (isinstance(self.attention_chunk_size, int)
-                                                           and self.attention_chunk_size > 0):
-            raise ValueError(f"attention_chunk_size must be a positive int or None, got {self.attention_chunk_size!r}")
-        if self.layer_types is not None and "chunked_attention" in self.layer_types and self.attention_chunk_size is None:
-            raise ValueError("layer_types has chunked_attention layers but attention_chunk_size is None")
-        if self.attn_temperature_floor is not None and not self.attn_temperature_floor > 0:
-            raise ValueError(f"attn_temperature_floor must be a positive number or None, got {self.attn_temperature_floor!r}")
-        if self.moe_router not in MOE_ROUTERS:
-            raise ValueError(f"moe_router must be one of {MOE_ROUTERS}, got {self.moe_router!r}")
-        if not self.logit_scale > 0:
-            raise ValueError(f"logit_scale must be a positive number, got {self.logit_scale!r}")
-        self.k_eq_v_layer_types = tuple(self.k_eq_v_layer_types)
-        if self.moe_beside_dense and (self.mlp_kind != "moe" or self.norm_placement != "sandwich"):
-            raise ValueError("moe_beside_dense adds routed experts beside the dense MLP of a sandwich-norm block: it "
-                             f"needs mlp_kind='moe' and norm_placement='sandwich', got {self.mlp_kind!r}, "
-                             f"{self.norm_placement!r}")
-        if not 0 <= self.kv_shared_layers < self.n_layers:
-            raise ValueError(f"kv_shared_layers={self.kv_shared_layers} must be in [0, n_layers={self.n_layers})")
-        for l in range(self.n_layers - self.kv_shared_layers, self.n_layers):
-            self.kv_source(l)  # raises when a sharing layer has no source
-        if (self.d_per_layer_input > 0) != (self.per_layer_vocab > 0):
-            raise ValueError(f"per-layer inputs need both d_per_layer_input ({self.d_per_layer_input}) and "
-                             f"per_layer_vocab ({self.per_layer_vocab}) > 0, or both 0")
+        check_tower(self)  # hooked_vlm/config_checks.py
 
     def layer_uses_rope(self, layer: int) -> bool:
         """Whether block ``layer`` rotates q and k: a rotary tower (any positional but "learned" / "none", e.g. Pixtral's
