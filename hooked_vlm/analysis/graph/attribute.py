@@ -175,11 +175,13 @@ def attribution_graph(model: Any, inputs: dict, transcoders: Any, target: Any = 
 
     # assemble: nodes = [kept features (layer, pos, feature order), errors (layer, pos), inputs (pos), logits]
     row_of = {node: i for i, node in enumerate(order)}
-    feat_rows = feat_rows[[row_of[i] for i in keep.tolist()]] if len(keep) else feat_rows
     cols = torch.cat([keep.to(logit_rows.device), torch.arange(n_active, n_src, device=logit_rows.device)])
     n_nodes = len(keep) + L * n_pos + n_pos + len(targets)
     adjacency = torch.zeros(n_nodes, n_nodes, dtype=logit_rows.dtype, device=logit_rows.device)
-    adjacency[: len(keep), : len(cols)] = feat_rows[:, cols]
+    if len(keep):  # the kept columns first (small), then the rows into node order: no copy of the full rows
+        rows_in_order = torch.tensor([row_of[i] for i in keep.tolist()], dtype=torch.long, device=feat_rows.device)
+        adjacency[: len(keep), : len(cols)] = feat_rows.index_select(1, cols)[rows_in_order]
+    del feat_rows
     adjacency[-len(targets):, : len(cols)] = logit_rows[:, cols]
     return AttributionGraph(
         adjacency=adjacency.cpu(), features=k.cpu(), activations=feat_vals[keep.to(feat_vals.device)].cpu(),
