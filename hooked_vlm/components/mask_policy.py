@@ -41,19 +41,31 @@ def image_block_ids(spans: Any) -> torch.Tensor:
 
 def prefix_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], past: int) -> torch.Tensor | None:
     """[batch, k_len]: 0 on the prefix (mask_policy_input == 0), -1 on the suffix and after the given ids."""
+    marks = _binary_marks(cfg, spans, inputs, past, "0 (prefix: bidirectional) or 1 (suffix: causal)")
+    return None if marks is None else _blocks(spans, marks, block_value=0)
+
+
+def _binary_marks(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], past: int, meaning: str
+                  ) -> torch.Tensor | None:
+    """The 0 / 1 input ``cfg.mask_policy_input`` [batch, n <= k_len], checked; None without it or with a filled KV
+    cache (the block policies apply on the prefill only)."""
     marks = inputs.get(cfg.mask_policy_input)
     if marks is None or past > 0:
         return None
     marks = torch.as_tensor(marks).to(spans.grid.device)
-    n, k_len = marks.shape[-1], spans.seq_len
-    if marks.ndim != 2 or marks.shape[0] != spans.batch or n > k_len:
+    if marks.ndim != 2 or marks.shape[0] != spans.batch or marks.shape[-1] > spans.seq_len:
         raise ValueError(f"{cfg.mask_policy_input} has shape {tuple(marks.shape)}; expected [batch, pos] like "
-                         f"input_ids ({spans.batch}, {k_len})")
+                         f"input_ids ({spans.batch}, {spans.seq_len})")
     if not bool(((marks == 0) | (marks == 1)).all()):
-        raise ValueError(f"{cfg.mask_policy_input} must be 0 (prefix: bidirectional) or 1 (suffix: causal); got the "
-                         f"values {sorted(set(marks.flatten().tolist()))}")
-    blocks = torch.full((spans.batch, k_len), -1, dtype=torch.long, device=marks.device)
-    blocks[:, :n] = torch.where(marks == 0, 0, -1)
+        raise ValueError(f"{cfg.mask_policy_input} must be {meaning}; got the values "
+                         f"{sorted(set(marks.flatten().tolist()))}")
+    return marks
+
+
+def _blocks(spans: Any, marks: torch.Tensor, block_value: int) -> torch.Tensor:
+    """[batch, k_len]: block 0 where ``marks == block_value``, -1 elsewhere and after the given ids."""
+    blocks = torch.full((spans.batch, spans.seq_len), -1, dtype=torch.long, device=marks.device)
+    blocks[:, :marks.shape[-1]] = torch.where(marks == block_value, 0, -1)
     return blocks
 
 
@@ -61,24 +73,15 @@ def marked_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], pa
     """[batch, k_len]: 0 where mask_policy_input is 1 (HF Molmo 2: every image token and marker), -1 elsewhere and
     after the given ids; None without that input or with a filled KV cache (HF builds the block on the prefill only).
     Every image token must be marked (the block is read from the input, the image features from the spans)."""
-    marks = inputs.get(cfg.mask_policy_input)
-    if marks is None or past > 0:
+    marks = _binary_marks(cfg, spans, inputs, past, "0 (text: causal) or 1 (image tokens and markers: one "
+                          "bidirectional block)")
+    if marks is None:
         return None
-    marks = torch.as_tensor(marks).to(spans.grid.device)
-    n, k_len = marks.shape[-1], spans.seq_len
-    if marks.ndim != 2 or marks.shape[0] != spans.batch or n > k_len:
-        raise ValueError(f"{cfg.mask_policy_input} has shape {tuple(marks.shape)}; expected [batch, pos] like "
-                         f"input_ids ({spans.batch}, {k_len})")
-    if not bool(((marks == 0) | (marks == 1)).all()):
-        raise ValueError(f"{cfg.mask_policy_input} must be 0 (text: causal) or 1 (image tokens and markers: one "
-                         f"bidirectional block); got the values {sorted(set(marks.flatten().tolist()))}")
-    image = spans.mask("image")[:, :n]
+    image = spans.mask("image")[:, :marks.shape[-1]]
     if bool((image & (marks != 1)).any()):
         raise ValueError(f"{cfg.mask_policy_input} leaves image tokens unmarked (it must be 1 at every image token and "
                          "marker); pass the processor's output unchanged or omit it for a causal mask")
-    blocks = torch.full((spans.batch, k_len), -1, dtype=torch.long, device=marks.device)
-    blocks[:, :n] = torch.where(marks == 1, 0, -1)
-    return blocks
+    return _blocks(spans, marks, block_value=1)
 
 
 def policy_block_ids(cfg: TowerConfig, spans: Any, inputs: Mapping[str, Any], past: int = 0) -> torch.Tensor | None:
