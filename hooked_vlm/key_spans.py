@@ -21,44 +21,28 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .spans import NamedMasks
+
 
 @dataclass
-class KeySpans:
+class KeySpans(NamedMasks):
     masks: dict[str, Tensor]
     grid: Tensor
     tile_grids: list[list[tuple[int, int]]]
     patch_grid: int  # patches per tile side
     per_tile: int  # keys per tile (class token + patch_grid ** 2)
 
-    @property
-    def batch(self) -> int:
-        return int(self.grid.shape[0])
+    _kind = "key span"
 
     @property
     def n_keys(self) -> int:
         return int(self.grid.shape[1])
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.masks)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.masks
-
-    def mask(self, name: str) -> Tensor:
-        if name not in self.masks:
-            raise KeyError(f"no key span named {name!r}; key spans of this input: {', '.join(self.names)}")
-        return self.masks[name]
 
     def select(self, items: list[int]) -> "KeySpans":
         """The key spans of batch items ``items`` (in that order): a batch slice of a cache slices its key axis alike."""
         idx = torch.as_tensor(items, dtype=torch.long, device=self.grid.device)
         return KeySpans({name: m[idx] for name, m in self.masks.items()}, self.grid[idx],
                         [self.tile_grids[i] for i in items], self.patch_grid, self.per_tile)
-
-    def positions(self, name: str, batch: int = 0) -> Tensor:
-        """Key indices of span ``name`` in batch item ``batch``."""
-        return self.mask(name)[batch].nonzero().flatten()
 
     def to_grid(self, values: Tensor, image: int = 0, batch: int = 0, tile: int | None = None) -> Tensor:
         """Per-key ``values`` ([key] or [key, ...]) of one image on its patch grid: one tile -> [grid, grid, ...];

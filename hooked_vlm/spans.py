@@ -67,8 +67,40 @@ class ImageLayout:
         return self.n_prefix + grid + self.n_suffix + len(self.newline_offsets or ())
 
 
+class NamedMasks:
+    """Accessors shared by :class:`TokenSpans` (the positions of a forward) and :class:`~hooked_vlm.key_spans.KeySpans`
+    (the cross-attention key axis): named bool masks ``masks[name]`` [batch, n] beside a ``grid`` [batch, n, ...]."""
+
+    masks: dict[str, Tensor]
+    grid: Tensor
+    _kind = "span"  # the word error messages use
+
+    @property
+    def batch(self) -> int:
+        return int(self.grid.shape[0])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.masks)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.masks
+
+    def mask(self, name: str) -> Bool[Tensor, "batch pos"]:
+        if name not in self.masks:
+            raise KeyError(f"no {self._kind} named {name!r}; {self._kind}s of this input: {', '.join(self.names)}")
+        return self.masks[name]
+
+    def positions(self, name: str, batch: int = 0) -> Int[Tensor, " n"]:
+        """Positions (indices on the masks' second axis) of span ``name`` in batch item ``batch``."""
+        if not -self.batch <= batch < self.batch:
+            raise IndexError(f"batch item {batch} is out of range: the batch has {self.batch} item(s) "
+                             f"(valid: 0..{self.batch - 1})")
+        return self.mask(name)[batch].nonzero().flatten()
+
+
 @dataclass
-class TokenSpans:
+class TokenSpans(NamedMasks):
     """Roles of positions in a batch.
 
     ``masks[name]`` is Bool [batch, pos]; ``grid`` is Int [batch, pos, 4] holding
@@ -86,31 +118,8 @@ class TokenSpans:
                 f"spans (positions over the batch): {counts})")
 
     @property
-    def batch(self) -> int:
-        return int(self.grid.shape[0])
-
-    @property
     def seq_len(self) -> int:
         return int(self.grid.shape[1])
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.masks)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.masks
-
-    def mask(self, name: str) -> Bool[Tensor, "batch pos"]:
-        if name not in self.masks:
-            raise KeyError(f"no span named {name!r}; spans of this input: {', '.join(self.names)}")
-        return self.masks[name]
-
-    def positions(self, name: str, batch: int = 0) -> Int[Tensor, " n"]:
-        """Positions of span ``name`` in batch item ``batch``."""
-        if not -self.batch <= batch < self.batch:
-            raise IndexError(f"batch item {batch} is out of range: the batch has {self.batch} item(s) "
-                             f"(valid: 0..{self.batch - 1})")
-        return self.mask(name)[batch].nonzero().flatten()
 
     def __getitem__(self, name: str) -> Tensor | list[Tensor]:
         """Positions of ``name``: a tensor when the batch has one item, else a list per item."""
